@@ -1,0 +1,3 @@
+"""nodeward: host-firewall agent for Kubernetes nodes."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,172 @@
+"""Immutable data passed between stages: collect -> snapshot -> checks -> plan -> reporters.
+
+Everything here is a frozen dataclass so that checks and planners are pure functions over
+values that cannot change under them, and so fixtures can build snapshots without root.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Severity(enum.IntEnum):
+    """Ordered so that `--fail-on` is a simple comparison."""
+
+    INFO = 0
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+    CRITICAL = 4
+
+    @classmethod
+    def parse(cls, text: str) -> Severity:
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            names = "|".join(s.name.lower() for s in cls)
+            raise ValueError(f"unknown severity {text!r} (expected {names})") from None
+
+    def __str__(self) -> str:
+        return self.name.lower()
+
+
+class BindScope(str, enum.Enum):
+    """Where a bind address makes a socket reachable, from the socket's point of view alone.
+
+    The firewall can narrow this further (reachability); it can never widen it.
+    """
+
+    LOOPBACK = "loopback"
+    LINK_LOCAL = "link-local"
+    NODE_PRIVATE = "node-private"  # a node address in node_cidrs (or a private range)
+    NODE = "node"  # a node address outside node_cidrs / private ranges (e.g. public)
+    POD = "pod"  # an address on a pod-facing interface
+    WILDCARD = "wildcard"  # 0.0.0.0 / :: : every address, pod-facing ones included
+    UNKNOWN = "unknown"  # not on any interface of this namespace (nonlocal bind)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: How widely each scope exposes a socket. POD ranks above NODE because pods are the
+#: tenants a node must be protected from; WILDCARD includes POD.
+SCOPE_RANK: dict[BindScope, int] = {
+    BindScope.LOOPBACK: 0,
+    BindScope.LINK_LOCAL: 1,
+    BindScope.NODE_PRIVATE: 1,
+    BindScope.NODE: 2,
+    BindScope.UNKNOWN: 2,
+    BindScope.POD: 3,
+    BindScope.WILDCARD: 4,
+}
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    name: str  # best full name: comm, or argv[0]/exe basename when comm is truncated
+    comm: str = ""
+    exe: str = ""
+    cmdline: tuple[str, ...] = ()
+    uid: int | None = None
+    cgroup: str = ""
+    container_id: str = ""
+    pod_uid: str = ""
+
+    def names(self) -> frozenset[str]:
+        """Every name the process is known by; catalog matching tries all of them."""
+        out = {self.name, self.comm}
+        if self.exe:
+            out.add(self.exe.rsplit("/", 1)[-1].removesuffix(" (deleted)"))
+        if self.cmdline:
+            out.add(self.cmdline[0].rsplit("/", 1)[-1])
+        return frozenset(n for n in out if n)
+
+
+@dataclass(frozen=True)
+class Socket:
+    protocol: str  # "tcp" | "udp"
+    family: int  # 4 | 6
+    address: str  # bind address, canonical text form
+    port: int
+    inode: int
+    uid: int
+    interface: str = ""  # SO_BINDTODEVICE name, if any
+    process: ProcessInfo | None = None
+    scope: BindScope = BindScope.UNKNOWN
+    scope_interface: str = ""  # interface carrying the bind address, when one does
+    v6only: bool | None = None
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.protocol, self.address, self.port)
+
+
+@dataclass(frozen=True)
+class Address:
+    interface: str
+    family: int
+    address: str
+    prefixlen: int
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    index: int
+    kind: str = ""  # veth, bridge, wireguard, vxlan, ...
+    up: bool = True
+    pod_facing: bool = False
+    addresses: tuple[Address, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    """Everything the checks may look at. Later stages add fields with defaults."""
+
+    node: str
+    scanned_at: str  # RFC 3339
+    sockets: tuple[Socket, ...] = ()
+    interfaces: tuple[Interface, ...] = ()
+    socket_source: str = "netlink"  # "netlink" | "procfs" (fallback)
+    notes: tuple[str, ...] = ()  # collector warnings an operator should see
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str
+    severity: Severity
+    title: str
+    remediation: str
+    component: str = ""
+    protocol: str = ""
+    address: str = ""
+    port: int | None = None
+    scope: str = ""
+    pid: int | None = None
+    process: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def key(self) -> tuple:
+        """Identity across scans: used to tell new findings from resolved ones."""
+        return (self.id, self.component, self.protocol, self.address, self.port)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "severity": str(self.severity),
+            "title": self.title,
+            "component": self.component,
+            "protocol": self.protocol,
+            "address": self.address,
+            "port": self.port,
+            "scope": self.scope,
+            "pid": self.pid,
+            "process": self.process,
+            "remediation": self.remediation,
+            "evidence": dict(self.evidence),
+        }
