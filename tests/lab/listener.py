@@ -32,8 +32,9 @@ def main() -> None:
         from tests.lab.netns import setns
 
         setns(args.netns)
-    comm = os.environ.get("NW_COMM") or os.path.basename(open("/proc/self/cmdline", "rb")
-                                                         .read().split(b"\0")[0].decode())
+    with open("/proc/self/cmdline", "rb") as f:
+        argv0 = f.read().split(b"\0")[0].decode()
+    comm = os.environ.get("NW_COMM") or os.path.basename(argv0)
     ctypes.CDLL(None).prctl(PR_SET_NAME, comm.encode()[:15], 0, 0, 0)
     socks = []
     for proto, specs in (("tcp", args.tcp), ("udp", args.udp)):

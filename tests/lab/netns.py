@@ -14,6 +14,7 @@ Traffic stays inside the namespaces the lab made.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import os
 import shutil
@@ -189,8 +190,12 @@ class Lab:
             args += ["--tcp", spec]
         for spec in udp:
             args += ["--udp", spec]
+        # Python locates its stdlib from argv[0]; a name that is also on PATH (say
+        # wireguard-go) would send it to the wrong prefix, so pin it.
+        env = {**os.environ, "PYTHONHOME": sys.base_prefix}
         p = subprocess.Popen(args, executable=sys.executable, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             env=env)
         self.procs.append(p)
         self._wait_line(p, "ready", timeout)
         return p
@@ -214,10 +219,8 @@ class Lab:
 
     def stop(self, p: subprocess.Popen) -> None:
         if p.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 p.wait(5)
             except subprocess.TimeoutExpired:
@@ -248,10 +251,8 @@ class Lab:
             # Kill anything still inside (e.g. a daemon that forked away from us).
             r = subprocess.run(["ip", "netns", "pids", ns.name], capture_output=True, text=True)
             for pid in r.stdout.split():
-                try:
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
             subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
         self.namespaces.clear()
         self._switch = None

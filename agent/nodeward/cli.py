@@ -1,0 +1,101 @@
+"""Command line: `nodeward [--config PATH] COMMAND ...`.
+
+Exit codes: 0 nothing at or above --fail-on, 1 something is, 2 usage or config error
+(one line on stderr, nothing changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from . import config as config_mod
+from .checks import run_checks
+from .model import Severity
+from .report import render
+from .report.logs import log_finding, make_logger
+from .snapshot import take_snapshot
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+SEVERITIES = [str(s) for s in Severity]
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nodeward", description="Host-firewall agent for Kubernetes nodes.")
+    p.add_argument("--config", metavar="PATH",
+                   help=f"config file (default {config_mod.DEFAULT_PATH} if present)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    scan = sub.add_parser("scan", help="scan listening sockets and report findings")
+    scan.add_argument("--format", choices=["table", "json", "jsonl", "log"], default="table",
+                      help="table (default), one JSON document, one finding per line, or "
+                           "structlog events on stdout")
+    scan.add_argument("--fail-on", choices=SEVERITIES, default="high", metavar="SEVERITY",
+                      help=f"exit 1 if a finding is at least this severe "
+                           f"({'|'.join(SEVERITIES)}; default high)")
+    scan.add_argument("--procfs", action="store_true",
+                      help="read /proc/net instead of netlink sock_diag")
+    sub.add_parser("version", help="print the version")
+    return p
+
+
+def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
+    err_log = make_logger(cfg.node_name, sys.stderr)
+    snap = take_snapshot(cfg, force_procfs=args.procfs)
+    for note in snap.notes:
+        err_log.warning("collector_note", note=note)
+    result = run_checks(snap, cfg)
+    out = sys.stdout
+    if args.format == "json":
+        out.write(render.to_json(snap, result, cfg.catalog))
+    elif args.format == "jsonl":
+        out.write(render.to_jsonl(snap, result))
+    elif args.format == "log":
+        log = make_logger(cfg.node_name, out)
+        for f in result.findings:
+            log_finding(log, f)
+        log.info("scan_complete", sockets=len(snap.sockets), findings=len(result.findings),
+                 suppressed=len(result.suppressed), socket_source=snap.socket_source)
+    else:
+        out.write(render.to_table(snap, result, cfg.catalog))
+    out.flush()
+    threshold = Severity.parse(args.fail_on)
+    return EXIT_FINDINGS if any(f.severity >= threshold for f in result.findings) else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            raise UsageError("a command is required (scan, version)")
+        if args.command == "version":
+            print(__version__)
+            return EXIT_OK
+        cfg = config_mod.load(args.config)
+    except UsageError as e:
+        print(f"nodeward: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except config_mod.ConfigError as e:
+        print(f"nodeward: config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return cmd_scan(args, cfg)
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

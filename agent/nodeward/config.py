@@ -1,0 +1,226 @@
+"""Agent configuration: a YAML file whose every key is optional.
+
+The defaults let `nodeward scan` run on a bare Linux machine with no cluster. Anything
+malformed is a ConfigError whose one-line message names the file, the key and the problem;
+the CLI turns it into exit code 2 before anything (least of all a firewall rule) changes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import catalog as catalog_mod
+
+DEFAULT_PATH = "/etc/nodeward/config.yaml"
+NODE_NAME_ENV = "NODEWARD_NODE_NAME"
+
+#: Interfaces that face pods in the common CNIs (Calico, flannel, Cilium, Weave, Docker,
+#: bridge/ptp CNI, kube-router, Antrea, OVN).
+DEFAULT_POD_INTERFACES = (
+    "cali*", "cni0", "cni-podman*", "flannel.*", "flannel-wg", "vxlan.calico",
+    "vxlan-v6.calico", "tunl0", "wireguard.cali", "wg-v6.cali", "cilium_*", "lxc*",
+    "docker0", "br-*", "veth*", "weave", "vethwe*", "kube-bridge", "antrea-gw0", "ovn-k8s-*",
+)
+MODES = ("report", "audit", "enforce")
+BACKENDS = ("auto", "iptables", "nftables", "python-iptables")
+DEFAULT_FAILSAFE = (("tcp", 22),)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(ValueError):
+    """One clear line: '<file>: <key>: <problem>'."""
+
+
+@dataclass(frozen=True)
+class Suppression:
+    id: str
+    reason: str
+    port: int | None = None
+    component: str | None = None
+
+    def matches(self, finding_id: str, port: int | None, component: str) -> bool:
+        return (self.id == finding_id
+                and (self.port is None or self.port == port)
+                and (self.component is None or self.component == component))
+
+
+@dataclass(frozen=True)
+class Config:
+    node_name: str = ""
+    node_cidrs: tuple[IPNetwork, ...] = ()
+    pod_cidrs: tuple[IPNetwork, ...] = ()
+    pod_interfaces: tuple[str, ...] = DEFAULT_POD_INTERFACES
+    failsafe_ports: tuple[tuple[str, int], ...] = DEFAULT_FAILSAFE
+    mode: str = "report"
+    backend: str = "auto"
+    suppress: tuple[Suppression, ...] = ()
+    catalog: catalog_mod.Catalog = field(default_factory=catalog_mod.load_default)
+    interval: float = 60.0
+    metrics_address: str = "127.0.0.1:9737"
+    source: str = "<defaults>"
+
+
+# -- field parsers: each takes (value, where) and raises ConfigError ----------------------
+
+
+def _cidrs(value: Any, where: str) -> tuple[IPNetwork, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of CIDRs")
+    out = []
+    for item in value:
+        try:
+            out.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            raise ConfigError(f"{where}: {item!r} is not a valid CIDR") from None
+    return tuple(out)
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string")
+    return value
+
+
+def _globs(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: expected a list of interface name patterns")
+    return tuple(value)
+
+
+def parse_port_spec(text: Any, where: str) -> tuple[str, int]:
+    """'tcp/22' -> ('tcp', 22)."""
+    if not isinstance(text, str) or "/" not in text:
+        raise ConfigError(f"{where}: {text!r} is not a port like 'tcp/22'")
+    proto, _, port = text.partition("/")
+    if proto not in ("tcp", "udp") or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: {text!r} is not a port like 'tcp/22'")
+    return proto, int(port)
+
+
+def _ports(value: Any, where: str) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list like ['tcp/22']")
+    return tuple(parse_port_spec(v, where) for v in value)
+
+
+def _choice(options: tuple[str, ...]):
+    def parse(value: Any, where: str) -> str:
+        if value not in options:
+            raise ConfigError(f"{where}: {value!r} is not one of {'|'.join(options)}")
+        return value
+    return parse
+
+
+def _suppress(value: Any, where: str) -> tuple[Suppression, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of {{id, port?, component?, reason}}")
+    out = []
+    for n, item in enumerate(value):
+        here = f"{where}[{n}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{here}: expected a mapping with id and reason")
+        unknown = set(item) - {"id", "port", "component", "reason"}
+        if unknown:
+            raise ConfigError(f"{here}: unknown key {sorted(unknown)[0]!r}")
+        if not isinstance(item.get("id"), str) or not item["id"]:
+            raise ConfigError(f"{here}.id: required (a finding ID such as NW101)")
+        reason = item.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ConfigError(f"{here}.reason: required: say why this finding is accepted")
+        port = item.get("port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                                 or not 1 <= port <= 65535):
+            raise ConfigError(f"{here}.port: {port!r} is not a port number")
+        comp = item.get("component")
+        if comp is not None and not isinstance(comp, str):
+            raise ConfigError(f"{here}.component: expected a component name")
+        out.append(Suppression(item["id"], reason.strip(), port, comp))
+    return tuple(out)
+
+
+def _catalog(value: Any, where: str) -> catalog_mod.Catalog:
+    try:
+        return catalog_mod.Catalog.from_entries(value, where, catalog_mod.load_default())
+    except catalog_mod.CatalogError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _interval(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
+        raise ConfigError(f"{where}: expected a number of seconds >= 1")
+    return float(value)
+
+
+def _hostport(value: Any, where: str) -> str:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"{where}: expected HOST:PORT, e.g. 127.0.0.1:9737")
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: {value!r} has no valid port")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ConfigError(f"{where}: {host!r} is not an IP address") from None
+    return value
+
+
+PARSERS = {
+    "node_name": _str,
+    "node_cidrs": _cidrs,
+    "pod_cidrs": _cidrs,
+    "pod_interfaces": _globs,
+    "failsafe_ports": _ports,
+    "mode": _choice(MODES),
+    "backend": _choice(BACKENDS),
+    "suppress": _suppress,
+    "catalog": _catalog,
+    "interval": _interval,
+    "metrics_address": _hostport,
+}
+
+
+def from_mapping(data: Any, source: str) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of settings at the top level")
+    kwargs: dict[str, Any] = {"source": source}
+    for key, value in data.items():
+        parser = PARSERS.get(key)
+        if parser is None:
+            raise ConfigError(f"{source}: {key}: unknown key (known: {', '.join(PARSERS)})")
+        kwargs[key] = parser(value, f"{source}: {key}")
+    kwargs["node_name"] = (os.environ.get(NODE_NAME_ENV) or kwargs.get("node_name")
+                           or socket.gethostname())
+    return Config(**kwargs)
+
+
+def load(path: str | None) -> Config:
+    """Load `path`; with None, the default path if it exists, else the defaults."""
+    explicit = path is not None
+    p = Path(path or DEFAULT_PATH)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{p}: no such file") from None
+        return from_mapping({}, "<defaults>")
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}: {where}: invalid YAML: {problem}") from None
+    return from_mapping(data, str(p))

@@ -1,0 +1,46 @@
+"""Structured JSON-lines logging with a stable schema, for a central log collector.
+
+Every line has: timestamp (RFC 3339, UTC), level, event, node; finding events add
+finding_id, severity, title, component, protocol, address, port, scope, pid, process,
+remediation, evidence. Loggers are built per call site rather than configured globally.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import IO, Any
+
+import structlog
+
+from ..model import Finding, Severity
+
+LEVEL_OF = {
+    Severity.INFO: "info",
+    Severity.LOW: "info",
+    Severity.MEDIUM: "warning",
+    Severity.HIGH: "error",
+    Severity.CRITICAL: "critical",
+}
+
+
+def make_logger(node: str, stream: IO[str] | None = None) -> Any:
+    return structlog.wrap_logger(
+        structlog.PrintLogger(stream or sys.stderr),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(sort_keys=False, default=str),
+        ],
+        wrapper_class=structlog.BoundLogger,
+    ).bind(node=node)
+
+
+def finding_fields(f: Finding) -> dict[str, Any]:
+    d = f.to_dict()
+    d["finding_id"] = d.pop("id")
+    return d
+
+
+def log_finding(log: Any, f: Finding, event: str = "finding", **extra: Any) -> None:
+    getattr(log, LEVEL_OF[f.severity])(event, **finding_fields(f), **extra)

@@ -1,0 +1,59 @@
+"""Classify a bind address by where it makes a socket reachable (pure)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from .model import BindScope, Interface
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+LOOPBACK_NETS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    ip = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    return ip
+
+
+def classify(address: str, interfaces: Sequence[Interface],
+             node_cidrs: Sequence[IPNetwork] = ()) -> tuple[BindScope, str]:
+    """(scope, interface name holding the address or "").
+
+    Order matters: wildcard and loopback are decided by the address alone; otherwise the
+    interface carrying the address decides pod-facing before the address decides
+    link-local, because Calico puts link-local addresses on its cali* veths.
+    A node address counts as private when it lies in `node_cidrs`, or, when none are
+    configured, in a private range (RFC 1918, RFC 4193, CGNAT).
+    """
+    ip = _ip(address)
+    if ip.is_unspecified:
+        return BindScope.WILDCARD, ""
+    if ip.is_loopback:
+        return BindScope.LOOPBACK, ""
+    holder = None
+    for iface in interfaces:
+        for a in iface.addresses:
+            if _ip(a.address) == ip:
+                holder = iface
+                break
+        if holder:
+            break
+    if holder is None:
+        return BindScope.UNKNOWN, ""
+    if holder.pod_facing:
+        return BindScope.POD, holder.name
+    if ip.is_link_local:
+        return BindScope.LINK_LOCAL, holder.name
+    if node_cidrs:
+        private = any(ip.version == n.version and ip in n for n in node_cidrs)
+    else:
+        private = ip.is_private or ip in ipaddress.ip_network("100.64.0.0/10")
+    return (BindScope.NODE_PRIVATE if private else BindScope.NODE), holder.name
+
+
+def has_pod_interfaces(interfaces: Sequence[Interface]) -> bool:
+    return any(i.pod_facing for i in interfaces)

@@ -1,0 +1,40 @@
+"""Assemble an immutable NodeSnapshot from the read-only collectors.
+
+This is the only place the report path touches the live system; everything after it
+(checks, reporters) works on the snapshot alone.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from .collect.addresses import collect_interfaces
+from .collect.procs import attribute
+from .collect.sockets import collect_sockets
+from .config import Config
+from .model import NodeSnapshot, Socket
+from .scope import classify
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def take_snapshot(config: Config, force_procfs: bool = False) -> NodeSnapshot:
+    interfaces = collect_interfaces(config.pod_interfaces)
+    raw, source, notes = collect_sockets(force_procfs=force_procfs)
+    procs, proc_notes = attribute(s.inode for s in raw)
+    names = {i.index: i.name for i in interfaces}
+    sockets = []
+    for r in raw:
+        scope, iface = classify(r.address, interfaces, config.node_cidrs)
+        sockets.append(Socket(
+            protocol=r.protocol, family=r.family, address=r.address, port=r.port,
+            inode=r.inode, uid=r.uid, interface=names.get(r.ifindex, "") if r.ifindex else "",
+            process=procs.get(r.inode), scope=scope, scope_interface=iface, v6only=r.v6only,
+        ))
+    sockets.sort(key=lambda s: (s.protocol, s.port, s.family, s.address))
+    return NodeSnapshot(
+        node=config.node_name, scanned_at=now_rfc3339(), sockets=tuple(sockets),
+        interfaces=tuple(interfaces), socket_source=source, notes=tuple(notes + proc_notes),
+    )
