@@ -177,18 +177,41 @@ class Catalog:
     def get(self, name: str) -> Component | None:
         return next((c for c in self.components if c.name == name), None)
 
+    @functools.cached_property
+    def _port_index(self) -> dict[tuple[str, int], Component]:
+        """(protocol, port) -> most specific component; built once, read per socket."""
+        index: dict[tuple[str, int], Component] = {}
+        for c in sorted(self.components, key=lambda c: -c.specificity):
+            for proto in c.protocols:
+                for lo, hi in c.ports:
+                    for port in range(lo, hi + 1):
+                        index[(proto, port)] = c  # later (more specific) entries win
+        return index
+
+    @functools.cached_property
+    def _owned_memo(self) -> dict[tuple[frozenset[str], str], tuple[Component, ...]]:
+        return {}
+
     def by_port(self, protocol: str, port: int) -> Component | None:
         """The most specific component listing this port."""
-        hits = [c for c in self.components if c.has_port(protocol, port)]
-        return min(hits, key=lambda c: c.specificity) if hits else None
+        return self._port_index.get((protocol, port))
+
+    def owned_by(self, names: frozenset[str], protocol: str) -> tuple[Component, ...]:
+        """Components a process with these names may run over `protocol`, in catalog
+        order. Memoised: a node has thousands of sockets but few distinct owners."""
+        key = (names, protocol)
+        hit = self._owned_memo.get(key)
+        if hit is None:
+            hit = self._owned_memo[key] = tuple(
+                c for c in self.components if c.processes & names and protocol in c.protocols)
+        return hit
 
     def identify(self, protocol: str, port: int,
                  process: ProcessInfo | None) -> Identification:
-        """Process name first, port second (see module docstring of catalog.yaml)."""
+        """Process name first, port second (see the header of catalog.yaml)."""
         names = process.names() if process else frozenset()
         if names:
-            owned = [c for c in self.components
-                     if c.processes & names and protocol in c.protocols]
+            owned = self.owned_by(names, protocol)
             for c in owned:
                 if c.has_port(protocol, port):
                     return Identification(c, "process")
@@ -205,7 +228,6 @@ class Catalog:
         return Identification(None)  # e.g. any web server on 8080
 
 
-@functools.cache
 def load_default() -> Catalog:
     """The shipped catalog; cached because it is immutable and read on every config load."""
     text = resources.files("nodeward").joinpath("catalog.yaml").read_text()

@@ -9,7 +9,11 @@ from .model import BindScope, Interface
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-LOOPBACK_NETS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+#: Where a node address counts as private when no node_cidrs are configured: RFC 1918,
+#: CGNAT (RFC 6598) and IPv6 unique-local (RFC 4193). Spelled out rather than taken from
+#: ipaddress.is_private, which also counts documentation and benchmark ranges.
+PRIVATE_NETS = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -51,7 +55,7 @@ def classify(address: str, interfaces: Sequence[Interface],
     if node_cidrs:
         private = any(ip.version == n.version and ip in n for n in node_cidrs)
     else:
-        private = ip.is_private or ip in ipaddress.ip_network("100.64.0.0/10")
+        private = any(ip.version == n.version and ip in n for n in PRIVATE_NETS)
     return (BindScope.NODE_PRIVATE if private else BindScope.NODE), holder.name
 
 

@@ -7,6 +7,7 @@ This is the only place the report path touches the live system; everything after
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from operator import attrgetter
 
 from .collect.addresses import collect_interfaces
 from .collect.procs import attribute
@@ -26,14 +27,18 @@ def take_snapshot(config: Config, force_procfs: bool = False) -> NodeSnapshot:
     procs, proc_notes = attribute(s.inode for s in raw)
     names = {i.index: i.name for i in interfaces}
     sockets = []
+    scopes: dict[str, tuple] = {}  # thousands of sockets, a handful of bind addresses
     for r in raw:
-        scope, iface = classify(r.address, interfaces, config.node_cidrs)
+        hit = scopes.get(r.address)
+        if hit is None:
+            hit = scopes[r.address] = classify(r.address, interfaces, config.node_cidrs)
+        scope, iface = hit
         sockets.append(Socket(
             protocol=r.protocol, family=r.family, address=r.address, port=r.port,
             inode=r.inode, uid=r.uid, interface=names.get(r.ifindex, "") if r.ifindex else "",
             process=procs.get(r.inode), scope=scope, scope_interface=iface, v6only=r.v6only,
         ))
-    sockets.sort(key=lambda s: (s.protocol, s.port, s.family, s.address))
+    sockets.sort(key=attrgetter("protocol", "port", "family", "address"))
     return NodeSnapshot(
         node=config.node_name, scanned_at=now_rfc3339(), sockets=tuple(sockets),
         interfaces=tuple(interfaces), socket_source=source, notes=tuple(notes + proc_notes),

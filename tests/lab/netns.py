@@ -218,13 +218,22 @@ class Lab:
         raise TimeoutError(f"no {marker!r} within {timeout}s")
 
     def stop(self, p: subprocess.Popen) -> None:
-        if p.poll() is None:
+        """SIGTERM, then SIGKILL, to the process group when it leads one (Lab-started
+        processes do), else to the process."""
+
+        def signal_it(sig: int) -> None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
+                if os.getpgid(p.pid) == p.pid:
+                    os.killpg(p.pid, sig)
+                else:
+                    os.kill(p.pid, sig)
+
+        if p.poll() is None:
+            signal_it(signal.SIGTERM)
             try:
                 p.wait(5)
             except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+                signal_it(signal.SIGKILL)
                 p.wait(5)
         for stream in (p.stdout, p.stderr):
             if stream:

