@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (fixture lines are copied /proc/net layout)
 """The sock_diag decoder and the /proc/net parser, on bytes and text the test builds."""
 
 import socket

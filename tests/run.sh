@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Run the whole nodeward test suite on a Debian machine, as root, from a clean checkout:
+# installs the system packages the lab tests use, a virtualenv with the package and its
+# test tools, then lint and pytest. This is README's test command and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(python3 python3-venv python3-pip iproute2 iptables nftables ipset conntrack
+              wireguard-tools wireguard-go etcd-server procps openssl systemd ca-certificates)
+# Each command stands for its package; apt runs only when one is missing.
+NEEDED_COMMANDS=(python3 ip iptables-legacy nft ipset conntrack wg wireguard-go etcd ps
+                 openssl systemd-analyze)
+missing=0
+for c in "${NEEDED_COMMANDS[@]}"; do command -v "$c" >/dev/null 2>&1 || missing=1; done
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing=1
+if [ "$missing" = 1 ]; then
+  if [ "$(id -u)" != 0 ]; then echo "tests/run.sh: run as root (apt and network namespaces)" >&2; exit 2; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+fi
+
+VENV=${NODEWARD_TEST_VENV:-.venv}
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
+
+"$VENV/bin/ruff" check agent tests bench
+exec "$VENV/bin/pytest" -q "$@"
