@@ -33,11 +33,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="nodeward", description="Host-firewall agent for Kubernetes nodes.")
-    p.add_argument("--config", metavar="PATH",
-                   help=f"config file (default {config_mod.DEFAULT_PATH} if present)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+def _scan_parser(sub: argparse._SubParsersAction) -> None:
     scan = sub.add_parser("scan", help="scan listening sockets and report findings")
     scan.add_argument("--format", choices=["table", "json", "jsonl", "log"], default="table",
                       help="table (default), one JSON document, one finding per line, or "
@@ -47,6 +43,34 @@ def build_parser() -> argparse.ArgumentParser:
                            f"({'|'.join(SEVERITIES)}; default high)")
     scan.add_argument("--procfs", action="store_true",
                       help="read /proc/net instead of netlink sock_diag")
+    scan.set_defaults(handler=cmd_scan)
+
+
+#: Modules that add subcommands: each has register(subparsers), and every subparser it adds
+#: sets `handler=fn(args, config) -> exit code`. Kept as import paths so a command's
+#: dependencies load only when the CLI starts, and the CLI stays one small table.
+COMMAND_MODULES = (
+    "nodeward.commands.enforce",
+    "nodeward.commands.daemon",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    p = _Parser(prog="nodeward", description="Host-firewall agent for Kubernetes nodes.")
+    p.add_argument("--config", metavar="PATH",
+                   help=f"config file (default {config_mod.DEFAULT_PATH} if present)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _scan_parser(sub)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue  # not built yet
+        module.register(sub)
     sub.add_parser("version", help="print the version")
     return p
 
@@ -80,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError("a command is required (scan, version)")
+            raise UsageError("a command is required (see nodeward --help)")
         if args.command == "version":
             print(__version__)
             return EXIT_OK
@@ -92,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nodeward: config error: {e}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return cmd_scan(args, cfg)
+        return args.handler(args, cfg)
     except BrokenPipeError:
         return EXIT_OK
 

@@ -66,7 +66,14 @@ class Config:
     catalog: catalog_mod.Catalog = field(default_factory=catalog_mod.load_default)
     interval: float = 60.0
     metrics_address: str = "127.0.0.1:9737"
+    sections: Mapping[str, Any] = field(default_factory=dict)
     source: str = "<defaults>"
+
+    def section(self, key: str) -> Any:
+        """The parsed settings of a nested section (see SECTIONS), or its defaults."""
+        if key in self.sections:
+            return self.sections[key]
+        return _section_module(key).DEFAULT
 
 
 # -- field parsers: each takes (value, where) and raises ConfigError ----------------------
@@ -188,17 +195,39 @@ PARSERS = {
 }
 
 
+#: Nested sections owned by the feature that uses them: each module has
+#: `parse(value, where) -> settings` (raising ConfigError) and `DEFAULT`. Imported only when
+#: the key is used, so a feature's dependencies load only where it is configured.
+SECTIONS = {
+    "enforce": "nodeward.enforce.settings",
+    "cluster": "nodeward.cluster_settings",
+    "daemon": "nodeward.daemon_settings",
+}
+
+
+def _section_module(key: str) -> Any:
+    import importlib
+
+    return importlib.import_module(SECTIONS[key])
+
+
 def from_mapping(data: Any, source: str) -> Config:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping of settings at the top level")
     kwargs: dict[str, Any] = {"source": source}
+    sections: dict[str, Any] = {}
     for key, value in data.items():
+        if key in SECTIONS:
+            sections[key] = _section_module(key).parse(value, f"{source}: {key}")
+            continue
         parser = PARSERS.get(key)
         if parser is None:
-            raise ConfigError(f"{source}: {key}: unknown key (known: {', '.join(PARSERS)})")
+            known = ", ".join([*PARSERS, *SECTIONS])
+            raise ConfigError(f"{source}: {key}: unknown key (known: {known})")
         kwargs[key] = parser(value, f"{source}: {key}")
+    kwargs["sections"] = sections
     kwargs["node_name"] = (os.environ.get(NODE_NAME_ENV) or kwargs.get("node_name")
                            or socket.gethostname())
     return Config(**kwargs)

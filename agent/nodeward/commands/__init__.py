@@ -1,0 +1,1 @@
+"""Subcommands beyond `scan`, one module each (see nodeward.cli.COMMAND_MODULES)."""
