@@ -169,10 +169,10 @@ class Lab:
     def spawn(self, ns: Netns, argv: list[str], wait_for: str | None = None,
               timeout: float = 20.0, **popen) -> subprocess.Popen:
         """Start a long-running process in `ns`; optionally wait for a line on stdout."""
-        p = subprocess.Popen(["ip", "netns", "exec", ns.name, *argv],
-                             stdout=subprocess.PIPE if wait_for else subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-                             **popen)
+        kw = {"stdout": subprocess.PIPE if wait_for else subprocess.DEVNULL,
+              "stderr": subprocess.DEVNULL, "text": True, "start_new_session": True,
+              **popen}
+        p = subprocess.Popen(["ip", "netns", "exec", ns.name, *argv], **kw)
         self.procs.append(p)
         if wait_for:
             self._wait_line(p, wait_for, timeout)

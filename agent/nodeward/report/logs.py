@@ -23,6 +23,14 @@ LEVEL_OF = {
 }
 
 
+HEAD = ("timestamp", "level", "event", "node")
+
+
+def _head_first(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Put the schema's fixed keys first, so lines read the same in any collector."""
+    return {**{k: event.pop(k) for k in HEAD if k in event}, **event}
+
+
 def make_logger(node: str, stream: IO[str] | None = None) -> Any:
     return structlog.wrap_logger(
         structlog.PrintLogger(stream or sys.stderr),
@@ -30,6 +38,7 @@ def make_logger(node: str, stream: IO[str] | None = None) -> Any:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
             structlog.processors.format_exc_info,
+            _head_first,
             structlog.processors.JSONRenderer(sort_keys=False, default=str),
         ],
         wrapper_class=structlog.BoundLogger,

@@ -1,0 +1,187 @@
+"""`nodeward run`: scan every interval and log what changed.
+
+Each cycle takes a snapshot, runs the checks, and logs `finding_opened` for findings that
+appeared and `finding_resolved` for those that went away (same fields as a scan's findings,
+identity = Finding.key), a `finding` event for every open finding every
+`daemon.full_report_every` cycles, and `scan_complete`. Events also go to the HTTP sink when
+one is configured. SIGHUP reloads the config between cycles (a bad config keeps the old one
+and says why); SIGTERM/SIGINT finish the current cycle and exit 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import IO, Any
+
+from . import config as config_mod
+from .checks import CheckResult, run_checks
+from .daemon_settings import DaemonSettings
+from .model import Finding, NodeSnapshot
+from .report.logs import finding_fields, log_finding, make_logger
+from .report.metrics import Metrics, StatusServer
+from .report.sink import HttpSink
+from .snapshot import take_snapshot
+
+
+def diff_findings(previous: dict[tuple, Finding],
+                  current: Iterable[Finding]) -> tuple[list[Finding], list[Finding],
+                                                       dict[tuple, Finding]]:
+    """(opened, resolved, current-by-key); pure."""
+    now = {f.key: f for f in current}
+    opened = [f for k, f in now.items() if k not in previous]
+    resolved = [f for k, f in previous.items() if k not in now]
+    return opened, resolved, now
+
+
+@dataclass
+class CycleOutcome:
+    snapshot: NodeSnapshot
+    result: CheckResult
+    opened: list[Finding]
+    resolved: list[Finding]
+    duration: float
+
+
+class Agent:
+    def __init__(self, config_path: str | None, cfg: config_mod.Config,
+                 out: IO[str], snapshotter: Callable[..., NodeSnapshot] = take_snapshot,
+                 ) -> None:
+        self.config_path = config_path
+        self.cfg = cfg
+        self.out = out
+        self.snapshotter = snapshotter
+        self.log = make_logger(cfg.node_name, out)
+        self.metrics = Metrics()
+        self.previous: dict[tuple, Finding] = {}
+        self.cycles = 0  # successful cycles
+        self.attempts = 0
+        self.last_ok = 0.0
+        self.last_error = ""
+        self._wake = threading.Event()
+        self._stop = False
+        self._reload = False
+        self.sink: HttpSink | None = None
+        self.status: StatusServer | None = None
+
+    # -- settings ---------------------------------------------------------------------------
+    @property
+    def settings(self) -> DaemonSettings:
+        return self.cfg.section("daemon")
+
+    def _start_sink(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+            self.sink = None
+        if self.settings.sink is not None:
+            self.sink = HttpSink(self.settings.sink, self.cfg.node_name, self.log,
+                                 on_change=self.metrics.sink_changed)
+            self.sink.start()
+
+    def reload(self) -> None:
+        try:
+            new = config_mod.load(self.config_path)
+        except config_mod.ConfigError as e:
+            self.metrics.reloads.labels("failed").inc()
+            self.log.error("config_reload_failed", error=str(e), keeping=self.cfg.source)
+            return
+        old_sink = self.settings.sink
+        self.cfg = new
+        self.log = make_logger(new.node_name, self.out)
+        if self.settings.sink != old_sink:
+            self._start_sink()
+        self.metrics.reloads.labels("ok").inc()
+        self.log.info("config_reloaded", source=new.source, mode=new.mode,
+                      interval=new.interval)
+
+    # -- health -----------------------------------------------------------------------------
+    def healthy(self) -> tuple[bool, str]:
+        if self.last_ok == 0.0:
+            if self.attempts == 0:
+                return True, "starting"
+            return False, f"no successful scan yet: {self.last_error}"
+        age = time.time() - self.last_ok
+        limit = 3 * self.cfg.interval + 30
+        if age > limit:
+            return False, f"last successful scan {age:.0f}s ago: {self.last_error}"
+        return True, "ok"
+
+    # -- one cycle --------------------------------------------------------------------------
+    def cycle(self) -> CycleOutcome:
+        start = time.perf_counter()
+        snap = self.snapshotter(self.cfg)
+        result = run_checks(snap, self.cfg)
+        opened, resolved, self.previous = diff_findings(self.previous, result.findings)
+        duration = time.perf_counter() - start
+        self.cycles += 1
+        events: list[dict[str, Any]] = []
+
+        def emit(f: Finding, event: str) -> None:
+            log_finding(self.log, f, event)
+            events.append({"event": event, "node": self.cfg.node_name,
+                           "scanned_at": snap.scanned_at, **finding_fields(f)})
+
+        for note in snap.notes:
+            self.log.warning("collector_note", note=note)
+        for f in opened:
+            emit(f, "finding_opened")
+        for f in resolved:
+            emit(f, "finding_resolved")
+        if self.cycles % self.settings.full_report_every == 0:
+            for f in result.findings:
+                emit(f, "finding")
+        self.log.info("scan_complete", cycle=self.cycles, sockets=len(snap.sockets),
+                      findings=len(result.findings), opened=len(opened),
+                      resolved=len(resolved), suppressed=len(result.suppressed),
+                      duration_ms=round(duration * 1000, 1), socket_source=snap.socket_source)
+        if self.sink is not None:
+            self.sink.submit(events)
+        self.metrics.set_findings(result.findings)
+        self.metrics.scan_duration.observe(duration)
+        self.metrics.scans.labels("ok").inc()
+        self.metrics.sockets.set(len(snap.sockets))
+        self.metrics.last_scan.set(time.time())
+        self.last_ok = time.time()
+        return CycleOutcome(snap, result, opened, resolved, duration)
+
+    # -- loop -------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stop = True
+        self._wake.set()
+
+    def run(self, max_cycles: int | None = None) -> int:
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.status = StatusServer(self.cfg.metrics_address, self.metrics, self.healthy)
+        self.status.start()
+        self._start_sink()
+        self.log.info("daemon_started", config=self.cfg.source, mode=self.cfg.mode,
+                      interval=self.cfg.interval, status_address=self.status.address)
+        try:
+            while not self._stop:
+                if self._reload:
+                    self._reload = False
+                    self.reload()
+                self.attempts += 1
+                try:
+                    self.cycle()
+                except Exception as e:  # a failed scan must not kill the agent
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    self.metrics.scans.labels("failed").inc()
+                    self.log.error("scan_failed", error=self.last_error)
+                if max_cycles is not None and self.attempts >= max_cycles:
+                    break
+                self._wake.wait(self.cfg.interval)
+                self._wake.clear()
+        finally:
+            self.log.info("daemon_stopping", cycles=self.cycles)
+            if self.sink is not None:
+                self.sink.close()
+            self.status.close()
+        return 0

@@ -1,0 +1,140 @@
+"""The `daemon` config section: what `nodeward run` does besides scanning.
+
+    daemon:
+      full_report_every: 10        # cycles between full reports (every finding re-logged)
+      sink:                         # optional central HTTP collector
+        url: https://collector.example/v1/findings
+        token_file: /etc/nodeward/sink-token
+        ca_file: /etc/nodeward/sink-ca.pem      # default: system CAs
+        spool_dir: /var/lib/nodeward/spool
+        spool_max_bytes: 16777216
+        batch_size: 500
+        timeout: 10
+      probe_peers:                  # cross-node verification
+        enabled: false
+        ports: [tcp/10250, tcp/10255, tcp/2379, tcp/2380, tcp/6443]
+        timeout: 1.0
+        max_per_second: 20
+      policy_report: false          # write a ClusterPolicyReport per node
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from .config import ConfigError, parse_port_spec
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    url: str
+    token_file: str = ""
+    ca_file: str = ""
+    spool_dir: str = "/var/lib/nodeward/spool"
+    spool_max_bytes: int = 16 * 1024 * 1024
+    batch_size: int = 500
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    enabled: bool = False
+    ports: tuple[tuple[str, int], ...] = (
+        ("tcp", 10250), ("tcp", 10255), ("tcp", 2379), ("tcp", 2380), ("tcp", 6443),
+        ("tcp", 10257), ("tcp", 10259), ("tcp", 4149))
+    timeout: float = 1.0
+    max_per_second: float = 20.0
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    full_report_every: int = 10
+    sink: SinkSettings | None = None
+    probe_peers: ProbeSettings = field(default_factory=ProbeSettings)
+    policy_report: bool = False
+
+
+DEFAULT = DaemonSettings()
+
+
+def _mapping(value: Any, where: str, allowed: set[str]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping")
+    unknown = set(value) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    return value
+
+
+def _number(value: Any, where: str, minimum: float, integer: bool = False) -> float:
+    ok = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok or value < minimum:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{where}: expected {kind} >= {minimum:g}")
+    return value
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string")
+    return value
+
+
+def _sink(value: Any, where: str) -> SinkSettings:
+    v = _mapping(value, where, {f for f in SinkSettings.__dataclass_fields__})
+    url = v.get("url")
+    parsed = urlparse(url) if isinstance(url, str) else None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"{where}.url: expected an http(s) URL")
+    kw: dict[str, Any] = {"url": url}
+    for key in ("token_file", "ca_file", "spool_dir"):
+        if key in v:
+            kw[key] = _string(v[key], f"{where}.{key}")
+    if "spool_max_bytes" in v:
+        kw["spool_max_bytes"] = int(_number(v["spool_max_bytes"], f"{where}.spool_max_bytes",
+                                            4096, integer=True))
+    if "batch_size" in v:
+        kw["batch_size"] = int(_number(v["batch_size"], f"{where}.batch_size", 1, integer=True))
+    if "timeout" in v:
+        kw["timeout"] = float(_number(v["timeout"], f"{where}.timeout", 0.1))
+    return SinkSettings(**kw)
+
+
+def _probe(value: Any, where: str) -> ProbeSettings:
+    v = _mapping(value, where, {"enabled", "ports", "timeout", "max_per_second"})
+    kw: dict[str, Any] = {}
+    if "enabled" in v:
+        if not isinstance(v["enabled"], bool):
+            raise ConfigError(f"{where}.enabled: expected true or false")
+        kw["enabled"] = v["enabled"]
+    if "ports" in v:
+        if not isinstance(v["ports"], list):
+            raise ConfigError(f"{where}.ports: expected a list like ['tcp/10250']")
+        kw["ports"] = tuple(parse_port_spec(p, f"{where}.ports") for p in v["ports"])
+    if "timeout" in v:
+        kw["timeout"] = float(_number(v["timeout"], f"{where}.timeout", 0.05))
+    if "max_per_second" in v:
+        kw["max_per_second"] = float(_number(v["max_per_second"], f"{where}.max_per_second",
+                                             0.1))
+    return ProbeSettings(**kw)
+
+
+def parse(value: Any, where: str) -> DaemonSettings:
+    v = _mapping(value or {}, where, {"full_report_every", "sink", "probe_peers",
+                                      "policy_report"})
+    kw: dict[str, Any] = {}
+    if "full_report_every" in v:
+        kw["full_report_every"] = int(_number(v["full_report_every"],
+                                              f"{where}.full_report_every", 1, integer=True))
+    if v.get("sink") is not None:
+        kw["sink"] = _sink(v["sink"], f"{where}.sink")
+    if "probe_peers" in v:
+        kw["probe_peers"] = _probe(v["probe_peers"], f"{where}.probe_peers")
+    if "policy_report" in v:
+        if not isinstance(v["policy_report"], bool):
+            raise ConfigError(f"{where}.policy_report: expected true or false")
+        kw["policy_report"] = v["policy_report"]
+    return DaemonSettings(**kw)

@@ -1,0 +1,116 @@
+"""`nodeward run` in a lab namespace: changes show up as opened/resolved findings within two
+cycles, /healthz and /metrics answer, SIGHUP with a broken config keeps the agent running on
+the old one, SIGTERM exits 0."""
+
+from __future__ import annotations
+
+import json
+import selectors
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+INTERVAL = 1.0
+
+
+class DaemonLog:
+    """Reads the daemon's JSON lines as they come."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.events: list[dict] = []
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(proc.stdout, selectors.EVENT_READ)
+
+    def wait_for(self, pred, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        seen = len(self.events)
+        while time.monotonic() < deadline:
+            for e in self.events[seen:]:
+                if pred(e):
+                    return e
+            seen = len(self.events)
+            if self.sel.select(0.2):
+                line = self.proc.stdout.readline()
+                if not line:
+                    break
+                self.events.append(json.loads(line))
+        raise AssertionError(f"no matching event in {timeout}s; last: {self.events[-5:]}")
+
+
+def http_get(lab, ns, url: str) -> tuple[int, str]:
+    code = ("import sys,urllib.request,urllib.error\n"
+            f"try:\n r=urllib.request.urlopen({url!r},timeout=5); print(r.status); "
+            "print(r.read().decode())\n"
+            "except urllib.error.HTTPError as e:\n print(e.code); print(e.read().decode())\n")
+    out = lab.sh(sys.executable, "-c", code, ns=ns).stdout
+    status, _, body = out.partition("\n")
+    return int(status), body
+
+
+def test_run_opens_and_resolves_reloads_and_stops(lab, tmp_path):
+    node = lab.node("node", "10.77.0.1/24")
+    lab.pod(node, "10.244.1.2/24", "10.244.1.1/24", host_if="calid1")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"node_name: lab-daemon\nnode_cidrs: [10.77.0.0/24]\ninterval: {INTERVAL}\n"
+                   "metrics_address: 127.0.0.1:9737\ndaemon: {full_report_every: 1000}\n")
+    proc = lab.spawn(node, [sys.executable, "-m", "nodeward", "--config", str(cfg), "run"],
+                     wait_for=None, stdout=subprocess.PIPE, text=True)
+    log = DaemonLog(proc)
+    log.wait_for(lambda e: e["event"] == "daemon_started", 15)
+    first = log.wait_for(lambda e: e["event"] == "scan_complete", 15)
+    assert first["findings"] == 0 and first["node"] == "lab-daemon"
+
+    # A kubelet read-only port appears on the pod-facing address...
+    started_at = len(log.events)
+    kubelet = lab.listen(node, "kubelet", tcp=["10.244.1.1:10255"])
+    opened = log.wait_for(lambda e: e["event"] == "finding_opened"
+                          and e["finding_id"] == "NW101", 10)
+    assert sum(1 for e in log.events[started_at:log.events.index(opened)]
+               if e["event"] == "scan_complete") <= 1  # seen in the first or second cycle
+    assert opened["port"] == 10255 and opened["pid"] == kubelet.pid
+    assert opened["level"] == "error" and opened["severity"] == "high"
+    log.wait_for(lambda e: e["event"] == "scan_complete"
+                 and log.events.index(e) > log.events.index(opened), 10)
+    ids = {e["finding_id"] for e in log.events if e["event"] == "finding_opened"}
+    assert ids == {"NW101", "NW102", "NW103"}
+
+    status, body = http_get(lab, node, "http://127.0.0.1:9737/healthz")
+    assert (status, body.strip()) == (200, "ok")
+    status, body = http_get(lab, node, "http://127.0.0.1:9737/metrics")
+    assert status == 200
+    assert 'nodeward_findings{id="NW101",severity="high"} 1.0' in body
+    assert "nodeward_scan_duration_seconds_count" in body
+
+    # ...and goes away: resolved within two cycles.
+    lab.stop(kubelet)
+    stopped_at = len(log.events)
+    resolved = log.wait_for(lambda e: e["event"] == "finding_resolved"
+                            and e["finding_id"] == "NW101", 10)
+    cycles = sum(1 for e in log.events[stopped_at:log.events.index(resolved) + 1]
+                 if e["event"] == "scan_complete")
+    assert cycles <= 2
+
+    # SIGHUP with a broken config: keeps running on the old config.
+    cfg.write_text("interval: [broken\n")
+    proc.send_signal(signal.SIGHUP)
+    failed = log.wait_for(lambda e: e["event"] == "config_reload_failed", 10)
+    assert str(cfg) in failed["error"] and "invalid YAML" in failed["error"]
+    after = log.wait_for(lambda e: e["event"] == "scan_complete"
+                         and log.events.index(e) > log.events.index(failed), 10)
+    assert after["node"] == "lab-daemon" and proc.poll() is None
+
+    # A good config applies on the next SIGHUP.
+    cfg.write_text("node_name: renamed\ninterval: 1\nmetrics_address: 127.0.0.1:9737\n")
+    proc.send_signal(signal.SIGHUP)
+    log.wait_for(lambda e: e["event"] == "config_reloaded", 10)
+    log.wait_for(lambda e: e["event"] == "scan_complete" and e["node"] == "renamed", 10)
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert log.wait_for(lambda e: e["event"] == "daemon_stopping", 5)
