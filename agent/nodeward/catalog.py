@@ -70,6 +70,7 @@ class Identification:
     unexpected_process: bool = False
 
 
+NO_MATCH = Identification(None)
 _FIELD_NAMES = {f.name for f in fields(Component)}
 
 
@@ -220,12 +221,12 @@ class Catalog:
                 return Identification(primary, "process-only")
         comp = self.by_port(protocol, port)
         if comp is None:
-            return Identification(None)
+            return NO_MATCH
         if not names:  # kernel socket, or owner unreadable: the port is all we know
             return Identification(comp, "port")
         if comp.strict:  # a known process that is not the component squats its port
             return Identification(comp, "port", unexpected_process=True)
-        return Identification(None)  # e.g. any web server on 8080
+        return NO_MATCH  # e.g. any web server on 8080
 
 
 def load_default() -> Catalog:

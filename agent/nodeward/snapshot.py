@@ -13,6 +13,7 @@ from .collect.addresses import collect_interfaces
 from .collect.procs import attribute
 from .collect.sockets import collect_sockets
 from .config import Config
+from .gcpause import paused_gc
 from .model import NodeSnapshot, Socket
 from .scope import classify
 
@@ -22,6 +23,11 @@ def now_rfc3339() -> str:
 
 
 def take_snapshot(config: Config, force_procfs: bool = False) -> NodeSnapshot:
+    with paused_gc():
+        return _take_snapshot(config, force_procfs)
+
+
+def _take_snapshot(config: Config, force_procfs: bool) -> NodeSnapshot:
     interfaces = collect_interfaces(config.pod_interfaces)
     raw, source, notes = collect_sockets(force_procfs=force_procfs)
     procs, proc_notes = attribute(s.inode for s in raw)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import Config, Suppression
+from ..gcpause import paused_gc
 from ..model import Finding, NodeSnapshot
 from .exposure import exposure_findings
 
@@ -32,5 +33,6 @@ def sort_findings(findings: list[Finding]) -> list[Finding]:
 
 
 def run_checks(snapshot: NodeSnapshot, config: Config) -> CheckResult:
-    findings = exposure_findings(snapshot, config.catalog)
+    with paused_gc():
+        findings = exposure_findings(snapshot, config.catalog)
     return split_suppressed(sort_findings(findings), config.suppress)
