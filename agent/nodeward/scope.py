@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from .model import BindScope, Interface
+from .model import SCOPE_RANK, BindScope, Interface
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -24,7 +24,8 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 def classify(address: str, interfaces: Sequence[Interface],
-             node_cidrs: Sequence[IPNetwork] = ()) -> tuple[BindScope, str]:
+             node_cidrs: Sequence[IPNetwork] = (),
+             device: Interface | None = None) -> tuple[BindScope, str]:
     """(scope, interface name holding the address or "").
 
     Order matters: wildcard and loopback are decided by the address alone; otherwise the
@@ -34,6 +35,18 @@ def classify(address: str, interfaces: Sequence[Interface],
     configured, in a private range (RFC 1918, RFC 4193, CGNAT).
     """
     ip = _ip(address)
+    if device is not None and not ip.is_loopback:
+        # SO_BINDTODEVICE: only packets arriving on `device` reach the socket, so the
+        # device decides; a wildcard there is as wide as the device's own addresses.
+        if device.name == "lo":
+            return BindScope.LOOPBACK, device.name
+        if device.pod_facing:
+            return BindScope.POD, device.name
+        if ip.is_unspecified:
+            scopes = [classify(a.address, [device], node_cidrs)[0] for a in device.addresses
+                      if not _ip(a.address).is_loopback]
+            widest = max(scopes, key=SCOPE_RANK.__getitem__, default=BindScope.UNKNOWN)
+            return widest, device.name
     if ip.is_unspecified:
         return BindScope.WILDCARD, ""
     if ip.is_loopback:

@@ -31,17 +31,20 @@ def _take_snapshot(config: Config, force_procfs: bool) -> NodeSnapshot:
     interfaces = collect_interfaces(config.pod_interfaces)
     raw, source, notes = collect_sockets(force_procfs=force_procfs)
     procs, proc_notes = attribute(s.inode for s in raw)
-    names = {i.index: i.name for i in interfaces}
+    by_index = {i.index: i for i in interfaces}
     sockets = []
-    scopes: dict[str, tuple] = {}  # thousands of sockets, a handful of bind addresses
+    scopes: dict[tuple, tuple] = {}  # thousands of sockets, a handful of bind addresses
     for r in raw:
-        hit = scopes.get(r.address)
+        key = (r.address, r.ifindex)
+        hit = scopes.get(key)
         if hit is None:
-            hit = scopes[r.address] = classify(r.address, interfaces, config.node_cidrs)
+            hit = scopes[key] = classify(r.address, interfaces, config.node_cidrs,
+                                         by_index.get(r.ifindex) if r.ifindex else None)
         scope, iface = hit
         sockets.append(Socket(
             protocol=r.protocol, family=r.family, address=r.address, port=r.port,
-            inode=r.inode, uid=r.uid, interface=names.get(r.ifindex, "") if r.ifindex else "",
+            inode=r.inode, uid=r.uid,
+            interface=by_index[r.ifindex].name if r.ifindex in by_index else "",
             process=procs.get(r.inode), scope=scope, scope_interface=iface, v6only=r.v6only,
         ))
     sockets.sort(key=attrgetter("protocol", "port", "family", "address"))

@@ -60,6 +60,7 @@ def node(module_lab, tmp_path_factory):
     procs["kube-scheduler"] = lab.listen(node, "kube-scheduler", tcp=[f"{ODD_IP}:10259"])
     procs["squatter"] = lab.listen(node, "squatter", tcp=[f"{NODE_IP}:10257"])
     procs["wireguard-go"] = lab.listen(node, "wireguard-go", udp=["0.0.0.0:51820"])
+    procs["kube-proxy"] = lab.listen(node, "kube-proxy", tcp=["0.0.0.0:10249"], device="lo")
     procs["dnsmasq"] = lab.listen(node, "dnsmasq", udp=[f"{POD_GW}:53", f"[{NODE6}]:53"])
     if shutil.which("etcd"):
         data = tmp_path_factory.mktemp("etcd")
@@ -102,6 +103,8 @@ EXPECTED_SOCKETS = {
     ("tcp", ODD_IP, 10259): ("node", "eth1", "kube-scheduler", "kube-scheduler"),
     ("tcp", NODE_IP, 10257): ("node-private", "eth0", "squatter", ""),
     ("udp", "0.0.0.0", 51820): ("wildcard", "", "wireguard-go", "wireguard"),
+    # SO_BINDTODEVICE lo: a wildcard bind that only loopback traffic reaches
+    ("tcp", "0.0.0.0", 10249): ("loopback", "lo", "kube-proxy", "kube-proxy-metrics"),
     ("udp", POD_GW, 53): ("pod", "cali1a2b", "dnsmasq", ""),
     ("udp", NODE6, 53): ("node-private", "eth0", "dnsmasq", ""),
     ("tcp", "127.0.0.1", 2379): ("loopback", "", "etcd", "etcd-client"),
@@ -154,10 +157,17 @@ def test_procfs_fallback_sees_the_same(node):
     a, b = json.loads(out_nl), json.loads(out_pf)
     assert b["socket_source"] == "procfs"
     assert any("/proc/net" in n for n in b["notes"])
-    strip = [{k: v for k, v in s.items() if k != "v6only"} for s in a["sockets"]]
-    assert strip == b["sockets"]
-    assert [f["id"] for f in a["findings"]] == [f["id"] for f in b["findings"]]
-
+    device_bound = [s for s in a["sockets"] if s["bound_device"]]
+    assert [(s["port"], s["scope"]) for s in device_bound] == [(10249, "loopback")]
+    # /proc/net has no SO_BINDTODEVICE: that one socket is judged by its address there.
+    by_key = {(s["protocol"], s["address"], s["port"]): s for s in b["sockets"]}
+    fallback = by_key[("tcp", "0.0.0.0", 10249)]
+    assert (fallback["scope"], fallback["bound_device"]) == ("wildcard", "")
+    same = [s for s in a["sockets"] if not s["bound_device"]]
+    assert same == [s for s in b["sockets"] if s["port"] != 10249]
+    extra = {(f["id"], f["port"]) for f in b["findings"]} - {
+        (f["id"], f["port"]) for f in a["findings"]}
+    assert extra == {("NW102", 10249), ("NW103", 10249)}
 
 def test_jsonl_table_log_and_fail_on(node):
     lab, ns, _pod, _procs = node

@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--netns")
     ap.add_argument("--tcp", action="append", default=[])
     ap.add_argument("--udp", action="append", default=[])
+    ap.add_argument("--device", help="SO_BINDTODEVICE every socket to this interface")
     args = ap.parse_args()
     if args.netns:
         from tests.lab.netns import setns
@@ -43,6 +44,8 @@ def main() -> None:
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
             s = socket.socket(fam, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if args.device:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, args.device.encode())
             if fam == socket.AF_INET6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             s.bind((host, port))

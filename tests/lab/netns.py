@@ -179,7 +179,7 @@ class Lab:
         return p
 
     def listen(self, ns: Netns, name: str, tcp: list[str] = (), udp: list[str] = (),
-               timeout: float = 10.0) -> subprocess.Popen:
+               timeout: float = 10.0, device: str | None = None) -> subprocess.Popen:
         """A listener process named `name` (comm and argv[0]) bound to each ADDR:PORT.
 
         Exec'd directly (not through `ip netns exec`) so argv[0] is exactly `name`;
@@ -190,6 +190,8 @@ class Lab:
             args += ["--tcp", spec]
         for spec in udp:
             args += ["--udp", spec]
+        if device:
+            args += ["--device", device]
         # Python locates its stdlib from argv[0]; a name that is also on PATH (say
         # wireguard-go) would send it to the wrong prefix, so pin it.
         env = {**os.environ, "PYTHONHOME": sys.base_prefix}

@@ -44,3 +44,12 @@ IFACES = [
 def test_classify(addr, cidrs, expected):
     nets = tuple(ipaddress.ip_network(c) for c in cidrs)
     assert classify(addr, IFACES, nets) == expected
+
+
+def test_bound_device_decides():
+    by = {i.name: i for i in IFACES}
+    assert classify("0.0.0.0", IFACES, (), by["lo"]) == (BindScope.LOOPBACK, "lo")
+    assert classify("0.0.0.0", IFACES, (), by["cni0"]) == (BindScope.POD, "cni0")
+    assert classify("::", IFACES, (), by["eth1"]) == (BindScope.NODE, "eth1")
+    assert classify("0.0.0.0", IFACES, (), by["eth0"]) == (BindScope.NODE_PRIVATE, "eth0")
+    assert classify("127.0.0.1", IFACES, (), by["eth0"]) == (BindScope.LOOPBACK, "")

@@ -214,12 +214,13 @@ def collect_sockets(force_procfs: bool = False) -> tuple[list[RawSocket], str, l
     "netlink+procfs" when only some protocol/family pairs fell back."""
     names = ["tcp", "tcp6", "udp", "udp6"]
     if force_procfs:
-        return read_procfs(names), "procfs", ["sock_diag not used (forced): read /proc/net"]
+        return read_procfs(names), "procfs", ["sock_diag not used (forced): read /proc/net, "
+                                              "which cannot show SO_BINDTODEVICE"]
     socks, failed = read_netlink()
     if not failed:
         return socks, "netlink", []
     socks.extend(read_procfs(failed))
     source = "procfs" if len(failed) == len(names) else "netlink+procfs"
-    note = (f"netlink sock_diag refused for {', '.join(failed)}: "
-            f"read /proc/net instead (slower, same result)")
+    note = (f"netlink sock_diag refused for {', '.join(failed)}: read /proc/net instead "
+            "(which cannot show SO_BINDTODEVICE: device-bound sockets are judged by address)")
     return socks, source, [note]
