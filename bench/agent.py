@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.scan import HOLDER  # noqa: E402
+from bench.scan import hold_sockets  # noqa: E402
 from tests.lab import Lab, have_netns  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -57,12 +56,7 @@ def main() -> int:
         print(f"bench/agent.py: skipped: {reason}")
         return 0
     with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
-        ns = lab.netns("agent")
-        holder = subprocess.Popen(
-            [sys.executable, "-c", HOLDER.format(root=str(ROOT), ns=ns.name, n=args.sockets)],
-            stdout=subprocess.PIPE, text=True, start_new_session=True)
-        lab.procs.append(holder)
-        assert "ready" in holder.stdout.readline()
+        ns = hold_sockets(lab, "agent", args.sockets)
         cfg = Path(tmp) / "config.yaml"
         cfg.write_text(f"node_name: bench\ninterval: {args.interval}\n"
                        "metrics_address: 127.0.0.1:0\n")

@@ -75,6 +75,18 @@ print(json.dumps({{"elapsed": elapsed, "count": count, "parts": parts,
 """
 
 
+def hold_sockets(lab: Lab, role: str, n: int):
+    """A lab namespace with one process holding `n` listening TCP sockets in it."""
+    ns = lab.netns(role)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER.format(root=str(ROOT), ns=ns.name, n=n)],
+        stdout=subprocess.PIPE, text=True, start_new_session=True)
+    lab.procs.append(holder)
+    if "ready" not in holder.stdout.readline():
+        raise RuntimeError("socket holder failed to start")
+    return ns
+
+
 def contend(which: str, ns: str, rounds: int) -> dict:
     best: dict | None = None
     for _ in range(rounds):
@@ -98,12 +110,7 @@ def main() -> int:
         print(f"bench/scan.py: skipped: {reason}")
         return 0
     with Lab() as lab:
-        ns = lab.netns("bench")
-        holder = subprocess.Popen(
-            [sys.executable, "-c", HOLDER.format(root=str(ROOT), ns=ns.name, n=args.sockets)],
-            stdout=subprocess.PIPE, text=True, start_new_session=True)
-        lab.procs.append(holder)
-        assert "ready" in holder.stdout.readline()
+        ns = hold_sockets(lab, "bench", args.sockets)
         ours = contend("nodeward", ns.name, args.rounds)
         theirs = contend("psutil", ns.name, args.rounds)
     assert ours["count"] == theirs["count"] == args.sockets, (ours, theirs)
