@@ -1,0 +1,1 @@
+"""Enforcement: turn findings into the agent's own firewall rules (plan, apply, rollback)."""

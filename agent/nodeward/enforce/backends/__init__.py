@@ -1,0 +1,144 @@
+"""Firewall backends: the only code in nodeward that runs netfilter-writing commands.
+
+Every backend works in the network namespace of the calling process, touches only the
+agent's own objects (NODEWARD-* chains and the jumps to them carrying the `nodeward`
+comment, or `table inet nodeward`), and changes them in one kernel transaction per family.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..plan import Plan
+
+
+class BackendError(RuntimeError):
+    """The backend cannot be used here, or a command failed; one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Counter:
+    chain: str
+    rule: str
+    packets: int
+    bytes: int
+    comment: str
+
+
+class Backend(Protocol):
+    name: str
+
+    def current(self) -> str: ...
+    def desired(self, plan: Plan, mode: str) -> str: ...
+    def apply(self, plan: Plan, mode: str) -> bool: ...
+    def snapshot_all(self) -> str: ...
+    def restore(self, saved: str) -> None: ...
+    def uninstall(self) -> bool: ...
+    def status(self) -> list[Counter]: ...
+
+
+def run(argv: list[str], stdin: str | None = None, check: bool = True,
+        timeout: float = 60) -> subprocess.CompletedProcess:
+    try:
+        r = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise BackendError(f"{argv[0]}: command not found") from None
+    except subprocess.TimeoutExpired:
+        raise BackendError(f"{argv[0]}: timed out after {timeout:g}s") from None
+    if check and r.returncode != 0:
+        err = (r.stderr.strip() or r.stdout.strip()).splitlines()
+        raise BackendError(f"{' '.join(argv[:2])} failed ({r.returncode}): "
+                           f"{err[0] if err else 'no output'}")
+    return r
+
+
+def _rule_count(argv: list[str]) -> int:
+    """Rules in every table of one iptables flavour (how kube-proxy's wrapper decides)."""
+    if not shutil.which(argv[0]):
+        return -1
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return -1
+    if r.returncode != 0:
+        return -1
+    return sum(1 for line in r.stdout.splitlines() if line.startswith("-A "))
+
+
+def detect_flavour() -> str:
+    """'nft' or 'legacy': the iptables flavour that holds this host's rules.
+
+    Like kube-proxy's iptables-wrapper: the flavour with more rules wins; with none anywhere,
+    the one `iptables` itself points to (Debian's alternatives)."""
+    legacy = _rule_count(["iptables-legacy-save"]) + max(0, _rule_count(["ip6tables-legacy-save"]))
+    nft = _rule_count(["iptables-nft-save"]) + max(0, _rule_count(["ip6tables-nft-save"]))
+    if legacy > nft:
+        return "legacy"
+    if nft > legacy:
+        return "nft"
+    target = os.path.realpath(shutil.which("iptables") or "")
+    return "legacy" if "legacy" in target else "nft"
+
+
+def _foreign_nft_tables() -> bool:
+    """True when native nftables tables exist that iptables-nft did not create."""
+    if not shutil.which("nft"):
+        return False
+    r = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+    compat = {"filter", "nat", "mangle", "raw", "security", "broute"}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] not in compat and parts[2] != "nodeward":
+            return True
+    return False
+
+
+def _where_ours() -> tuple[str, str | None]:
+    """('nftables', None) / ('iptables', flavour) when our objects exist, else ('auto', None)."""
+    if shutil.which("nft"):
+        r = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+        if "table inet nodeward" in r.stdout.splitlines():
+            return "nftables", None
+    for flavour in ("legacy", "nft"):
+        tool = f"iptables-{flavour}-save"
+        if not shutil.which(tool):
+            continue
+        r = subprocess.run([tool, "-t", "filter"], capture_output=True, text=True)
+        if ":NODEWARD-INPUT " in r.stdout:
+            return "iptables", flavour
+    return "auto", None
+
+
+def select(name: str, families: tuple[int, ...], log_rate: int = 10) -> Backend:
+    """The backend for config `backend` (auto | iptables | nftables | python-iptables).
+
+    With auto, wherever our objects already are wins (so detection cannot flip between
+    runs), then a native-nftables host gets nftables, anything else iptables."""
+    flavour = None
+    if name == "auto":
+        name, flavour = _where_ours()
+    if name == "auto":
+        if shutil.which("nft") and _foreign_nft_tables() and _rule_count(
+                ["iptables-legacy-save"]) <= 0 and _rule_count(["iptables-nft-save"]) <= 0:
+            name = "nftables"
+        elif (shutil.which("iptables-nft-restore") or shutil.which("iptables-legacy-restore")):
+            name = "iptables"
+        else:
+            name = "nftables"
+    if name == "iptables":
+        from .iptables import IptablesBackend
+
+        return IptablesBackend(flavour or detect_flavour(), families, log_rate)
+    if name == "nftables":
+        from .nftables import NftablesBackend
+
+        return NftablesBackend(families, log_rate)
+    if name == "python-iptables":
+        from .pyiptables import PyIptablesBackend
+
+        return PyIptablesBackend(families, log_rate)
+    raise BackendError(f"unknown backend {name!r}")
