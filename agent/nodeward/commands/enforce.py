@@ -131,6 +131,13 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
     backend = backends.select(cfg.backend, (4, 6) if settings.ipv6 else (4,),
                               settings.log_rate)
     counters = backend.status()
+    if args.format == "json":
+        import json
+
+        print(json.dumps({"backend": backend.name, "rules": [
+            {"chain": c.chain, "comment": c.comment, "packets": c.packets, "bytes": c.bytes,
+             "rule": c.rule} for c in counters]}, indent=1))
+        return EXIT_OK
     print(f"# backend {backend.name}: {len(counters)} rules")
     print(f"{'PACKETS':>10} {'BYTES':>12}  {'CHAIN':<22} COMMENT")
     for c in counters:
@@ -163,6 +170,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="roll back unless the API server and probes connect within N s")
     a.set_defaults(handler=cmd_apply)
     s = sub.add_parser("status", help="the agent's rules with packet/byte counters")
+    s.add_argument("--format", choices=["table", "json"], default="table")
     s.set_defaults(handler=cmd_status)
     u = sub.add_parser("uninstall", help="remove exactly what the agent added")
     u.set_defaults(handler=cmd_uninstall)

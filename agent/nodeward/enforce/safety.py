@@ -83,7 +83,7 @@ def check_plan(plan: Plan, cfg: Config, settings: EnforceSettings,
                           "node_cidrs nor enforce.control_plane is set: the plan would cut "
                           "every other node off; refusing")
         for net in sources:
-            src = str(next(net.hosts(), net.network_address))
+            src = str(next(iter(net.hosts()), net.network_address))
             pkt = Packet(fam, "tcp", port, src, str(addr), "eth0")
             if verdict(plan, "input", pkt) == "drop":
                 raise Refused(f"plan would cut {net} off the API server {addr}:{port}; "

@@ -1,0 +1,192 @@
+"""Enforcement in network namespaces, for every backend: real sockets, real netfilter.
+
+Topology: node 10.77.0.1 (kubelet 10250/10255, etcd 2379, kube-apiserver 6443, sshd 22),
+a pod 10.244.1.2 behind the node's cali0, a peer node 10.77.0.2 (the control plane), and an
+"outside" namespace holding 169.254.169.254:80 routed through the node.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.lab import enforce_helpers as h
+
+pytestmark = pytest.mark.lab
+
+BACKENDS = [
+    pytest.param("iptables", "nft", id="iptables-nft"),
+    pytest.param("iptables", "legacy", id="iptables-legacy"),
+    pytest.param("nftables", "nft", id="nftables"),
+    pytest.param("python-iptables", "legacy", id="python-iptables-legacy"),
+]
+TIMEOUT = 0.5  # a dropped SYN costs this much; an open port answers at once
+
+
+def _skip_unless(backend: str) -> None:
+    reason = h.have("iptables-nft-restore", "iptables-legacy-restore", "nft")
+    if backend == "python-iptables":
+        reason = reason or h.have_pyiptables()
+    if reason:
+        pytest.skip(reason)
+
+
+def _changes(out: str) -> int:
+    m = re.search(r"apply: (\d+) changes", out)
+    assert m, out
+    return int(m.group(1))
+
+
+def _reach(t: h.Topo, ns, port: int, host: str = h.NODE_IP) -> bool:
+    return t.lab.connect(ns, host, port, timeout=TIMEOUT)
+
+
+def _strip_counters(text: str) -> str:
+    return re.sub(r"counter packets \d+ bytes \d+", "counter", text)
+
+
+@pytest.mark.parametrize("backend,flavour", BACKENDS)
+def test_enforce_audit_uninstall(lab, tmp_path, backend, flavour):
+    _skip_unless(backend)
+    t = h.build(lab)
+    h.add_foreign_iptables(lab, t.node, flavour)
+    if backend == "nftables":
+        (tmp_path / "foreign.nft").write_text(h.FOREIGN_NFT)
+        lab.sh("nft", "-f", str(tmp_path / "foreign.nft"), ns=t.node)
+    before_save = h.save_text(lab, t.node, flavour)
+    before_nft = h.nft_ruleset(lab, t.node)
+    cfg = h.config(tmp_path, backend)
+
+    # Without nodeward the pod reaches everything: the assertions below can fail.
+    assert all(_reach(t, t.pod, p) for p in h.PORTS.values())
+    assert _reach(t, t.pod, 80, h.METADATA)
+
+    r = h.nodeward(lab, t.node, cfg, "apply")
+    assert r.returncode == 0, r.stderr
+    assert _changes(r.stdout) > 0
+    for name, port in h.PORTS.items():
+        assert not _reach(t, t.pod, port), f"pod still reaches {name} {port}"
+    assert not _reach(t, t.pod, 80, h.METADATA), "pod still reaches the metadata address"
+    for name in ("kubelet", "etcd", "apiserver"):
+        assert _reach(t, t.peer, h.PORTS[name]), f"allowed peer cut off {name}"
+    assert not _reach(t, t.peer, h.PORTS["kubelet-readonly"])  # read-only: loopback only
+    assert t.lab.connect(t.node, "127.0.0.1", h.PORTS["kubelet-readonly"])
+    assert _reach(t, t.pod, h.SSH) and _reach(t, t.peer, h.SSH), "failsafe port closed"
+
+    # Idempotent: nothing touched; foreign chains byte-identical.
+    r = h.nodeward(lab, t.node, cfg, "apply")
+    assert r.returncode == 0 and _changes(r.stdout) == 0, r.stdout + r.stderr
+    after = h.save_text(lab, t.node, flavour)
+    assert h.chains_text(after) == h.chains_text(before_save)
+    assert h.builtin_foreign(after) == h.builtin_foreign(before_save)
+    if backend == "nftables":
+        assert "table ip calico-like" in h.nft_ruleset(lab, t.node)
+    else:  # our jump is first in INPUT and FORWARD
+        assert after.split("-A INPUT ", 1)[1].startswith("-m comment --comment nodeward")
+
+    # A controller removes our jump (or, for nft, a rule of ours): the next cycle restores.
+    if backend == "nftables":
+        handle = re.search(r'comment "nodeward: kubelet-readonly closed" # handle (\d+)',
+                           lab.sh("nft", "-a", "list", "chain", "inet", "nodeward", "input",
+                                  ns=t.node).stdout).group(1)
+        lab.sh("nft", "delete", "rule", "inet", "nodeward", "input", "handle", handle,
+               ns=t.node)
+    else:
+        lab.sh(h.flavour_cmd(flavour), "-w", "-D", "INPUT", "-m", "comment", "--comment",
+               "nodeward", "-j", "NODEWARD-INPUT", ns=t.node)
+        lab.sh(h.flavour_cmd(flavour), "-w", "-I", "INPUT", "1", "-j", "cali-INPUT",
+               ns=t.node)  # Felix-like: inserted on top
+    assert _reach(t, t.peer, h.PORTS["kubelet-readonly"])  # the hole is real
+    r = h.nodeward(lab, t.node, cfg, "apply")
+    assert r.returncode == 0 and _changes(r.stdout) > 0, r.stdout + r.stderr
+    assert not _reach(t, t.peer, h.PORTS["kubelet-readonly"])
+    if backend != "nftables":
+        lab.sh(h.flavour_cmd(flavour), "-w", "-D", "INPUT", "-j", "cali-INPUT", ns=t.node)
+
+    # Audit: the same connections succeed, and the counters count them.
+    r = h.nodeward(lab, t.node, cfg, "apply", "--mode", "audit")
+    assert r.returncode == 0, r.stderr
+    for port in h.PORTS.values():
+        assert _reach(t, t.pod, port)
+    assert _reach(t, t.pod, 80, h.METADATA)
+    r = h.nodeward(lab, t.node, cfg, "status", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    counts: dict[str, int] = {}
+    for rule in json.loads(r.stdout)["rules"]:  # audit: a LOG rule and a counting rule
+        counts[rule["comment"]] = max(counts.get(rule["comment"], 0), rule["packets"])
+    assert counts.get("nodeward: pod to kubelet", 0) >= 1, r.stdout
+    assert counts.get("nodeward: pod to kubelet-readonly", 0) >= 1, r.stdout
+    assert counts.get("nodeward: pod to kube-apiserver", 0) >= 1, r.stdout
+    assert counts.get("nodeward: pod to etcd-client", 0) >= 1, r.stdout
+    assert counts.get("nodeward: pod cali* to metadata", 0) >= 1, r.stdout
+
+    # Uninstall: exactly what we added goes (counters aside: traffic moved them).
+    r = h.nodeward(lab, t.node, cfg, "uninstall")
+    assert r.returncode == 0, r.stderr
+    after = h.save_text(lab, t.node, flavour)
+    assert re.sub(r"\[\d+:\d+\]", "", after) == re.sub(r"\[\d+:\d+\]", "", before_save)
+    assert _strip_counters(h.nft_ruleset(lab, t.node)) == _strip_counters(before_nft)
+    assert _reach(t, t.pod, h.PORTS["kubelet"])
+
+
+@pytest.mark.parametrize("backend,flavour", BACKENDS)
+def test_uninstall_restores_exact_text(lab, tmp_path, backend, flavour):
+    """No traffic in between: the save/list text after uninstall is byte-identical."""
+    _skip_unless(backend)
+    node = lab.netns("node")
+    h.add_foreign_iptables(lab, node, flavour)
+    before = (h.save_text(lab, node, "nft"), h.save_text(lab, node, "legacy"),
+              h.nft_ruleset(lab, node))
+    cfg = h.config(tmp_path, backend)
+    for argv in (["apply"], ["apply", "--mode", "audit"], ["apply"], ["uninstall"]):
+        r = h.nodeward(lab, node, cfg, *argv)
+        assert r.returncode == 0, f"{argv}: {r.stderr}"
+    after = (h.save_text(lab, node, "nft"), h.save_text(lab, node, "legacy"),
+             h.nft_ruleset(lab, node))
+    assert after == before
+    r = h.nodeward(lab, node, cfg, "uninstall")
+    assert r.returncode == 0 and "nothing to remove" in r.stdout
+
+
+BAD_CONFIGS = {
+    "failsafe-removed": {"failsafe_ports": []},
+    "failsafe-without-ssh": {"failsafe_ports": ["tcp/2222"]},
+    "unknown-backend": {"backend": "ebtables"},
+    "bad-cidr": {"enforce": {"control_plane": ["10.0.0.300/24"]}},
+    "bad-allow-component": {"enforce": {"allow": {"kubelett": ["10.0.0.0/8"]}}},
+    "api-server-cut-off": {"node_cidrs": [], "enforce": {"api_server": "10.77.0.1:6443"}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_exit_2_ruleset_unchanged(lab, tmp_path, case):
+    _skip_unless("iptables")
+    node = lab.node("node", f"{h.NODE_IP}/24")
+    h.add_foreign_iptables(lab, node, "nft")
+    before = (h.save_text(lab, node, "nft"), h.save_text(lab, node, "legacy"),
+              h.nft_ruleset(lab, node))
+    data = {"node_cidrs": ["10.77.0.0/24"], "mode": "enforce", "backend": "iptables",
+            **BAD_CONFIGS[case]}
+    cfg = h.config_raw(tmp_path, data)
+    r = h.nodeward(lab, node, cfg, "apply")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and ("error" in err or "refused" in err), err
+    after = (h.save_text(lab, node, "nft"), h.save_text(lab, node, "legacy"),
+             h.nft_ruleset(lab, node))
+    assert after == before
+
+
+def test_refusals_exit_2(lab, tmp_path):
+    """python-iptables on an nft-backed host, and apply in report mode, change nothing."""
+    _skip_unless("python-iptables")
+    node = lab.netns("node")
+    h.add_foreign_iptables(lab, node, "nft")
+    before = (h.save_text(lab, node, "nft"), h.save_text(lab, node, "legacy"))
+    r = h.nodeward(lab, node, h.config(tmp_path, "python-iptables"), "apply")
+    assert r.returncode == 2 and "nft-backed" in r.stderr, r.stderr
+    r = h.nodeward(lab, node, h.config(tmp_path, "iptables", mode="report"), "apply")
+    assert r.returncode == 2 and "report" in r.stderr, r.stderr
+    assert (h.save_text(lab, node, "nft"), h.save_text(lab, node, "legacy")) == before
