@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -190,3 +191,38 @@ def test_refusals_exit_2(lab, tmp_path):
     r = h.nodeward(lab, node, h.config(tmp_path, "iptables", mode="report"), "apply")
     assert r.returncode == 2 and "report" in r.stderr, r.stderr
     assert (h.save_text(lab, node, "nft"), h.save_text(lab, node, "legacy")) == before
+
+
+@pytest.mark.parametrize("backend,flavour,previous", [
+    pytest.param("iptables", "nft", None, id="iptables-nft-from-nothing"),
+    pytest.param("iptables", "legacy", "audit", id="iptables-legacy-from-audit"),
+    pytest.param("nftables", "nft", "audit", id="nftables-from-audit"),
+])
+def test_dead_man_rollback(lab, tmp_path, backend, flavour, previous):
+    """--confirm-timeout: an unhealthy apply restores the previous rules and exits 1; a
+    healthy one is kept."""
+    _skip_unless(backend)
+    node = lab.node("node", f"{h.NODE_IP}/24")
+    peer = lab.node("peer", f"{h.PEER_IP}/24")
+    lab.listen(peer, "kube-apiserver", tcp=[f"{h.PEER_IP}:6443"])
+    h.add_foreign_iptables(lab, node, flavour)
+    api = {"api_server": f"{h.PEER_IP}:6443"}
+    if previous:
+        r = h.nodeward(lab, node, h.config(tmp_path, backend, mode=previous, **api), "apply")
+        assert r.returncode == 0, r.stderr
+    before = (h.save_text(lab, node, flavour), h.nft_ruleset(lab, node))
+    (tmp_path / "bad").mkdir()
+    bad = h.config(tmp_path / "bad", backend, probes=[f"{h.PEER_IP}:9"], **api)
+    t0 = time.monotonic()
+    r = h.nodeward(lab, node, bad, "apply", "--confirm-timeout", "1.5")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "rolled back" in r.stderr and f"{h.PEER_IP}:9" in r.stderr
+    assert time.monotonic() - t0 < 10
+    after = (h.save_text(lab, node, flavour), h.nft_ruleset(lab, node))
+    assert [_strip_counters(re.sub(r"\[\d+:\d+\]", "", x)) for x in after] == \
+        [_strip_counters(re.sub(r"\[\d+:\d+\]", "", x)) for x in before]
+    good = h.config(tmp_path, backend, **api)
+    r = h.nodeward(lab, node, good, "apply", "--confirm-timeout", "5")
+    assert r.returncode == 0 and "kept" in r.stdout, (r.stdout, r.stderr)
+    r = h.nodeward(lab, node, good, "apply")
+    assert _changes(r.stdout) == 0
