@@ -8,7 +8,11 @@ a pod 10.244.1.2 behind the node's cali0, a peer node 10.77.0.2 (the control pla
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -226,3 +230,32 @@ def test_dead_man_rollback(lab, tmp_path, backend, flavour, previous):
     assert r.returncode == 0 and "kept" in r.stdout, (r.stdout, r.stderr)
     r = h.nodeward(lab, node, good, "apply")
     assert _changes(r.stdout) == 0
+
+
+def test_dead_man_survives_a_killed_apply(lab, tmp_path):
+    """apply SIGKILLed inside its confirm window: the watchdog it forked rolls back."""
+    _skip_unless("iptables")
+    node = lab.node("node", f"{h.NODE_IP}/24")
+    peer = lab.node("peer", f"{h.PEER_IP}/24")
+    lab.listen(peer, "kube-apiserver", tcp=[f"{h.PEER_IP}:6443"])
+    h.add_foreign_iptables(lab, node, "nft")
+    before = h.save_text(lab, node, "nft")
+    cfg = h.config(tmp_path, "iptables", api_server=f"{h.PEER_IP}:6443",
+                   probes=[f"{h.PEER_IP}:9"])
+    p = subprocess.Popen(["ip", "netns", "exec", node.name, sys.executable, "-m", "nodeward",
+                          "--config", str(cfg), "apply", "--confirm-timeout", "60"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while "NODEWARD-INPUT" not in h.save_text(lab, node, "nft"):
+            assert time.monotonic() < deadline, "apply never applied"
+            time.sleep(0.05)
+        os.kill(p.pid, signal.SIGKILL)  # `ip netns exec` execs: this is nodeward itself
+        p.wait(5)
+        deadline = time.monotonic() + 10
+        while h.save_text(lab, node, "nft") != before:
+            assert time.monotonic() < deadline, "watchdog did not restore the old rules"
+            time.sleep(0.05)
+    finally:
+        if p.poll() is None:
+            p.kill()

@@ -102,7 +102,16 @@ def cmd_apply(args: argparse.Namespace, cfg: Config) -> int:
     before = backend.current()
     desired = backend.desired(plan, mode)
     saved = backend.snapshot_all() if timeout > 0 else None
-    changed = backend.apply(plan, mode)
+    watchdog = None
+    if saved is not None and before != desired:
+        # armed before the change: if we die before confirming, it puts `saved` back
+        watchdog = safety.Watchdog(lambda: backend.restore(saved), timeout + 30)
+    try:
+        changed = backend.apply(plan, mode)
+    except BaseException:
+        if watchdog:
+            watchdog.dismiss()
+        raise
     changes = sum(1 for d in _diff(before, desired)
                   if d[:1] in "+-" and d[:3] not in ("+++", "---")) if changed else 0
     print(f"nodeward: apply: {changes} changes (backend {backend.name}, mode {mode})")
@@ -115,11 +124,15 @@ def cmd_apply(args: argparse.Namespace, cfg: Config) -> int:
         if failed:
             assert saved is not None
             backend.restore(saved)
+            if watchdog:
+                watchdog.dismiss()
             what = ", ".join(f"{h}:{p}" for h, p in failed)
             _err(f"rolled back: health check failed within {timeout:g}s ({what} did not "
                  "connect); the previous rules are restored")
             return EXIT_FAILED
         print(f"nodeward: apply: healthy within {timeout:g}s; kept")
+    if watchdog:
+        watchdog.dismiss()
     return EXIT_OK
 
 

@@ -119,3 +119,47 @@ def confirm(targets: Sequence[tuple[str, int]], timeout: float,
         if pending:
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
     return pending
+
+
+class Watchdog:
+    """The dead-man half that survives us: a forked child (own session) that restores the
+    saved rules unless told "ok" on a pipe. If `nodeward apply` is killed during the
+    confirm window the pipe closes and the child rolls back; if apply hangs, it rolls back
+    after the deadline."""
+
+    def __init__(self, restore: Callable[[], None], deadline: float) -> None:
+        import os
+
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 0
+            try:
+                os.close(w)
+                os.setsid()
+                import select
+
+                ready, _, _ = select.select([r], [], [], deadline)
+                word = os.read(r, 2) if ready else b""
+                if word != b"ok":
+                    restore()
+                    import sys
+
+                    print("nodeward: watchdog: apply was not confirmed; previous rules "
+                          "restored", file=sys.stderr, flush=True)
+                    code = 3
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(r)
+        self.pid, self.fd = pid, w
+
+    def dismiss(self) -> None:
+        import os
+
+        try:
+            os.write(self.fd, b"ok")
+        finally:
+            os.close(self.fd)
+            os.waitpid(self.pid, 0)
