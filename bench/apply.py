@@ -13,7 +13,9 @@ and the nftables backend are timed too, for reference.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import ipaddress
+import os
 import statistics
 import sys
 import time
@@ -56,6 +58,7 @@ def per_rule_pyiptables(plan: Plan) -> float:
     helper = PyIptablesBackend.__new__(PyIptablesBackend)
     helper.iptc, helper.log_rate = iptc, 10
     table = iptc.Table(iptc.Table.FILTER)
+    table.refresh()  # python-iptables caches the handle: reopen it in this namespace
     table.autocommit = True
     t0 = time.perf_counter()
     for name in IPT_CHAINS.values():
@@ -86,21 +89,24 @@ def main() -> int:
     plan = make_plan(args.rules)
     n = len(iptables_rule_lines(plan, 4, "enforce"))
     results: dict[str, list[float]] = {"legacy": [], "nft": [], "nftables": [], "pyiptc": []}
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)  # to step back out before teardown
+    libc = ctypes.CDLL(None, use_errno=True)
     with Lab() as lab:
-        for _ in range(args.repeat):
-            ns = lab.netns("bench")
-            setns(ns.name)  # this thread (and the commands it runs) now live in the lab
-            for key, backend in (("legacy", IptablesBackend("legacy")),
-                                 ("nft", IptablesBackend("nft")),
-                                 ("nftables", NftablesBackend())):
-                t0 = time.perf_counter()
-                assert backend.apply(plan, "enforce")
-                results[key].append(time.perf_counter() - t0)
-                assert not backend.apply(plan, "enforce")  # idempotent
-                backend.uninstall()
-            results["pyiptc"].append(per_rule_pyiptables(plan))
-            lab.sh("ip", "netns", "del", ns.name)
-            lab.namespaces.remove(ns)
+        try:
+            for i in range(args.repeat):
+                ns = lab.netns(f"bench{i}")
+                setns(ns.name)  # this thread (and the commands it runs) now live in the lab
+                for key, backend in (("legacy", IptablesBackend("legacy")),
+                                     ("nft", IptablesBackend("nft")),
+                                     ("nftables", NftablesBackend())):
+                    t0 = time.perf_counter()
+                    assert backend.apply(plan, "enforce")
+                    results[key].append(time.perf_counter() - t0)
+                    assert not backend.apply(plan, "enforce")  # idempotent
+                    backend.uninstall()
+                results["pyiptc"].append(per_rule_pyiptables(plan))
+        finally:
+            libc.setns(home, 0x40000000)  # Lab.close kills whatever is inside its namespaces
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"plan: {len(plan.rules)} rules ({n} iptables lines), median of {args.repeat}")
     print(f"  iptables-legacy-restore (atomic backend): {med['legacy'] * 1000:8.1f} ms")
