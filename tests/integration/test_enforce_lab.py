@@ -259,3 +259,40 @@ def test_dead_man_survives_a_killed_apply(lab, tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+@pytest.mark.parametrize("backend,flavour", BACKENDS)
+def test_ipv6_idempotent_and_removed(lab, tmp_path, backend, flavour):
+    """With enforce.ipv6 the second family is managed too (ip6tables-restore / ip6 rules):
+    a second apply changes nothing, uninstall leaves no trace in either family."""
+    _skip_unless(backend)
+    node = lab.netns("node")
+    if flavour == "legacy":  # the kubelet's hint chain tells the flavour, as on a real node
+        lab.sh("iptables-legacy", "-w", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT", ns=node)
+    def saves() -> list[str]:
+        return [re.sub(r"^# (Generated|Completed|Warning).*$", "",
+                       lab.sh(f"{fam}-{flavour}-save", "-t", "filter", ns=node).stdout,
+                       flags=re.M)
+                for fam in ("iptables", "ip6tables")]
+
+    for fam in ("iptables", "ip6tables"):  # a node's filter tables exist and hold rules
+        lab.sh(f"{fam}-{flavour}", "-w", "-N", "KUBE-FIREWALL", ns=node)
+        lab.sh(f"{fam}-{flavour}", "-w", "-A", "INPUT", "-j", "KUBE-FIREWALL", ns=node)
+    before = saves()
+    cfg = h.config_raw(tmp_path, {
+        "node_cidrs": ["10.77.0.0/24", "fd00:77::/64"], "mode": "enforce", "backend": backend,
+        "pod_cidrs": ["10.244.0.0/16", "fd00:244::/56"],
+        "enforce": {"control_plane": ["10.77.0.2/32", "fd00:77::2/128"], "ipv6": True,
+                    "allow": {"kube-apiserver": ["fd00:244:9::/64"]}}})
+    r = h.nodeward(lab, node, cfg, "apply")
+    assert r.returncode == 0 and _changes(r.stdout) > 0, r.stderr
+    v6 = lab.sh(f"ip6tables-{flavour}-save", ns=node).stdout
+    if backend == "nftables":
+        assert "fd00:244:9::/64" in h.nft_ruleset(lab, node)
+    else:
+        assert "-A NODEWARD-INPUT -s fd00:244:9::/64 -p tcp -m tcp --dport 6443" in v6
+    r = h.nodeward(lab, node, cfg, "apply")
+    assert r.returncode == 0 and _changes(r.stdout) == 0, r.stdout + r.stderr
+    assert h.nodeward(lab, node, cfg, "uninstall").returncode == 0
+    assert saves() == before
+    assert "nodeward" not in h.nft_ruleset(lab, node)

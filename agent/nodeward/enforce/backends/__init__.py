@@ -72,8 +72,14 @@ def _rule_count(argv: list[str]) -> int:
 def detect_flavour() -> str:
     """'nft' or 'legacy': the iptables flavour that holds this host's rules.
 
-    Like kube-proxy's iptables-wrapper: the flavour with more rules wins; with none anywhere,
-    the one `iptables` itself points to (Debian's alternatives)."""
+    Like kube-proxy's iptables-wrapper: the flavour holding the kubelet's hint chains, else
+    the one with more rules, else the one `iptables` itself points to (alternatives)."""
+    for flavour in ("legacy", "nft"):  # kubelet/kube-proxy leave these in their flavour
+        tool = f"iptables-{flavour}-save"
+        if shutil.which(tool):
+            r = subprocess.run([tool, "-t", "mangle"], capture_output=True, text=True)
+            if ":KUBE-IPTABLES-HINT " in r.stdout or ":KUBE-KUBELET-CANARY " in r.stdout:
+                return flavour
     legacy = _rule_count(["iptables-legacy-save"]) + max(0, _rule_count(["ip6tables-legacy-save"]))
     nft = _rule_count(["iptables-nft-save"]) + max(0, _rule_count(["ip6tables-nft-save"]))
     if legacy > nft:
