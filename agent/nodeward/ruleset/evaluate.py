@@ -1,0 +1,320 @@
+"""Packet-path evaluator: what the node's netfilter does with the first packet of a connection.
+
+Pure: a Ruleset, a Packet and the node's local addresses in, a Verdict out. Walks, per hook,
+every base chain of every table and front-end in priority order (a packet must pass all of
+them: an accept ends one chain, a drop/reject anywhere ends the packet), following jumps,
+gotos, RETURN and policies. A match it cannot decide (unknown module, unknown ipset, ...)
+forks the walk into "matches" and "does not match"; when the forks disagree the verdict is
+uncertain, says why, and reports the more permissive action (reachable) because a scanner
+must not claim a port is closed when it may not be.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from .iptables import parse_net
+from .model import Chain, Match, Packet, Rule, Ruleset, Step, Table, Verdict
+
+PATH_HOOKS = {"input": ("prerouting", "input"), "forward": ("prerouting", "forward")}
+NON_TERMINATING = frozenset({"LOG", "NFLOG", "ULOG", "MARK", "CONNMARK", "CLASSIFY", "TCPMSS",
+                             "DSCP", "TOS", "TTL", "HL", "TRACE", "AUDIT", "CHECKSUM", "SET",
+                             "CONNSECMARK", "SECMARK", "IDLETIMER", "LED", "TEE", "COUNTER",
+                             "CT", "NOTRACK", ""})
+NAT_ACCEPT = frozenset({"SNAT", "MASQUERADE", "NETMAP"})
+KNOWN_ADDRTYPES = frozenset({"LOCAL", "UNICAST", "MULTICAST", "BROADCAST"})
+MAX_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class _Out:
+    action: str
+    pkt: Packet
+    trace: tuple[Step, ...]
+    reasons: tuple[str, ...]
+    forced: bool  # uncertain regardless of agreement (unknown target, branch budget, ...)
+
+
+class _Ctx:
+    __slots__ = ("branches", "local", "max_branches", "set_cache", "sets")
+
+    def __init__(self, ruleset: Ruleset, local: frozenset[str], max_branches: int) -> None:
+        self.sets = ruleset.sets
+        self.local = local
+        self.max_branches = max_branches
+        self.branches = 0
+        self.set_cache: dict[str, tuple | None] = {}
+
+
+def _ip(text: str) -> int:
+    return int(ipaddress.ip_address(text))
+
+
+def _addrtype(ctx: _Ctx, addr: str, family: int) -> str:
+    if addr in ctx.local:
+        return "LOCAL"
+    ip = ipaddress.ip_address(addr)
+    if ip.is_loopback:
+        return "LOCAL"
+    if ip.is_multicast:
+        return "MULTICAST"
+    if family == 4 and addr == "255.255.255.255":
+        return "BROADCAST"
+    return "UNICAST"
+
+
+def _set_members(ctx: _Ctx, name: str) -> tuple | None:
+    if name in ctx.set_cache:
+        return ctx.set_cache[name]
+    s = ctx.sets.get(name)
+    out = None
+    if s is not None and s.type in ("hash:ip", "hash:net", "bitmap:ip"):
+        try:
+            out = tuple(parse_net(m) for m in s.members)
+        except ValueError:
+            out = None
+    ctx.set_cache[name] = out
+    return out
+
+
+def _match(ctx: _Ctx, m: Match, p: Packet, si: int, di: int) -> bool | None:
+    """True/False, or None when this match cannot be decided from the packet."""
+    op = m.op
+    a = m.args
+    if op == "dst" or op == "src":
+        v = di if op == "dst" else si
+        r = a[0] == p.family and a[1] <= v <= a[2]
+    elif op == "proto":
+        r = p.protocol == a[0]
+    elif op == "dport" or op == "sport" or op == "port":
+        if p.protocol not in ("tcp", "udp", "sctp", "udplite"):
+            r = False
+        else:
+            ports = (p.dport,) if op == "dport" else (p.sport,) if op == "sport" else \
+                (p.sport, p.dport)
+            r = any(lo <= x <= hi for x in ports for lo, hi in a)
+    elif op == "comment":
+        return True
+    elif op == "iif" or op == "oif":
+        name = p.iif if op == "iif" else p.oif
+        if not name:
+            return None
+        r = name.startswith(a[0]) if a[1] else name == a[0]
+    elif op == "ctstate":
+        if any(s in ("SNAT", "DNAT") for s in a):
+            return None
+        r = p.ctstate in a
+    elif op == "addrtype":
+        direction, types = a
+        if not set(types) <= KNOWN_ADDRTYPES:
+            return None
+        r = _addrtype(ctx, p.dst if direction == "dst" else p.src, p.family) in types
+    elif op == "set":
+        name, flags = a
+        members = _set_members(ctx, name)
+        if members is None or flags[0] not in ("src", "dst"):
+            return None
+        v = si if flags[0] == "src" else di
+        r = any(f == p.family and lo <= v <= hi for f, lo, hi in members)
+    elif op == "tcpflags":
+        if p.protocol != "tcp":
+            r = False
+        else:
+            mask, comp = a
+            r = (p.tcp_flags & mask) == comp
+    elif op == "l4proto_any":  # nft: "meta l4proto {tcp, udp}"
+        r = p.protocol in a
+    else:
+        return None
+    return r != m.negate
+
+
+def _rule_matches(ctx: _Ctx, rule: Rule, p: Packet, si: int, di: int) -> tuple[bool | None, str]:
+    unsure = ""
+    for m in rule.matches:
+        r = _match(ctx, m, p, si, di)
+        if r is False:
+            return False, ""
+        if r is None and not unsure:
+            unsure = m.text or m.op
+    return (None, unsure) if unsure else (True, "")
+
+
+def _dnat(p: Packet, arg: str) -> Packet | None:
+    """Apply a DNAT destination 'a.b.c.d[:port]' / '[v6]:port'; None if not understood."""
+    host, port = arg, ""
+    if arg.startswith("["):
+        host, _, rest = arg[1:].partition("]")
+        port = rest.lstrip(":")
+    elif arg.count(":") == 1:
+        host, port = arg.split(":")
+    if "-" in host or "-" in port:
+        return None
+    try:
+        ipaddress.ip_address(host or p.dst)
+        return Packet(p.family, p.src, host or p.dst, p.protocol,
+                      int(port) if port else p.dport, p.sport, p.iif, p.oif, p.ctstate,
+                      p.tcp_flags)
+    except ValueError:
+        return None
+
+
+def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[Step, ...],
+         reasons: tuple[str, ...]) -> list[_Out]:
+    """Walk from the frame stack [[chain, next_index], ...] to a verdict for this base chain."""
+    si, di = _ip(p.src), _ip(p.dst)
+    outs: list[_Out] = []
+    fe, tn = table.frontend, table.name
+    base: Chain = frames[0][0]
+    while frames:
+        frame = frames[-1]
+        chain: Chain = frame[0]
+        rules = chain.rules
+        idx = frame[1]
+        n = len(rules)
+        jumped = False
+        while idx < n:
+            rule = rules[idx]
+            idx += 1
+            ok, why = _rule_matches(ctx, rule, p, si, di)
+            if ok is False:
+                continue
+            if ok is None:
+                ctx.branches += 1
+                reason = f"{fe} {tn} {chain.name} #{idx}: cannot evaluate {why!r}"
+                if ctx.branches > ctx.max_branches:
+                    return [*outs, _Out("accept", p, trace, (*reasons, reason,
+                                        "too many undecidable rules to follow every case"),
+                                        True)]
+                alt = [list(f) for f in frames]
+                alt[-1][1] = idx
+                outs.extend(_run(ctx, table, alt, p, trace, (*reasons, reason)))
+                reasons = (*reasons, reason)
+            t = rule.target
+            step = Step(fe, tn, chain.name, idx, rule.text, "")
+            if t == "ACCEPT" or t in NAT_ACCEPT:
+                return [*outs, _Out("accept", p, (*trace, _eff(step, "accept")), reasons, False)]
+            if t == "DROP":
+                return [*outs, _Out("drop", p, (*trace, _eff(step, "drop")), reasons, False)]
+            if t == "REJECT":
+                return [*outs, _Out("reject", p, (*trace, _eff(step, "reject")), reasons, False)]
+            if t == "JUMP" or t == "GOTO":
+                target = table.chains.get(rule.arg)
+                if target is None or len(frames) >= MAX_DEPTH:
+                    why = f"{fe} {tn} {chain.name} #{idx}: jump to missing/too deep {rule.arg}"
+                    return [*outs, _Out("accept", p, trace, (*reasons, why), True)]
+                trace = (*trace, _eff(step, t.lower()))
+                if t == "JUMP":
+                    frame[1] = idx
+                else:
+                    frames.pop()
+                    if not frames:  # goto from a base chain: returns hit the policy
+                        frames.append([base, len(base.rules)])
+                        frame = frames[-1]
+                frames.append([target, 0])
+                jumped = True
+                break
+            if t == "RETURN":
+                trace = (*trace, _eff(step, "return"))
+                idx = n
+                break
+            if t == "DNAT" or t == "REDIRECT":
+                q = _dnat(p, rule.arg) if t == "DNAT" else None
+                if q is None:
+                    why = f"{fe} {tn} {chain.name} #{idx}: {t} {rule.arg} not followed"
+                    return [*outs, _Out("accept", p, (*trace, _eff(step, t.lower())),
+                                        (*reasons, why), True)]
+                return [*outs, _Out("accept", q, (*trace, _eff(step, "dnat")), reasons, False)]
+            if t == "NOTRACK" or (t == "CT" and rule.arg == "--notrack"):
+                p = Packet(p.family, p.src, p.dst, p.protocol, p.dport, p.sport, p.iif, p.oif,
+                           "UNTRACKED", p.tcp_flags)
+                trace = (*trace, _eff(step, "notrack"))
+                continue
+            if t in NON_TERMINATING:
+                if t:
+                    trace = (*trace, _eff(step, t.lower()))
+                continue
+            why = f"{fe} {tn} {chain.name} #{idx}: target {t} not modelled"
+            return [*outs, _Out("accept", p, (*trace, _eff(step, t.lower())),
+                                (*reasons, why), True)]
+        if jumped:
+            continue
+        frames.pop()
+    pol = (base.policy or "ACCEPT").upper()
+    action = "accept" if pol == "ACCEPT" else "drop"
+    step = Step(fe, tn, base.name, 0, f"policy {pol}", action)
+    return [*outs, _Out(action, p, (*trace, step), reasons, False)]
+
+
+def _eff(step: Step, effect: str) -> Step:
+    return Step(step.frontend, step.table, step.chain, step.index, step.text, effect)
+
+
+def _family_ok(table: Table, family: int) -> bool:
+    return table.family == "inet" or table.family == ("ip" if family == 4 else "ip6")
+
+
+def hook_chains(ruleset: Ruleset, hook: str, family: int) -> list[tuple[Table, Chain]]:
+    """Every base chain on `hook` for `family`, in the order the kernel runs them."""
+    found = []
+    for order, table in enumerate(ruleset.tables):
+        if not _family_ok(table, family):
+            continue
+        for chain in table.base_chains(hook):
+            found.append((chain.priority, order, table, chain))
+    found.sort(key=lambda x: (x[0], x[1]))
+    return [(t, c) for _, _, t, c in found]
+
+
+def evaluate(ruleset: Ruleset, packet: Packet, *, local_addresses=(), path: str = "input",
+             max_branches: int = 256) -> Verdict:
+    """The verdict for `packet` on `path` ("input": to the host; "forward": through it)."""
+    if path not in PATH_HOOKS:
+        raise ValueError(f"path must be input or forward, not {path!r}")
+    ctx = _Ctx(ruleset, frozenset(local_addresses), max_branches)
+    live = [_Out("accept", packet, (), (), False)]
+    final: list[_Out] = []
+    for hook in PATH_HOOKS[path]:
+        for table, chain in hook_chains(ruleset, hook, packet.family):
+            nxt = []
+            for o in live:
+                for r in _run(ctx, table, [[chain, 0]], o.pkt, o.trace, o.reasons):
+                    forced = r.forced or o.forced
+                    r = _Out(r.action, r.pkt, r.trace, r.reasons, forced)
+                    (nxt if r.action == "accept" else final).append(r)
+            live = nxt
+        if hook == "prerouting":
+            live = [_reroute(o, packet, path, ctx) for o in live]
+    final.extend(live)
+    return _combine(final)
+
+
+def _reroute(o: _Out, orig: Packet, path: str, ctx: _Ctx) -> _Out:
+    """After PREROUTING: a DNAT that moved the destination off (or onto) the node changes
+    the path; such packets do not reach the socket being asked about."""
+    if o.pkt.dst == orig.dst and o.pkt.dport == orig.dport:
+        return o
+    local = _addrtype(ctx, o.pkt.dst, o.pkt.family) == "LOCAL"
+    if path == "input" and not local:
+        why = f"DNAT to {o.pkt.dst}:{o.pkt.dport}: forwarded, does not reach the local socket"
+        return _Out("drop", o.pkt, o.trace, (*o.reasons, why), True)
+    if path == "forward" and local:
+        why = f"DNAT to local {o.pkt.dst}:{o.pkt.dport}: delivered to the node, not forwarded"
+        return _Out("drop", o.pkt, o.trace, (*o.reasons, why), True)
+    why = f"destination rewritten to {o.pkt.dst}:{o.pkt.dport}"
+    return _Out(o.action, o.pkt, o.trace, (*o.reasons, why), o.forced)
+
+
+def _combine(outs: list[_Out]) -> Verdict:
+    actions = {o.action for o in outs}
+    forced = any(o.forced for o in outs)
+    if len(actions) == 1 and not forced:
+        o = outs[0]
+        return Verdict(o.action, True, (), o.trace)
+    pick = next((o for o in outs if o.action == "accept"), outs[0])
+    reasons = tuple(dict.fromkeys(r for o in outs for r in o.reasons))
+    if len(actions) > 1:
+        reasons = (f"outcome depends on undecidable matches: {'/'.join(sorted(actions))}",
+                   *reasons)
+    return Verdict(pick.action, False, reasons, pick.trace)

@@ -1,0 +1,119 @@
+"""Ruleset values: front-ends, tables, chains, rules, matches; packets and verdicts.
+
+Frozen so the evaluator is a pure function of them. Matches keep their original text and an
+`op` the evaluator knows; an op it does not know is kept (op="unknown") and evaluated as
+"may match", never silently dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Hook priorities of the iptables tables (as iptables-nft registers them, and the legacy
+#: xtables order): raw < mangle < nat(dstnat) < filter < security.
+IPT_PRIORITY = {"raw": -300, "mangle": -150, "nat": -100, "filter": 0, "security": 50}
+IPT_HOOKS = {"PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward",
+             "OUTPUT": "output", "POSTROUTING": "postrouting"}
+
+
+@dataclass(frozen=True)
+class Match:
+    """One condition of a rule. `args` is op-specific parsed data; `text` the source form."""
+
+    op: str  # src dst iif oif proto sport dport ctstate addrtype set tcpflags comment unknown
+    args: tuple[Any, ...]
+    negate: bool = False
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Rule:
+    matches: tuple[Match, ...]
+    target: str  # ACCEPT DROP REJECT RETURN LOG JUMP GOTO DNAT REDIRECT NOTRACK "" (none)...
+    arg: str = ""  # chain for JUMP/GOTO, destination for DNAT, ports for REDIRECT
+    text: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Chain:
+    name: str
+    rules: tuple[Rule, ...]
+    policy: str | None = None  # ACCEPT/DROP for base chains; None for user chains
+    hook: str | None = None  # prerouting/input/forward/... for base chains
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Table:
+    frontend: str  # "iptables-legacy" | "iptables-nft" | "nft"
+    family: str  # "ip" | "ip6" | "inet"
+    name: str
+    chains: dict[str, Chain] = field(hash=False)
+
+    def base_chains(self, hook: str) -> list[Chain]:
+        return [c for c in self.chains.values() if c.hook == hook]
+
+
+@dataclass(frozen=True)
+class IpSet:
+    name: str
+    type: str  # hash:ip, hash:net, ...
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    tables: tuple[Table, ...] = ()
+    sets: dict[str, IpSet] = field(default_factory=dict, hash=False)
+    notes: tuple[str, ...] = ()
+
+    def merge(self, other: Ruleset) -> Ruleset:
+        return Ruleset(self.tables + other.tables, {**self.sets, **other.sets},
+                       self.notes + other.notes)
+
+
+@dataclass(frozen=True)
+class Packet:
+    """The first packet of a connection (conntrack NEW unless said otherwise)."""
+
+    family: int  # 4 | 6
+    src: str
+    dst: str
+    protocol: str  # tcp | udp | icmp ...
+    dport: int = 0
+    sport: int = 40000
+    iif: str = ""
+    oif: str = ""  # known on the forward path only
+    ctstate: str = "NEW"
+    tcp_flags: frozenset[str] = frozenset({"SYN"})
+
+
+@dataclass(frozen=True)
+class Step:
+    """Evidence: one rule (or policy) the packet met that mattered."""
+
+    frontend: str
+    table: str
+    chain: str
+    index: int  # 1-based rule number; 0 for the chain policy
+    text: str
+    effect: str  # jump/goto/return/accept/drop/reject/log/dnat/policy/may-match
+
+    def __str__(self) -> str:
+        where = f"{self.frontend} {self.table} {self.chain}"
+        return f"{where} #{self.index}: {self.text} -> {self.effect}" if self.index else \
+            f"{where} policy -> {self.effect}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str  # accept | drop | reject
+    certain: bool = True
+    reasons: tuple[str, ...] = ()  # why uncertain
+    trace: tuple[Step, ...] = ()
+
+    @property
+    def reachable(self) -> bool:
+        return self.action == "accept"
