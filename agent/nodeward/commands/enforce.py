@@ -20,21 +20,10 @@ def _err(msg: str) -> None:
 
 
 def _prepare(cfg: Config, mode: str | None):
-    """Everything up to (not including) a change: settings, snapshot, plan, safety, backend.
-    Raises ConfigError / PlanError / Refused / BackendError."""
-    from ..checks import run_checks
-    from ..enforce import backends, safety
-    from ..enforce.plan import build_plan
-    from ..snapshot import take_snapshot
+    from ..enforce.cycle import prepare
 
-    settings = cfg.section("enforce")
-    snap = take_snapshot(cfg)
-    safety.check_config(cfg, settings, snap)
-    findings = run_checks(snap, cfg).findings
-    plan = build_plan(snap, cfg.catalog, cfg, settings, findings)
-    safety.check_plan(plan, cfg, settings, snap)
-    backend = backends.select(cfg.backend, plan.families, settings.log_rate)
-    return settings, plan, backend
+    p = prepare(cfg)
+    return p.settings, p.plan, p.backend
 
 
 def _guard(fn):

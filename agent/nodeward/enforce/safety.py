@@ -65,8 +65,8 @@ def check_plan(plan: Plan, cfg: Config, settings: EnforceSettings,
     local_addrs = {ipaddress.ip_address(a.address) for i in snapshot.interfaces
                    for a in i.addresses}
     # The node's own connection to the API server: replies must come back in.
-    reply = Packet(fam, "tcp", 40000, str(addr), next(iter(local_addrs), str(addr)) if
-                   local_addrs else str(addr), "eth0", ct="established")
+    here = str(next((a for a in local_addrs if a.version == fam), addr))
+    reply = Packet(fam, "tcp", 40000, str(addr), here, "eth0", ct="established")
     if verdict(plan, "input", reply) == "drop":
         raise Refused(f"plan would drop replies from the API server {addr}:{port}; refusing")
     # The API server reaching this node's kubelet (exec, logs, port-forward).

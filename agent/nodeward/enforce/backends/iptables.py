@@ -115,7 +115,14 @@ class IptablesBackend:
                 continue
             payload = render_iptables(plan, f, mode, self.log_rate,
                                       {b: len(p) for b, p in jumps.items()})
-            self._restore(f, payload)
+            try:
+                self._restore(f, payload)
+            except BackendError:
+                # Another controller moved or removed a jump between our save and our
+                # restore (the `-D` lines no longer match): read again and retry once.
+                _c, _r, jumps = parse_own(self.save(f))
+                self._restore(f, render_iptables(plan, f, mode, self.log_rate,
+                                                 {b: len(p) for b, p in jumps.items()}))
             changed = True
         return changed
 
