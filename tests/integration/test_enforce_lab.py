@@ -48,6 +48,17 @@ def _reach(t: h.Topo, ns, port: int, host: str = h.NODE_IP) -> bool:
     return t.lab.connect(ns, host, port, timeout=TIMEOUT)
 
 
+def _counts(lab, ns, cfg) -> dict[str, int]:
+    """Packets per rule comment from `nodeward status` (audit: a LOG rule and a counting
+    rule share a comment; the larger is the count)."""
+    r = h.nodeward(lab, ns, cfg, "status", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    counts: dict[str, int] = {}
+    for rule in json.loads(r.stdout)["rules"]:
+        counts[rule["comment"]] = max(counts.get(rule["comment"], 0), rule["packets"])
+    return counts
+
+
 def _strip_counters(text: str) -> str:
     return re.sub(r"counter packets \d+ bytes \d+", "counter", text)
 
@@ -80,9 +91,13 @@ def test_enforce_audit_uninstall(lab, tmp_path, backend, flavour):
     assert t.lab.connect(t.node, "127.0.0.1", h.PORTS["kubelet-readonly"])
     assert _reach(t, t.pod, h.SSH) and _reach(t, t.peer, h.SSH), "failsafe port closed"
 
-    # Idempotent: nothing touched; foreign chains byte-identical.
+    # Idempotent: nothing touched (a rewrite would reset the drop counters); foreign chains
+    # byte-identical.
+    dropped = _counts(lab, t.node, cfg)
+    assert dropped.get("nodeward: pod to kubelet", 0) >= 1, dropped
     r = h.nodeward(lab, t.node, cfg, "apply")
     assert r.returncode == 0 and _changes(r.stdout) == 0, r.stdout + r.stderr
+    assert _counts(lab, t.node, cfg) == dropped
     after = h.save_text(lab, t.node, flavour)
     assert h.chains_text(after) == h.chains_text(before_save)
     assert h.builtin_foreign(after) == h.builtin_foreign(before_save)
@@ -116,11 +131,7 @@ def test_enforce_audit_uninstall(lab, tmp_path, backend, flavour):
     for port in h.PORTS.values():
         assert _reach(t, t.pod, port)
     assert _reach(t, t.pod, 80, h.METADATA)
-    r = h.nodeward(lab, t.node, cfg, "status", "--format", "json")
-    assert r.returncode == 0, r.stderr
-    counts: dict[str, int] = {}
-    for rule in json.loads(r.stdout)["rules"]:  # audit: a LOG rule and a counting rule
-        counts[rule["comment"]] = max(counts.get(rule["comment"], 0), rule["packets"])
+    counts = _counts(lab, t.node, cfg)
     assert counts.get("nodeward: pod to kubelet", 0) >= 1, r.stdout
     assert counts.get("nodeward: pod to kubelet-readonly", 0) >= 1, r.stdout
     assert counts.get("nodeward: pod to kube-apiserver", 0) >= 1, r.stdout
