@@ -156,9 +156,18 @@ def test_uninstall_restores_exact_text(lab, tmp_path, backend, flavour):
     before = (h.save_text(lab, node, "nft"), h.save_text(lab, node, "legacy"),
               h.nft_ruleset(lab, node))
     cfg = h.config(tmp_path, backend)
+    r = h.nodeward(lab, node, cfg, "plan")
+    assert r.returncode == 0, r.stderr
+    assert ("+-A NODEWARD-INPUT " in r.stdout
+            or "+table inet nodeward {" in r.stdout), r.stdout
+    assert (h.save_text(lab, node, "nft"), h.save_text(lab, node, "legacy"),
+            h.nft_ruleset(lab, node)) == before  # plan changes nothing
     for argv in (["apply"], ["apply", "--mode", "audit"], ["apply"], ["uninstall"]):
         r = h.nodeward(lab, node, cfg, *argv)
         assert r.returncode == 0, f"{argv}: {r.stderr}"
+        if argv == ["apply"]:
+            r = h.nodeward(lab, node, cfg, "plan")
+            assert "# 0 changes" in r.stdout, r.stdout
     after = (h.save_text(lab, node, "nft"), h.save_text(lab, node, "legacy"),
              h.nft_ruleset(lab, node))
     assert after == before

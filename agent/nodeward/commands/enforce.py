@@ -161,6 +161,16 @@ def cmd_uninstall(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in 0-3600")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="show the diff between the live rules and the plan")
     p.add_argument("--mode", choices=["report", "audit", "enforce"], default=None)
@@ -168,7 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("apply", help="apply the plan (audit or enforce) atomically")
     a.add_argument("--mode", choices=["audit", "enforce"], default=None,
                    help="default: the config's mode (report refuses)")
-    a.add_argument("--confirm-timeout", type=float, default=None, metavar="N",
+    a.add_argument("--confirm-timeout", type=_seconds, default=None, metavar="N",
                    help="roll back unless the API server and probes connect within N s")
     a.set_defaults(handler=cmd_apply)
     s = sub.add_parser("status", help="the agent's rules with packet/byte counters")
