@@ -78,7 +78,7 @@ class Plan:
 # -- planning -----------------------------------------------------------------------------
 
 
-def _fam(net: ipaddress.IPv4Network | ipaddress.IPv6Network | ipaddress._BaseAddress) -> int:
+def _fam(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
     return net.version
 
 
