@@ -198,3 +198,13 @@ def test_dockerfile():
         assert f" {pkg}" in text
     assert "rm -rf /var/lib/apt/lists/*" in text
     assert "--no-install-recommends" in text
+
+
+def test_manifests_are_tidy_yaml():
+    linter = pytest.importorskip("yamllint.linter", reason="yamllint not installed")
+    from yamllint.config import YamlLintConfig
+
+    conf = YamlLintConfig("{extends: default, rules: {line-length: {max: 100}}}")
+    for path in sorted(K8S.glob("*.yaml")):
+        problems = list(linter.run(path.read_text(), conf, str(path)))
+        assert not problems, "\n".join(f"{path.name}:{p.line}: {p.message}" for p in problems)
