@@ -1,0 +1,87 @@
+"""Read-only ruleset collector: which netfilter front-ends hold rules, and their rules.
+
+Detection follows kube-proxy/iptables-wrapper: run `iptables-nft-save` and
+`iptables-legacy-save` (v4 and v6) and look for rules; both may hold rules, and a packet
+must pass both, so both are read and a note says so. Native nftables tables come from
+`nft -j list ruleset`, skipping the tables iptables-nft owns (they were read through
+iptables-nft-save already). ipset contents come from `ipset save`. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+
+from ..ruleset.iptables import parse_iptables_save
+from ..ruleset.model import IpSet, Ruleset, Table
+
+Runner = Callable[[Sequence[str]], str | None]
+
+FLAVOURS = (("iptables-nft", "iptables-nft-save", "ip6tables-nft-save"),
+            ("iptables-legacy", "iptables-legacy-save", "ip6tables-legacy-save"))
+
+
+def run_local(argv: Sequence[str]) -> str | None:
+    """stdout of a read-only command, or None when it is missing or fails."""
+    if not shutil.which(argv[0]):
+        return None
+    try:
+        r = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout if r.returncode == 0 else None
+
+
+def has_rules(tables: Sequence[Table]) -> bool:
+    """Rules or a non-ACCEPT policy anywhere: an empty ACCEPT skeleton does not count."""
+    return any(c.rules or (c.policy not in (None, "ACCEPT"))
+               for t in tables for c in t.chains.values())
+
+
+def parse_ipset_save(text: str) -> dict[str, IpSet]:
+    types: dict[str, str] = {}
+    members: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "create":
+            types[parts[1]] = parts[2]
+            members.setdefault(parts[1], [])
+        elif len(parts) >= 3 and parts[0] == "add":
+            if "nomatch" in parts[3:]:
+                types[parts[1]] = types.get(parts[1], "") + "+nomatch"  # not modelled
+            members.setdefault(parts[1], []).append(parts[2])
+    return {n: IpSet(n, types.get(n, ""), tuple(members[n])) for n in members}
+
+
+def collect_ruleset(run: Runner = run_local) -> Ruleset:
+    """The node's ruleset across front-ends, with notes an operator should see."""
+    tables: list[Table] = []
+    notes: list[str] = []
+    holding: list[str] = []
+    for frontend, save4, save6 in FLAVOURS:
+        found: list[Table] = []
+        for fam, cmd in ((4, save4), (6, save6)):
+            text = run([cmd])
+            if text:
+                found.extend(parse_iptables_save(text, frontend=frontend, family=fam,
+                                                 source=cmd))
+        if has_rules(found):
+            holding.append(frontend)
+        tables.extend(found)
+    if len(holding) == 2:
+        notes.append("both iptables-legacy and iptables-nft hold rules; a packet must pass "
+                     "both (kube-proxy would pick iptables-nft)")
+    nft_text = run(["nft", "-j", "list", "ruleset"])
+    if nft_text:
+        try:
+            from ..ruleset.nft import parse_nft_json
+        except ImportError:  # pragma: no cover - nft parser not present
+            notes.append("native nftables tables not evaluated (no nft parser)")
+        else:
+            tables.extend(parse_nft_json(nft_text, source="nft -j list ruleset"))
+    sets: dict[str, IpSet] = {}
+    ipset_text = run(["ipset", "save"])
+    if ipset_text:
+        sets = parse_ipset_save(ipset_text)
+    return Ruleset(tuple(tables), sets, tuple(notes))
