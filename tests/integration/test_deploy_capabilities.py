@@ -4,18 +4,24 @@ SYS_PTRACE, DAC_READ_SEARCH) is what socket-to-process attribution needs, measur
 no_new_privs (as in the pod: allowPrivilegeEscalation false), against two listeners, one
 root process with full capabilities (like kubelet/etcd) and one owned by nobody (like a
 non-root hostNetwork pod). Only the full set attributes both; each of SYS_PTRACE and
-DAC_READ_SEARCH alone misses one of them."""
+DAC_READ_SEARCH alone misses one of them. Then the daemon is run the way the pod runs it
+(read-only root, tmpfs /tmp, those capabilities, no_new_privs) and must pass its probe."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 SETPRIV = shutil.which("setpriv")
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
@@ -66,3 +72,57 @@ def test_attribution_needs_both_capabilities(listeners, extra, attributed):
     pids = scan_pids(BASE + extra)
     got = {name for name, (port, pid) in listeners.items() if pids.get(port) == pid}
     assert got == attributed, (extra, pids, listeners)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+def test_daemon_runs_like_the_pod():
+    """The DaemonSet's runtime, approximated without a container runtime: read-only root
+    filesystem (a private mount namespace with / remounted read-only), a tmpfs /tmp, the
+    four capabilities, no_new_privs, NODEWARD_NODE_NAME set. `nodeward run` with the
+    ConfigMap's config must serve /healthz on loopback (what the probes GET) and exit 0 on
+    SIGTERM. Not covered: seccomp RuntimeDefault, cgroup limits, the image itself."""
+    k8s = Path(__file__).resolve().parents[2] / "kubernetes"
+    configmap = yaml.safe_load((k8s / "configmap.yaml").read_text())
+    cfg = yaml.safe_load(configmap["data"]["config.yaml"])
+    port = _free_port()
+    cfg["metrics_address"] = f"127.0.0.1:{port}"  # the ConfigMap's 9737 may be taken here
+    exe = Path(sys.executable).with_name("nodeward")
+    script = ("mount --make-rprivate / && mount -o remount,bind,ro / "
+              "&& mount -t tmpfs -o size=16m tmpfs /tmp "
+              "&& printf '%s\\n' \"$NW_CFG\" > /tmp/config.yaml "
+              "&& if touch /nodeward-rw-probe 2>/dev/null; then exit 97; fi "
+              f"&& exec {SETPRIV} --no-new-privs --inh-caps=-all "
+              "--bounding-set=-all,+net_admin,+net_raw,+sys_ptrace,+dac_read_search "
+              f"{exe} --config /tmp/config.yaml run")
+    env = {**os.environ, "NW_CFG": yaml.safe_dump(cfg), "NODEWARD_NODE_NAME": "pod-node",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        status = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz",
+                                            timeout=2) as resp:
+                    status = resp.status
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert status == 200, f"rc={proc.poll()}"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert any(e.get("event") == "scan_complete" and e.get("node") == "pod-node"
+               for e in events), out
