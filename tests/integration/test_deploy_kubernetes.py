@@ -198,6 +198,12 @@ def test_dockerfile():
         assert f" {pkg}" in text
     assert "rm -rf /var/lib/apt/lists/*" in text
     assert "--no-install-recommends" in text
+    # What the image copies is enough to pip install the agent: the Ansible test installs
+    # from a copy of exactly these paths.
+    copied = [ln.split()[1:-1] for ln in text.splitlines()
+              if ln.startswith("COPY") and "--from" not in ln]
+    assert sorted(p for group in copied for p in group) == ["README.md", "agent",
+                                                            "pyproject.toml"]
 
 
 def test_manifests_are_tidy_yaml():
