@@ -38,19 +38,13 @@ metadata:
 spec: {}
 YAML
 
-# WireGuard: a Felix setting, applied once Calico's CRDs exist.
-for _ in $(seq 60); do
-  kubectl get crd felixconfigurations.crd.projectcalico.org >/dev/null 2>&1 && break
+# WireGuard: a Felix setting. Calico creates FelixConfiguration "default" once it runs;
+# patch it as Calico's WireGuard guide does.
+for _ in $(seq 120); do
+  kubectl get felixconfiguration.crd.projectcalico.org default >/dev/null 2>&1 && break
   sleep 5
 done
-kubectl apply -f - <<YAML
-apiVersion: crd.projectcalico.org/v1
-kind: FelixConfiguration
-metadata:
-  name: default
-spec:
-  wireguardEnabled: true
-YAML
-
+kubectl patch felixconfiguration.crd.projectcalico.org default --type merge \
+  -p '{"spec": {"wireguardEnabled": true}}'
 kubectl get felixconfiguration.crd.projectcalico.org default -o jsonpath='{.spec.wireguardEnabled}'
 echo " <- wireguardEnabled"
