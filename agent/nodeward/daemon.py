@@ -64,6 +64,7 @@ class Agent:
         self._wake = threading.Event()
         self._stop = False
         self._reload = False
+        self.applied_once = False
         self.sink: HttpSink | None = None
         self.status: StatusServer | None = None
 
@@ -137,6 +138,8 @@ class Agent:
                       findings=len(result.findings), opened=len(opened),
                       resolved=len(resolved), suppressed=len(result.suppressed),
                       duration_ms=round(duration * 1000, 1), socket_source=snap.socket_source)
+        if self.cfg.mode in ("audit", "enforce"):
+            self.enforce(snap)
         if self.sink is not None:
             self.sink.submit(events)
         self.metrics.set_findings(result.findings)
@@ -146,6 +149,27 @@ class Agent:
         self.metrics.last_scan.set(time.time())
         self.last_ok = time.time()
         return CycleOutcome(snap, result, opened, resolved, duration)
+
+    def enforce(self, snap: NodeSnapshot) -> None:
+        """Re-assert the plan every cycle: idempotent when nothing drifted, and the only
+        thing that restores a jump Felix or kube-proxy moved or removed. A refusal or a
+        backend error is logged and leaves the rules as they were."""
+        from .enforce import cycle
+
+        try:
+            prepared = cycle.prepare(self.cfg, snap)
+            changed = prepared.backend.apply(prepared.plan, self.cfg.mode)
+        except Exception as e:  # Refused, PlanError, BackendError, ConfigError
+            self.log.error("enforce_failed", mode=self.cfg.mode, error=f"{type(e).__name__}: {e}")
+            return
+        if changed:
+            self.metrics.rules_applied.inc(len(prepared.plan.rules))
+            if self.applied_once:
+                self.metrics.drift_repairs.inc()
+            self.log.warning("rules_applied" if not self.applied_once else "drift_repaired",
+                             mode=self.cfg.mode, backend=prepared.backend.name,
+                             rules=len(prepared.plan.rules))
+        self.applied_once = True
 
     # -- loop -------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:

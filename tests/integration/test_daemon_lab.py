@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,3 +115,32 @@ def test_run_opens_and_resolves_reloads_and_stops(lab, tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
     assert log.wait_for(lambda e: e["event"] == "daemon_stopping", 5)
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft (nftables)")
+def test_run_enforce_applies_and_repairs_drift(lab, tmp_path):
+    """In enforce mode the daemon applies the plan, and re-asserts it when someone removes
+    it: a pod loses the kubelet again on the next cycle."""
+    node = lab.node("node", "10.77.0.1/24")
+    pod = lab.pod(node, "10.244.1.2/24", "10.244.1.1/24", host_if="calie1")
+    lab.listen(node, "kubelet", tcp=["0.0.0.0:10250"])
+    assert lab.connect(pod, "10.77.0.1", 10250)  # open before the agent
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("node_name: lab-enforce\nnode_cidrs: [10.77.0.0/24]\n"
+                   "pod_cidrs: [10.244.0.0/16]\nmode: enforce\nbackend: nftables\n"
+                   "interval: 1\nmetrics_address: 127.0.0.1:9737\n"
+                   "enforce: {control_plane: [10.77.0.0/24]}\n")
+    proc = lab.spawn(node, [sys.executable, "-m", "nodeward", "--config", str(cfg), "run"],
+                     stdout=subprocess.PIPE, text=True)
+    log = DaemonLog(proc)
+    applied = log.wait_for(lambda e: e["event"] in ("rules_applied", "enforce_failed"), 20)
+    assert applied["event"] == "rules_applied", applied
+    assert not lab.connect(pod, "10.77.0.1", 10250)
+    lab.sh("nft", "delete", "table", "inet", "nodeward", ns=node)  # drift
+    assert lab.connect(pod, "10.77.0.1", 10250)
+    log.wait_for(lambda e: e["event"] == "drift_repaired", 10)
+    assert not lab.connect(pod, "10.77.0.1", 10250)
+    _status, body = http_get(lab, node, "http://127.0.0.1:9737/metrics")
+    assert "nodeward_drift_repairs_total 1.0" in body
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
