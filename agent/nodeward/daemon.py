@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from . import config as config_mod
-from .checks import CheckResult, run_checks
+from . import probe
+from .checks import CheckResult, run_checks, sort_findings, split_suppressed
 from .daemon_settings import DaemonSettings
 from .model import Finding, NodeSnapshot
 from .report.logs import finding_fields, log_finding, make_logger
@@ -65,6 +66,8 @@ class Agent:
         self._stop = False
         self._reload = False
         self.applied_once = False
+        self._probed: list[Finding] | None = None  # NW601 findings of the last probe round
+        self._probe_cycles = 0
         self.sink: HttpSink | None = None
         self.status: StatusServer | None = None
 
@@ -115,6 +118,7 @@ class Agent:
         start = time.perf_counter()
         snap = self.snapshotter(self.cfg)
         result = run_checks(snap, self.cfg)
+        result = self._with_probes(snap, result)
         opened, resolved, self.previous = diff_findings(self.previous, result.findings)
         duration = time.perf_counter() - start
         self.cycles += 1
@@ -149,6 +153,26 @@ class Agent:
         self.metrics.last_scan.set(time.time())
         self.last_ok = time.time()
         return CycleOutcome(snap, result, opened, resolved, duration)
+
+    def _with_probes(self, snap: NodeSnapshot, result: CheckResult) -> CheckResult:
+        """Every `probe_peers.every` cycles, probe the configured peers' sensitive ports
+        and add NW601 findings; in between, carry the last probe findings forward so they
+        neither resolve nor reopen between probe rounds."""
+        ps = self.settings.probe_peers
+        if not (ps.enabled and ps.peers):
+            return result
+        self._probe_cycles += 1
+        if self._probed is None or self._probe_cycles % ps.every == 0:
+            plan = probe.targets([probe.Peer(n, a) for n, a in ps.peers], ps.ports,
+                                 [a.address for i in snap.interfaces for a in i.addresses])
+            results = probe.probe(plan, ps.timeout, ps.max_per_second)
+            reachable = [r for r in results if r.reachable]
+            self.log.info("peer_probe", probes=len(results),
+                          reachable=[f"{r.peer}/{r.address}:{r.port}" for r in reachable])
+            self._probed = probe.probe_findings(results, self.cfg.catalog)
+        extra = split_suppressed(self._probed, self.cfg.suppress)
+        return CheckResult(tuple(sort_findings([*result.findings, *extra.findings])),
+                           result.suppressed + extra.suppressed)
 
     def enforce(self, snap: NodeSnapshot) -> None:
         """Re-assert the plan every cycle: idempotent when nothing drifted, and the only

@@ -12,6 +12,9 @@
         timeout: 10
       probe_peers:                  # cross-node verification
         enabled: false
+        peers:                      # cluster nodes to probe (until the cluster view lists them)
+          - {name: worker-2, addresses: [10.0.0.12]}
+        every: 5                    # probe every N cycles
         ports: [tcp/10250, tcp/10255, tcp/2379, tcp/2380, tcp/6443]
         timeout: 1.0
         max_per_second: 20
@@ -20,6 +23,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +51,8 @@ class ProbeSettings:
         ("tcp", 10257), ("tcp", 10259), ("tcp", 4149))
     timeout: float = 1.0
     max_per_second: float = 20.0
+    peers: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, addresses)
+    every: int = 5
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,8 @@ def _sink(value: Any, where: str) -> SinkSettings:
 
 
 def _probe(value: Any, where: str) -> ProbeSettings:
-    v = _mapping(value, where, {"enabled", "ports", "timeout", "max_per_second"})
+    v = _mapping(value, where, {"enabled", "ports", "timeout", "max_per_second", "peers",
+                                "every"})
     kw: dict[str, Any] = {}
     if "enabled" in v:
         if not isinstance(v["enabled"], bool):
@@ -119,7 +126,33 @@ def _probe(value: Any, where: str) -> ProbeSettings:
     if "max_per_second" in v:
         kw["max_per_second"] = float(_number(v["max_per_second"], f"{where}.max_per_second",
                                              0.1))
+    if "every" in v:
+        kw["every"] = int(_number(v["every"], f"{where}.every", 1, integer=True))
+    if "peers" in v:
+        kw["peers"] = _peers(v["peers"], f"{where}.peers")
     return ProbeSettings(**kw)
+
+
+def _peers(value: Any, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of {{name, addresses}}")
+    out = []
+    for n, item in enumerate(value):
+        here = f"{where}[{n}]"
+        m = _mapping(item, here, {"name", "addresses"})
+        name = m.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{here}.name: required")
+        addrs = m.get("addresses")
+        if not isinstance(addrs, list) or not addrs:
+            raise ConfigError(f"{here}.addresses: expected a non-empty list of IP addresses")
+        for a in addrs:
+            try:
+                ipaddress.ip_address(str(a))
+            except ValueError:
+                raise ConfigError(f"{here}.addresses: {a!r} is not an IP address") from None
+        out.append((name, tuple(str(a) for a in addrs)))
+    return tuple(out)
 
 
 def parse(value: Any, where: str) -> DaemonSettings:

@@ -44,3 +44,30 @@ def test_probe_peer_ports(lab):
                    4149: "unreachable"}
     assert doc["elapsed"] >= 0.4  # 5 probes started at most 10 per second
     assert doc["findings"] == [["NW601", "kubelet-readonly", 10255]]
+
+
+def test_daemon_probes_configured_peers(lab, tmp_path):
+    """`nodeward run` with probe_peers: NW601 opens for the peer's exposed read-only port."""
+    import signal
+    import subprocess
+
+    from tests.integration.test_daemon_lab import DaemonLog
+
+    a = lab.node("a", "10.77.0.1/24")
+    b = lab.node("b", "10.77.0.2/24")
+    lab.listen(b, "kubelet", tcp=["0.0.0.0:10250", "0.0.0.0:10255"])
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("node_name: a\ninterval: 1\nmetrics_address: 127.0.0.1:0\n"
+                   "daemon:\n  probe_peers:\n    enabled: true\n    every: 1\n"
+                   "    peers: [{name: b, addresses: [10.77.0.2]}, "
+                   "{name: a, addresses: [10.77.0.1]}]\n")
+    proc = lab.spawn(a, [sys.executable, "-m", "nodeward", "--config", str(cfg), "run"],
+                     stdout=subprocess.PIPE, text=True)
+    log = DaemonLog(proc)
+    probe = log.wait_for(lambda e: e["event"] == "peer_probe", 20)
+    assert probe["reachable"] == ["b/10.77.0.2:10250", "b/10.77.0.2:10255"]
+    opened = log.wait_for(lambda e: e["event"] == "finding_opened", 10)
+    assert (opened["finding_id"], opened["address"], opened["port"]) == (
+        "NW601", "10.77.0.2", 10255)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
