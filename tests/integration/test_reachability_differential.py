@@ -37,7 +37,7 @@ NODE_PORTS = (2379, 6443, 10250, 10255, 30080)
 OUT_PORTS = (80, 8080)
 LOCAL = (NODE, NODE2, PODGW, "127.0.0.1")
 SEED = 20261125
-ROUNDS = {"iptables-legacy": 45, "iptables-nft": 45, "mixed": 20}
+ROUNDS = {"iptables-legacy": 70, "iptables-nft": 60, "mixed": 30}
 TIMEOUT = 0.25
 #: The SYN-ACK of a forwarded connection and of a loopback one crosses the node's
 #: PREROUTING/INPUT/FORWARD too; these first rules let replies through so the kernel's answer
@@ -68,9 +68,10 @@ SRC = {"pod": POD, "peer": PEER, "out": OUT, "node": "127.0.0.1"}
 class Gen:
     """Seeded random iptables rulesets over the lab's addresses, interfaces and ports."""
 
-    def __init__(self, rnd: random.Random, notrack: bool = True) -> None:
+    def __init__(self, rnd: random.Random, notrack: bool = True, ct_negation: bool = True):
         self.r = rnd
         self.notrack = notrack
+        self.ct_negation = ct_negation
 
     def neg(self, p: float = 0.25) -> str:
         return "! " if self.r.random() < p else ""
@@ -106,7 +107,7 @@ class Gen:
                 else:
                     parts.append(f"-m {proto} {self.neg()}--sport "
                                  + r.choice(["1024:65535", "0:1023"]))
-        if r.random() < 0.2:
+        if r.random() < 0.2 and self.ct_negation:
             parts.append(r.choice(["-m conntrack ", "-m state "]) + self.neg()
                          + ("--ctstate " if "conntrack" in parts[-1:][0:1] else "")
                          if False else self._ct())
@@ -123,10 +124,12 @@ class Gen:
     def _ct(self) -> str:
         r = self.r
         states = r.choice(["NEW", "ESTABLISHED,RELATED", "INVALID", "NEW,ESTABLISHED",
-                           "UNTRACKED", "RELATED"])
-        if r.random() < 0.5:
-            return f"-m conntrack {self.neg()}--ctstate {states}"
-        return f"-m state {self.neg()}--state {states}"
+                           "UNTRACKED", "RELATED"] if self.ct_negation else
+                          ["NEW", "ESTABLISHED", "INVALID", "UNTRACKED", "RELATED"])
+        neg = self.neg() if self.ct_negation else ""
+        if r.random() < 0.5 or not self.ct_negation:
+            return f"-m conntrack {neg}--ctstate {states}"
+        return f"-m state {neg}--state {states}"
 
     def target(self, table: str, chain: str, users: list[str]) -> str:
         r = self.r
@@ -212,7 +215,8 @@ def topo(module_lab):
               wait_for="ready")
     lab.spawn(out, [sys.executable, str(ACCEPTOR), *(f"0.0.0.0:{p}" for p in OUT_PORTS)],
               wait_for="ready")
-    for cmd in (["ipset", "create", "nwpods", "hash:net"], ["ipset", "add", "nwpods", "10.244.0.0/16"],
+    for cmd in (["ipset", "create", "nwpods", "hash:net"],
+                ["ipset", "add", "nwpods", "10.244.0.0/16"],
                 ["ipset", "create", "nwpeer", "hash:ip"], ["ipset", "add", "nwpeer", PEER],
                 ["ipset", "create", "nwmeta", "hash:ip"], ["ipset", "add", "nwmeta", META],
                 ["ipset", "create", "nwnone", "hash:ip"]):
@@ -221,6 +225,11 @@ def topo(module_lab):
         r = lab.sh(f"iptables-{flavour}-restore", ns=node, check=False)
         if r.returncode != 0:
             pytest.skip(f"iptables-{flavour}-restore does not work here: {r.stderr.strip()}")
+    # nftables' "ct state" sees INVALID when no one asked for conntrack in this netns (xt
+    # state/conntrack matches do; iptables-nft translates them to native ct expressions,
+    # which do not). Every real node has a nat table, which keeps conntrack on; so here.
+    _restore(lab, node, "iptables-legacy-restore",
+             "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n")
     probers = {name: Prober(lab, ns) for name, ns in
                (("pod", pod), ("peer", peer), ("out", out), ("node", node))}
     return lab, node, probers
@@ -253,10 +262,20 @@ def test_evaluator_matches_kernel(topo):
     mismatches = []
     for mode, rounds in ROUNDS.items():
         for rnum in range(rounds):
-            gen = Gen(rnd, notrack=mode != "mixed")
+            # iptables-nft 1.8.9 on this kernel was seen to match NEW packets with
+            # "! --ctstate NEW", "--state ESTABLISHED,RELATED" and "--ctstate ESTABLISHED -m
+            # set" (the evaluator reports iptables-nft state matches as uncertain); so state
+            # matches are generated for iptables-legacy rounds only.
+            gen = Gen(rnd, notrack=mode != "mixed", ct_negation=mode == "iptables-legacy")
             legacy, nft = gen.ruleset(), gen.ruleset()
             _apply(lab, node, mode, legacy, nft)
-            ruleset = collect_ruleset(lambda argv: lab.sh(*argv, ns=node, check=False).stdout)
+            dumps: dict[str, str] = {}
+
+            def run(argv, dumps=dumps):
+                dumps[argv[0]] = out = lab.sh(*argv, ns=node, check=False).stdout
+                return out
+
+            ruleset = collect_ruleset(run)
             stats["rulesets"] += 1
             stats["rules"] += sum(len(c.rules) for t in ruleset.tables
                                   for c in t.chains.values())
@@ -283,7 +302,8 @@ def test_evaluator_matches_kernel(topo):
                         f"evaluator={v.action} certain={v.certain} {v.reasons}\n  trace: "
                         + "\n  ".join(map(str, v.trace)) + "\n--- ruleset:\n"
                         + (legacy if mode == "iptables-legacy" else nft)
-                        + ("" if mode != "mixed" else "--- legacy:\n" + legacy))
+                        + ("" if mode != "mixed" else "--- legacy:\n" + legacy)
+                        + "--- read back:\n" + "\n".join(f"{k}:\n{v}" for k, v in dumps.items()))
     took = time.monotonic() - started
     print(f"\ndifferential: {stats['rulesets']} rulesets ({stats['rules']} rules read back), "
           f"{stats['probes']} probes, {len(mismatches)} mismatches, {took:.1f}s")
