@@ -1,0 +1,95 @@
+"""Reachability per source class: for each listening socket, what the firewall does with a
+connection attempt from loopback, the node network, the pod network and anywhere else.
+
+One representative probe packet per class (documented so a verdict can be reproduced):
+  loopback  src 127.0.0.1 (::1), iif "lo", dst the bind address (127.0.0.1 for wildcards)
+  node      src = first address of the first node CIDR + 10 (a peer node), iif the node
+            interface, dst each node address the socket answers on
+  pod       src = first pod CIDR address + 10, iif the first concrete pod-facing interface
+            (a glob like "cali+" becomes "cali0"), dst each node address the socket answers on
+  anywhere  src 198.51.100.77 (TEST-NET-2; 2001:db8::77), iif the node interface, dst each
+            node address the socket answers on
+A wildcard socket answers on every node address of its family; loopback-bound sockets are
+only probed from loopback (the kernel never delivers other sources to them). Each class
+verdict is the most permissive of its per-address verdicts (an exposure on one address is
+an exposure), and carries that address's trace as evidence.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ..model import Socket
+from .evaluate import evaluate
+from .model import Packet, Ruleset, Verdict
+
+CLASSES = ("loopback", "node", "pod", "anywhere")
+_RANK = {"accept": 2, "reject": 1, "drop": 0}
+
+
+@dataclass(frozen=True)
+class Reach:
+    socket: Socket
+    verdicts: dict  # class -> Verdict (only classes that can reach the bind address at all)
+    destinations: dict  # class -> destination address the verdict is for
+
+
+def _pick(cidrs: Sequence[str], family: int, fallback: str) -> str:
+    for c in cidrs:
+        net = ipaddress.ip_network(c, strict=False)
+        if net.version == family:
+            return str(net.network_address + min(10, net.num_addresses - 1))
+    return fallback
+
+
+def _iface(globs: Sequence[str], fallback: str) -> str:
+    for g in globs:
+        return g[:-1] + "0" if g.endswith(("+", "*")) else g
+    return fallback
+
+
+def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses: Sequence[str],
+                 node_cidrs: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
+                 pod_interfaces: Sequence[str] = ("cali+",), node_interface: str = "eth0",
+                 ) -> list[Reach]:
+    """Per socket, per source class, the firewall Verdict for a new connection."""
+    local = (*node_addresses, "127.0.0.1", "::1")
+    out = []
+    for s in sockets:
+        fam = s.family
+        loop = "127.0.0.1" if fam == 4 else "::1"
+        ip = ipaddress.ip_address(s.address)
+        srcs = {
+            "loopback": (loop, "lo"),
+            "node": (_pick(node_cidrs, fam, "10.0.0.10" if fam == 4 else "fd00::10"),
+                     node_interface),
+            "pod": (_pick(pod_cidrs, fam, "10.244.0.10" if fam == 4 else "fd00:244::10"),
+                    _iface(pod_interfaces, "cali0")),
+            "anywhere": ("198.51.100.77" if fam == 4 else "2001:db8::77", node_interface),
+        }
+        if ip.is_unspecified:
+            dsts = [a for a in node_addresses if ipaddress.ip_address(a).version == fam]
+        else:
+            dsts = [s.address]
+        verdicts: dict[str, Verdict] = {}
+        where: dict[str, str] = {}
+        for cls in CLASSES:
+            src, iif = srcs[cls]
+            if cls == "loopback":
+                cand = [loop if ip.is_unspecified else s.address]
+            elif ip.is_loopback:
+                continue
+            else:
+                cand = dsts
+            best: Verdict | None = None
+            for dst in cand:
+                v = evaluate(ruleset, Packet(fam, src, dst, s.protocol, s.port, iif=iif),
+                             local_addresses=local, path="input")
+                if best is None or _RANK[v.action] > _RANK[best.action]:
+                    best, where[cls] = v, dst
+            if best is not None:
+                verdicts[cls] = best
+        out.append(Reach(s, verdicts, where))
+    return out

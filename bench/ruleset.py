@@ -1,0 +1,136 @@
+"""Parse a 50,000-rule kube-proxy-shaped iptables-save and evaluate every listening port for
+every source class. Target (issue 3): under 0.5 s in total.
+
+    python bench/ruleset.py [--services 5000] [--rounds 5]
+
+Prints the best of --rounds: parse time, evaluation time, total, rules per second, and the
+verdict for a few ports so the numbers are for real work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "agent"))
+
+from nodeward.model import Socket  # noqa: E402
+from nodeward.ruleset.iptables import parse_iptables_save  # noqa: E402
+from nodeward.ruleset.model import Ruleset  # noqa: E402
+from nodeward.ruleset.reach import reachability  # noqa: E402
+
+LISTEN = [22, 53, 179, 2379, 2380, 4194, 6443, 8080, 9090, 9099, 9100, 9153, 10248, 10249,
+          10250, 10255, 10256, 10257, 10259, 30001]
+NODE_ADDRS = ["10.0.1.5", "10.244.3.1"]
+
+
+def kube_proxy_dump(services: int, target_rules: int = 50_000) -> str:
+    """nat KUBE-SERVICES/KUBE-SVC-/KUBE-SEP-/KUBE-NODEPORTS and filter KUBE-* like a real
+    kube-proxy (iptables mode, 2 endpoints per service), padded to target_rules."""
+    nat_decl = [":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+                ":POSTROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]",
+                ":KUBE-NODEPORTS - [0:0]", ":KUBE-MARK-MASQ - [0:0]",
+                ":KUBE-POSTROUTING - [0:0]"]
+    nat = ['-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+           '-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+           '-A POSTROUTING -m comment --comment "kubernetes postrouting rules" '
+           '-j KUBE-POSTROUTING',
+           "-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000"]
+    filt_decl = [":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+                 ":KUBE-FIREWALL - [0:0]", ":KUBE-SERVICES - [0:0]",
+                 ":KUBE-EXTERNAL-SERVICES - [0:0]", ":KUBE-NODEPORTS - [0:0]",
+                 ":KUBE-FORWARD - [0:0]", ":KUBE-PROXY-FIREWALL - [0:0]"]
+    filt = ['-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load '
+            'balancer firewall" -j KUBE-PROXY-FIREWALL',
+            '-A INPUT -m comment --comment "kubernetes health check service ports" '
+            '-j KUBE-NODEPORTS',
+            '-A INPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes '
+            'externally-visible service portals" -j KUBE-EXTERNAL-SERVICES',
+            "-A INPUT -j KUBE-FIREWALL",
+            '-A FORWARD -m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD',
+            "-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "
+            '"block incoming localnet connections" -m conntrack ! --ctstate '
+            "RELATED,ESTABLISHED,DNAT -j DROP",
+            "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"]
+    svc_rules = []
+    np_rules = []
+    for i in range(services):
+        ns, name = f"ns{i % 50}", f"svc{i}"
+        cip = f"10.96.{i // 250}.{i % 250 + 1}"
+        chain = f"KUBE-SVC-{i:016X}"
+        seps = [f"KUBE-SEP-{i:08X}{e:08X}" for e in range(2)]
+        nat_decl += [f":{chain} - [0:0]", *(f":{s} - [0:0]" for s in seps)]
+        svc_rules.append(f'-A KUBE-SERVICES -d {cip}/32 -p tcp -m comment --comment '
+                         f'"{ns}/{name}:http cluster IP" -m tcp --dport 80 -j {chain}')
+        nat.append(f'-A {chain} ! -s 10.244.0.0/16 -d {cip}/32 -p tcp -m comment --comment '
+                   f'"{ns}/{name}:http cluster IP" -m tcp --dport 80 -j KUBE-MARK-MASQ')
+        for e, sep in enumerate(seps):
+            pod = f"10.244.{(i * 2 + e) // 250 % 250}.{(i * 2 + e) % 250 + 1}"
+            stat = "-m statistic --mode random --probability 0.50000000000 " if e == 0 else ""
+            nat.append(f'-A {chain} -m comment --comment "{ns}/{name}:http -> {pod}:8080" '
+                       f"{stat}-j {sep}")
+            nat.append(f'-A {sep} -s {pod}/32 -m comment --comment "{ns}/{name}:http" '
+                       "-j KUBE-MARK-MASQ")
+            nat.append(f'-A {sep} -p tcp -m comment --comment "{ns}/{name}:http" -m tcp '
+                       f"-j DNAT --to-destination {pod}:8080")
+        if i % 5 == 0:
+            port = 30000 + i // 5 + 2
+            np_rules.append(f'-A KUBE-NODEPORTS -p tcp -m comment --comment "{ns}/{name}:http"'
+                            f" -m tcp --dport {port} -j {chain}")
+        if i % 10 == 0:
+            filt.append(f'-A KUBE-SERVICES -d {cip}/32 -p tcp -m comment --comment '
+                        f'"{ns}/{name}:metrics has no endpoints" -m tcp --dport 9090 '
+                        "-j REJECT --reject-with icmp-port-unreachable")
+    svc_rules.append('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; '
+                     'NOTE: this must be the last rule in this chain" -m addrtype '
+                     "--dst-type LOCAL -j KUBE-NODEPORTS")
+    nat += svc_rules + np_rules
+    pad = target_rules - len(nat) - len(filt)
+    for j in range(max(0, pad)):
+        filt.append(f"-A KUBE-PROXY-FIREWALL -d 10.{100 + j // 60000}.{j // 250 % 240}."
+                    f"{j % 250 + 1}/32 -p tcp -m comment --comment \"lb {j}\" -m tcp "
+                    "--dport 443 -j DROP")
+    text = ["*nat", *nat_decl, *nat, "COMMIT", "*filter", *filt_decl, *filt, "COMMIT"]
+    return "\n".join(text) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--services", type=int, default=5000)
+    ap.add_argument("--rules", type=int, default=50_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    text = kube_proxy_dump(args.services, args.rules)
+    sockets = [Socket("tcp", 4, "0.0.0.0", p, 0, 0) for p in LISTEN]
+    best = None
+    for _ in range(args.rounds):
+        gc.collect()
+        gc.disable()
+        t0 = time.perf_counter()
+        tables = parse_iptables_save(text, frontend="iptables-nft")
+        t1 = time.perf_counter()
+        reach = reachability(sockets, Ruleset(tables), node_addresses=NODE_ADDRS,
+                             node_cidrs=["10.0.0.0/16"], pod_cidrs=["10.244.0.0/16"])
+        t2 = time.perf_counter()
+        gc.enable()
+        if best is None or t2 - t0 < best[0]:
+            best = (t2 - t0, t1 - t0, t2 - t1, tables, reach)
+    total, parse, ev, tables, reach = best
+    nrules = sum(len(c.rules) for t in tables for c in t.chains.values())
+    nevals = sum(len(r.verdicts) for r in reach)
+    print(f"rules: {nrules}  services: {args.services}  listening ports: {len(sockets)}  "
+          f"verdicts: {nevals} (source classes x ports)")
+    print(f"parse: {parse:.3f}s  evaluate: {ev:.3f}s  total: {total:.3f}s  "
+          f"({nrules / total:,.0f} rules/s overall, {nrules / parse:,.0f} rules/s parsing)")
+    print(f"target 0.5s: {'MET' if total < 0.5 else 'MISSED'} ({total / 0.5:.0%} of budget)")
+    for r in reach[:3] + [x for x in reach if x.socket.port == 30001]:
+        print(f"  tcp/{r.socket.port}: " + ", ".join(
+            f"{c}={v.action}{'' if v.certain else '?'}" for c, v in r.verdicts.items()))
+
+
+if __name__ == "__main__":
+    main()
