@@ -287,7 +287,9 @@ def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[St
                     return [*outs, _Out("accept", p, (*trace, _eff(step, t.lower())),
                                         (*reasons, why), True)]
                 return [*outs, _Out("accept", q, (*trace, _eff(step, "dnat")), reasons, False)]
-            if t == "NOTRACK" or (t == "CT" and rule.arg == "--notrack"):
+            if (t == "NOTRACK" or (t == "CT" and rule.arg == "--notrack")) and p.iif != "lo":
+                # Looped-back packets were tracked on the way out (OUTPUT); the kernel's CT
+                # target leaves a packet that already has a conntrack entry alone.
                 p = Packet(p.family, p.src, p.dst, p.protocol, p.dport, p.sport, p.iif, p.oif,
                            "UNTRACKED", p.tcp_flags)
                 trace = (*trace, _eff(step, "notrack"))
@@ -346,7 +348,9 @@ def evaluate(ruleset: Ruleset, packet: Packet, *, local_addresses=(), path: str 
                     (nxt if r.action == "accept" else final).append(r)
             live = nxt
         if hook == "prerouting":
-            live = [_reroute(o, packet, path, ctx) for o in live]
+            routed = [_reroute(o, packet, path, ctx) for o in live]
+            live = [o for o in routed if o.action == "accept"]
+            final.extend(o for o in routed if o.action != "accept")
     final.extend(live)
     return _combine(final)
 

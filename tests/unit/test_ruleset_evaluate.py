@@ -1,0 +1,104 @@
+"""Evaluator semantics that the kernel differential test does not reach cheaply: uncertain
+matches, goto/return, NOTRACK on loopback, iptables-nft state quirk; reach and NW2xx."""
+
+from __future__ import annotations
+
+from nodeward.checks.reachability import findings
+from nodeward.model import Severity, Socket
+from nodeward.ruleset import Packet, Ruleset, evaluate
+from nodeward.ruleset.iptables import parse_iptables_save
+from nodeward.ruleset.reach import reachability
+
+LOCAL = ["10.0.0.1", "10.244.0.1"]
+
+
+def rs(body: str, chains: str = "", frontend: str = "iptables-legacy", policy: str = "ACCEPT",
+       table: str = "filter") -> Ruleset:
+    text = f"*{table}\n:INPUT {policy} [0:0]\n:FORWARD {policy} [0:0]\n{chains}{body}COMMIT\n"
+    return Ruleset(parse_iptables_save(text, frontend=frontend))
+
+
+def pkt(src="10.244.1.2", dst="10.0.0.1", port=10250, iif="cali0", **kw) -> Packet:
+    return Packet(4, src, dst, "tcp", port, iif=iif, **kw)
+
+
+def test_unknown_match_forks_and_reports_why():
+    r = rs("-A INPUT -m recent --rcheck --name x -j DROP\n")
+    v = evaluate(r, pkt(), local_addresses=LOCAL)
+    assert v.action == "accept" and not v.certain
+    assert any("--rcheck" in why for why in v.reasons)
+    # both forks agree -> certain
+    r = rs("-A INPUT -m recent --rcheck --name x -j ACCEPT\n", policy="ACCEPT")
+    assert evaluate(r, pkt(), local_addresses=LOCAL).certain
+
+
+def test_goto_returns_to_callers_caller_and_user_chain_return():
+    chains = ":A - [0:0]\n:B - [0:0]\n"
+    body = ("-A INPUT -j A\n-A INPUT -j DROP\n-A A -g B\n-A A -j ACCEPT\n"
+            "-A B -p udp -j ACCEPT\n")
+    v = evaluate(rs(body, chains), pkt(), local_addresses=LOCAL)
+    # B falls off -> back to INPUT (not to A), INPUT #2 drops
+    assert v.action == "drop" and v.trace[-1].chain == "INPUT" and v.trace[-1].index == 2
+
+
+def test_negations_wildcards_multiport_addrtype_sets():
+    body = ("-A INPUT ! -i cali+ -j ACCEPT\n"
+            "-A INPUT -p tcp -m multiport --dports 22,10250:10255 -m addrtype "
+            "--dst-type LOCAL -j REJECT\n")
+    r = rs(body, policy="DROP")
+    assert evaluate(r, pkt(iif="eth0"), local_addresses=LOCAL).action == "accept"
+    assert evaluate(r, pkt(), local_addresses=LOCAL).action == "reject"
+    assert evaluate(r, pkt(port=9100), local_addresses=LOCAL).action == "drop"
+    assert evaluate(r, pkt(dst="10.9.9.9"), local_addresses=LOCAL).action == "drop"
+    r2 = rs("-A INPUT -m set --match-set unknownset src -j DROP\n")
+    v = evaluate(r2, pkt(), local_addresses=LOCAL)
+    assert not v.certain and "unknownset" in " ".join(v.reasons)
+
+
+def test_notrack_changes_state_except_on_loopback():
+    raw = "*raw\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j CT --notrack\nCOMMIT\n"
+    filt = ("*filter\n:INPUT DROP [0:0]\n-A INPUT -m conntrack --ctstate NEW -j ACCEPT\n"
+            "COMMIT\n")
+    r = Ruleset(parse_iptables_save(raw + filt))
+    assert evaluate(r, pkt(), local_addresses=LOCAL).action == "drop"  # UNTRACKED
+    lo = pkt(src="127.0.0.1", dst="127.0.0.1", iif="lo")
+    # the kernel's CT target leaves already-tracked (looped-back) packets alone
+    assert evaluate(r, lo, local_addresses=LOCAL).action == "accept"
+
+
+def test_iptables_nft_state_matches_are_not_trusted():
+    body = "-A INPUT -m conntrack --ctstate ESTABLISHED -j DROP\n"
+    assert evaluate(rs(body), pkt(), local_addresses=LOCAL).certain
+    v = evaluate(rs(body, frontend="iptables-nft"), pkt(), local_addresses=LOCAL)
+    assert not v.certain
+
+
+def test_a_drop_in_any_frontend_drops():
+    legacy = rs("-A INPUT -s 10.244.0.0/16 -j DROP\n")
+    nft = rs("-A INPUT -j ACCEPT\n", frontend="iptables-nft")
+    both = legacy.merge(nft)
+    v = evaluate(both, pkt(), local_addresses=LOCAL)
+    assert v.action == "drop" and v.trace[-1].frontend == "iptables-legacy"
+
+
+def test_reach_and_findings():
+    r = rs("-A INPUT -i cali+ -p tcp -m tcp --dport 2379 -j DROP\n"
+           "-A FORWARD -d 169.254.169.254/32 -j DROP\n")
+    socks = [Socket("tcp", 4, "0.0.0.0", 2379, 1, 0), Socket("tcp", 4, "0.0.0.0", 10250, 2, 0),
+             Socket("tcp", 4, "127.0.0.1", 10248, 3, 0)]
+    reach = reachability(socks, r, node_addresses=["10.0.0.1"], node_cidrs=["10.0.0.0/24"],
+                         pod_cidrs=["10.244.0.0/16"], pod_interfaces=["cali+"])
+    by_port = {x.socket.port: x for x in reach}
+    assert by_port[2379].verdicts["pod"].action == "drop"
+    assert by_port[2379].verdicts["anywhere"].action == "accept"
+    assert set(by_port[10248].verdicts) == {"loopback"}
+    sensitive = [("tcp", 2379, "etcd", Severity.CRITICAL), ("tcp", 10250, "kubelet",
+                                                            Severity.HIGH)]
+    got = findings(reach, r, sensitive, pod_cidrs=["10.244.0.0/16"])
+    ids = sorted((f.id, f.port) for f in got)
+    assert ("NW201", 10250) in ids and ("NW201", 2379) not in ids
+    assert ("NW202", 2379) in ids and ("NW203", 10250) in ids
+    assert not any(f.id == "NW204" and f.address == "169.254.169.254" for f in got)
+    assert any(f.id == "NW205" for f in got)  # INPUT ACCEPT and 10250 uncovered
+    f = next(f for f in got if f.id == "NW201")
+    assert f.evidence["rule_path"] and f.evidence["certain"]
