@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from ..ruleset.iptables import parse_iptables_save
 from ..ruleset.model import IpSet, Ruleset, Table
+from ..ruleset.nft import parse_nft_json
 
 Runner = Callable[[Sequence[str]], str | None]
 
@@ -72,16 +73,17 @@ def collect_ruleset(run: Runner = run_local) -> Ruleset:
     if len(holding) == 2:
         notes.append("both iptables-legacy and iptables-nft hold rules; a packet must pass "
                      "both (kube-proxy would pick iptables-nft)")
+    sets: dict[str, IpSet] = {}
     nft_text = run(["nft", "-j", "list", "ruleset"])
     if nft_text:
-        try:
-            from ..ruleset.nft import parse_nft_json
-        except ImportError:  # pragma: no cover - nft parser not present
-            notes.append("native nftables tables not evaluated (no nft parser)")
-        else:
-            tables.extend(parse_nft_json(nft_text, source="nft -j list ruleset"))
-    sets: dict[str, IpSet] = {}
+        # iptables-nft's own tables show up here too (xt compat); already read above.
+        owned = {("ip" if t.family == "ip" else "ip6", t.name) for t in tables
+                 if t.frontend == "iptables-nft"}
+        nft_tables, nft_sets = parse_nft_json(nft_text, source="nft -j list ruleset",
+                                              skip=owned)
+        tables.extend(nft_tables)
+        sets.update(nft_sets)
     ipset_text = run(["ipset", "save"])
     if ipset_text:
-        sets = parse_ipset_save(ipset_text)
+        sets.update(parse_ipset_save(ipset_text))
     return Ruleset(tuple(tables), sets, tuple(notes))

@@ -124,6 +124,11 @@ def _match(ctx: _Ctx, m: Match, p: Packet, si: int, di: int) -> bool | None:
         else:
             mask, comp = a
             r = (p.tcp_flags & mask) == comp
+    elif op == "dst_any" or op == "src_any":
+        v = di if op == "dst_any" else si
+        r = any(f == p.family and lo <= v <= hi for f, lo, hi in a)
+    elif op == "nfproto":
+        r = p.family == a[0]
     elif op == "l4proto_any":  # nft: "meta l4proto {tcp, udp}"
         r = p.protocol in a
     else:
