@@ -1,0 +1,148 @@
+"""Encryption findings (NW4xx) for inter-node links. Pure: WireGuard devices, peer nodes
+and routes in, findings out.
+
+    NW401  a peer node has no WireGuard peer (its traffic is not encrypted)
+    NW402  a WireGuard peer has no live session (latest handshake older than the rekey window)
+    NW403  a WireGuard peer's allowed IPs do not cover the node's pod CIDR or address
+    NW404  a route to a peer's pod CIDR leaves through a plain (unencrypted) interface
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..collect.wireguard import WgDevice, WgPeer
+from ..model import Finding, Severity
+
+#: REJECT_AFTER_TIME (180 s) in the WireGuard protocol: past it, no session key is valid.
+REKEY_WINDOW = 180.0
+
+
+@dataclass(frozen=True)
+class PeerNode:
+    """Another node of the cluster, as the cluster view or the config describes it."""
+
+    name: str
+    addresses: tuple[str, ...] = ()
+    pod_cidrs: tuple[str, ...] = ()
+    wireguard_public_key: str = ""  # base64, from Calico's node annotation when known
+
+
+@dataclass(frozen=True)
+class Route:
+    destination: str  # CIDR
+    interface: str
+
+
+def _host(endpoint: str) -> str:
+    host = endpoint.rsplit(":", 1)[0]
+    return host.strip("[]")
+
+
+def _match(node: PeerNode, devices: Sequence[WgDevice]) -> tuple[WgDevice, WgPeer] | None:
+    for dev in devices:
+        for p in dev.peers:
+            if node.wireguard_public_key and p.public_key == node.wireguard_public_key:
+                return dev, p
+            if p.endpoint and _host(p.endpoint) in node.addresses:
+                return dev, p
+    return None
+
+
+def _covered(target: str, allowed: Sequence[str]) -> bool:
+    net = ipaddress.ip_network(target, strict=False)
+    for a in allowed:
+        try:
+            an = ipaddress.ip_network(a, strict=False)
+        except ValueError:
+            continue
+        if an.version == net.version and net.subnet_of(an):
+            return True
+    return False
+
+
+def wireguard_findings(devices: Sequence[WgDevice], peers: Sequence[PeerNode], now: float,
+                       *, rekey_window: float = REKEY_WINDOW,
+                       require_address: bool = False) -> list[Finding]:
+    """Check that every peer node has a live WireGuard session covering its pod CIDRs.
+
+    `require_address` also demands the node address itself inside allowed IPs (Calico
+    does not route node-to-node traffic through wireguard.cali by default, so off).
+    """
+    out: list[Finding] = []
+    for node in peers:
+        hit = _match(node, devices)
+        if hit is None:
+            out.append(Finding(
+                id="NW401", severity=Severity.HIGH, component=node.name,
+                title=f"no WireGuard peer for node {node.name}: its traffic is not encrypted",
+                remediation="Add the node as a WireGuard peer (Calico: wireguardEnabled and "
+                            "the node's wireguard public key annotation; check calico-node "
+                            "logs on both nodes).",
+                evidence={"node": node.name, "addresses": list(node.addresses),
+                          "devices": [d.name for d in devices]}))
+            continue
+        dev, p = hit
+        ev = {"node": node.name, "device": dev.name, "public_key": p.public_key,
+              "endpoint": p.endpoint, "allowed_ips": list(p.allowed_ips)}
+        age = now - p.last_handshake if p.last_handshake else None
+        if age is None or age > rekey_window:
+            out.append(Finding(
+                id="NW402", severity=Severity.HIGH, component=node.name,
+                title=f"WireGuard peer for node {node.name} has no live session "
+                      + ("(never handshaked)" if age is None
+                         else f"(last handshake {int(age)}s ago)"),
+                remediation="Check UDP reachability of the peer endpoint and that both sides "
+                            "hold each other's current public key.",
+                evidence={**ev, "last_handshake": p.last_handshake,
+                          "handshake_age_s": age, "rekey_window_s": rekey_window,
+                          "rx_bytes": p.rx_bytes, "tx_bytes": p.tx_bytes}))
+        targets = list(node.pod_cidrs)
+        if require_address:
+            targets += [a for a in node.addresses if a]
+        missing = [t for t in targets if not _covered(t, p.allowed_ips)]
+        if missing:
+            out.append(Finding(
+                id="NW403", severity=Severity.HIGH, component=node.name,
+                title=f"WireGuard allowed IPs for node {node.name} do not cover "
+                      + ", ".join(missing),
+                remediation="Add the node's pod CIDR(s) to the peer's allowed IPs (Calico "
+                            "derives them from block affinities; check IPAM).",
+                evidence={**ev, "missing": missing}))
+    return out
+
+
+def route_findings(routes: Sequence[Route], peers: Sequence[PeerNode],
+                   encrypted_interfaces: Sequence[str]) -> list[Finding]:
+    """A route to a peer's pod CIDR through a non-encrypted interface sends pod traffic
+    in clear even when a tunnel exists (longest match picks the route, not the tunnel)."""
+    out: list[Finding] = []
+    enc = set(encrypted_interfaces)
+    for node in peers:
+        for cidr in node.pod_cidrs:
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                continue
+            best: tuple[int, Route] | None = None
+            for r in routes:
+                try:
+                    rn = ipaddress.ip_network(r.destination, strict=False)
+                except ValueError:
+                    continue
+                if rn.version == net.version and net.subnet_of(rn) and (
+                        best is None or rn.prefixlen > best[0]):
+                    best = (rn.prefixlen, r)
+            if best is not None and best[1].interface not in enc:
+                out.append(Finding(
+                    id="NW404", severity=Severity.HIGH, component=node.name,
+                    title=f"pod CIDR {cidr} of node {node.name} is routed through plain "
+                          f"interface {best[1].interface}",
+                    remediation="Route peer pod CIDRs through the WireGuard interface (Calico: "
+                                "check wireguardEnabled and the routing table Felix programs).",
+                    evidence={"node": node.name, "pod_cidr": cidr,
+                              "route": best[1].destination, "interface": best[1].interface,
+                              "encrypted_interfaces": sorted(enc)}))
+    return out
