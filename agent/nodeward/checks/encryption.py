@@ -127,22 +127,31 @@ def route_findings(routes: Sequence[Route], peers: Sequence[PeerNode],
             except ValueError:
                 continue
             best: tuple[int, Route] | None = None
+            inside: list[Route] = []  # more-specific routes carving part of the CIDR out
             for r in routes:
                 try:
                     rn = ipaddress.ip_network(r.destination, strict=False)
                 except ValueError:
                     continue
-                if rn.version == net.version and net.subnet_of(rn) and (
-                        best is None or rn.prefixlen > best[0]):
-                    best = (rn.prefixlen, r)
-            if best is not None and best[1].interface not in enc:
+                if rn.version != net.version:
+                    continue
+                if net.subnet_of(rn):
+                    if best is None or rn.prefixlen > best[0]:
+                        best = (rn.prefixlen, r)
+                elif rn.subnet_of(net):
+                    inside.append(r)
+            chosen = ([best[1]] if best else []) + inside
+            for r in chosen:
+                if r.interface in enc:
+                    continue
                 out.append(Finding(
                     id="NW404", severity=Severity.HIGH, component=node.name,
-                    title=f"pod CIDR {cidr} of node {node.name} is routed through plain "
-                          f"interface {best[1].interface}",
+                    address=r.destination,
+                    title=f"pod CIDR {cidr} of node {node.name} is routed ({r.destination}) "
+                          f"through plain interface {r.interface}",
                     remediation="Route peer pod CIDRs through the WireGuard interface (Calico: "
                                 "check wireguardEnabled and the routing table Felix programs).",
                     evidence={"node": node.name, "pod_cidr": cidr,
-                              "route": best[1].destination, "interface": best[1].interface,
+                              "route": r.destination, "interface": r.interface,
                               "encrypted_interfaces": sorted(enc)}))
     return out
