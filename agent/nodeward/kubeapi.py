@@ -109,7 +109,10 @@ class KubeApi:
     def __init__(self, cfg: ApiConfig, session: requests.Session | None = None) -> None:
         self.cfg = cfg
         self.s = session or requests.Session()
-        self.s.verify = cfg.ca_file or True
+        # Passed on every request too: a session-level `verify` loses to REQUESTS_CA_BUNDLE
+        # in the environment (requests#3829), which would silently drop the cluster CA.
+        self.verify: str | bool = cfg.ca_file or True
+        self.s.verify = self.verify
         if cfg.client_cert:
             self.s.cert = (cfg.client_cert, cfg.client_key) if cfg.client_key else cfg.client_cert
         if cfg.token:
@@ -122,7 +125,7 @@ class KubeApi:
         attempt = 0
         while True:
             try:
-                r = self.s.get(url, params=params,
+                r = self.s.get(url, params=params, verify=self.verify,
                                timeout=(self.cfg.connect_timeout, self.cfg.read_timeout))
             except requests.exceptions.SSLError as e:
                 raise ApiUnavailable(f"GET {path}: TLS verification failed: {e}") from None
