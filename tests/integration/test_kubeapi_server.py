@@ -74,7 +74,7 @@ class Api(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self):  # noqa: N802 (http.server API)
+    def do_GET(self):
         self.server.calls.append(self.path)
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":
             return self._send(401, b'{"kind":"Status","code":401,"reason":"Unauthorized"}')
@@ -124,7 +124,7 @@ def api(tmp_path_factory):
     if not shutil.which("openssl"):
         pytest.skip("needs the openssl CLI to make a test CA")
     tmp = tmp_path_factory.mktemp("pki")
-    ca, crt, key = _pki(tmp)
+    _, crt, key = _pki(tmp)
     srv = QuietServer(("127.0.0.1", 0), Api)
     srv.daemon_threads = True
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
