@@ -1,5 +1,5 @@
 """Evaluator semantics that the kernel differential test does not reach cheaply: uncertain
-matches, goto/return, NOTRACK on loopback, iptables-nft state quirk; reach and NW2xx."""
+matches, goto/return, NOTRACK on loopback, state matches; reach and NW2xx."""
 
 from __future__ import annotations
 
@@ -66,11 +66,14 @@ def test_notrack_changes_state_except_on_loopback():
     assert evaluate(r, lo, local_addresses=LOCAL).action == "accept"
 
 
-def test_iptables_nft_state_matches_are_not_trusted():
-    body = "-A INPUT -m conntrack --ctstate ESTABLISHED -j DROP\n"
-    assert evaluate(rs(body), pkt(), local_addresses=LOCAL).certain
-    v = evaluate(rs(body, frontend="iptables-nft"), pkt(), local_addresses=LOCAL)
-    assert not v.certain
+def test_state_matches_decide_for_new_packets_in_both_flavours():
+    body = "-A INPUT -m state --state ESTABLISHED,RELATED -j DROP\n"
+    for fe in ("iptables-legacy", "iptables-nft"):
+        v = evaluate(rs(body, frontend=fe), pkt(), local_addresses=LOCAL)
+        assert v.certain and v.action == "accept"
+    v = evaluate(rs("-A INPUT -m conntrack ! --ctstate NEW -j DROP\n"), pkt(ctstate="INVALID"),
+                 local_addresses=LOCAL)
+    assert v.action == "drop"
 
 
 def test_a_drop_in_any_frontend_drops():

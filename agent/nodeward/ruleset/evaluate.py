@@ -185,12 +185,6 @@ def _rule_matches(ctx: _Ctx, rule: Rule, p: Packet, si: int, di: int,
     unsure = ""
     for m in rule.matches:
         r = _match(ctx, m, p, si, di)
-        if r is not None and m.op == "ctstate" and frontend == "iptables-nft":
-            # Seen in the differential lab (iptables-nft 1.8.9, kernel 6.18): through
-            # iptables-nft, "--ctstate ESTABLISHED -m set ...", "--state ESTABLISHED,RELATED"
-            # and "! --ctstate NEW" each matched NEW packets (iptables-legacy behaved). Not
-            # trusted until explained: the walk follows both outcomes.
-            r = None
         if r is False:
             return False, ""
         if r is None and not unsure:

@@ -83,8 +83,22 @@ def _match(m: dict, setkey) -> list[Match]:
             d = "src" if left["payload"]["field"] == "saddr" else "dst"
             return [Match("set", (setkey(right[1:]), (d,)), neg, text)]
         return unknown
+    if "&" in left and isinstance(left["&"], list) and len(left["&"]) == 2:
+        pl, mask = left["&"]
+        if isinstance(pl, dict) and pl.get("payload", {}).get("field") == "flags" and \
+                pl["payload"].get("protocol") == "tcp" and not neg:
+            mask_w, comp_w = _words(mask), _words(right) if right != 0 else ()
+            if mask_w is not None and comp_w is not None:
+                return [Match("proto", ("tcp",), False, "tcp"),
+                        Match("tcpflags", (frozenset(w.upper() for w in mask_w),
+                                           frozenset(w.upper() for w in comp_w)), False, text)]
+        return unknown
     if "payload" in left:
         proto, field = left["payload"].get("protocol"), left["payload"].get("field")
+        if proto in ("icmp", "icmpv6", "tcp", "udp") and field not in ("dport", "sport"):
+            # the header match implies the protocol; keep the field itself as unknown
+            return [Match("proto", ({"icmpv6": "ipv6-icmp"}.get(proto, proto),), False, proto),
+                    *unknown]
         if proto in ("ip", "ip6") and field in ("saddr", "daddr"):
             nets = _nets(right)
             if nets is None:
