@@ -3,7 +3,8 @@ every source class. Target (issue 3): under 0.5 s in total.
 
     python bench/ruleset.py [--services 5000] [--rounds 5]
 
-Prints the best of --rounds: parse time, evaluation time, total, rules per second, and the
+Prints the cold first round and the best of --rounds (the parser's address and match caches
+stay warm between rounds, as they do in the daemon between scans): parse time, evaluation time, total, rules per second, and the
 verdict for a few ports so the numbers are for real work.
 """
 
@@ -107,6 +108,7 @@ def main() -> None:
     text = kube_proxy_dump(args.services, args.rules)
     sockets = [Socket("tcp", 4, "0.0.0.0", p, 0, 0) for p in LISTEN]
     best = None
+    first = None
     for _ in range(args.rounds):
         gc.collect()
         gc.disable()
@@ -117,6 +119,8 @@ def main() -> None:
                              node_cidrs=["10.0.0.0/16"], pod_cidrs=["10.244.0.0/16"])
         t2 = time.perf_counter()
         gc.enable()
+        if first is None:
+            first = t2 - t0
         if best is None or t2 - t0 < best[0]:
             best = (t2 - t0, t1 - t0, t2 - t1, tables, reach)
     total, parse, ev, tables, reach = best
@@ -126,6 +130,8 @@ def main() -> None:
           f"verdicts: {nevals} (source classes x ports)")
     print(f"parse: {parse:.3f}s  evaluate: {ev:.3f}s  total: {total:.3f}s  "
           f"({nrules / total:,.0f} rules/s overall, {nrules / parse:,.0f} rules/s parsing)")
+    print(f"cold first round (empty address/match caches): {first:.3f}s; best of "
+          f"{args.rounds} (warm caches, as in the daemon between scans): {total:.3f}s")
     print(f"target 0.5s: {'MET' if total < 0.5 else 'MISSED'} ({total / 0.5:.0%} of budget)")
     for r in reach[:3] + [x for x in reach if x.socket.port == 30001]:
         print(f"  tcp/{r.socket.port}: " + ", ".join(
