@@ -4,8 +4,9 @@ every source class. Target (issue 3): under 0.5 s in total.
     python bench/ruleset.py [--services 5000] [--rounds 5]
 
 Prints the cold first round and the best of --rounds (the parser's address and match caches
-stay warm between rounds, as they do in the daemon between scans): parse time, evaluation time, total, rules per second, and the
-verdict for a few ports so the numbers are for real work.
+stay warm between rounds, as they do in the daemon between scans): parse time, evaluation
+time, total, rules per second, and the verdict for a few ports so the numbers are for real
+work.
 """
 
 from __future__ import annotations
