@@ -5,6 +5,9 @@ and routes in, findings out.
     NW402  a WireGuard peer has no live session (latest handshake older than the rekey window)
     NW403  a WireGuard peer's allowed IPs do not cover the node's pod CIDR or address
     NW404  a route to a peer's pod CIDR leaves through a plain (unencrypted) interface
+    NW410  IPsec: no xfrm policy (with a template) for a peer node in one direction
+    NW411  IPsec: a policy template with no matching state (no SA: traffic dropped or clear)
+    NW412  IPsec: a state with a null or weak algorithm
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..collect.wireguard import WgDevice, WgPeer
+from ..collect.xfrm import XfrmPolicy, XfrmState
 from ..model import Finding, Severity
 
 #: REJECT_AFTER_TIME (180 s) in the WireGuard protocol: past it, no session key is valid.
@@ -154,4 +158,76 @@ def route_findings(routes: Sequence[Route], peers: Sequence[PeerNode],
                     evidence={"node": node.name, "pod_cidr": cidr,
                               "route": r.destination, "interface": r.interface,
                               "encrypted_interfaces": sorted(enc)}))
+    return out
+
+
+NULL_ALGS = ("cipher_null", "digest_null", "ecb(cipher_null)")
+WEAK_ALGS = ("des", "des3_ede", "md5", "sha1", "rmd160", "cbc(des)", "cbc(des3_ede)",
+             "hmac(md5)", "hmac(sha1)")
+
+
+def _in(addr: str, cidr: str) -> bool:
+    try:
+        return ipaddress.ip_network(addr, strict=False).subnet_of(
+            ipaddress.ip_network(cidr, strict=False))
+    except (ValueError, TypeError):
+        return False
+
+
+def ipsec_findings(states: Sequence[XfrmState], policies: Sequence[XfrmPolicy],
+                   peers: Sequence[PeerNode], local_addresses: Sequence[str]) -> list[Finding]:
+    """Each peer node needs an out and an in policy (allow + template) between a local
+    address and its address, every template a state, and no null/weak algorithms."""
+    out: list[Finding] = []
+    prot = [p for p in policies if p.action == "allow" and p.tmpls]
+    for node in peers:
+        for direction in ("out", "in"):
+            ok = False
+            for peer_ip in node.addresses:
+                for local in local_addresses:
+                    src, dst = (local, peer_ip) if direction == "out" else (peer_ip, local)
+                    if any(p.dir == direction and _in(src, p.src) and _in(dst, p.dst)
+                           for p in prot):
+                        ok = True
+            if not ok:
+                out.append(Finding(
+                    id="NW410", severity=Severity.HIGH, component=node.name,
+                    protocol="ipsec",
+                    title=f"no IPsec policy {direction} for node {node.name}: traffic "
+                          f"{'to' if direction == 'out' else 'from'} it is not required "
+                          "to be encrypted",
+                    remediation="Install xfrm policies in both directions for every node "
+                                "pair (check the IPsec daemon's connection for this peer).",
+                    evidence={"node": node.name, "direction": direction,
+                              "addresses": list(node.addresses),
+                              "local_addresses": list(local_addresses)}))
+    for p in prot:
+        for t in p.tmpls:
+            if not any(s.src == t.src and s.dst == t.dst and s.proto == t.proto
+                       and (t.reqid == 0 or s.reqid == t.reqid) for s in states):
+                out.append(Finding(
+                    id="NW411", severity=Severity.HIGH, protocol="ipsec",
+                    component=f"{t.src}->{t.dst}",
+                    title=f"IPsec policy {p.dir} {p.src} -> {p.dst} has no state for "
+                          f"{t.proto} {t.src} -> {t.dst} (reqid {t.reqid})",
+                    remediation="The SA is missing or expired: check the IKE daemon's logs "
+                                "and that it negotiated with this peer.",
+                    evidence={"policy": {"src": p.src, "dst": p.dst, "dir": p.dir},
+                              "tmpl": {"src": t.src, "dst": t.dst, "proto": t.proto,
+                                       "reqid": t.reqid, "mode": t.mode}}))
+    for s in states:
+        for kind, alg in s.algorithms:
+            low = alg.lower()
+            null = any(n in low for n in NULL_ALGS)
+            weak = low in WEAK_ALGS
+            if null or weak:
+                out.append(Finding(
+                    id="NW412", severity=Severity.HIGH if null else Severity.MEDIUM,
+                    protocol="ipsec", component=f"{s.src}->{s.dst}",
+                    title=f"IPsec state {s.src} -> {s.dst} spi {s.spi:#x} uses "
+                          f"{'null' if null else 'weak'} {kind} algorithm {alg}",
+                    remediation="Use AEAD (rfc4106(gcm(aes))) or cbc(aes) with "
+                                "hmac(sha256) or better.",
+                    evidence={"src": s.src, "dst": s.dst, "spi": s.spi, "kind": kind,
+                              "algorithm": alg}))
     return out
