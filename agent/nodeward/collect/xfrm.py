@@ -1,5 +1,5 @@
 """IPsec (xfrm) states and policies as frozen values, from `ip xfrm state` / `ip xfrm
-policy` text. pyroute2 (0.7.x installed here) has no XFRM state/policy messages and
+policy` text. pyroute2 (0.9.7 installed here) has no XFRM state/policy messages and
 iproute2 6.1 ignores `-j` for xfrm, so the text form is what is parsed.
 
 Read-only. Key material printed by `ip xfrm state` is dropped at parse time.
