@@ -143,3 +143,73 @@ def collect_uapi(directory: str | Path = UAPI_DIR,
             except WireGuardError as e:
                 errors.append(str(e))
     return tuple(devices), tuple(errors)
+
+
+# -- kernel implementation: generic netlink -------------------------------------------------
+
+def _b64(v: object) -> str:
+    return v.decode() if isinstance(v, (bytes, bytearray)) else str(v or "")
+
+
+def device_from_netlink(msgs: list) -> WgDevice:
+    """Fold decoded `wgmsg` dump replies (large devices span several) into one device.
+    WGDEVICE_A_PRIVATE_KEY and WGPEER_A_PRESHARED_KEY are never read."""
+    name, port, fwmark, pub = "", 0, 0, ""
+    peers: dict[str, dict] = {}
+    for m in msgs:
+        name = m.get_attr("WGDEVICE_A_IFNAME") or name
+        port = m.get_attr("WGDEVICE_A_LISTEN_PORT") or port
+        fwmark = m.get_attr("WGDEVICE_A_FWMARK") or fwmark
+        pub = _b64(m.get_attr("WGDEVICE_A_PUBLIC_KEY")) or pub
+        for p in m.get_attr("WGDEVICE_A_PEERS") or []:
+            key = _b64(p.get_attr("WGPEER_A_PUBLIC_KEY"))
+            d = peers.setdefault(key, {"allowed": []})
+            ep = p.get_attr("WGPEER_A_ENDPOINT")
+            if ep and ep.get("addr") and ep.get("port"):
+                addr = ep["addr"]
+                d["endpoint"] = f"[{addr}]:{ep['port']}" if ":" in addr else \
+                    f"{addr}:{ep['port']}"
+            hs = p.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME")
+            if hs:
+                d["hs"] = hs.get("tv_sec", 0) + hs.get("tv_nsec", 0) / 1e9
+            for k, attr in (("rx", "WGPEER_A_RX_BYTES"), ("tx", "WGPEER_A_TX_BYTES"),
+                            ("ka", "WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL")):
+                v = p.get_attr(attr)
+                if v is not None:
+                    d[k] = v
+            for a in p.get_attr("WGPEER_A_ALLOWEDIPS") or []:
+                if isinstance(a, dict) and a.get("addr"):
+                    d["allowed"].append(a["addr"])
+    return WgDevice(
+        name=name, listen_port=port, fwmark=fwmark, public_key=pub, source="netlink",
+        peers=tuple(WgPeer(public_key=k, endpoint=d.get("endpoint", ""),
+                           allowed_ips=tuple(d["allowed"]), last_handshake=d.get("hs", 0.0),
+                           rx_bytes=d.get("rx", 0), tx_bytes=d.get("tx", 0),
+                           persistent_keepalive=d.get("ka", 0))
+                    for k, d in peers.items()))
+
+
+def collect_netlink(names: list[str]) -> tuple[tuple[WgDevice, ...], tuple[str, ...]]:
+    """Kernel WireGuard devices by name (interfaces of kind "wireguard" in the snapshot).
+    No family registered (module absent) is an error string, not an exception."""
+    if not names:
+        return (), ()
+    try:
+        from pyroute2 import WireGuard
+    except ImportError as e:  # pragma: no cover - pyroute2 is a dependency
+        return (), (f"pyroute2 WireGuard unavailable: {e}",)
+    devices: list[WgDevice] = []
+    errors: list[str] = []
+    try:
+        wg = WireGuard()
+    except Exception as e:  # genl family lookup fails without the module
+        return (), (f"wireguard generic netlink: {type(e).__name__}: {e}",)
+    try:
+        for n in names:
+            try:
+                devices.append(device_from_netlink(list(wg.info(n))))
+            except Exception as e:  # one device's failure must not hide the others
+                errors.append(f"{n}: netlink: {type(e).__name__}: {e}")
+    finally:
+        wg.close()
+    return tuple(devices), tuple(errors)
