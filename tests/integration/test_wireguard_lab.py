@@ -4,12 +4,13 @@ peer that never handshakes each give their own finding."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
 import pytest
 
-from nodeward.checks.encryption import PeerNode, wireguard_findings
+from nodeward.checks.encryption import PeerNode, Route, route_findings, wireguard_findings
 from nodeward.collect.wireguard import collect_uapi, read_uapi
 from tests.lab.wireguard import WgLab, genkey, have_wireguard_go
 
@@ -25,6 +26,14 @@ def _poke(lab, ns, ip: str) -> str:
             f"for _ in range(3): s.sendto(b'x',({ip!r},9)); time.sleep(0.1)\n")
     r = lab.run(ns, [sys.executable, "-c", code], check=False)
     return r.stdout + r.stderr
+
+
+def _routes(lab, ns) -> list[Route]:
+    code = ("import json;from nodeward.clusterscan import collect_routes;"
+            "r,e=collect_routes();assert not e,e;"
+            "print(json.dumps([[x.destination,x.interface,x.table] for x in r]))")
+    out = lab.run(ns, [sys.executable, "-c", code]).stdout
+    return [Route(*x) for x in json.loads(out)]
 
 
 def _wait_handshakes(sock, keys: set[str], timeout: float = 5.0):
@@ -64,6 +73,14 @@ def test_mesh_then_three_faults(lab):
         assert {p.public_key for p in dev.peers} == {wg["b"].public_key, wg["c"].public_key}
         assert all(p.last_handshake > 0 and p.rx_bytes > 0 for p in dev.peers), (dev, pokes)
         assert wireguard_findings(devices, peers, now=time.time()) == []
+        # Routes read by the collector inside node a: pod CIDRs leave through the tunnel...
+        enc = [wg["a"].ifname]
+        assert route_findings(_routes(lab, nodes["a"]), peers, enc) == []
+        # ...until a more specific plain route carves part of c's pod CIDR out to eth0.
+        lab.run(nodes["a"], ["ip", "route", "add", "10.244.3.128/25", "dev", "eth0"])
+        f = route_findings(_routes(lab, nodes["a"]), peers, enc)
+        assert [(x.id, x.component, x.evidence["interface"]) for x in f] == [
+            ("NW404", "c", "eth0")]
 
         # Faults, one per peer: c removed, b's allowed IPs wrong, d configured but dead.
         wl.remove_peer(wg["a"], wg["c"].public_key)

@@ -83,3 +83,11 @@ def test_route_through_plain_interface():
     assert [(x.id, x.evidence["interface"]) for x in f] == [("NW404", "vxlan.calico")]
     assert route_findings(routes[:2], [B], ["wireguard.cali"]) == []
     assert [x.id for x in route_findings(routes[:1], [B], ["wireguard.cali"])] == ["NW404"]
+
+
+def test_route_in_calico_wireguard_table_wins():
+    routes = [Route("10.244.2.0/24", "vxlan.calico"),
+              Route("10.244.2.0/24", "wireguard.cali", table=1)]
+    assert route_findings(routes, [B], ["wireguard.cali"]) == []
+    routes[1] = Route("10.244.2.0/24", "eth1", table=1)
+    assert [x.id for x in route_findings(routes, [B], ["wireguard.cali"])] == ["NW404"]

@@ -38,6 +38,7 @@ class PeerNode:
 class Route:
     destination: str  # CIDR
     interface: str
+    table: int = 254  # main; Calico's WireGuard routes live in their own table (policy rules)
 
 
 def _host(endpoint: str) -> str:
@@ -130,9 +131,16 @@ def route_findings(routes: Sequence[Route], peers: Sequence[PeerNode],
                 net = ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 continue
+            # Calico programs wireguard.cali routes in a separate table selected by ip rules;
+            # when such a route covers the CIDR, the main-table route is not the one used.
+            if any(r.table != 254 and r.interface in enc and _in(cidr, r.destination)
+                   for r in routes):
+                continue
             best: tuple[int, Route] | None = None
             inside: list[Route] = []  # more-specific routes carving part of the CIDR out
             for r in routes:
+                if r.table != 254:
+                    continue
                 try:
                     rn = ipaddress.ip_network(r.destination, strict=False)
                 except ValueError:
