@@ -72,8 +72,9 @@ class WgLab:
                 raise RuntimeError(f"wireguard-go {ifname} did not create {node.sock}")
             time.sleep(0.05)
         keyfile = Path(f"/tmp/{ifname}.key")
-        keyfile.write_text(node.private_key + "\n")
-        keyfile.chmod(0o600)
+        fd = os.open(keyfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(node.private_key + "\n")
         try:
             self.lab.run(ns, ["wg", "set", ifname, "listen-port", str(port),
                               "private-key", str(keyfile)])
