@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace as dataclasses_replace
 
 from . import __version__
 from . import config as config_mod
-from .checks import run_checks
+from .checks import CheckResult, run_checks, sort_findings, split_suppressed
 from .model import Severity
 from .report import render
 from .report.logs import log_finding, make_logger
@@ -43,6 +44,13 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
                            f"({'|'.join(SEVERITIES)}; default high)")
     scan.add_argument("--procfs", action="store_true",
                       help="read /proc/net instead of netlink sock_diag")
+    scan.add_argument("--firewall", action="store_true",
+                      help="also evaluate every socket through the live ruleset (NW2xx)")
+    scan.add_argument("--explain", type=int, metavar="PORT",
+                      help="print the rule path deciding PORT per source class (implies "
+                           "--firewall)")
+    scan.add_argument("--offline", metavar="DIR",
+                      help="read cluster objects (nodes, Calico) from YAML files in DIR")
     scan.set_defaults(handler=cmd_scan)
 
 
@@ -78,9 +86,40 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     err_log = make_logger(cfg.node_name, sys.stderr)
     snap = take_snapshot(cfg, force_procfs=args.procfs)
+    result = run_checks(snap, cfg)
+    notes = list(snap.notes)
+    extra: list = []
+    if args.firewall or args.explain is not None:
+        from . import reachscan
+
+        reach = reachscan.run(snap, cfg)
+        notes += reach.notes
+        extra += reach.findings
+        if args.explain is not None:
+            sys.stdout.write(reachscan.explain(reach, args.explain))
+            return EXIT_OK
+    cluster = cfg.section("cluster")
+    if args.offline:
+        import dataclasses
+
+        from .collect.cluster import ClusterSettings
+
+        cluster = dataclasses.replace(cluster or ClusterSettings(), offline_dir=args.offline,
+                                      use_api=False)
+    if cluster is not None:
+        from .clusterscan import cluster_findings
+
+        cscan, cfound = cluster_findings(cluster, snap)
+        notes += list(cscan.notes)
+        extra += cfound
+    if extra:
+        more = split_suppressed(extra, cfg.suppress)
+        result = CheckResult(tuple(sort_findings([*result.findings, *more.findings])),
+                             result.suppressed + more.suppressed)
+    if notes != list(snap.notes):
+        snap = dataclasses_replace(snap, notes=tuple(notes))
     for note in snap.notes:
         err_log.warning("collector_note", note=note)
-    result = run_checks(snap, cfg)
     out = sys.stdout
     if args.format == "json":
         out.write(render.to_json(snap, result, cfg.catalog))
