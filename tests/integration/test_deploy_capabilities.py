@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -93,13 +94,17 @@ def test_daemon_runs_like_the_pod():
     port = _free_port()
     cfg["metrics_address"] = f"127.0.0.1:{port}"  # the ConfigMap's 9737 may be taken here
     exe = Path(sys.executable).with_name("nodeward")
+    # The pod's writable /tmp is an emptyDir; here a tmpfs on a directory of its own (a
+    # tmpfs over /tmp would hide a checkout that lives under /tmp), named by TMPDIR.
+    scratch = Path(tempfile.mkdtemp(prefix="nw-podtmp-", dir="/var/tmp"))
     script = ("mount --make-rprivate / && mount -o remount,bind,ro / "
-              "&& mount -t tmpfs -o size=16m tmpfs /tmp "
-              "&& printf '%s\\n' \"$NW_CFG\" > /tmp/config.yaml "
+              f"&& mount -t tmpfs -o size=16m tmpfs {scratch} "
+              f"&& export TMPDIR={scratch} "
+              f"&& printf '%s\\n' \"$NW_CFG\" > {scratch}/config.yaml "
               "&& if touch /nodeward-rw-probe 2>/dev/null; then exit 97; fi "
               f"&& exec {SETPRIV} --no-new-privs --inh-caps=-all "
               "--bounding-set=-all,+net_admin,+net_raw,+sys_ptrace,+dac_read_search "
-              f"{exe} --config /tmp/config.yaml run")
+              f"{exe} --config {scratch}/config.yaml run")
     env = {**os.environ, "NW_CFG": yaml.safe_dump(cfg), "NODEWARD_NODE_NAME": "pod-node",
            "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=env,
@@ -122,6 +127,7 @@ def test_daemon_runs_like_the_pod():
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+        scratch.rmdir()  # the tmpfs lived in the child's mount namespace only
     assert proc.returncode == 0, err
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert any(e.get("event") == "scan_complete" and e.get("node") == "pod-node"
