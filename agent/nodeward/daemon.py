@@ -144,6 +144,8 @@ class Agent:
                       duration_ms=round(duration * 1000, 1), socket_source=snap.socket_source)
         if self.cfg.mode in ("audit", "enforce"):
             self.enforce(snap)
+        if self.settings.policy_report and (opened or resolved or self.cycles == 1):
+            self.write_policy_report(snap, result)
         if self.sink is not None:
             self.sink.submit(events)
         self.metrics.set_findings(result.findings)
@@ -173,6 +175,28 @@ class Agent:
         extra = split_suppressed(self._probed, self.cfg.suppress)
         return CheckResult(tuple(sort_findings([*result.findings, *extra.findings])),
                            result.suppressed + extra.suppressed)
+
+    def write_policy_report(self, snap: NodeSnapshot, result: CheckResult) -> None:
+        """Server-side apply this node's ClusterPolicyReport when findings changed; the API
+        settings come from the `cluster` section (in-cluster by default)."""
+        from .collect.cluster import ClusterSettings, api_config
+        from .kubeapi import ApiUnavailable, KubeApi
+        from .report import policyreport
+
+        report = policyreport.build(self.cfg.node_name, snap.scanned_at, result.findings)
+        path = ("/apis/wgpolicyk8s.io/v1alpha2/clusterpolicyreports/"
+                + report["metadata"]["name"])
+        try:
+            api = KubeApi(api_config(self.cfg.section("cluster") or ClusterSettings()))
+            try:
+                api.apply(path, report)
+            finally:
+                api.close()
+        except ApiUnavailable as e:
+            self.log.error("policy_report_failed", reason=e.reason)
+            return
+        self.log.info("policy_report_written", name=report["metadata"]["name"],
+                      findings=len(result.findings))
 
     def enforce(self, snap: NodeSnapshot) -> None:
         """Re-assert the plan every cycle: idempotent when nothing drifted, and the only

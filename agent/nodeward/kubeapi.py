@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import tempfile
 import time
@@ -167,6 +168,19 @@ class KubeApi:
             if not token:
                 return
         raise ApiUnavailable(f"GET {path}: pagination did not end")
+
+    def apply(self, path: str, obj: dict) -> None:
+        """Server-side apply (create or update) as field manager `nodeward`. One attempt:
+        the caller re-applies the whole object next cycle anyway."""
+        try:
+            r = self.s.patch(self.cfg.url + path, data=json.dumps(obj), verify=self.verify,
+                             params={"fieldManager": "nodeward", "force": "true"},
+                             headers={"Content-Type": "application/apply-patch+yaml"},
+                             timeout=(self.cfg.connect_timeout, self.cfg.read_timeout))
+        except requests.RequestException as e:
+            raise ApiUnavailable(f"PATCH {path}: {type(e).__name__}: {e}") from None
+        if r.status_code >= 400:
+            raise ApiUnavailable(f"PATCH {path}: HTTP {r.status_code} {r.reason}")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
