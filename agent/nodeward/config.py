@@ -79,7 +79,7 @@ class Config:
 # -- field parsers: each takes (value, where) and raises ConfigError ----------------------
 
 
-def _cidrs(value: Any, where: str) -> tuple[IPNetwork, ...]:
+def parse_cidrs(value: Any, where: str) -> tuple[IPNetwork, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{where}: expected a list of CIDRs")
     out = []
@@ -182,8 +182,8 @@ def _hostport(value: Any, where: str) -> str:
 
 PARSERS = {
     "node_name": _str,
-    "node_cidrs": _cidrs,
-    "pod_cidrs": _cidrs,
+    "node_cidrs": parse_cidrs,
+    "pod_cidrs": parse_cidrs,
     "pod_interfaces": _globs,
     "failsafe_ports": _ports,
     "mode": _choice(MODES),

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigError
+from ..config import ConfigError, parse_cidrs
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -52,18 +52,6 @@ KEYS = ("control_plane", "etcd_members", "allow", "api_server", "metadata_addres
         "metadata_allow", "confirm_timeout", "probes", "ipv6", "log_rate")
 
 
-def _cidrs(value: Any, where: str) -> tuple[IPNetwork, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(f"{where}: expected a list of CIDRs")
-    out = []
-    for item in value:
-        try:
-            out.append(ipaddress.ip_network(str(item), strict=False))
-        except ValueError:
-            raise ConfigError(f"{where}: {item!r} is not a valid CIDR") from None
-    return tuple(out)
-
-
 def hostport(value: Any, where: str) -> tuple[IPAddress, int]:
     """'10.0.0.1:6443' or '[fd00::1]:6443' -> (address, port)."""
     if not isinstance(value, str) or ":" not in value:
@@ -88,7 +76,7 @@ def parse(value: Any, where: str) -> EnforceSettings:
     kw: dict[str, Any] = {}
     for key in ("control_plane", "etcd_members", "metadata_allow"):
         if key in v:
-            kw[key] = _cidrs(v[key], f"{where}.{key}")
+            kw[key] = parse_cidrs(v[key], f"{where}.{key}")
     if "allow" in v:
         allow = v["allow"]
         if not isinstance(allow, Mapping):
@@ -97,7 +85,7 @@ def parse(value: Any, where: str) -> EnforceSettings:
         for name, cidrs in allow.items():
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"{where}.allow: {name!r} is not a component name")
-            out[name] = _cidrs(cidrs, f"{where}.allow.{name}")
+            out[name] = parse_cidrs(cidrs, f"{where}.allow.{name}")
         kw["allow"] = out
     if v.get("api_server") is not None:
         kw["api_server"] = hostport(v["api_server"], f"{where}.api_server")
