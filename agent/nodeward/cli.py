@@ -13,7 +13,7 @@ from dataclasses import replace as dataclasses_replace
 
 from . import __version__
 from . import config as config_mod
-from .checks import CheckResult, run_checks, sort_findings, split_suppressed
+from .checks import run_checks, with_findings
 from .model import Severity
 from .report import render
 from .report.logs import log_finding, make_logger
@@ -112,10 +112,7 @@ def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         cscan, cfound = cluster_findings(cluster, snap)
         notes += list(cscan.notes)
         extra += cfound
-    if extra:
-        more = split_suppressed(extra, cfg.suppress)
-        result = CheckResult(tuple(sort_findings([*result.findings, *more.findings])),
-                             result.suppressed + more.suppressed)
+    result = with_findings(result, extra, cfg.suppress)
     if notes != list(snap.notes):
         snap = dataclasses_replace(snap, notes=tuple(notes))
     for note in snap.notes:

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from . import config as config_mod
 from . import probe
-from .checks import CheckResult, run_checks, sort_findings, split_suppressed
+from .checks import CheckResult, run_checks, with_findings
 from .daemon_settings import DaemonSettings
 from .model import Finding, NodeSnapshot
 from .report.logs import finding_fields, log_finding, make_logger
@@ -172,9 +172,7 @@ class Agent:
             self.log.info("peer_probe", probes=len(results),
                           reachable=[f"{r.peer}/{r.address}:{r.port}" for r in reachable])
             self._probed = probe.probe_findings(results, self.cfg.catalog)
-        extra = split_suppressed(self._probed, self.cfg.suppress)
-        return CheckResult(tuple(sort_findings([*result.findings, *extra.findings])),
-                           result.suppressed + extra.suppressed)
+        return with_findings(result, self._probed, self.cfg.suppress)
 
     def write_policy_report(self, snap: NodeSnapshot, result: CheckResult) -> None:
         """Server-side apply this node's ClusterPolicyReport when findings changed; the API

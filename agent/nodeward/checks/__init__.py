@@ -32,6 +32,16 @@ def sort_findings(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: (-f.severity, f.id, f.port or 0, f.address))
 
 
+def with_findings(result: CheckResult, extra: list[Finding],
+                  suppressions: tuple[Suppression, ...]) -> CheckResult:
+    """`result` plus findings from another check stage, suppressed and sorted the same way."""
+    if not extra:
+        return result
+    more = split_suppressed(extra, suppressions)
+    return CheckResult(tuple(sort_findings([*result.findings, *more.findings])),
+                       result.suppressed + more.suppressed)
+
+
 def run_checks(snapshot: NodeSnapshot, config: Config) -> CheckResult:
     with paused_gc():
         findings = exposure_findings(snapshot, config.catalog)

@@ -125,13 +125,17 @@ def cmd_apply(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
-@_guard
-def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+def _configured_backend(cfg: Config):
+    """The backend for commands that act on what is installed, without planning."""
     from ..enforce import backends
 
     settings = cfg.section("enforce")
-    backend = backends.select(cfg.backend, (4, 6) if settings.ipv6 else (4,),
-                              settings.log_rate)
+    return backends.select(cfg.backend, (4, 6) if settings.ipv6 else (4,), settings.log_rate)
+
+
+@_guard
+def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
+    backend = _configured_backend(cfg)
     counters = backend.status()
     if args.format == "json":
         import json
@@ -150,11 +154,7 @@ def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
 
 @_guard
 def cmd_uninstall(args: argparse.Namespace, cfg: Config) -> int:
-    from ..enforce import backends
-
-    settings = cfg.section("enforce")
-    backend = backends.select(cfg.backend, (4, 6) if settings.ipv6 else (4,),
-                              settings.log_rate)
+    backend = _configured_backend(cfg)
     changed = backend.uninstall()
     print(f"nodeward: uninstall: {'removed' if changed else 'nothing to remove'} "
           f"(backend {backend.name})")
