@@ -138,23 +138,34 @@ def _match(ctx: _Ctx, m: Match, p: Packet, si: int, di: int) -> bool | None:
 
 _INDEX: dict[int, tuple] = {}
 MIN_RUN = 8
+PORT_PROTOS = frozenset({"tcp", "udp", "sctp", "udplite"})
+MAX_KEYED_PORTS = 16
+
+
+def _rule_keys(rule: Rule) -> tuple[str, tuple] | None:
+    """What a rule requires exactly, if anything the index can use: one destination address
+    ("dst", ((family, ip),)) or a few destination ports ("dport", (port, ...))."""
+    ports = None
+    for m in rule.matches:
+        if m.negate:
+            continue
+        if m.op == "dst" and m.args[1] == m.args[2]:
+            return ("dst", ((m.args[0], m.args[1]),))
+        if m.op == "dport" and ports is None and \
+                sum(hi - lo + 1 for lo, hi in m.args) <= MAX_KEYED_PORTS:
+            ports = tuple(x for lo, hi in m.args for x in range(lo, hi + 1))
+    return ("dport", ports) if ports is not None else None
 
 
 def _chain_index(chain: Chain) -> tuple | None:
     """Runs of consecutive rules that each require one exact destination address (kube-proxy
-    KUBE-SERVICES, LB firewalls): per run, destination -> sorted rule indices, so a walk
-    skips a 5,000-rule run with a dict lookup. Cached per chain object (chains are frozen)."""
+    KUBE-SERVICES, LB firewalls) or exact destination ports (KUBE-NODEPORTS): per run,
+    key -> sorted rule indices, so a walk skips a 5,000-rule run with a dict lookup. Cached
+    per chain object (chains are frozen)."""
     hit = _INDEX.get(id(chain))
     if hit is not None and hit[0] is chain:
         return hit[1]
-    keys: list = []
-    for rule in chain.rules:
-        k = None
-        for m in rule.matches:
-            if m.op == "dst" and not m.negate and m.args[1] == m.args[2]:
-                k = (m.args[0], m.args[1])
-                break
-        keys.append(k)
+    keys = [_rule_keys(rule) for rule in chain.rules]
     run_of = [-1] * len(keys)
     runs: list = []
     i, n = 0, len(keys)
@@ -162,16 +173,20 @@ def _chain_index(chain: Chain) -> tuple | None:
         if keys[i] is None:
             i += 1
             continue
+        kind = keys[i][0]
         j = i
-        while j < n and keys[j] is not None:
+        while j < n and keys[j] is not None and keys[j][0] == kind:
             j += 1
         if j - i >= MIN_RUN:
             mp: dict = {}
             for x in range(i, j):
-                mp.setdefault(keys[x], []).append(x)
+                for k in keys[x][1]:
+                    lst = mp.setdefault(k, [])
+                    if not lst or lst[-1] != x:
+                        lst.append(x)
             for x in range(i, j):
                 run_of[x] = len(runs)
-            runs.append((j, mp))
+            runs.append((j, kind, mp))
         i = j
     index = (run_of, runs) if runs else None
     if len(_INDEX) > 50_000:
@@ -228,8 +243,11 @@ def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[St
         index = _chain_index(chain) if n >= MIN_RUN else None
         while idx < n:
             if index is not None and index[0][idx] >= 0:
-                end, mp = index[1][index[0][idx]]
-                cands = mp.get((p.family, di))
+                end, kind, mp = index[1][index[0][idx]]
+                if kind == "dst":
+                    cands = mp.get((p.family, di))
+                else:
+                    cands = mp.get(p.dport) if p.protocol in PORT_PROTOS else None
                 j = bisect_left(cands, idx) if cands else 0
                 if not cands or j >= len(cands):
                     idx = end
