@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,14 +26,18 @@ from nodeward.ruleset.iptables import parse_iptables_save  # noqa: E402
 from nodeward.ruleset.model import Ruleset  # noqa: E402
 from nodeward.ruleset.reach import reachability  # noqa: E402
 
+evaluate_module = sys.modules["nodeward.ruleset.evaluate"]
+
 LISTEN = [22, 53, 179, 2379, 2380, 4194, 6443, 8080, 9090, 9099, 9100, 9153, 10248, 10249,
           10250, 10255, 10256, 10257, 10259, 30001]
 NODE_ADDRS = ["10.0.1.5", "10.244.3.1"]
 
 
-def kube_proxy_dump(services: int, target_rules: int = 50_000) -> str:
+def kube_proxy_dump(services: int, target_rules: int = 50_000, hardened: bool = False) -> str:
     """nat KUBE-SERVICES/KUBE-SVC-/KUBE-SEP-/KUBE-NODEPORTS and filter KUBE-* like a real
-    kube-proxy (iptables mode, 2 endpoints per service), padded to target_rules."""
+    kube-proxy (iptables mode, 2 endpoints per service), padded to target_rules. `hardened`
+    appends an operator's INPUT rules (pods kept off kubelet/etcd, SSH from the node network
+    only) so the printed verdicts differ per source class."""
     nat_decl = [":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
                 ":POSTROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]",
                 ":KUBE-NODEPORTS - [0:0]", ":KUBE-MARK-MASQ - [0:0]",
@@ -96,6 +101,10 @@ def kube_proxy_dump(services: int, target_rules: int = 50_000) -> str:
         filt.append(f"-A KUBE-PROXY-FIREWALL -d 10.{100 + j // 60000}.{j // 250 % 240}."
                     f"{j % 250 + 1}/32 -p tcp -m comment --comment \"lb {j}\" -m tcp "
                     "--dport 443 -j DROP")
+    if hardened:
+        filt += ["-A INPUT -s 10.244.0.0/16 -p tcp -m multiport --dports 10250,10255,2379 "
+                 "-j DROP",
+                 "-A INPUT ! -s 10.0.0.0/16 -p tcp -m tcp --dport 22 -j REJECT"]
     text = ["*nat", *nat_decl, *nat, "COMMIT", "*filter", *filt_decl, *filt, "COMMIT"]
     return "\n".join(text) + "\n"
 
@@ -106,7 +115,7 @@ def main() -> None:
     ap.add_argument("--rules", type=int, default=50_000)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    text = kube_proxy_dump(args.services, args.rules)
+    text = kube_proxy_dump(args.services, args.rules, hardened=True)
     sockets = [Socket("tcp", 4, "0.0.0.0", p, 0, 0) for p in LISTEN]
     best = None
     first = None
@@ -133,10 +142,37 @@ def main() -> None:
           f"({nrules / total:,.0f} rules/s overall, {nrules / parse:,.0f} rules/s parsing)")
     print(f"cold first round (empty address/match caches): {first:.3f}s; best of "
           f"{args.rounds} (warm caches, as in the daemon between scans): {total:.3f}s")
-    print(f"target 0.5s: {'MET' if total < 0.5 else 'MISSED'} ({total / 0.5:.0%} of budget)")
-    for r in reach[:3] + [x for x in reach if x.socket.port == 30001]:
+    print(f"target 0.5s (judged on the cold round): {'MET' if first < 0.5 else 'MISSED'} "
+          f"({first / 0.5:.0%} of budget)")
+    _alternatives(text, tables, sockets, parse, ev)
+    for r in [x for x in reach if x.socket.port in (22, 2379, 10250, 30001)]:
         print(f"  tcp/{r.socket.port}: " + ", ".join(
             f"{c}={v.action}{'' if v.certain else '?'}" for c, v in r.verdicts.items()))
+
+
+def _alternatives(text: str, tables, sockets, parse: float, ev: float) -> None:
+    """The obvious alternatives, measured in this run: shlex.split on every rule line (only
+    the tokenizing step of a parser that uses it) and a plain rule-by-rule walk (the
+    evaluator with its run index turned off)."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("-A")]
+    t0 = time.perf_counter()
+    for ln in lines:
+        shlex.split(ln)
+    shl = time.perf_counter() - t0
+    saved = evaluate_module.MIN_RUN
+    evaluate_module.MIN_RUN = 10**9
+    evaluate_module._INDEX.clear()
+    try:
+        t0 = time.perf_counter()
+        reachability(sockets, Ruleset(tables), node_addresses=NODE_ADDRS,
+                     node_cidrs=["10.0.0.0/16"], pod_cidrs=["10.244.0.0/16"])
+        plain = time.perf_counter() - t0
+    finally:
+        evaluate_module.MIN_RUN = saved
+    print(f"vs shlex.split tokenizing alone: {shl:.3f}s -> whole parse is {shl / parse:.1f}x "
+          "faster than that one step")
+    print(f"vs plain rule-by-rule walk: {plain:.3f}s -> indexed evaluation {plain / ev:.1f}x "
+          "faster")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def test_kube_proxy_dump_hundreds_of_services():
     assert filt.chains["INPUT"].hook == "input" and filt.chains["KUBE-FIREWALL"].hook is None
     last = nat.chains["KUBE-SERVICES"].rules[-1]
     assert last.target == "JUMP" and last.arg == "KUBE-NODEPORTS"
-    assert [m.op for m in last.matches] == ["comment", "addrtype"]
+    assert [m.op for m in last.matches] == ["addrtype"]  # comments stay in the text only
+    assert "NOTE: this must be the last rule" in last.text
     # statistic is not modelled: kept as an unknown match, not dropped
     svc = nat.chains["KUBE-SVC-0000000000000000"]
     assert any(m.op == "unknown" and "statistic" in m.text for m in svc.rules[1].matches)
@@ -197,3 +198,26 @@ def test_collector_detects_both_flavours_and_ipsets():
     assert all(c.endswith("-save") or c in ("nft", "ipset") for c in calls)
     assert not has_rules(parse_iptables_save("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"))
     assert parse_ipset_save("add x 1.2.3.4\n")["x"].members == ("1.2.3.4",)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.builds(lambda a, p: f"{a}/{p}", st.ip_addresses(v=4), st.integers(0, 32)),
+    st.ip_addresses(v=4).map(str),
+    st.text(alphabet="0123456789./", max_size=20)))
+def test_parse_net_fast_path_agrees_with_ipaddress(text):
+    """parse_net decodes dotted quads itself; it must accept and reject exactly what the
+    ipaddress module does."""
+    import ipaddress
+
+    from nodeward.ruleset.iptables import parse_net
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+        want = (net.version, int(net.network_address), int(net.broadcast_address))
+    except ValueError:
+        want = None
+    try:
+        got = parse_net(text)
+    except ValueError:
+        got = None
+    assert got == want

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import shlex
 from functools import lru_cache
+from socket import AF_INET, inet_pton
 
 from .errors import RulesetParseError
 from .model import IPT_HOOKS, IPT_PRIORITY, Chain, Match, Rule, Table
@@ -31,19 +32,19 @@ TWO_VALUES = frozenset({"--tcp-flags", "--match-set", "--set-mark-set"})
 @lru_cache(maxsize=65536)
 def parse_net(text: str) -> tuple[int, int, int]:
     """'10.0.0.0/8' -> (version, first, last) as ints; cached (kube-proxy repeats them).
-    Dotted-quad/prefix is decoded by hand: ipaddress costs ~5 us per address, which is most
-    of the parse time on a kube-proxy node."""
+    IPv4 goes through inet_pton (strict dotted quad, in C): ipaddress costs ~5 us per
+    address, which was most of the parse time on a kube-proxy node."""
     addr, _, plen = text.partition("/")
-    parts = addr.split(".")
-    if len(parts) == 4 and (not plen or plen.isdigit()) and all(
-            x.isdigit() and len(x) <= 3 and int(x) <= 255 and (x == "0" or x[0] != "0")
-            for x in parts):
+    if "." in addr and ":" not in addr and (not plen or plen.isdigit()):
+        try:
+            ip = int.from_bytes(inet_pton(AF_INET, addr), "big")
+        except OSError:
+            ip = -1
         bits = int(plen) if plen else 32
-        if bits <= 32:
-            a, b, c, d = (int(x) for x in parts)
-            ip = (a << 24) | (b << 16) | (c << 8) | d
+        if ip >= 0 and bits <= 32 and not (plen and plen[0] == "0" and plen != "0"):
             host = (1 << (32 - bits)) - 1
-            return (4, ip & ~host & 0xFFFFFFFF, (ip & ~host & 0xFFFFFFFF) | host)
+            first = ip & ~host & 0xFFFFFFFF
+            return (4, first, first | host)
     net = ipaddress.ip_network(text, strict=False)
     return (net.version, int(net.network_address), int(net.broadcast_address))
 
@@ -68,6 +69,11 @@ def tokenize(line: str) -> list[str]:
         return line.split()
     if "\\" not in line and "'" not in line:
         parts = line.split('"')
+        if len(parts) == 3:  # one quoted word: the usual --comment
+            out = parts[0].split()
+            out.append(parts[1])
+            out += parts[2].split()
+            return out
         if len(parts) % 2 == 0:
             raise ValueError("unterminated quote")
         out: list[str] = []
@@ -124,8 +130,39 @@ def _option_match(module: str, opt: str, vals: list[str], neg: bool) -> Match:
     return _m("unknown", (f"-m {module} {text}",), neg, f"-m {module} {text}")
 
 
+#: Token -> what parse_rule does with it; everything else starting with "-" is a module
+#: option. One dict lookup per token instead of a chain of comparisons.
+_KIND = {"!": 1, "-j": 2, "--jump": 2, "-g": 3, "--goto": 3, "-s": 4, "--source": 4,
+         "-d": 5, "--destination": 5, "-i": 6, "--in-interface": 6, "-o": 7,
+         "--out-interface": 7, "-p": 8, "--protocol": 8, "-m": 9, "--match": 9}
+_ADDR_CACHE: dict[tuple, Match] = {}
+
+
+def _addr_match(t: str, v: str, neg: bool) -> Match:
+    key = (t, v, neg)
+    m = _ADDR_CACHE.get(key)
+    if m is None:
+        if len(_ADDR_CACHE) > 200_000:
+            _ADDR_CACHE.clear()
+        text = f"! {t} {v}" if neg else f"{t} {v}"
+        if t in ("-s", "--source", "-d", "--destination"):
+            m = Match("src" if t in ("-s", "--source") else "dst", parse_net(v), neg, text)
+        else:
+            wild = v.endswith("+")
+            m = Match("iif" if t in ("-i", "--in-interface") else "oif",
+                      (v[:-1] if wild else v, wild), neg, text)
+        m = _ADDR_CACHE[key] = m
+    return m
+
+
+@lru_cache(maxsize=65536)
+def _module_option(module: str, opt: str, vals: tuple[str, ...], neg: bool) -> Match:
+    return _option_match(module, opt, list(vals), neg)
+
+
 def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple[str, Rule]:
-    """Tokens of one `-A CHAIN ...` line -> (chain, Rule)."""
+    """Tokens of one `-A CHAIN ...` line -> (chain, Rule). Comments are not kept as matches
+    (they never decide a packet's fate); they stay in the rule text, which is the evidence."""
     chain = tokens[1]
     matches: list[Match] = []
     target = ""
@@ -133,68 +170,65 @@ def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple
     module = ""
     neg = False
     i, n = 2, len(tokens)
+    kinds = _KIND
     while i < n:
         t = tokens[i]
         i += 1
-        if t == "!":
+        kind = kinds.get(t)
+        if kind == 1:
             neg = True
             continue
-        if t in ("-j", "--jump", "-g", "--goto"):
-            if i >= n:
-                raise ValueError(f"{t} needs a target")
-            name = tokens[i]
-            i += 1
-            if t in ("-g", "--goto"):
-                target, arg = "GOTO", name
-            elif name in chains and name not in BUILTIN_TARGETS:
-                target, arg = "JUMP", name
-            else:
-                target = name
-                rest = tokens[i:]
-                arg = _target_arg(name, rest)
-                i = n
-            continue
-        if t.startswith("-") and len(t) > 1 and t not in ("-m", "--match") and \
-                t not in FLAG_OPTIONS and i >= n:
-            raise ValueError(f"option {t} needs a value")
-        if t in ("-s", "--source", "-d", "--destination"):
-            v = tokens[i]
-            i += 1
-            matches.append(_m("src" if t in ("-s", "--source") else "dst", parse_net(v), neg,
-                              ("! " if neg else "") + f"{t} {v}"))
-        elif t in ("-i", "--in-interface", "-o", "--out-interface"):
-            v = tokens[i]
-            i += 1
-            wild = v.endswith("+")
-            matches.append(_m("iif" if t in ("-i", "--in-interface") else "oif",
-                              (v[:-1] if wild else v, wild), neg,
-                              ("! " if neg else "") + f"{t} {v}"))
-        elif t in ("-p", "--protocol"):
-            v = tokens[i].lower()
-            i += 1
-            p = PROTO_NAMES.get(v, v)
-            if p != "all" or neg:
-                matches.append(_m("proto", (p,), neg, ("! " if neg else "") + f"-p {v}"))
-        elif t in ("-m", "--match"):
-            if i >= n:
-                raise ValueError("-m needs a module name")
-            module = tokens[i]
-            i += 1
-        elif t.startswith("-"):
+        if kind is None:
+            if t[:1] != "-" or len(t) == 1:
+                raise ValueError(f"unexpected {t!r}")
+            if t == "--comment" and module == "comment" and not neg:
+                if i >= n:
+                    raise ValueError(f"option {t} needs a value")
+                i += 1
+                continue
             if t in FLAG_OPTIONS:
-                vals: list[str] = []
+                vals: tuple[str, ...] = ()
             else:
                 k = 2 if t in TWO_VALUES else 1
                 if i + k > n:
-                    raise ValueError(f"option {t} needs {k} value(s)")
-                vals = tokens[i:i + k]
+                    raise ValueError(f"option {t} needs {k} value(s)" if i < n else
+                                     f"option {t} needs a value")
+                vals = tuple(tokens[i:i + k])
                 i += k
             if not module and t in ("-f", "--fragment"):
                 matches.append(_m("unknown", (t,), neg, ("! " if neg else "") + t))
             else:
-                matches.append(_option_match(module, t, vals, neg))
+                matches.append(_module_option(module, t, vals, neg))
+            neg = False
+            continue
+        if i >= n:
+            raise ValueError(f"{t} needs a target" if kind <= 3 else
+                             "-m needs a module name" if kind == 9 else
+                             f"option {t} needs a value")
+        v = tokens[i]
+        i += 1
+        if kind <= 3:
+            if neg:
+                raise ValueError("'!' before a target")
+            if kind == 3:
+                target, arg = "GOTO", v
+            elif v in chains and v not in BUILTIN_TARGETS:
+                target, arg = "JUMP", v
+            else:
+                target = v
+                arg = _target_arg(v, tokens[i:])
+                i = n
+        elif kind <= 7:
+            matches.append(_addr_match(t, v, neg))
+        elif kind == 8:
+            v = v.lower()
+            p = PROTO_NAMES.get(v, v)
+            if p != "all" or neg:
+                matches.append(_m("proto", (p,), neg, ("! " if neg else "") + f"-p {v}"))
         else:
-            raise ValueError(f"unexpected {t!r}")
+            module = v
+            if neg:
+                raise ValueError("'!' before -m")
         neg = False
     if neg:
         raise ValueError("dangling '!'")

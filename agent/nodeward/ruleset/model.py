@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 #: Hook priorities of the iptables tables (as iptables-nft registers them, and the legacy
 #: xtables order): raw < mangle < nat(dstnat) < filter < security.
@@ -18,9 +18,10 @@ IPT_HOOKS = {"PREROUTING": "prerouting", "INPUT": "input", "FORWARD": "forward",
              "OUTPUT": "output", "POSTROUTING": "postrouting"}
 
 
-@dataclass(frozen=True)
-class Match:
-    """One condition of a rule. `args` is op-specific parsed data; `text` the source form."""
+class Match(NamedTuple):
+    """One condition of a rule. `args` is op-specific parsed data; `text` the source form.
+    A NamedTuple, like Rule: a kube-proxy node has 50,000 rules and a frozen dataclass costs
+    several times more to build."""
 
     op: str  # src dst iif oif proto sport dport ctstate addrtype set tcpflags comment unknown
     args: tuple[Any, ...]
@@ -28,8 +29,7 @@ class Match:
     text: str = ""
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     matches: tuple[Match, ...]
     target: str  # ACCEPT DROP REJECT RETURN LOG JUMP GOTO DNAT REDIRECT NOTRACK "" (none)...
     arg: str = ""  # chain for JUMP/GOTO, destination for DNAT, ports for REDIRECT
