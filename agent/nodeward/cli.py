@@ -44,11 +44,14 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
                            f"({'|'.join(SEVERITIES)}; default high)")
     scan.add_argument("--procfs", action="store_true",
                       help="read /proc/net instead of netlink sock_diag")
-    scan.add_argument("--firewall", action="store_true",
-                      help="also evaluate every socket through the live ruleset (NW2xx)")
+    fw = scan.add_mutually_exclusive_group()
+    fw.add_argument("--firewall", dest="firewall", action="store_const", const=True,
+                    help="evaluate every socket through the live ruleset (NW2xx); the "
+                         "default unless the config says `firewall: false`")
+    fw.add_argument("--no-firewall", dest="firewall", action="store_const", const=False,
+                    help="bind-scope checks only: do not read the ruleset")
     scan.add_argument("--explain", type=int, metavar="PORT",
-                      help="print the rule path deciding PORT per source class (implies "
-                           "--firewall)")
+                      help="print the rule path deciding PORT per source class")
     scan.add_argument("--offline", metavar="DIR",
                       help="read cluster objects (nodes, Calico) from YAML files in DIR")
     scan.set_defaults(handler=cmd_scan)
@@ -85,19 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     err_log = make_logger(cfg.node_name, sys.stderr)
-    snap = take_snapshot(cfg, force_procfs=args.procfs)
+    firewall = cfg.firewall if args.firewall is None else args.firewall
+    if args.explain is not None and not firewall:
+        raise UsageError("--explain needs the firewall (drop --no-firewall)")
+    snap = take_snapshot(cfg, force_procfs=args.procfs, firewall=firewall)
     result = run_checks(snap, cfg)
     notes = list(snap.notes)
     extra: list = []
-    if args.firewall or args.explain is not None:
-        from . import reachscan
+    if args.explain is not None:
+        from .report.explain import explain
 
-        reach = reachscan.run(snap, cfg)
-        notes += reach.notes
-        extra += reach.findings
-        if args.explain is not None:
-            sys.stdout.write(reachscan.explain(reach, args.explain))
-            return EXIT_OK
+        for note in snap.notes:
+            err_log.warning("collector_note", note=note)
+        if snap.ruleset is None:
+            return EXIT_USAGE
+        sys.stdout.write(explain(result.reach, args.explain))
+        return EXIT_OK
     cluster = cfg.section("cluster")
     if args.offline:
         import dataclasses

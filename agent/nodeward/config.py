@@ -66,6 +66,7 @@ class Config:
     catalog: catalog_mod.Catalog = field(default_factory=catalog_mod.load_default)
     interval: float = 60.0
     metrics_address: str = "127.0.0.1:9737"
+    firewall: bool = True  # evaluate every socket through the live ruleset (NW2xx)
     sections: Mapping[str, Any] = field(default_factory=dict)
     source: str = "<defaults>"
 
@@ -167,6 +168,12 @@ def _interval(value: Any, where: str) -> float:
     return float(value)
 
 
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false")
+    return value
+
+
 def _hostport(value: Any, where: str) -> str:
     if not isinstance(value, str) or ":" not in value:
         raise ConfigError(f"{where}: expected HOST:PORT, e.g. 127.0.0.1:9737")
@@ -192,6 +199,7 @@ PARSERS = {
     "catalog": _catalog,
     "interval": _interval,
     "metrics_address": _hostport,
+    "firewall": _bool,
 }
 
 

@@ -144,6 +144,9 @@ class NodeSnapshot:
     interfaces: tuple[Interface, ...] = ()
     socket_source: str = "netlink"  # "netlink" | "procfs" (fallback)
     notes: tuple[str, ...] = ()  # collector warnings an operator should see
+    #: The live netfilter ruleset (nodeward.ruleset.model.Ruleset), or None when it was not
+    #: read (disabled, or unreadable: then a note says why).
+    ruleset: Any = field(default=None, compare=False, hash=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 

@@ -1,20 +1,25 @@
 """Assemble an immutable NodeSnapshot from the read-only collectors.
 
-This is the only place the report path touches the live system; everything after it
-(checks, reporters) works on the snapshot alone.
+This is the only place the report path touches the live system (sockets, processes,
+addresses, and the netfilter ruleset); everything after it (checks, reporters) works on
+the snapshot alone.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from operator import attrgetter
 
 from .collect.addresses import collect_interfaces
 from .collect.procs import attribute
+from .collect.ruleset import ParseCache, RulesetUnavailable, collect_ruleset
 from .collect.sockets import collect_sockets
 from .config import Config
 from .gcpause import paused_gc
 from .model import NodeSnapshot, Socket
+from .ruleset.errors import RulesetParseError
+from .ruleset.model import Ruleset
 from .scope import classify
 
 
@@ -22,9 +27,27 @@ def now_rfc3339() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def take_snapshot(config: Config, force_procfs: bool = False) -> NodeSnapshot:
+def take_snapshot(config: Config, force_procfs: bool = False, firewall: bool | None = None,
+                  ruleset_cache: ParseCache | None = None) -> NodeSnapshot:
+    """`firewall` (default: config.firewall) also reads the live ruleset; a daemon passes
+    one ParseCache for its lifetime so an unchanged ruleset is not parsed again."""
     with paused_gc():
-        return _take_snapshot(config, force_procfs)
+        snap = _take_snapshot(config, force_procfs)
+        if config.firewall if firewall is None else firewall:
+            ruleset, note = read_ruleset(ruleset_cache)
+            snap = replace(snap, ruleset=ruleset, notes=snap.notes + note)
+        return snap
+
+
+def read_ruleset(cache: ParseCache | None = None) -> tuple[Ruleset | None, tuple[str, ...]]:
+    """The live ruleset and its notes; None (and a note why) when it cannot be read."""
+    try:
+        rs = collect_ruleset(cache=cache)
+    except RulesetUnavailable as e:
+        return None, (f"firewall not evaluated: {e}",)
+    except RulesetParseError as e:
+        return None, (f"firewall not evaluated: {e}",)
+    return rs, rs.notes
 
 
 def _take_snapshot(config: Config, force_procfs: bool) -> NodeSnapshot:

@@ -3,11 +3,11 @@ matches, goto/return, NOTRACK on loopback, state matches; reach and NW2xx."""
 
 from __future__ import annotations
 
-from nodeward.checks.reachability import findings
-from nodeward.model import Severity, Socket
+from nodeward.checks.reachability import ALLOWED, Role, findings
+from nodeward.model import ProcessInfo, Severity, Socket
 from nodeward.ruleset import Packet, Ruleset, evaluate
 from nodeward.ruleset.iptables import parse_iptables_save
-from nodeward.ruleset.reach import reachability
+from nodeward.ruleset.reach import ReachMemo, reachability
 
 LOCAL = ["10.0.0.1", "10.244.0.1"]
 
@@ -87,21 +87,45 @@ def test_a_drop_in_any_frontend_drops():
 def test_reach_and_findings():
     r = rs("-A INPUT -i cali+ -p tcp -m tcp --dport 2379 -j DROP\n"
            "-A FORWARD -d 169.254.169.254/32 -j DROP\n")
+    web = ProcessInfo(pid=77, name="nginx", comm="nginx", exe="/usr/sbin/nginx")
     socks = [Socket("tcp", 4, "0.0.0.0", 2379, 1, 0), Socket("tcp", 4, "0.0.0.0", 10250, 2, 0),
-             Socket("tcp", 4, "127.0.0.1", 10248, 3, 0)]
+             Socket("tcp", 4, "127.0.0.1", 10248, 3, 0), Socket("tcp", 4, "0.0.0.0", 53, 4, 0),
+             Socket("tcp", 4, "0.0.0.0", 8081, 5, 0, process=web)]
     reach = reachability(socks, r, node_addresses=["10.0.0.1"], node_cidrs=["10.0.0.0/24"],
                          pod_cidrs=["10.244.0.0/16"], pod_interfaces=["cali+"])
     by_port = {x.socket.port: x for x in reach}
     assert by_port[2379].verdicts["pod"].action == "drop"
     assert by_port[2379].verdicts["anywhere"].action == "accept"
     assert set(by_port[10248].verdicts) == {"loopback"}
-    sensitive = [("tcp", 2379, "etcd", Severity.CRITICAL), ("tcp", 10250, "kubelet",
-                                                            Severity.HIGH)]
-    got = findings(reach, r, sensitive, pod_cidrs=["10.244.0.0/16"])
+    roles = {("tcp", 4, "0.0.0.0", 2379): Role("etcd", Severity.CRITICAL, ALLOWED["loopback"]),
+             ("tcp", 4, "0.0.0.0", 10250): Role("kubelet", Severity.HIGH, ALLOWED["node"]),
+             ("tcp", 4, "0.0.0.0", 53): Role("dns", Severity.LOW, ALLOWED["any"])}
+    got = findings(reach, r, roles, pod_cidrs=["10.244.0.0/16"])
     ids = sorted((f.id, f.port) for f in got)
     assert ("NW201", 10250) in ids and ("NW201", 2379) not in ids
-    assert ("NW202", 2379) in ids and ("NW203", 10250) in ids
+    assert ("NW202", 2379) in ids and ("NW202", 10250) in ids
+    # NW203 is for host services the catalog does not know (nginx on 8081), not for
+    # components (NW201's) nor for ones pods may reach (max_scope any).
+    assert [(f.port, f.process, f.address) for f in got if f.id == "NW203"] == \
+        [(8081, "nginx", "10.0.0.1")]
+    assert not any(f.port == 53 for f in got)
     assert not any(f.id == "NW204" and f.address == "169.254.169.254" for f in got)
-    assert any(f.id == "NW205" for f in got)  # INPUT ACCEPT and 10250 uncovered
+    nw205 = [f for f in got if f.id == "NW205"]  # INPUT ACCEPT and 10250 uncovered
+    assert len(nw205) == 1 and nw205[0].evidence["uncovered"] == ["tcp/10250"]
     f = next(f for f in got if f.id == "NW201")
     assert f.evidence["rule_path"] and f.evidence["certain"]
+
+
+def test_memo_reuses_verdicts_only_for_the_same_ruleset():
+    text = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -i cali+ -j DROP\nCOMMIT\n"
+    tables = parse_iptables_save(text)
+    socks = [Socket("tcp", 4, "0.0.0.0", p, p, 0) for p in (22, 80)]
+    memo = ReachMemo()
+    kw = {"node_addresses": ["10.0.0.1"], "memo": memo}
+    first = reachability(socks, Ruleset(tables, fingerprint="a"), **kw)
+    again = reachability(socks, Ruleset(tables, fingerprint="a"), **kw)
+    assert memo.hits == 2 and [x.verdicts for x in again] == [x.verdicts for x in first]
+    opened = Ruleset(parse_iptables_save(text.replace("DROP", "ACCEPT")), fingerprint="b")
+    changed = reachability(socks, opened, **kw)
+    assert memo.hits == 2 and changed[0].verdicts["pod"].action == "accept"
+    assert first[0].verdicts["pod"].action == "drop"

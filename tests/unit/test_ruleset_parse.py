@@ -221,3 +221,28 @@ def test_parse_net_fast_path_agrees_with_ipaddress(text):
     except ValueError:
         got = None
     assert got == want
+
+
+def test_collector_cache_fingerprint_and_unavailable():
+    """Unchanged dumps (legacy chain counters aside) are not parsed again and give the same
+    fingerprint; a changed rule changes it; no answering front-end is an error, not an
+    empty (all-open) ruleset."""
+    from nodeward.collect.ruleset import ParseCache, RulesetUnavailable
+
+    dump = {"iptables-legacy-save":
+            "*filter\n:INPUT ACCEPT [12:3400]\n-A INPUT -p tcp -m tcp --dport 22 -j DROP\n"
+            "COMMIT\n"}
+    cache = ParseCache()
+    first = collect_ruleset(lambda argv: dump.get(argv[0]), cache)
+    dump["iptables-legacy-save"] = dump["iptables-legacy-save"].replace("[12:3400]",
+                                                                        "[99:100000]")
+    second = collect_ruleset(lambda argv: dump.get(argv[0]), cache)
+    assert cache.hits == 1 and second.fingerprint == first.fingerprint != ""
+    assert second.tables[0] is first.tables[0]
+    dump["iptables-legacy-save"] = dump["iptables-legacy-save"].replace("22", "23")
+    third = collect_ruleset(lambda argv: dump.get(argv[0]), cache)
+    assert third.fingerprint != first.fingerprint and cache.hits == 1
+    with pytest.raises(RulesetUnavailable):
+        collect_ruleset(lambda argv: None)
+    # An empty answer is an answer: a host without rules.
+    assert collect_ruleset(lambda argv: "" if argv[0] == "nft" else None).tables == ()

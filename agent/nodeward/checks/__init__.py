@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..config import Config, Suppression
 from ..gcpause import paused_gc
 from ..model import Finding, NodeSnapshot
+from ..ruleset.reach import ReachMemo
 from .exposure import exposure_findings
 
 
@@ -14,6 +16,8 @@ from .exposure import exposure_findings
 class CheckResult:
     findings: tuple[Finding, ...]
     suppressed: tuple[tuple[Finding, Suppression], ...]
+    #: Per-socket firewall verdicts (ruleset.reach.Reach), when the snapshot had a ruleset.
+    reach: tuple = ()
 
 
 def split_suppressed(findings: list[Finding],
@@ -39,10 +43,21 @@ def with_findings(result: CheckResult, extra: list[Finding],
         return result
     more = split_suppressed(extra, suppressions)
     return CheckResult(tuple(sort_findings([*result.findings, *more.findings])),
-                       result.suppressed + more.suppressed)
+                       result.suppressed + more.suppressed, result.reach)
 
 
-def run_checks(snapshot: NodeSnapshot, config: Config) -> CheckResult:
+def run_checks(snapshot: NodeSnapshot, config: Config,
+               memo: ReachMemo | None = None) -> CheckResult:
+    """Bind-scope checks, and the firewall stage when the snapshot carries a ruleset.
+    `memo` lets a daemon reuse verdicts while the ruleset is unchanged."""
+    reach: tuple = ()
     with paused_gc():
         findings = exposure_findings(snapshot, config.catalog)
-    return split_suppressed(sort_findings(findings), config.suppress)
+        if snapshot.ruleset is not None:
+            from .firewall import analyse, mitigate
+
+            fw = analyse(snapshot, config, snapshot.ruleset, memo)
+            findings = mitigate(findings, fw.reach, config.catalog) + list(fw.findings)
+            reach = fw.reach
+    result = split_suppressed(sort_findings(findings), config.suppress)
+    return dataclasses.replace(result, reach=reach)

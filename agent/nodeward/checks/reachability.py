@@ -1,65 +1,114 @@
-"""Reachability findings (NW2xx): sensitive ports the live firewall lets the wrong sources
-reach, and node-level bypass paths. Pure: reach results and a sensitive-port list in.
+"""Reachability findings (NW2xx): what the live firewall lets the wrong sources reach, and
+node-level bypass paths. Pure: reach results and each socket's role in.
 
-    NW201  a sensitive component is reachable from the pod network
-    NW202  a sensitive component is reachable from anywhere (outside node and pod networks)
-    NW203  pods reach a host service on the node's own (non-pod-facing) address
+    NW201  a component is reachable from the pod network, beyond its catalog max_scope
+    NW202  a component is reachable from anywhere (outside node and pod networks), beyond
+           its catalog max_scope
+    NW203  pods reach an unidentified host service through the node's own stack (the
+           bypass NetworkPolicy does not cover); identified components are NW201's
     NW204  pods reach the cloud metadata endpoint through FORWARD
     NW205  INPUT policy ACCEPT and no rule covers the sensitive ports
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from ..model import Finding, Severity
 from ..ruleset.evaluate import evaluate, hook_chains
 from ..ruleset.model import Packet, Ruleset, Verdict
-from ..ruleset.reach import Reach
+from ..ruleset.reach import CLASSES, Reach
 
-Sensitive = tuple[str, int, str, Severity]  # (protocol, port, component, severity)
 METADATA = (("169.254.169.254", 4), ("fd00:ec2::254", 6))
+#: Source classes a component may be reached from, per catalog max_scope.
+ALLOWED = {"loopback": frozenset({"loopback"}),
+           "node-private": frozenset({"loopback", "node"}),
+           "node": frozenset({"loopback", "node"}),
+           "any": frozenset(CLASSES)}
 
 
-def _ev(v: Verdict, dst: str) -> dict:
+@dataclass(frozen=True)
+class Role:
+    """What the catalog says about one listening socket."""
+
+    component: str
+    severity: Severity
+    allowed: frozenset[str]  # source classes that may reach it
+
+    @property
+    def sensitive(self) -> bool:
+        return self.allowed != ALLOWED["any"]
+
+
+def socket_key(protocol: str, family: int, address: str, port: int) -> tuple:
+    return (protocol, family, address, port)
+
+
+def evidence(v: Verdict, dst: str) -> dict:
     return {"destination": dst, "certain": v.certain, "reasons": list(v.reasons),
             "rule_path": [str(s) for s in v.trace]}
 
 
-def findings(reach: Iterable[Reach], ruleset: Ruleset, sensitive: Sequence[Sensitive], *,
+def findings(reach: Iterable[Reach], ruleset: Ruleset, roles: Mapping[tuple, Role], *,
              pod_cidrs: Sequence[str] = (), pod_interface: str = "cali0",
              node_interface: str = "eth0") -> list[Finding]:
-    index = {(p, port): (comp, sev) for p, port, comp, sev in sensitive}
+    """`roles` maps socket_key(...) of identified components to their Role; a socket
+    without one is an unidentified host service."""
     out: list[Finding] = []
+    sensitive_ports: dict[tuple[str, int], None] = {}
     for r in reach:
         s = r.socket
-        hit = index.get((s.protocol, s.port))
-        if hit is None:
+        role = roles.get(socket_key(s.protocol, s.family, s.address, s.port))
+        if role is not None:
+            if role.sensitive:
+                sensitive_ports[(s.protocol, s.port)] = None
+            out += _component_findings(r, role)
             continue
-        comp, sev = hit
-        for cls, fid, title in (("pod", "NW201", "reachable from the pod network"),
-                                ("anywhere", "NW202", "reachable from anywhere")):
-            v = r.verdicts.get(cls)
-            if v is not None and v.reachable:
-                out.append(Finding(
-                    fid, sev, f"{comp} {title} through the firewall",
-                    f"Drop or reject {s.protocol}/{s.port} from {cls} sources in INPUT.",
-                    component=comp, protocol=s.protocol, address=s.address, port=s.port,
-                    scope=cls, evidence=_ev(v, r.destinations.get(cls, ""))))
         v = r.verdicts.get("pod")
         dst = r.destinations.get("pod", "")
-        if v is not None and v.reachable and dst:
+        if v is not None and v.reachable:
+            proc = s.process.name if s.process else ""
+            what = f"{proc} ({s.protocol}/{s.port})" if proc else f"{s.protocol}/{s.port}"
             out.append(Finding(
-                "NW203", Severity.MEDIUM if sev < Severity.HIGH else sev,
-                f"pods reach host service {comp} on node address {dst}",
-                "Pods should not reach host ports on node addresses; add an INPUT rule for "
-                "pod-facing interfaces.", component=comp, protocol=s.protocol, address=dst,
-                port=s.port, scope="pod", evidence=_ev(v, dst)))
+                "NW203", Severity.MEDIUM, f"pods reach host service {what} on {dst}",
+                "Pods reach host ports through the node's own network stack, which "
+                "NetworkPolicy does not cover: bind the service to loopback or the node "
+                "address it needs, or drop pod sources to it in INPUT.",
+                protocol=s.protocol, address=dst, port=s.port, scope="pod",
+                pid=s.process.pid if s.process else None, process=proc,
+                evidence={**evidence(v, dst), "bind": s.address}))
+    out += _metadata_findings(ruleset, pod_cidrs, pod_interface, node_interface)
+    out += _policy_findings(ruleset, list(sensitive_ports))
+    return out
+
+
+def _component_findings(r: Reach, role: Role) -> list[Finding]:
+    s = r.socket
+    out = []
+    for cls, fid, title in (("pod", "NW201", "reachable from the pod network"),
+                            ("anywhere", "NW202", "reachable from anywhere")):
+        v = r.verdicts.get(cls)
+        if v is not None and v.reachable and cls not in role.allowed:
+            out.append(Finding(
+                fid, role.severity, f"{role.component} {title} through the firewall",
+                f"Drop or reject {s.protocol}/{s.port} from {cls} sources in INPUT (or bind "
+                f"{role.component} narrower).", component=role.component,
+                protocol=s.protocol, address=s.address, port=s.port, scope=cls,
+                pid=s.process.pid if s.process else None,
+                process=s.process.name if s.process else "",
+                evidence=evidence(v, r.destinations.get(cls, ""))))
+    return out
+
+
+def _metadata_findings(ruleset: Ruleset, pod_cidrs: Sequence[str], pod_interface: str,
+                       node_interface: str) -> list[Finding]:
     src = "10.244.0.10"
     for c in pod_cidrs:
         if ":" not in c:
             src = c.split("/")[0].rsplit(".", 1)[0] + ".10"
             break
+    out = []
     for meta, fam in METADATA:
         psrc = src if fam == 4 else "fd00:244::10"
         v = evaluate(ruleset, Packet(fam, psrc, meta, "tcp", 80, iif=pod_interface,
@@ -69,15 +118,20 @@ def findings(reach: Iterable[Reach], ruleset: Ruleset, sensitive: Sequence[Sensi
                 "NW204", Severity.HIGH, f"pods reach the metadata endpoint {meta} via FORWARD",
                 "Drop pod traffic to the metadata endpoint in FORWARD (or use IMDSv2 hop "
                 "limit 1).", protocol="tcp", address=meta, port=80, scope="pod",
-                evidence=_ev(v, meta)))
+                evidence=evidence(v, meta)))
+    return out
+
+
+def _policy_findings(ruleset: Ruleset, sensitive: Sequence[tuple[str, int]]) -> list[Finding]:
+    out = []
     for fam in (4, 6):
         chains = hook_chains(ruleset, "input", fam)
         if not chains or any((c.policy or "ACCEPT") != "ACCEPT" for _, c in chains):
             continue
-        covered = {(p, port) for p, port, _, _ in sensitive
+        covered = {(p, port) for p, port in sensitive
                    if any(m.op in ("dport", "port") and any(lo <= port <= hi for lo, hi in m.args)
                           for _, c in chains for rule in c.rules for m in rule.matches)}
-        missing = [f"{p}/{port}" for p, port, _, _ in sensitive if (p, port) not in covered]
+        missing = [f"{p}/{port}" for p, port in sensitive if (p, port) not in covered]
         if missing:
             out.append(Finding(
                 "NW205", Severity.MEDIUM, f"INPUT policy ACCEPT (IPv{fam}) and no rule covers "

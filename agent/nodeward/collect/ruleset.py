@@ -3,15 +3,23 @@
 Detection follows kube-proxy/iptables-wrapper: run `iptables-nft-save` and
 `iptables-legacy-save` (v4 and v6) and look for rules; both may hold rules, and a packet
 must pass both, so both are read and a note says so. Native nftables tables come from
-`nft -j list ruleset`, skipping the tables iptables-nft owns (they were read through
-iptables-nft-save already). ipset contents come from `ipset save`. Nothing here writes.
+`nft -s -j list ruleset` (stateless: no counters), skipping the tables iptables-nft owns
+(they were read through iptables-nft-save already). ipset contents come from `ipset save`.
+Nothing here writes.
+
+A daemon re-reads the ruleset every cycle; a ParseCache keeps the parsed tables of each
+dump keyed by its text (legacy chain counters stripped), so an unchanged kube-proxy ruleset
+is not parsed again, and the Ruleset's fingerprint lets later stages reuse verdicts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..ruleset.iptables import parse_iptables_save
 from ..ruleset.model import IpSet, Ruleset, Table
@@ -21,6 +29,38 @@ Runner = Callable[[Sequence[str]], str | None]
 
 FLAVOURS = (("iptables-nft", "iptables-nft-save", "ip6tables-nft-save"),
             ("iptables-legacy", "iptables-legacy-save", "ip6tables-legacy-save"))
+
+
+NFT_LIST = ("nft", "-s", "-j", "list", "ruleset")
+_COUNTERS = re.compile(r"^(:\S+ \S+) \[\d+:\d+\]$", re.M)
+
+
+class RulesetUnavailable(Exception):
+    """No front-end could be read (tools missing, or not root): nothing to evaluate."""
+
+
+class ParseCache:
+    """Parsed tables per dump text, for the dumps seen in the last read only (bounded)."""
+
+    __slots__ = ("_last", "_now", "hits")
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], Any] = {}
+        self._now: dict[tuple[str, str], Any] = {}
+        self.hits = 0
+
+    def get(self, cmd: str, text: str, parse: Callable[[str], Any]) -> Any:
+        key = (cmd, hashlib.sha256(text.encode()).hexdigest())  # not the text: memory
+        hit = self._last.get(key, self._now.get(key))
+        if hit is None:
+            hit = parse(text)
+        else:
+            self.hits += 1
+        self._now[key] = hit
+        return hit
+
+    def rotate(self) -> None:
+        self._last, self._now = self._now, {}
 
 
 def run_local(argv: Sequence[str]) -> str | None:
@@ -55,18 +95,29 @@ def parse_ipset_save(text: str) -> dict[str, IpSet]:
     return {n: IpSet(n, types.get(n, ""), tuple(members[n])) for n in members}
 
 
-def collect_ruleset(run: Runner = run_local) -> Ruleset:
-    """The node's ruleset across front-ends, with notes an operator should see."""
+def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None) -> Ruleset:
+    """The node's ruleset across front-ends, with notes an operator should see. Raises
+    RulesetUnavailable when no front-end answered, RulesetParseError on a bad dump."""
     tables: list[Table] = []
     notes: list[str] = []
     holding: list[str] = []
+    digest = hashlib.sha256()
+    answered = 0
+
+    def parsed(cmd: str, text: str, parse: Callable[[str], Any]) -> Any:
+        digest.update(f"{cmd}\0{text}\0".encode())
+        return cache.get(cmd, text, parse) if cache is not None else parse(text)
+
     for frontend, save4, save6 in FLAVOURS:
         found: list[Table] = []
         for fam, cmd in ((4, save4), (6, save6)):
             text = run([cmd])
-            if text:
-                found.extend(parse_iptables_save(text, frontend=frontend, family=fam,
-                                                 source=cmd))
+            if text is None:
+                continue
+            answered += 1
+            text = _COUNTERS.sub(r"\1 [0:0]", text)
+            found.extend(parsed(cmd, text, lambda t, fe=frontend, f=fam, c=cmd:
+                                parse_iptables_save(t, frontend=fe, family=f, source=c)))
         if has_rules(found):
             holding.append(frontend)
         tables.extend(found)
@@ -74,16 +125,24 @@ def collect_ruleset(run: Runner = run_local) -> Ruleset:
         notes.append("both iptables-legacy and iptables-nft hold rules; a packet must pass "
                      "both (kube-proxy would pick iptables-nft)")
     sets: dict[str, IpSet] = {}
-    nft_text = run(["nft", "-j", "list", "ruleset"])
+    nft_text = run(list(NFT_LIST))
+    if nft_text is not None:
+        answered += 1
     if nft_text:
         # iptables-nft's own tables show up here too (xt compat); already read above.
         owned = {("ip" if t.family == "ip" else "ip6", t.name) for t in tables
                  if t.frontend == "iptables-nft"}
-        nft_tables, nft_sets = parse_nft_json(nft_text, source="nft -j list ruleset",
-                                              skip=owned)
+        nft_tables, nft_sets = parsed(
+            "nft", nft_text + repr(sorted(owned)),
+            lambda _t: parse_nft_json(nft_text, source="nft -j list ruleset", skip=owned))
         tables.extend(nft_tables)
         sets.update(nft_sets)
     ipset_text = run(["ipset", "save"])
     if ipset_text:
-        sets.update(parse_ipset_save(ipset_text))
-    return Ruleset(tuple(tables), sets, tuple(notes))
+        sets.update(parsed("ipset", ipset_text, parse_ipset_save))
+    if cache is not None:
+        cache.rotate()
+    if not answered:
+        raise RulesetUnavailable("no iptables-save, ip6tables-save or nft answered "
+                                 "(missing, or not run as root)")
+    return Ruleset(tuple(tables), sets, tuple(notes), digest.hexdigest())

@@ -79,6 +79,9 @@ class Ruleset:
     tables: tuple[Table, ...] = ()
     sets: dict[str, IpSet] = field(default_factory=dict, hash=False)
     notes: tuple[str, ...] = ()
+    #: Digest of the dumps it was parsed from ("" when built another way): equal
+    #: fingerprints mean equal rulesets, so verdicts can be reused across scans.
+    fingerprint: str = ""
 
     def merge(self, other: Ruleset) -> Ruleset:
         return Ruleset(self.tables + other.tables, {**self.sets, **other.sets},

@@ -29,6 +29,20 @@ CLASSES = ("loopback", "node", "pod", "anywhere")
 _RANK = {"accept": 2, "reject": 1, "drop": 0}
 
 
+class ReachMemo:
+    """Verdicts from the previous scan, reused while the ruleset (by fingerprint) and the
+    probe parameters are unchanged: a daemon re-evaluating 10,000 sockets every cycle
+    against an unchanged kube-proxy ruleset would otherwise redo identical work. Holds the
+    entries of the last scan only, so closed sockets drop out."""
+
+    __slots__ = ("entries", "hits", "key")
+
+    def __init__(self) -> None:
+        self.key: tuple = ()
+        self.entries: dict[tuple, tuple[dict, dict]] = {}
+        self.hits = 0
+
+
 @dataclass(frozen=True)
 class Reach:
     socket: Socket
@@ -53,11 +67,26 @@ def _iface(globs: Sequence[str], fallback: str) -> str:
 def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses: Sequence[str],
                  node_cidrs: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
                  pod_interfaces: Sequence[str] = ("cali+",), node_interface: str = "eth0",
-                 ) -> list[Reach]:
+                 memo: ReachMemo | None = None) -> list[Reach]:
     """Per socket, per source class, the firewall Verdict for a new connection."""
     local = (*node_addresses, "127.0.0.1", "::1")
     out = []
+    old: dict[tuple, tuple[dict, dict]] = {}
+    new: dict[tuple, tuple[dict, dict]] = {}
+    if memo is not None and ruleset.fingerprint:
+        key = (ruleset.fingerprint, tuple(node_addresses), tuple(node_cidrs),
+               tuple(pod_cidrs), tuple(pod_interfaces), node_interface)
+        if memo.key == key:
+            old = memo.entries
+        memo.key, memo.entries = key, new
     for s in sockets:
+        skey = (s.protocol, s.family, s.address, s.port)
+        hit = old.get(skey) or new.get(skey)
+        if hit is not None:
+            new[skey] = hit
+            memo.hits += 1  # type: ignore[union-attr]  # old/new are empty without a memo
+            out.append(Reach(s, *hit))
+            continue
         fam = s.family
         loop = "127.0.0.1" if fam == 4 else "::1"
         ip = ipaddress.ip_address(s.address)
@@ -91,5 +120,7 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
                     best, where[cls] = v, dst
             if best is not None:
                 verdicts[cls] = best
+        if memo is not None and ruleset.fingerprint:
+            new[skey] = (verdicts, where)
         out.append(Reach(s, verdicts, where))
     return out

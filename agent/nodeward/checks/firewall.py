@@ -1,0 +1,104 @@
+"""The firewall stage of the checks: every socket of the snapshot through the snapshot's
+ruleset (verdict per source class), the NW2xx findings, and what the firewall changes about
+the bind-scope findings.
+
+Pure over the snapshot (the ruleset was read by the collector). A bind-scope finding stays
+a finding when the firewall closes the path (the bind is still wider than it should be, and
+one flushed ruleset away from exposure) but drops to low, with the blocking rules as
+evidence; when the firewall leaves the path open, the evidence says which rules let it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..catalog import Catalog
+from ..config import Config
+from ..model import Finding, NodeSnapshot, Severity
+from ..ruleset.model import Ruleset
+from ..ruleset.reach import Reach, ReachMemo, reachability
+from .reachability import ALLOWED, Role, evidence, findings, socket_key
+
+
+@dataclass(frozen=True)
+class ReachResult:
+    reach: tuple[Reach, ...]
+    findings: tuple[Finding, ...]
+
+
+def node_interface(snap: NodeSnapshot) -> str:
+    for i in snap.interfaces:
+        if i.name != "lo" and not i.pod_facing and i.up and i.addresses:
+            return i.name
+    return "eth0"
+
+
+def roles(snap: NodeSnapshot, catalog: Catalog) -> dict[tuple, Role]:
+    """Role of every socket the catalog identifies as its component (a squatter on a
+    component's port has none: it is an unidentified host service, and NW104's)."""
+    out = {}
+    for s in snap.sockets:
+        ident = catalog.identify(s.protocol, s.port, s.process)
+        c = ident.component
+        if c is not None and not ident.unexpected_process:
+            out[socket_key(s.protocol, s.family, s.address, s.port)] = Role(
+                c.name, c.severity, ALLOWED.get(c.max_scope, ALLOWED["node"]))
+    return out
+
+
+def analyse(snap: NodeSnapshot, cfg: Config, ruleset: Ruleset,
+            memo: ReachMemo | None = None) -> ReachResult:
+    node_addrs = [a.address for i in snap.interfaces if i.name != "lo" and not i.pod_facing
+                  for a in i.addresses if not a.address.startswith("fe80")]
+    pod_ifs = [p for p in cfg.pod_interfaces
+               if any(i.pod_facing and i.name.startswith(p.rstrip("*+")) for i in snap.interfaces)]
+    pod_ifs = pod_ifs or list(cfg.pod_interfaces[:1])
+    node_if = node_interface(snap)
+    reach = reachability(snap.sockets, ruleset, node_addresses=node_addrs,
+                         node_cidrs=[str(n) for n in cfg.node_cidrs],
+                         pod_cidrs=[str(n) for n in cfg.pod_cidrs],
+                         pod_interfaces=pod_ifs, node_interface=node_if, memo=memo)
+    pod_if = next((i.name for i in snap.interfaces if i.pod_facing), "cali0")
+    found = findings(reach, ruleset, roles(snap, cfg.catalog),
+                     pod_cidrs=[str(n) for n in cfg.pod_cidrs], pod_interface=pod_if,
+                     node_interface=node_if)
+    return ReachResult(tuple(reach), tuple(found))
+
+
+#: Bind-scope findings and the source classes whose path they are about (None: every
+#: class the component's max_scope does not allow).
+MITIGABLE = {"NW102": None, "NW103": frozenset({"pod"})}
+
+
+def mitigate(found: list[Finding], reach: tuple[Reach, ...], catalog: Catalog) -> list[Finding]:
+    """Bind-scope findings (NW102, NW103) annotated with what the firewall does on their
+    path; dropped to low when it certainly closes it for every class concerned."""
+    by_socket = {(r.socket.protocol, r.socket.address, r.socket.port): r for r in reach}
+    out = []
+    for f in found:
+        r = by_socket.get((f.protocol, f.address, f.port))
+        if f.id not in MITIGABLE or r is None:
+            out.append(f)
+            continue
+        classes = MITIGABLE[f.id]
+        if classes is None:
+            comp = catalog.get(f.component)
+            allowed = ALLOWED.get(comp.max_scope if comp else "node", ALLOWED["node"])
+            classes = frozenset(r.verdicts) - allowed
+        concerned = {c: r.verdicts[c] for c in classes if c in r.verdicts}
+        if not concerned:
+            out.append(f)
+            continue
+        fw = {c: {"action": v.action, **evidence(v, r.destinations.get(c, ""))}
+              for c, v in sorted(concerned.items())}
+        closed = all(not v.reachable and v.certain for v in concerned.values())
+        if closed:
+            out.append(dataclasses.replace(
+                f, severity=Severity.LOW,
+                title=f"{f.title}; the firewall closes it from {', '.join(sorted(concerned))}",
+                evidence={**f.evidence, "firewall": fw,
+                          "severity_without_firewall": str(f.severity)}))
+        else:
+            out.append(dataclasses.replace(f, evidence={**f.evidence, "firewall": fw}))
+    return out
