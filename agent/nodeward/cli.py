@@ -159,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.handler(args, cfg)
+    except UsageError as e:  # an argument combination only the command can judge
+        print(f"nodeward: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except BrokenPipeError:
         return EXIT_OK
 

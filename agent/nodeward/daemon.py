@@ -10,6 +10,7 @@ and says why); SIGTERM/SIGINT finish the current cycle and exit 0.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -20,11 +21,13 @@ from typing import IO, Any
 from . import config as config_mod
 from . import probe
 from .checks import CheckResult, run_checks, with_findings
+from .collect.ruleset import ParseCache
 from .daemon_settings import DaemonSettings
 from .model import Finding, NodeSnapshot
 from .report.logs import finding_fields, log_finding, make_logger
 from .report.metrics import Metrics, StatusServer
 from .report.sink import HttpSink
+from .ruleset.reach import ReachMemo
 from .snapshot import take_snapshot
 
 
@@ -49,12 +52,16 @@ class CycleOutcome:
 
 class Agent:
     def __init__(self, config_path: str | None, cfg: config_mod.Config,
-                 out: IO[str], snapshotter: Callable[..., NodeSnapshot] = take_snapshot,
+                 out: IO[str], snapshotter: Callable[..., NodeSnapshot] | None = None,
                  ) -> None:
         self.config_path = config_path
         self.cfg = cfg
         self.out = out
-        self.snapshotter = snapshotter
+        # Kept for the agent's lifetime: an unchanged ruleset is neither parsed nor
+        # evaluated again (a kube-proxy node's 50,000 rules, thousands of sockets).
+        self.ruleset_cache = ParseCache()
+        self.reach_memo = ReachMemo()
+        self.snapshotter = snapshotter or self._snapshot
         self.log = make_logger(cfg.node_name, out)
         self.metrics = Metrics()
         self.previous: dict[tuple, Finding] = {}
@@ -114,10 +121,14 @@ class Agent:
         return True, "ok"
 
     # -- one cycle --------------------------------------------------------------------------
+    def _snapshot(self, cfg: config_mod.Config) -> NodeSnapshot:
+        return take_snapshot(cfg, ruleset_cache=self.ruleset_cache)
+
     def cycle(self) -> CycleOutcome:
         start = time.perf_counter()
         snap = self.snapshotter(self.cfg)
-        result = run_checks(snap, self.cfg)
+        result = run_checks(snap, self.cfg, self.reach_memo)
+        snap, result = self._with_cluster(snap, result)
         result = self._with_probes(snap, result)
         opened, resolved, self.previous = diff_findings(self.previous, result.findings)
         duration = time.perf_counter() - start
@@ -155,6 +166,20 @@ class Agent:
         self.metrics.last_scan.set(time.time())
         self.last_ok = time.time()
         return CycleOutcome(snap, result, opened, resolved, duration)
+
+    def _with_cluster(self, snap: NodeSnapshot,
+                      result: CheckResult) -> tuple[NodeSnapshot, CheckResult]:
+        """Encryption and Calico checks (NW4xx/NW5xx) when the `cluster` section is set,
+        as `nodeward scan` does; their collector notes join the snapshot's."""
+        cluster = self.cfg.section("cluster")
+        if cluster is None:
+            return snap, result
+        from .clusterscan import cluster_findings
+
+        cscan, found = cluster_findings(cluster, snap)
+        if cscan.notes:
+            snap = dataclasses.replace(snap, notes=snap.notes + tuple(cscan.notes))
+        return snap, with_findings(result, found, self.cfg.suppress)
 
     def _with_probes(self, snap: NodeSnapshot, result: CheckResult) -> CheckResult:
         """Every `probe_peers.every` cycles, probe the configured peers' sensitive ports

@@ -125,6 +125,23 @@ EXPECTED_FINDINGS = {
     ("NW103", "etcd-peer", "::", 2380),
 }
 
+#: The node namespace has no firewall at all, so the default scan (which evaluates the live
+#: ruleset) adds: every component beyond its max_scope reachable from pods and from
+#: anywhere; every unidentified host service reachable from pods, on the address pods
+#: reach; both metadata endpoints through FORWARD; no INPUT chain for IPv4 nor IPv6. Not
+#: here: kube-proxy 10249 (bound to lo), the loopback-only sockets, wireguard (max_scope
+#: any).
+EXPECTED_FIREWALL = {
+    *((nw, comp, addr, port)
+      for nw in ("NW201", "NW202")
+      for comp, addr, port in (("kubelet", "0.0.0.0", 10250), ("kubelet-readonly", POD_GW, 10255),
+                               ("kube-apiserver", "::", 6443), ("kube-scheduler", ODD_IP, 10259),
+                               ("etcd-client", NODE_IP, 2379), ("etcd-peer", "::", 2380))),
+    ("NW203", "", POD_GW, 53), ("NW203", "", NODE6, 53), ("NW203", "", NODE_IP, 10257),
+    ("NW204", "", "169.254.169.254", 80), ("NW204", "", "fd00:ec2::254", 80),
+    ("NW205", "", "", None),
+}
+
 
 def test_scan_classifies_attributes_and_finds_exactly(node):
     lab, ns, _pod, procs = node
@@ -141,6 +158,17 @@ def test_scan_classifies_attributes_and_finds_exactly(node):
         assert s["pid"] == procs[proc].pid, key
         assert s["process"] == proc, key
     found = {(f["id"], f["component"], f["address"], f["port"]) for f in doc["findings"]}
+    assert found == EXPECTED_FINDINGS | EXPECTED_FIREWALL
+    assert sorted(f["evidence"]["family"] for f in doc["findings"] if f["id"] == "NW205") == [
+        4, 6]
+    # Nothing closes any path here, so no bind-scope finding was downgraded.
+    for f in doc["findings"]:
+        if f["id"] in ("NW102", "NW103"):
+            assert "severity_without_firewall" not in f["evidence"], f
+            assert f["evidence"]["firewall"], f
+    rc, out, err = scan(lab, ns, CONFIG, "--format", "json", "--no-firewall")
+    doc = json.loads(out)
+    found = {(f["id"], f["component"], f["address"], f["port"]) for f in doc["findings"]}
     assert found == EXPECTED_FINDINGS
     etcd_exe = got[("tcp", "::", 2380)]
     if shutil.which("etcd"):
@@ -148,12 +176,13 @@ def test_scan_classifies_attributes_and_finds_exactly(node):
     for f in doc["findings"]:
         assert f["remediation"] and f["title"] and f["severity"]
         assert f["evidence"]["bind_scope"] == f["scope"]
+        assert "firewall" not in f["evidence"]
 
 
 def test_procfs_fallback_sees_the_same(node):
     lab, ns, _pod, _procs = node
-    _, out_nl, _ = scan(lab, ns, CONFIG, "--format", "json")
-    _rc, out_pf, _ = scan(lab, ns, CONFIG, "--format", "json", "--procfs")
+    _, out_nl, _ = scan(lab, ns, CONFIG, "--format", "json", "--no-firewall")
+    _rc, out_pf, _ = scan(lab, ns, CONFIG, "--format", "json", "--procfs", "--no-firewall")
     a, b = json.loads(out_nl), json.loads(out_pf)
     assert b["socket_source"] == "procfs"
     assert any("/proc/net" in n for n in b["notes"])
@@ -171,17 +200,20 @@ def test_procfs_fallback_sees_the_same(node):
 
 def test_jsonl_table_log_and_fail_on(node):
     lab, ns, _pod, _procs = node
+    total = len(EXPECTED_FINDINGS) + len(EXPECTED_FIREWALL) + 1  # NW205 for IPv4 and IPv6
     rc, out, _ = scan(lab, ns, CONFIG, "--format", "jsonl")
     lines = [json.loads(x) for x in out.splitlines()]
-    assert rc == 1 and len(lines) == len(EXPECTED_FINDINGS)
+    assert rc == 1 and len(lines) == total
     assert all(x["node"] == "lab-node" and "remediation" in x for x in lines)
+    rc, out, _ = scan(lab, ns, CONFIG, "--fail-on", "critical", "--no-firewall")
+    assert rc == 0  # by bind nothing is critical: etcd client is loopback + node-private
     rc, out, _ = scan(lab, ns, CONFIG, "--fail-on", "critical")
-    assert rc == 0  # nothing critical: etcd client is on loopback + node-private only
+    assert rc == 1  # but no firewall keeps pods off etcd: NW201 etcd-client is critical
     assert "kubelet-readonly" in out and "NW101" in out and "PROCESS" in out
     rc, out, _ = scan(lab, ns, CONFIG, "--format", "log")
     events = [json.loads(x) for x in out.splitlines()]
     finding_events = [e for e in events if e["event"] == "finding"]
-    assert len(finding_events) == len(EXPECTED_FINDINGS)
+    assert len(finding_events) == total
     for e in finding_events:
         assert {"timestamp", "level", "event", "node", "finding_id", "severity"} <= set(e)
     assert events[-1]["event"] == "scan_complete"

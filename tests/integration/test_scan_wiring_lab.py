@@ -24,15 +24,16 @@ def test_firewall_verdicts_and_explain(lab, tmp_path):
     node = lab.node("node", "10.77.0.1/24")
     lab.pod(node, "10.244.1.2/24", "10.244.1.1/24", host_if="cali7")
     lab.listen(node, "kubelet", tcp=["0.0.0.0:10250"])
-    r = scan(lab, node, tmp_path, "--firewall", "--format", "json")
+    r = scan(lab, node, tmp_path, "--format", "json")  # the firewall is on by default
     ids = {(f["id"], f["port"]) for f in json.loads(r.stdout)["findings"]}
     assert ("NW201", 10250) in ids and ("NW202", 10250) in ids  # no firewall at all
-    # Without --firewall the bind-scope findings only.
-    r = scan(lab, node, tmp_path, "--format", "json")
-    assert not {f["id"] for f in json.loads(r.stdout)["findings"]} & {"NW201", "NW202"}
+    # --no-firewall (or `firewall: false`): the bind-scope findings only.
+    for args, config in ((["--no-firewall"], CONFIG), ([], CONFIG + "firewall: false\n")):
+        r = scan(lab, node, tmp_path, *args, "--format", "json", config=config)
+        assert not {f["id"] for f in json.loads(r.stdout)["findings"]} & {"NW201", "NW202"}
     lab.sh("iptables", "-A", "INPUT", "-i", "cali+", "-p", "tcp", "--dport", "10250",
            "-j", "DROP", ns=node)
-    r = scan(lab, node, tmp_path, "--firewall", "--format", "json")
+    r = scan(lab, node, tmp_path, "--format", "json")
     ids = {(f["id"], f["port"]) for f in json.loads(r.stdout)["findings"]}
     assert ("NW201", 10250) not in ids and ("NW202", 10250) in ids
     r = scan(lab, node, tmp_path, "--explain", "10250")
@@ -40,6 +41,40 @@ def test_firewall_verdicts_and_explain(lab, tmp_path):
     pod = r.stdout.split("from pod")[1].split("from anywhere")[0]
     assert ": drop" in pod and "INPUT #1" in pod and "cali+" in pod
     assert "from anywhere" in r.stdout and ": accept" in r.stdout.split("from anywhere")[1]
+    r = scan(lab, node, tmp_path, "--explain", "10250", "--no-firewall")
+    assert r.returncode == 2 and "--explain needs the firewall" in r.stderr
+
+
+def test_firewall_that_closes_the_path_downgrades_bind_findings(lab, tmp_path):
+    """kubelet on 0.0.0.0 is NW102 (high) by its bind; a real ruleset that keeps pods and
+    the outside world off 10250 makes it low, with the kernel's rules as evidence — and a
+    real pod connection attempt agrees with the verdict."""
+    node = lab.node("node", "10.77.0.1/24")
+    pod = lab.pod(node, "10.244.1.2/24", "10.244.1.1/24", host_if="cali7")
+    lab.listen(node, "kubelet", tcp=["0.0.0.0:10250"])
+    r = scan(lab, node, tmp_path, "--format", "json")
+    before = {f["id"]: f for f in json.loads(r.stdout)["findings"] if f["port"] == 10250}
+    assert before["NW102"]["severity"] == "high"
+    assert before["NW102"]["evidence"]["firewall"]["pod"]["action"] == "accept"
+    assert lab.connect(pod, "10.77.0.1", 10250)
+    rules = tmp_path / "rules.v4"
+    rules.write_text("""*filter
+:INPUT ACCEPT [0:0]
+-A INPUT -i lo -j ACCEPT
+-A INPUT -s 10.77.0.0/24 -p tcp -m tcp --dport 10250 -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 10250 -j REJECT
+COMMIT
+""")
+    lab.sh("iptables-restore", str(rules), ns=node)
+    r = scan(lab, node, tmp_path, "--format", "json")
+    after = {f["id"]: f for f in json.loads(r.stdout)["findings"] if f["port"] == 10250}
+    assert set(after) == {"NW102"}, after
+    f = after["NW102"]
+    assert f["severity"] == "low" and f["evidence"]["severity_without_firewall"] == "high"
+    fw = f["evidence"]["firewall"]
+    assert {c: v["action"] for c, v in fw.items()} == {"pod": "reject", "anywhere": "reject"}
+    assert any("--dport 10250 -j REJECT" in step for step in fw["pod"]["rule_path"])
+    assert not lab.connect(pod, "10.77.0.1", 10250)
 
 
 def test_offline_cluster_objects(lab, tmp_path):

@@ -129,3 +129,29 @@ def test_memo_reuses_verdicts_only_for_the_same_ruleset():
     changed = reachability(socks, opened, **kw)
     assert memo.hits == 2 and changed[0].verdicts["pod"].action == "accept"
     assert first[0].verdicts["pod"].action == "drop"
+
+
+def test_device_bound_sockets_only_see_their_interface():
+    r = rs("-A INPUT -i eth1 -j DROP\n")
+    socks = [Socket("tcp", 4, "0.0.0.0", 10249, 1, 0, interface="lo"),
+             Socket("tcp", 4, "0.0.0.0", 9000, 2, 0, interface="cali3"),
+             Socket("tcp", 4, "0.0.0.0", 9001, 3, 0, interface="eth1")]
+    got = {x.socket.port: x for x in reachability(
+        socks, r, node_addresses=["10.0.0.1"], pod_interfaces=["cali+"])}
+    assert set(got[10249].verdicts) == {"loopback"}
+    assert set(got[9000].verdicts) == {"pod"}
+    assert set(got[9001].verdicts) == {"node", "anywhere"}
+    assert got[9001].verdicts["node"].action == "drop"  # judged as arriving on eth1
+
+
+def test_dual_stack_wildcard_is_judged_on_both_families():
+    """[::] without IPV6_V6ONLY takes IPv4 too: an IPv4 path left open is an exposure even
+    when ip6tables closes IPv6."""
+    r = Ruleset(parse_iptables_save("*filter\n:INPUT DROP [0:0]\nCOMMIT\n", family=6))
+    dual = Socket("tcp", 6, "::", 6443, 1, 0)
+    v6only = Socket("tcp", 6, "::", 6444, 2, 0, v6only=True)
+    got = {x.socket.port: x for x in reachability(
+        [dual, v6only], r, node_addresses=["10.0.0.1", "fd00::1"])}
+    assert got[6443].verdicts["pod"].action == "accept"
+    assert got[6443].destinations["pod"] == "10.0.0.1"
+    assert got[6444].verdicts["pod"].action == "drop"

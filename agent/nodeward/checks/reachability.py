@@ -56,13 +56,15 @@ def findings(reach: Iterable[Reach], ruleset: Ruleset, roles: Mapping[tuple, Rol
     """`roles` maps socket_key(...) of identified components to their Role; a socket
     without one is an unidentified host service."""
     out: list[Finding] = []
-    sensitive_ports: dict[tuple[str, int], None] = {}
+    sensitive_ports: dict[tuple[str, int, int], None] = {}  # (protocol, port, family)
     for r in reach:
         s = r.socket
         role = roles.get(socket_key(s.protocol, s.family, s.address, s.port))
         if role is not None:
-            if role.sensitive:
-                sensitive_ports[(s.protocol, s.port)] = None
+            if role.sensitive and not s.address.startswith(("127.", "::1")):
+                dual = s.address == "::" and not s.v6only
+                for fam in ((4, 6) if dual else (s.family,)):
+                    sensitive_ports[(s.protocol, s.port, fam)] = None
             out += _component_findings(r, role)
             continue
         v = r.verdicts.get("pod")
@@ -122,20 +124,27 @@ def _metadata_findings(ruleset: Ruleset, pod_cidrs: Sequence[str], pod_interface
     return out
 
 
-def _policy_findings(ruleset: Ruleset, sensitive: Sequence[tuple[str, int]]) -> list[Finding]:
+def _policy_findings(ruleset: Ruleset,
+                     sensitive_ports: Sequence[tuple[str, int, int]]) -> list[Finding]:
+    """Per family with sensitive sockets beyond loopback: INPUT accepts by default (or
+    there is no INPUT chain) and no rule even mentions those ports."""
     out = []
     for fam in (4, 6):
+        sensitive = [(p, port) for p, port, f in sensitive_ports if f == fam]
         chains = hook_chains(ruleset, "input", fam)
-        if not chains or any((c.policy or "ACCEPT") != "ACCEPT" for _, c in chains):
+        if any((c.policy or "ACCEPT") != "ACCEPT" for _, c in chains):
             continue
         covered = {(p, port) for p, port in sensitive
                    if any(m.op in ("dport", "port") and any(lo <= port <= hi for lo, hi in m.args)
                           for _, c in chains for rule in c.rules for m in rule.matches)}
         missing = [f"{p}/{port}" for p, port in sensitive if (p, port) not in covered]
         if missing:
+            what = "INPUT policy ACCEPT" if chains else "no INPUT chain at all"
             out.append(Finding(
-                "NW205", Severity.MEDIUM, f"INPUT policy ACCEPT (IPv{fam}) and no rule covers "
-                "the sensitive ports", "Add INPUT rules for the sensitive ports or set the "
+                "NW205", Severity.MEDIUM, f"{what} (IPv{fam}) and no rule covers the "
+                "sensitive ports", "Add INPUT rules for the sensitive ports or set the "
                 "policy to DROP with explicit allows.", scope="input",
-                evidence={"family": fam, "uncovered": missing}))
+                evidence={"family": fam, "uncovered": missing,
+                          "input_chains": [f"{t.frontend} {t.name} {c.name}"
+                                           for t, c in chains]}))
     return out

@@ -9,8 +9,11 @@ One representative probe packet per class (documented so a verdict can be reprod
             (a glob like "cali+" becomes "cali0"), dst each node address the socket answers on
   anywhere  src 198.51.100.77 (TEST-NET-2; 2001:db8::77), iif the node interface, dst each
             node address the socket answers on
-A wildcard socket answers on every node address of its family; loopback-bound sockets are
-only probed from loopback (the kernel never delivers other sources to them). Each class
+A wildcard socket answers on every node address of its family (a dual-stack [::] socket
+on IPv4 ones too); loopback-bound sockets are
+only probed from loopback (the kernel never delivers other sources to them). A socket bound
+to a device (SO_BINDTODEVICE) is probed only from the classes that arrive on it, with that
+device as the input interface. Each class
 verdict is the most permissive of its per-address verdicts (an exposure on one address is
 an exposure), and carries that address's trace as evidence.
 """
@@ -64,6 +67,32 @@ def _iface(globs: Sequence[str], fallback: str) -> str:
     return fallback
 
 
+def _source(cls: str, fam: int, node_cidrs: Sequence[str], pod_cidrs: Sequence[str],
+            pod_interfaces: Sequence[str], node_interface: str) -> tuple[str, str]:
+    """(source address, input interface) of the representative packet of a class."""
+    if cls == "loopback":
+        return ("127.0.0.1" if fam == 4 else "::1"), "lo"
+    if cls == "node":
+        return _pick(node_cidrs, fam, "10.0.0.10" if fam == 4 else "fd00::10"), node_interface
+    if cls == "pod":
+        return (_pick(pod_cidrs, fam, "10.244.0.10" if fam == 4 else "fd00:244::10"),
+                _iface(pod_interfaces, "cali0"))
+    return ("198.51.100.77" if fam == 4 else "2001:db8::77"), node_interface
+
+
+def _bound_classes(device: str, pod_interfaces: Sequence[str]) -> tuple[str, ...]:
+    """Source classes whose packets can arrive on a socket bound to `device`
+    (SO_BINDTODEVICE: only packets received on that interface are delivered)."""
+    if not device:
+        return CLASSES
+    if device == "lo":
+        return ("loopback",)
+    if any(device.startswith(g.rstrip("+*")) if g.endswith(("+", "*")) else device == g
+           for g in pod_interfaces):
+        return ("pod",)
+    return ("node", "anywhere")
+
+
 def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses: Sequence[str],
                  node_cidrs: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
                  pod_interfaces: Sequence[str] = ("cali+",), node_interface: str = "eth0",
@@ -80,44 +109,40 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
             old = memo.entries
         memo.key, memo.entries = key, new
     for s in sockets:
-        skey = (s.protocol, s.family, s.address, s.port)
+        skey = (s.protocol, s.family, s.address, s.port, s.interface, s.v6only)
         hit = old.get(skey) or new.get(skey)
         if hit is not None:
             new[skey] = hit
             memo.hits += 1  # type: ignore[union-attr]  # old/new are empty without a memo
             out.append(Reach(s, *hit))
             continue
-        fam = s.family
-        loop = "127.0.0.1" if fam == 4 else "::1"
         ip = ipaddress.ip_address(s.address)
-        srcs = {
-            "loopback": (loop, "lo"),
-            "node": (_pick(node_cidrs, fam, "10.0.0.10" if fam == 4 else "fd00::10"),
-                     node_interface),
-            "pod": (_pick(pod_cidrs, fam, "10.244.0.10" if fam == 4 else "fd00:244::10"),
-                    _iface(pod_interfaces, "cali0")),
-            "anywhere": ("198.51.100.77" if fam == 4 else "2001:db8::77", node_interface),
-        }
-        if ip.is_unspecified:
-            dsts = [a for a in node_addresses if ipaddress.ip_address(a).version == fam]
-        else:
-            dsts = [s.address]
+        # A dual-stack [::] socket (v6only off) also takes IPv4 connections, which pass the
+        # IPv4 ruleset: both families are asked.
+        fams = (6, 4) if s.family == 6 and ip.is_unspecified and not s.v6only else (s.family,)
+        classes = _bound_classes(s.interface, pod_interfaces)
         verdicts: dict[str, Verdict] = {}
         where: dict[str, str] = {}
-        for cls in CLASSES:
-            src, iif = srcs[cls]
-            if cls == "loopback":
-                cand = [loop if ip.is_unspecified else s.address]
-            elif ip.is_loopback:
+        for cls in classes:
+            if cls != "loopback" and ip.is_loopback:
                 continue
-            else:
-                cand = dsts
             best: Verdict | None = None
-            for dst in cand:
-                v = evaluate(ruleset, Packet(fam, src, dst, s.protocol, s.port, iif=iif),
-                             local_addresses=local, path="input")
-                if best is None or _RANK[v.action] > _RANK[best.action]:
-                    best, where[cls] = v, dst
+            for fam in fams:
+                src, iif = _source(cls, fam, node_cidrs, pod_cidrs, pod_interfaces,
+                                   node_interface)
+                if s.interface and s.interface != "lo":
+                    iif = s.interface
+                if cls == "loopback":
+                    cand = [src if ip.is_unspecified else s.address]
+                elif ip.is_unspecified:
+                    cand = [a for a in node_addresses if ipaddress.ip_address(a).version == fam]
+                else:
+                    cand = [s.address]
+                for dst in cand:
+                    v = evaluate(ruleset, Packet(fam, src, dst, s.protocol, s.port, iif=iif),
+                                 local_addresses=local, path="input")
+                    if best is None or _RANK[v.action] > _RANK[best.action]:
+                        best, where[cls] = v, dst
             if best is not None:
                 verdicts[cls] = best
         if memo is not None and ruleset.fingerprint:
