@@ -152,7 +152,10 @@ class Agent:
         self.log.info("scan_complete", cycle=self.cycles, sockets=len(snap.sockets),
                       findings=len(result.findings), opened=len(opened),
                       resolved=len(resolved), suppressed=len(result.suppressed),
-                      duration_ms=round(duration * 1000, 1), socket_source=snap.socket_source)
+                      duration_ms=round(duration * 1000, 1), socket_source=snap.socket_source,
+                      firewall_rules=None if snap.ruleset is None else sum(
+                          len(c.rules) for t in snap.ruleset.tables for c in t.chains.values()),
+                      verdicts_reused=self.reach_memo.hits)
         if self.cfg.mode in ("audit", "enforce"):
             self.enforce(snap)
         if self.settings.policy_report and (opened or resolved or self.cycles == 1):

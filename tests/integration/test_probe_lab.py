@@ -66,8 +66,10 @@ def test_daemon_probes_configured_peers(lab, tmp_path):
     log = DaemonLog(proc)
     probe = log.wait_for(lambda e: e["event"] == "peer_probe", 20)
     assert probe["reachable"] == ["b/10.77.0.2:10250", "b/10.77.0.2:10255"]
-    opened = log.wait_for(lambda e: e["event"] == "finding_opened", 10)
-    assert (opened["finding_id"], opened["address"], opened["port"]) == (
-        "NW601", "10.77.0.2", 10255)
+    opened = log.wait_for(lambda e: e["event"] == "finding_opened"
+                          and e["finding_id"] == "NW601", 10)
+    assert (opened["address"], opened["port"]) == ("10.77.0.2", 10255)
+    assert [e["port"] for e in log.events
+            if e["event"] == "finding_opened" and e["finding_id"] == "NW601"] == [10255]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
