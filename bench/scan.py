@@ -52,7 +52,7 @@ if which == "nodeward":
     from nodeward.snapshot import take_snapshot
     from nodeward.checks import run_checks
     from nodeward.collect import procs, sockets
-    cfg = Config(node_name="bench")
+    cfg = Config(node_name="bench", firewall=False)  # sockets vs sockets; see bench/ruleset.py
     def run():
         snap = take_snapshot(cfg)
         run_checks(snap, cfg)

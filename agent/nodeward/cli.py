@@ -50,6 +50,10 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
                          "default unless the config says `firewall: false`")
     fw.add_argument("--no-firewall", dest="firewall", action="store_const", const=False,
                     help="bind-scope checks only: do not read the ruleset")
+    scan.add_argument("--ruleset", action="append", metavar="FILE",
+                      help="evaluate this saved dump instead of the live ruleset "
+                           "(iptables-save text, v6:FILE for ip6tables-save, or nft -j "
+                           "JSON); repeat for several")
     scan.add_argument("--explain", type=int, metavar="PORT",
                       help="print the rule path deciding PORT per source class")
     scan.add_argument("--offline", metavar="DIR",
@@ -91,7 +95,20 @@ def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     firewall = cfg.firewall if args.firewall is None else args.firewall
     if args.explain is not None and not firewall:
         raise UsageError("--explain needs the firewall (drop --no-firewall)")
-    snap = take_snapshot(cfg, force_procfs=args.procfs, firewall=firewall)
+    if args.ruleset and not firewall:
+        raise UsageError("--ruleset and --no-firewall contradict each other")
+    saved = None
+    if args.ruleset:
+        from .collect.ruleset import read_dump_files
+        from .ruleset.errors import RulesetParseError
+
+        try:
+            saved = read_dump_files(args.ruleset)
+        except RulesetParseError as e:
+            raise UsageError(f"ruleset: {e}") from None
+        except OSError as e:
+            raise UsageError(f"ruleset: {e.filename}: {e.strerror}") from None
+    snap = take_snapshot(cfg, force_procfs=args.procfs, firewall=firewall, ruleset=saved)
     result = run_checks(snap, cfg)
     notes = list(snap.notes)
     extra: list = []

@@ -28,12 +28,16 @@ def now_rfc3339() -> str:
 
 
 def take_snapshot(config: Config, force_procfs: bool = False, firewall: bool | None = None,
-                  ruleset_cache: ParseCache | None = None) -> NodeSnapshot:
-    """`firewall` (default: config.firewall) also reads the live ruleset; a daemon passes
-    one ParseCache for its lifetime so an unchanged ruleset is not parsed again."""
+                  ruleset_cache: ParseCache | None = None,
+                  ruleset: Ruleset | None = None) -> NodeSnapshot:
+    """`firewall` (default: config.firewall) also reads the live ruleset, unless `ruleset`
+    is given (a saved dump); a daemon passes one ParseCache for its lifetime so an
+    unchanged ruleset is not parsed again."""
     with paused_gc():
         snap = _take_snapshot(config, force_procfs)
-        if config.firewall if firewall is None else firewall:
+        if ruleset is not None:
+            snap = replace(snap, ruleset=ruleset, notes=snap.notes + ruleset.notes)
+        elif config.firewall if firewall is None else firewall:
             ruleset, note = read_ruleset(ruleset_cache)
             snap = replace(snap, ruleset=ruleset, notes=snap.notes + note)
         return snap
@@ -43,9 +47,7 @@ def read_ruleset(cache: ParseCache | None = None) -> tuple[Ruleset | None, tuple
     """The live ruleset and its notes; None (and a note why) when it cannot be read."""
     try:
         rs = collect_ruleset(cache=cache)
-    except RulesetUnavailable as e:
-        return None, (f"firewall not evaluated: {e}",)
-    except RulesetParseError as e:
+    except (RulesetUnavailable, RulesetParseError) as e:
         return None, (f"firewall not evaluated: {e}",)
     return rs, rs.notes
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nodeward.collect.ruleset import collect_ruleset
 from nodeward.ruleset import Packet, Ruleset, RulesetParseError, evaluate
@@ -258,3 +260,30 @@ def test_malformed_nft_json(text):
     with pytest.raises(RulesetParseError) as e:
         parse_nft_json(text, source="nft.json")
     assert str(e.value).startswith("nft.json:") and "\n" not in str(e.value)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.sampled_from(
+        ["inet", "ip", "ip6", "filter", "input", "accept", "drop", "tcp", "dport", "==",
+         "!=", "payload", "meta", "iifname", "saddr", "10.0.0.0/8", "jump", "x"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["family", "name", "table", "chain", "hook", "prio", "policy",
+                         "expr", "match", "left", "right", "op", "payload", "protocol",
+                         "field", "meta", "key", "accept", "drop", "jump", "target",
+                         "counter", "set", "elem", "prefix", "addr", "len", "range"]),
+        inner, max_size=5),
+    max_leaves=25)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    _json.map(lambda v: {"nftables": v}),
+    st.lists(st.dictionaries(st.sampled_from(["table", "chain", "rule", "set", "metainfo"]),
+                             _json, min_size=1, max_size=2), max_size=6).map(
+        lambda items: {"nftables": items})))
+def test_any_json_shape_is_parsed_or_a_one_line_error(doc):
+    """Whatever shape `nft -j` (or a hand-edited file) gives, never a traceback."""
+    try:
+        parse_nft_json(json.dumps(doc), source="nft.json")
+    except RulesetParseError as e:
+        assert str(e).startswith("nft.json:") and "\n" not in str(e)

@@ -159,6 +159,8 @@ def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
         items = doc["nftables"]
     except (ValueError, KeyError, TypeError) as e:
         raise RulesetParseError(source, 1, f"not nft JSON: {e}") from None
+    if not isinstance(items, list):
+        raise RulesetParseError(source, 1, "not nft JSON: 'nftables' is not a list")
     skip = set(skip)
     chains: dict[tuple, dict] = {}
     rules: dict[tuple, list[Rule]] = {}
@@ -174,7 +176,7 @@ def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
                     tables.append((t["family"], t["name"]))
             elif "chain" in item:
                 c = item["chain"]
-                chains[(c["family"], c["table"], c["name"])] = c
+                chains[(c["family"], c["table"], c["name"])] = (c, n)
                 rules.setdefault((c["family"], c["table"], c["name"]), [])
             elif "set" in item:
                 s = item["set"]
@@ -196,19 +198,22 @@ def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
                 fam, tab = r["family"], r["table"]
                 rules.setdefault(key, []).append(
                     _rule(r, n, lambda name, fam=fam, tab=tab: f"nft:{fam}:{tab}:{name}"))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise RulesetParseError(source, n, f"malformed {next(iter(item), '?')}: {e}") \
                 from None
     out = []
     for fam, name in tables:
         ch = {}
-        for (f, t, cname), c in chains.items():
+        for (f, t, cname), (c, n) in chains.items():
             if (f, t) != (fam, name):
                 continue
-            hook = c.get("hook") if c.get("type") in ("filter", "nat", "route") else None
-            ch[cname] = Chain(cname, tuple(rules.get((f, t, cname), ())),
-                              (c.get("policy", "accept").upper() if hook else None), hook,
-                              int(c.get("prio", 0)) if hook else 0)
+            try:
+                hook = c.get("hook") if c.get("type") in ("filter", "nat", "route") else None
+                ch[cname] = Chain(cname, tuple(rules.get((f, t, cname), ())),
+                                  (c.get("policy", "accept").upper() if hook else None), hook,
+                                  int(c.get("prio", 0)) if hook else 0)
+            except (TypeError, ValueError, AttributeError) as e:
+                raise RulesetParseError(source, n, f"malformed chain: {e}") from None
         out.append(Table("nft", fam, name, ch))
     return tuple(out), sets
 
