@@ -32,7 +32,10 @@ FLAVOURS = (("iptables-nft", "iptables-nft-save", "ip6tables-nft-save"),
 
 
 NFT_LIST = ("nft", "-s", "-j", "list", "ruleset")
-_COUNTERS = re.compile(r"^(:\S+ \S+) \[\d+:\d+\]$", re.M)
+#: Chain counters (legacy iptables-save prints live ones): zeroed so an unchanged ruleset
+#: gives an unchanged text. Anchored on "\n:" (chain lines only), which the regex engine
+#: finds far faster than a multi-line "^".
+_COUNTERS = re.compile(r"(\n:[^ \n]+ [^ \n]+) \[\d+:\d+\]")
 
 
 class RulesetUnavailable(Exception):
@@ -49,8 +52,10 @@ class ParseCache:
         self._now: dict[tuple[str, str], Any] = {}
         self.hits = 0
 
-    def get(self, cmd: str, text: str, parse: Callable[[str], Any]) -> Any:
-        key = (cmd, hashlib.sha256(text.encode()).hexdigest())  # not the text: memory
+    def get(self, cmd: str, text: str, parse: Callable[[str], Any],
+            text_digest: str = "") -> Any:
+        # keyed by digest, not by the text: a kube-proxy dump is megabytes
+        key = (cmd, text_digest or hashlib.sha256(text.encode()).hexdigest())
         hit = self._last.get(key, self._now.get(key))
         if hit is None:
             hit = parse(text)
@@ -105,8 +110,9 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None) ->
     answered = 0
 
     def parsed(cmd: str, text: str, parse: Callable[[str], Any]) -> Any:
-        digest.update(f"{cmd}\0{text}\0".encode())
-        return cache.get(cmd, text, parse) if cache is not None else parse(text)
+        one = hashlib.sha256(text.encode()).hexdigest()
+        digest.update(f"{cmd}\0{one}\0".encode())
+        return cache.get(cmd, text, parse, one) if cache is not None else parse(text)
 
     for frontend, save4, save6 in FLAVOURS:
         found: list[Table] = []
