@@ -155,3 +155,20 @@ def test_dual_stack_wildcard_is_judged_on_both_families():
     assert got[6443].verdicts["pod"].action == "accept"
     assert got[6443].destinations["pod"] == "10.0.0.1"
     assert got[6444].verdicts["pod"].action == "drop"
+
+
+def test_pod_gateway_addresses_are_local_and_a_pod_destination():
+    """A pod can aim a wildcard socket at its gateway address on the node; a rule that
+    guards only the node address leaves that path open. And addrtype LOCAL knows the
+    gateway address."""
+    r = rs("-A INPUT -d 10.0.0.1/32 -p tcp -m tcp --dport 10250 -j DROP\n"
+           "-A INPUT -m addrtype ! --dst-type LOCAL -j DROP\n")
+    socks = [Socket("tcp", 4, "0.0.0.0", 10250, 1, 0), Socket("tcp", 4, "10.244.1.1", 53, 2, 0)]
+    got = {x.socket.port: x for x in reachability(
+        socks, r, node_addresses=["10.0.0.1"], pod_gateways=["10.244.1.1"])}
+    assert got[10250].verdicts["pod"].action == "accept"
+    assert got[10250].destinations["pod"] == "10.244.1.1"
+    assert got[10250].verdicts["node"].action == "drop"  # node class aims at node addresses
+    assert got[53].verdicts["pod"].action == "accept"  # LOCAL: not dropped by rule 2
+    without = {x.socket.port: x for x in reachability(socks, r, node_addresses=["10.0.0.1"])}
+    assert without[53].verdicts["pod"].action == "drop"

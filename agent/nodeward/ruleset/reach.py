@@ -10,12 +10,12 @@ One representative probe packet per class (documented so a verdict can be reprod
   anywhere  src 198.51.100.77 (TEST-NET-2; 2001:db8::77), iif the node interface, dst each
             node address the socket answers on
 A wildcard socket answers on every node address of its family (a dual-stack [::] socket
-on IPv4 ones too); loopback-bound sockets are
-only probed from loopback (the kernel never delivers other sources to them). A socket bound
-to a device (SO_BINDTODEVICE) is probed only from the classes that arrive on it, with that
-device as the input interface. Each class
-verdict is the most permissive of its per-address verdicts (an exposure on one address is
-an exposure), and carries that address's trace as evidence.
+on IPv4 ones too), and pods may also aim at the node's pod-facing gateway addresses;
+loopback-bound sockets are only probed from loopback (the kernel never delivers other
+sources to them). A socket bound to a device (SO_BINDTODEVICE) is probed only from the
+classes that arrive on it, with that device as the input interface. Each class verdict is
+the most permissive of its per-address verdicts (an exposure on one address is an
+exposure), and carries that address's trace as evidence.
 """
 
 from __future__ import annotations
@@ -99,15 +99,19 @@ def _bound_classes(device: str, pod_interfaces: Sequence[str]) -> tuple[str, ...
 def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses: Sequence[str],
                  node_cidrs: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
                  pod_interfaces: Sequence[str] = ("cali+",), node_interface: str = "eth0",
-                 memo: ReachMemo | None = None) -> list[Reach]:
-    """Per socket, per source class, the firewall Verdict for a new connection."""
-    local = (*node_addresses, "127.0.0.1", "::1")
+                 memo: ReachMemo | None = None,
+                 pod_gateways: Sequence[str] = ()) -> list[Reach]:
+    """Per socket, per source class, the firewall Verdict for a new connection.
+    `pod_gateways` are the node's addresses on pod-facing interfaces: local (addrtype
+    LOCAL), and a destination pods can aim a wildcard socket at besides node addresses."""
+    local = (*node_addresses, *pod_gateways, "127.0.0.1", "::1")
     out = []
     shared: dict[tuple, tuple[dict, dict]] = {}
     old: dict[tuple, tuple[dict, dict]] = {}
     new: dict[tuple, tuple[dict, dict]] = {}
     if memo is not None and ruleset.fingerprint:
-        key = (ruleset.fingerprint, tuple(node_addresses), tuple(node_cidrs),
+        key = (ruleset.fingerprint, tuple(node_addresses), tuple(pod_gateways),
+               tuple(node_cidrs),
                tuple(pod_cidrs), tuple(pod_interfaces), node_interface)
         if memo.key == key:
             old = memo.entries
@@ -139,7 +143,8 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
                 if cls == "loopback":
                     cand = [src if ip.is_unspecified else s.address]
                 elif ip.is_unspecified:
-                    cand = [a for a in node_addresses if ipaddress.ip_address(a).version == fam]
+                    cand = [a for a in (*node_addresses, *(pod_gateways if cls == "pod" else ()))
+                            if ipaddress.ip_address(a).version == fam]
                 else:
                     cand = [s.address]
                 for dst in cand:
