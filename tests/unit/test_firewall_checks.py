@@ -94,3 +94,38 @@ def test_uncertain_block_is_not_a_mitigation():
     nw102 = got[("NW102", 10250)]
     assert nw102.severity == Severity.HIGH
     assert nw102.evidence["firewall"]["pod"]["certain"] is False
+
+
+def test_no_pod_paths_on_a_node_without_pods():
+    """No pod-facing interface and no pod CIDR: nothing to say about pods (NW201/203/204),
+    but the outside world still counts (NW202)."""
+    rs = Ruleset(parse_iptables_save("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"))
+    snap = NodeSnapshot("n", "2026-11-25T00:00:00Z", sockets=SOCKS, interfaces=IFS[:2],
+                        ruleset=rs)
+    ids = {f.id for f in run_checks(snap, Config()).findings}
+    assert "NW202" in ids and not ids & {"NW201", "NW203", "NW204"}
+    ids = {f.id for f in run_checks(snap, CFG).findings}  # pod_cidrs configured
+    assert {"NW201", "NW203", "NW204"} <= ids
+
+
+def test_reports_show_verdicts_per_socket():
+    from nodeward.report import render
+
+    rs = Ruleset(parse_iptables_save(
+        "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -i cali+ -j DROP\nCOMMIT\n"))
+    snap = NodeSnapshot("n", "2026-11-25T00:00:00Z", sockets=SOCKS, interfaces=IFS,
+                        ruleset=rs)
+    result = run_checks(snap, CFG)
+    doc = render.document(snap, result, CFG.catalog)
+    kubelet = next(s for s in doc["sockets"] if s["port"] == 10250)
+    assert doc["firewall_evaluated"] is True
+    assert {c: v["action"] for c, v in kubelet["firewall"].items()} == {
+        "loopback": "accept", "node": "accept", "pod": "drop", "anywhere": "accept"}
+    assert "-i cali+ -j DROP" in kubelet["firewall"]["pod"]["decided_by"]
+    table = render.to_table(snap, result, CFG.catalog, width=200)
+    assert "REACHABLE FROM" in table
+    assert any("0.0.0.0:10250" in ln and "lo node any" in ln for ln in table.splitlines())
+    off = NodeSnapshot("n", "2026-11-25T00:00:00Z", sockets=SOCKS, interfaces=IFS)
+    doc = render.document(off, run_checks(off, CFG), CFG.catalog)
+    assert doc["firewall_evaluated"] is False and doc["sockets"][0]["firewall"] is None
+    assert "REACHABLE FROM" not in render.to_table(off, run_checks(off, CFG), CFG.catalog)

@@ -18,6 +18,7 @@ from ..config import Config
 from ..model import Finding, NodeSnapshot, Severity
 from ..ruleset.model import Ruleset
 from ..ruleset.reach import Reach, ReachMemo, reachability
+from ..scope import has_pod_interfaces
 from .reachability import ALLOWED, Role, evidence, findings, socket_key
 
 
@@ -65,7 +66,8 @@ def analyse(snap: NodeSnapshot, cfg: Config, ruleset: Ruleset,
     pod_if = next((i.name for i in snap.interfaces if i.pod_facing), "cali0")
     found = findings(reach, ruleset, roles(snap, cfg.catalog),
                      pod_cidrs=[str(n) for n in cfg.pod_cidrs], pod_interface=pod_if,
-                     node_interface=node_if)
+                     node_interface=node_if,
+                     pods=bool(cfg.pod_cidrs) or has_pod_interfaces(snap.interfaces))
     return ReachResult(tuple(reach), tuple(found))
 
 

@@ -52,9 +52,10 @@ def evidence(v: Verdict, dst: str) -> dict:
 
 def findings(reach: Iterable[Reach], ruleset: Ruleset, roles: Mapping[tuple, Role], *,
              pod_cidrs: Sequence[str] = (), pod_interface: str = "cali0",
-             node_interface: str = "eth0") -> list[Finding]:
+             node_interface: str = "eth0", pods: bool = True) -> list[Finding]:
     """`roles` maps socket_key(...) of identified components to their Role; a socket
-    without one is an unidentified host service."""
+    without one is an unidentified host service. `pods` False (no pod-facing interface
+    and no pod CIDR: nothing suggests this node hosts pods) leaves out the pod paths."""
     out: list[Finding] = []
     sensitive_ports: dict[tuple[str, int, int], None] = {}  # (protocol, port, family)
     for r in reach:
@@ -65,9 +66,9 @@ def findings(reach: Iterable[Reach], ruleset: Ruleset, roles: Mapping[tuple, Rol
                 dual = s.address == "::" and not s.v6only
                 for fam in ((4, 6) if dual else (s.family,)):
                     sensitive_ports[(s.protocol, s.port, fam)] = None
-            out += _component_findings(r, role)
+            out += _component_findings(r, role, pods)
             continue
-        v = r.verdicts.get("pod")
+        v = r.verdicts.get("pod") if pods else None
         dst = r.destinations.get("pod", "")
         if v is not None and v.reachable:
             proc = s.process.name if s.process else ""
@@ -80,17 +81,18 @@ def findings(reach: Iterable[Reach], ruleset: Ruleset, roles: Mapping[tuple, Rol
                 protocol=s.protocol, address=dst, port=s.port, scope="pod",
                 pid=s.process.pid if s.process else None, process=proc,
                 evidence={**evidence(v, dst), "bind": s.address}))
-    out += _metadata_findings(ruleset, pod_cidrs, pod_interface, node_interface)
+    if pods:
+        out += _metadata_findings(ruleset, pod_cidrs, pod_interface, node_interface)
     out += _policy_findings(ruleset, list(sensitive_ports))
     return out
 
 
-def _component_findings(r: Reach, role: Role) -> list[Finding]:
+def _component_findings(r: Reach, role: Role, pods: bool) -> list[Finding]:
     s = r.socket
     out = []
     for cls, fid, title in (("pod", "NW201", "reachable from the pod network"),
                             ("anywhere", "NW202", "reachable from anywhere")):
-        v = r.verdicts.get(cls)
+        v = r.verdicts.get(cls) if pods or cls != "pod" else None
         if v is not None and v.reachable and cls not in role.allowed:
             out.append(Finding(
                 fid, role.severity, f"{role.component} {title} through the firewall",

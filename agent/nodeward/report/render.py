@@ -36,10 +36,37 @@ def socket_dict(s: Socket, catalog: Catalog) -> dict[str, Any]:
     }
 
 
+def _reach_index(result: CheckResult) -> dict[tuple, Any]:
+    return {_skey(r.socket): r for r in result.reach}
+
+
+def _skey(s: Socket) -> tuple:
+    return (s.protocol, s.family, s.address, s.port, s.interface)
+
+
+def firewall_dict(reach: Any) -> dict[str, Any]:
+    """Per source class: the verdict, whether it is certain, and the rule that decided."""
+    return {cls: {"action": v.action, "certain": v.certain,
+                  "destination": reach.destinations.get(cls, ""),
+                  "decided_by": str(v.trace[-1]) if v.trace else "no table"}
+            for cls, v in reach.verdicts.items()}
+
+
+SHORT = {"loopback": "lo", "node": "node", "pod": "pod", "anywhere": "any"}
+
+
+def reach_cell(reach: Any) -> str:
+    """Classes that reach the socket through the firewall, e.g. "lo node pod?"."""
+    cells = [SHORT[c] + ("" if v.certain else "?") for c, v in reach.verdicts.items()
+             if v.reachable]
+    return " ".join(cells) or "none"
+
+
 def document(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for f in result.findings:
         counts[str(f.severity)] = counts.get(str(f.severity), 0) + 1
+    reach = _reach_index(result)
     return {
         "node": snapshot.node,
         "scanned_at": snapshot.scanned_at,
@@ -47,10 +74,17 @@ def document(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog) -> d
         "notes": list(snapshot.notes),
         "summary": {"sockets": len(snapshot.sockets), "findings": len(result.findings),
                     "by_severity": counts, "suppressed": len(result.suppressed)},
-        "sockets": [socket_dict(s, catalog) for s in snapshot.sockets],
+        "firewall_evaluated": snapshot.ruleset is not None,
+        "sockets": [_with_reach(socket_dict(s, catalog), reach.get(_skey(s)))
+                    for s in snapshot.sockets],
         "findings": [f.to_dict() for f in result.findings],
         "suppressed": [{**f.to_dict(), "reason": s.reason} for f, s in result.suppressed],
     }
+
+
+def _with_reach(d: dict[str, Any], reach: Any) -> dict[str, Any]:
+    d["firewall"] = firewall_dict(reach) if reach is not None else None
+    return d
 
 
 def to_json(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog) -> str:
@@ -97,13 +131,18 @@ def to_table(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog,
     lines += [f"note: {n}" for n in snapshot.notes]
     lines.append("")
     rows = []
+    reach = _reach_index(result)
+    fw = snapshot.ruleset is not None
     for s in snapshot.sockets:
         d = socket_dict(s, catalog)
         proc = f"{d['process']}({d['pid']})" if d["pid"] else "-"
+        r = reach.get(_skey(s))
         rows.append([s.protocol, _endpoint(s.address, s.port), d["scope"] +
                      (f"({d['interface']})" if d["interface"] else ""),
+                     *([reach_cell(r) if r is not None else "-"] if fw else []),
                      d["component"] or "-", proc])
-    lines += _table(["PROTO", "LISTEN", "SCOPE", "COMPONENT", "PROCESS"], rows, width)
+    lines += _table(["PROTO", "LISTEN", "SCOPE", *(["REACHABLE FROM"] if fw else []),
+                     "COMPONENT", "PROCESS"], rows, width)
     lines.append("")
     if result.findings:
         rows = [[str(f.severity).upper(), f.id, f.component or "-",
