@@ -128,3 +128,49 @@ def test_saved_ruleset_predicts_what_applying_it_does(lab, tmp_path):
     lab.sh("iptables-nft-restore", str(proposed), ns=node)
     for port in (6443, 10250, 10255):
         assert lab.connect(pod, "10.77.0.1", port) == (port in pod_reach), port
+
+
+def _link_local(lab, ns, dev: str) -> str:
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # wait out duplicate address detection
+        out = lab.sh("ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link", ns=ns).stdout
+        if out and "tentative" not in out:
+            return out.split()[3].split("/")[0]
+        time.sleep(0.2)
+    raise TimeoutError(f"no usable link-local address on {dev}")
+
+
+def _connect_ll(lab, ns, addr: str, dev: str, port: int) -> bool:
+    """TCP connect to a link-local address (the scope needs the 4-tuple form)."""
+    code = ("import socket,sys\n"
+            "s=socket.socket(socket.AF_INET6)\ns.settimeout(1.0)\n"
+            f"sys.exit(0 if s.connect_ex(({addr!r},{port},0,socket.if_nametoindex({dev!r})))"
+            "==0 else 1)\n")
+    return lab.sh(sys.executable, "-c", code, ns=ns, check=False).returncode == 0
+
+
+def test_pods_reach_ipv6_wildcards_over_link_local(lab, tmp_path):
+    """The node has no global IPv6 and iptables keeps pods off etcd-peer — over IPv4. A
+    v6-only [::] socket is still reachable from the pod at the node's fe80:: address on the
+    pod's veth: the scan says so (NW201 to that address), a real connection agrees, and an
+    ip6tables rule closes both."""
+    node = lab.node("node", "10.77.0.1/24")
+    pod = lab.pod(node, "10.244.1.2/24", "10.244.1.1/24", host_if="cali7")
+    lab.listen(node, "etcd", tcp=["[::]:2380"])
+    lab.sh("iptables", "-A", "INPUT", "-i", "cali+", "-p", "tcp", "--dport", "2380",
+           "-j", "DROP", ns=node)
+    gw6 = _link_local(lab, node, "cali7")
+    _link_local(lab, pod, "eth0")
+    r = scan(lab, node, tmp_path, "--format", "json")
+    doc = json.loads(r.stdout)
+    nw201 = [f for f in doc["findings"] if f["id"] == "NW201" and f["port"] == 2380]
+    assert len(nw201) == 1 and nw201[0]["evidence"]["destination"] == gw6
+    assert _connect_ll(lab, pod, gw6, "eth0", 2380)
+    lab.sh("ip6tables", "-A", "INPUT", "-i", "cali+", "-p", "tcp", "--dport", "2380",
+           "-j", "DROP", ns=node)
+    r = scan(lab, node, tmp_path, "--format", "json")
+    assert not [f for f in json.loads(r.stdout)["findings"]
+                if f["id"] == "NW201" and f["port"] == 2380]
+    assert not _connect_ll(lab, pod, gw6, "eth0", 2380)

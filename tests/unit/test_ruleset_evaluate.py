@@ -172,3 +172,21 @@ def test_pod_gateway_addresses_are_local_and_a_pod_destination():
     assert got[53].verdicts["pod"].action == "accept"  # LOCAL: not dropped by rule 2
     without = {x.socket.port: x for x in reachability(socks, r, node_addresses=["10.0.0.1"])}
     assert without[53].verdicts["pod"].action == "drop"
+
+
+def test_ipv6_wildcard_reached_over_link_local():
+    """A v6-only [::] socket on a node without global IPv6: pods still reach it at the
+    node's fe80:: address on their veth, unless ip6tables says otherwise."""
+    sock = Socket("tcp", 6, "::", 2380, 1, 0, v6only=True)
+    kw = {"node_addresses": ["10.0.0.1"], "pod_interfaces": ["cali+"],
+          "link_local": {"pod": ["fe80::ecee:eeff:feee:eeee"], "node": ["fe80::1"]}}
+    open_ = reachability([sock], Ruleset(()), **kw)[0]
+    assert set(open_.verdicts) == {"loopback", "node", "pod"}  # fe80 is not routed: no "anywhere"
+    assert open_.destinations["pod"] == "fe80::ecee:eeff:feee:eeee"
+    closed = Ruleset(parse_iptables_save(
+        "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s fe80::/10 -i cali+ -j DROP\nCOMMIT\n",
+        family=6))
+    got = reachability([sock], closed, **kw)[0]
+    assert got.verdicts["pod"].action == "drop" and got.verdicts["node"].action == "accept"
+    assert set(reachability([sock], Ruleset(()), node_addresses=["10.0.0.1"])[0].verdicts) \
+        == {"loopback"}

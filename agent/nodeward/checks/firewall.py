@@ -54,6 +54,11 @@ def analyse(snap: NodeSnapshot, cfg: Config, ruleset: Ruleset,
                   for a in i.addresses if not a.address.startswith("fe80")]
     gateways = [a.address for i in snap.interfaces if i.pod_facing
                 for a in i.addresses if not a.address.startswith("fe80")]
+    link_local = {"node": [a.address for i in snap.interfaces
+                           if i.name != "lo" and not i.pod_facing and i.up
+                           for a in i.addresses if a.address.startswith("fe80")],
+                  "pod": [a.address for i in snap.interfaces if i.pod_facing and i.up
+                          for a in i.addresses if a.address.startswith("fe80")]}
     pod_ifs = [p for p in cfg.pod_interfaces
                if any(i.pod_facing and i.name.startswith(p.rstrip("*+")) for i in snap.interfaces)]
     pod_ifs = pod_ifs or list(cfg.pod_interfaces[:1])
@@ -62,7 +67,7 @@ def analyse(snap: NodeSnapshot, cfg: Config, ruleset: Ruleset,
                          node_cidrs=[str(n) for n in cfg.node_cidrs],
                          pod_cidrs=[str(n) for n in cfg.pod_cidrs],
                          pod_interfaces=pod_ifs, node_interface=node_if, memo=memo,
-                         pod_gateways=gateways)
+                         pod_gateways=gateways, link_local=link_local)
     pod_if = next((i.name for i in snap.interfaces if i.pod_facing), "cali0")
     found = findings(reach, ruleset, roles(snap, cfg.catalog),
                      pod_cidrs=[str(n) for n in cfg.pod_cidrs], pod_interface=pod_if,

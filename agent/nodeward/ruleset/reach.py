@@ -10,7 +10,8 @@ One representative probe packet per class (documented so a verdict can be reprod
   anywhere  src 198.51.100.77 (TEST-NET-2; 2001:db8::77), iif the node interface, dst each
             node address the socket answers on
 A wildcard socket answers on every node address of its family (a dual-stack [::] socket
-on IPv4 ones too), and pods may also aim at the node's pod-facing gateway addresses;
+on IPv4 ones too); pods may also aim at the node's pod-facing gateway addresses, and pods
+and on-link nodes at its IPv6 link-local addresses (from fe80::10);
 loopback-bound sockets are only probed from loopback (the kernel never delivers other
 sources to them). A socket bound to a device (SO_BINDTODEVICE) is probed only from the
 classes that arrive on it, with that device as the input interface. Each class verdict is
@@ -21,7 +22,7 @@ exposure), and carries that address's trace as evidence.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..model import Socket
@@ -100,17 +101,24 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
                  node_cidrs: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
                  pod_interfaces: Sequence[str] = ("cali+",), node_interface: str = "eth0",
                  memo: ReachMemo | None = None,
-                 pod_gateways: Sequence[str] = ()) -> list[Reach]:
+                 pod_gateways: Sequence[str] = (),
+                 link_local: Mapping[str, Sequence[str]] | None = None) -> list[Reach]:
     """Per socket, per source class, the firewall Verdict for a new connection.
     `pod_gateways` are the node's addresses on pod-facing interfaces: local (addrtype
-    LOCAL), and a destination pods can aim a wildcard socket at besides node addresses."""
-    local = (*node_addresses, *pod_gateways, "127.0.0.1", "::1")
+    LOCAL), and a destination pods can aim a wildcard socket at besides node addresses.
+    `link_local` maps "node"/"pod" to the node's fe80:: addresses on the interfaces those
+    classes arrive on: on-link neighbours (and pods, over their veth) reach an IPv6
+    wildcard socket there even when the node has no other IPv6 address."""
+    link_local = link_local or {}
+    extra = {"node": tuple(link_local.get("node", ())),
+             "pod": (*pod_gateways, *link_local.get("pod", ()))}
+    local = (*node_addresses, *extra["node"], *extra["pod"], "127.0.0.1", "::1")
     out = []
     shared: dict[tuple, tuple[dict, dict]] = {}
     old: dict[tuple, tuple[dict, dict]] = {}
     new: dict[tuple, tuple[dict, dict]] = {}
     if memo is not None and ruleset.fingerprint:
-        key = (ruleset.fingerprint, tuple(node_addresses), tuple(pod_gateways),
+        key = (ruleset.fingerprint, tuple(node_addresses), tuple(sorted(extra.items())),
                tuple(node_cidrs),
                tuple(pod_cidrs), tuple(pod_interfaces), node_interface)
         if memo.key == key:
@@ -143,12 +151,14 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
                 if cls == "loopback":
                     cand = [src if ip.is_unspecified else s.address]
                 elif ip.is_unspecified:
-                    cand = [a for a in (*node_addresses, *(pod_gateways if cls == "pod" else ()))
+                    cand = [a for a in (*node_addresses, *extra.get(cls, ()))
                             if ipaddress.ip_address(a).version == fam]
                 else:
                     cand = [s.address]
                 for dst in cand:
-                    v = evaluate(ruleset, Packet(fam, src, dst, s.protocol, s.port, iif=iif),
+                    # a link-local destination is reached from the neighbour's own fe80::
+                    sa = "fe80::10" if dst.startswith("fe80") and cls != "loopback" else src
+                    v = evaluate(ruleset, Packet(fam, sa, dst, s.protocol, s.port, iif=iif),
                                  local_addresses=local, path="input")
                     if best is None or _RANK[v.action] > _RANK[best.action]:
                         best, where[cls] = v, dst
