@@ -7,6 +7,7 @@ from nodeward.checks.reachability import ALLOWED, Role, findings
 from nodeward.model import ProcessInfo, Severity, Socket
 from nodeward.ruleset import Packet, Ruleset, evaluate
 from nodeward.ruleset.iptables import parse_iptables_save
+from nodeward.ruleset.nft import parse_nft_json
 from nodeward.ruleset.reach import ReachMemo, reachability
 
 LOCAL = ["10.0.0.1", "10.244.0.1"]
@@ -190,3 +191,52 @@ def test_ipv6_wildcard_reached_over_link_local():
     assert got.verdicts["pod"].action == "drop" and got.verdicts["node"].action == "accept"
     assert set(reachability([sock], Ruleset(()), node_addresses=["10.0.0.1"])[0].verdicts) \
         == {"loopback"}
+
+
+def _nft_rule(family: str, expr: list) -> dict:
+    return {"rule": {"family": family, "table": "t", "chain": "c", "handle": 9, "expr": expr}}
+
+
+def _nft_doc(family: str, rules: list, hook: str = "input", prio: int = 0) -> str:
+    import json
+
+    return json.dumps({"nftables": [
+        {"table": {"family": family, "name": "t", "handle": 1}},
+        {"set": {"family": family, "name": "pods6", "table": "t", "type": "ipv6_addr",
+                 "handle": 2, "flags": ["interval"],
+                 "elem": [{"prefix": {"addr": "fd44::", "len": 16}}]}},
+        {"chain": {"family": family, "table": "t", "name": "c", "handle": 3, "type": "filter",
+                   "hook": hook, "prio": prio, "policy": "accept"}},
+        *(_nft_rule(family, r) for r in rules)]})
+
+
+def test_ip6tables_addrtype_requires_every_type_named():
+    """Found by the kernel differential test. ip6tables' addrtype is not IPv4's "one of":
+    every type named must hold (xt_addrtype match_type6), so --dst-type UNICAST matches the
+    node's own address and --src-type LOCAL,MULTICAST matches no unicast address (::1 was
+    dropped by the evaluator, accepted by the kernel)."""
+    def v6(rule: str, src: str, dst: str, iif: str) -> str:
+        r = Ruleset(parse_iptables_save(f"*filter\n:INPUT ACCEPT [0:0]\n{rule}\nCOMMIT\n",
+                                        family=6))
+        return evaluate(r, Packet(6, src, dst, "tcp", 2379, iif=iif),
+                        local_addresses=["fd77::1"]).action
+
+    lo, pod = ("::1", "::1", "lo"), ("fd44:1::2", "fd77::1", "cali0")
+    assert v6("-A INPUT -m addrtype --src-type LOCAL,MULTICAST -j DROP", *lo) == "accept"
+    assert v6("-A INPUT -m addrtype --dst-type UNICAST -j DROP", *lo) == "drop"
+    assert v6("-A INPUT -m addrtype --dst-type UNICAST -j DROP", *pod) == "drop"
+    assert v6("-A INPUT -m addrtype --dst-type LOCAL -j DROP", *pod) == "drop"
+    assert v6("-A INPUT -m addrtype ! --dst-type LOCAL,UNICAST -j DROP", *pod) == "accept"
+    assert v6("-A INPUT -m addrtype --src-type LOCAL -j DROP", *pod) == "accept"
+    # IPv4 keeps "the address's type is one of them"
+    r4 = rs("-A INPUT -m addrtype --dst-type LOCAL,MULTICAST -j DROP\n"
+            "-A INPUT -m addrtype --dst-type UNICAST -j REJECT\n")
+    assert evaluate(r4, pkt(), local_addresses=LOCAL).action == "drop"
+    # and so does nft's fib (one type per address), for IPv6 too
+    fib = [{"match": {"op": "==", "left": {"fib": {"flags": ["daddr"], "result": "type"}},
+                      "right": {"set": ["local", "multicast"]}}}, {"drop": None}]
+    tables, sets = parse_nft_json(_nft_doc("inet", [fib]))
+    v = evaluate(Ruleset(tables, sets), Packet(6, *pod[:2], "tcp", 2379, iif="cali0"),
+                 local_addresses=["fd77::1"])
+    assert v.action == "drop" and v.certain
+

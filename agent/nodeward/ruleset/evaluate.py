@@ -38,7 +38,7 @@ class _Out:
 
 
 class _Ctx:
-    __slots__ = ("branches", "local", "max_branches", "set_cache", "sets")
+    __slots__ = ("branches", "local", "max_branches", "set_cache", "sets", "xt")
 
     def __init__(self, ruleset: Ruleset, local: frozenset[str], max_branches: int) -> None:
         self.sets = ruleset.sets
@@ -46,6 +46,7 @@ class _Ctx:
         self.max_branches = max_branches
         self.branches = 0
         self.set_cache: dict[str, tuple | None] = {}
+        self.xt = True  # the table being walked is an iptables one (xt matches), not nft
 
 
 def _ip(text: str) -> int:
@@ -63,6 +64,26 @@ def _addrtype(ctx: _Ctx, addr: str, family: int) -> str:
     if family == 4 and addr == "255.255.255.255":
         return "BROADCAST"
     return "UNICAST"
+
+
+def _xt_addrtype6(ctx: _Ctx, addr: str, types: tuple[str, ...]) -> bool | None:
+    """ip6tables' `-m addrtype` (xt_addrtype match_type6), which is not IPv4's "the address
+    has one of these types": every type named must hold. MULTICAST and UNICAST test the
+    address itself (UNICAST is anything but ::, multicast and v4-mapped, so also the node's
+    own addresses and ::1), LOCAL is a route lookup. So `--dst-type UNICAST` matches a local
+    address and `--dst-type LOCAL,MULTICAST` matches nothing unicast."""
+    kind = _addrtype(ctx, addr, 6)
+    if "BROADCAST" in types:  # refused by the kernel for IPv6: cannot be in a ruleset
+        return None
+    if "MULTICAST" in types and kind != "MULTICAST":
+        return False
+    if "UNICAST" in types:
+        ip = ipaddress.IPv6Address(addr)
+        if kind == "MULTICAST" or ip.is_unspecified or ip.ipv4_mapped is not None:
+            return False
+    if "LOCAL" in types:
+        return None if kind == "MULTICAST" else kind == "LOCAL"
+    return True
 
 
 def _set_members(ctx: _Ctx, name: str) -> tuple | None:
@@ -110,7 +131,13 @@ def _match(ctx: _Ctx, m: Match, p: Packet, si: int, di: int) -> bool | None:
         direction, types = a
         if not set(types) <= KNOWN_ADDRTYPES:
             return None
-        r = _addrtype(ctx, p.dst if direction == "dst" else p.src, p.family) in types
+        addr = p.dst if direction == "dst" else p.src
+        if p.family == 6 and ctx.xt:
+            r = _xt_addrtype6(ctx, addr, types)
+            if r is None:
+                return None
+        else:  # IPv4's xt_addrtype and nft's fib: the address's one type is among them
+            r = _addrtype(ctx, addr, p.family) in types
     elif op == "set":
         name, flags = a
         members = _set_members(ctx, name)
@@ -232,6 +259,7 @@ def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[St
     si, di = _ip(p.src), _ip(p.dst)
     outs: list[_Out] = []
     fe, tn = table.frontend, table.name
+    ctx.xt = fe != "nft"
     base: Chain = frames[0][0]
     while frames:
         frame = frames[-1]
