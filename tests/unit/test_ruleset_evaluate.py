@@ -240,3 +240,27 @@ def test_ip6tables_addrtype_requires_every_type_named():
                  local_addresses=["fd77::1"])
     assert v.action == "drop" and v.certain
 
+
+def test_inet_ip6_matches_do_not_match_ipv4_packets():
+    """Found by the kernel differential test. In an inet table `ip6 saddr != @set` (or
+    `ip6 saddr != X`) carries an implicit "meta nfproto ipv6" that `nft -j` does not list:
+    an IPv4 packet does not match it. The evaluator dropped IPv4 packets the kernel let
+    through."""
+    neg_set = [{"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "saddr"}},
+                          "right": "@pods6"}}, {"drop": None}]
+    neg_addr = [{"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "daddr"}},
+                           "right": {"prefix": {"addr": "fd77::", "len": 64}}}}, {"drop": None}]
+    neg_v4 = [{"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                         "right": "10.244.0.0/16"}}, {"reject": None}]
+    for rule in (neg_set, neg_addr):
+        tables, sets = parse_nft_json(_nft_doc("inet", [rule]))
+        r = Ruleset(tables, sets)
+        assert evaluate(r, pkt(), local_addresses=LOCAL).action == "accept"
+        v6 = Packet(6, "2001:db8::1", "2001:db8:100::1", "tcp", 2379, iif="eth0")
+        assert evaluate(r, v6, local_addresses=["2001:db8:100::1"]).action == "drop"
+    tables, sets = parse_nft_json(_nft_doc("inet", [neg_v4]))
+    v6 = Packet(6, "fd44:1::2", "fd77::1", "udp", 53, iif="cali0")
+    assert evaluate(Ruleset(tables, sets), v6, local_addresses=["fd77::1"]).action == "accept"
+    assert evaluate(Ruleset(tables, sets), pkt(src="10.9.0.1"),
+                    local_addresses=LOCAL).action == "reject"
+

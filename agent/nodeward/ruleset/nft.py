@@ -68,6 +68,13 @@ def _words(right) -> tuple | None:
     return None
 
 
+#: An `ip ...` / `ip6 ...` header match only ever matches its own family: in an inet table
+#: nft puts a "meta nfproto" check before it, which the JSON listing leaves out. Without it
+#: `ip6 saddr != X` would match every IPv4 packet, where the kernel matches none.
+_FAMILY_DEP = {"ip": (Match("nfproto", (4,), False, "meta nfproto ipv4"),),
+               "ip6": (Match("nfproto", (6,), False, "meta nfproto ipv6"),)}
+
+
 def _match(m: dict, setkey) -> list[Match]:
     """One nft match expression -> Matches (may be two: "tcp dport" implies l4proto tcp)."""
     op, left, right = m.get("op", "=="), m.get("left"), m.get("right")
@@ -81,7 +88,8 @@ def _match(m: dict, setkey) -> list[Match]:
     if isinstance(right, str) and right.startswith("@"):
         if "payload" in left and left["payload"].get("field") in ("saddr", "daddr"):
             d = "src" if left["payload"]["field"] == "saddr" else "dst"
-            return [Match("set", (setkey(right[1:]), (d,)), neg, text)]
+            return [*_FAMILY_DEP.get(left["payload"].get("protocol"), ()),
+                    Match("set", (setkey(right[1:]), (d,)), neg, text)]
         return unknown
     if "&" in left and isinstance(left["&"], list) and len(left["&"]) == 2:
         pl, mask = left["&"]
@@ -99,17 +107,21 @@ def _match(m: dict, setkey) -> list[Match]:
             # the header match implies the protocol; keep the field itself as unknown
             return [Match("proto", ({"icmpv6": "ipv6-icmp"}.get(proto, proto),), False, proto),
                     *unknown]
-        if proto in ("ip", "ip6") and field in ("saddr", "daddr"):
-            nets = _nets(right)
-            if nets is None:
-                return unknown
-            op2 = "src" if field == "saddr" else "dst"
-            if len(nets) == 1:
-                return [Match(op2, nets[0], neg, text)]
-            return [Match(op2 + "_any", nets, neg, text)]
-        if proto in ("ip", "ip6") and field in ("protocol", "nexthdr"):
-            words = _words(right)
-            return [Match("l4proto_any", words, neg, text)] if words else unknown
+        if proto in ("ip", "ip6"):
+            dep = _FAMILY_DEP[proto]
+            if field in ("saddr", "daddr"):
+                nets = _nets(right)
+                if nets is None:
+                    return [*dep, *unknown]
+                op2 = "src" if field == "saddr" else "dst"
+                if len(nets) == 1:
+                    return [*dep, Match(op2, nets[0], neg, text)]
+                return [*dep, Match(op2 + "_any", nets, neg, text)]
+            if field in ("protocol", "nexthdr"):
+                words = _words(right)
+                if words:
+                    return [*dep, Match("l4proto_any", words, neg, text)]
+            return [*dep, *unknown]
         if proto in ("tcp", "udp", "sctp", "th") and field in ("dport", "sport"):
             ports = _ports(right)
             if ports is None:
