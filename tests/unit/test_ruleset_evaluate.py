@@ -264,3 +264,28 @@ def test_inet_ip6_matches_do_not_match_ipv4_packets():
     assert evaluate(Ruleset(tables, sets), pkt(src="10.9.0.1"),
                     local_addresses=LOCAL).action == "reject"
 
+
+def test_ct_state_is_invalid_before_conntrack():
+    """Found by the kernel differential test. The raw table (priority -300) runs before
+    conntrack (-200): an arriving first packet has no entry yet, so `--ctstate NEW` does not
+    match there (the kernel sees INVALID) while it does in mangle/filter. Looped-back
+    packets were tracked on the way out and keep NEW; NOTRACK still makes UNTRACKED."""
+    def raw(rule: str, p: Packet) -> str:
+        text = (f"*raw\n:PREROUTING ACCEPT [0:0]\n{rule}\nCOMMIT\n"
+                "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m conntrack --ctstate INVALID "
+                "-j REJECT\n-A INPUT -m conntrack --ctstate UNTRACKED -j DROP\nCOMMIT\n")
+        return evaluate(Ruleset(parse_iptables_save(text)), p, local_addresses=LOCAL).action
+
+    lo = pkt(src="127.0.0.1", dst="127.0.0.1", iif="lo")
+    assert raw("-A PREROUTING -m conntrack --ctstate NEW,ESTABLISHED -j DROP", pkt()) == "accept"
+    assert raw("-A PREROUTING -m conntrack --ctstate NEW,ESTABLISHED -j DROP", lo) == "drop"
+    assert raw("-A PREROUTING -m state --state INVALID -j DROP", pkt()) == "drop"
+    assert raw("-A PREROUTING -m conntrack --ctstate INVALID -j CT --notrack", pkt()) == "drop"
+    # the state after raw is conntrack's again: NEW (not the INVALID raw saw)
+    assert raw("-A PREROUTING -j LOG", pkt()) == "accept"
+    # nft chains at raw priority too, not the ones after conntrack
+    ct = [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+          {"drop": None}]
+    for prio, want in ((-300, "accept"), (-150, "drop")):
+        tables, sets = parse_nft_json(_nft_doc("ip", [ct], hook="prerouting", prio=prio))
+        assert evaluate(Ruleset(tables, sets), pkt(), local_addresses=LOCAL).action == want

@@ -26,6 +26,8 @@ NON_TERMINATING = frozenset({"LOG", "NFLOG", "ULOG", "MARK", "CONNMARK", "CLASSI
 NAT_ACCEPT = frozenset({"SNAT", "MASQUERADE", "NETMAP"})
 KNOWN_ADDRTYPES = frozenset({"LOCAL", "UNICAST", "MULTICAST", "BROADCAST"})
 MAX_DEPTH = 64
+#: NF_IP_PRI_CONNTRACK (and IPv6's): chains hooked earlier see packets not yet tracked.
+CONNTRACK_PRIORITY = -200
 
 
 @dataclass(frozen=True)
@@ -385,11 +387,22 @@ def evaluate(ruleset: Ruleset, packet: Packet, *, local_addresses=(), path: str 
     final: list[_Out] = []
     for hook in PATH_HOOKS[path]:
         for table, chain in hook_chains(ruleset, hook, packet.family):
+            # Before conntrack (raw, priority -300) an arriving packet has no entry yet: ct
+            # state matches see INVALID (UNTRACKED once a NOTRACK ran). Looped-back packets
+            # got theirs on the way out (OUTPUT), so they keep their state.
+            pre_ct = hook == "prerouting" and chain.priority < CONNTRACK_PRIORITY and \
+                packet.iif != "lo"
             nxt = []
             for o in live:
-                for r in _run(ctx, table, [[chain, 0]], o.pkt, o.trace, o.reasons):
+                pkt = o.pkt
+                if pre_ct and pkt.ctstate != "UNTRACKED":
+                    pkt = _with_state(pkt, "INVALID")
+                for r in _run(ctx, table, [[chain, 0]], pkt, o.trace, o.reasons):
                     forced = r.forced or o.forced
-                    r = _Out(r.action, r.pkt, r.trace, r.reasons, forced)
+                    out_pkt = r.pkt
+                    if pkt is not o.pkt and out_pkt.ctstate == "INVALID":  # conntrack next
+                        out_pkt = _with_state(out_pkt, o.pkt.ctstate)
+                    r = _Out(r.action, out_pkt, r.trace, r.reasons, forced)
                     (nxt if r.action == "accept" else final).append(r)
             live = nxt
         if hook == "prerouting":
@@ -398,6 +411,11 @@ def evaluate(ruleset: Ruleset, packet: Packet, *, local_addresses=(), path: str 
             final.extend(o for o in routed if o.action != "accept")
     final.extend(live)
     return _combine(final)
+
+
+def _with_state(p: Packet, state: str) -> Packet:
+    return Packet(p.family, p.src, p.dst, p.protocol, p.dport, p.sport, p.iif, p.oif, state,
+                  p.tcp_flags)
 
 
 def _reroute(o: _Out, orig: Packet, path: str, ctx: _Ctx) -> _Out:
