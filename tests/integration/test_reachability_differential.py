@@ -1,13 +1,19 @@
 """Differential test: the evaluator's verdict must equal what the kernel does.
 
 A "node" namespace with listeners, a "pod" behind a pod-facing veth (cali0), a "peer" node
-on the node network and an "outside" host (also holding 169.254.169.254) on another subnet.
-For many seeded random rulesets (iptables-legacy, iptables-nft, and both at once) the ruleset
-is applied in the node with *-restore, read back with the flavour's *-save (so the parser
-sees the kernel's own rendering), evaluated for every probe, and every probe is really made
-from its source namespace by a persistent prober. open == accept, refused == reject,
-timeout == drop; no tolerance. When both flavours hold rules the order of two same-priority
-tables is the kernel's business, so mixed rounds compare reachable / not reachable only.
+on the node network and an "outside" host (also holding the metadata addresses
+169.254.169.254 and fd00:ec2::254) on another subnet; every one of them dual-stack. For many
+seeded random rulesets -- one IPv4 and one IPv6 per round -- applied in the node through
+iptables-legacy / ip6tables-legacy, iptables-nft / ip6tables-nft, both flavours at once, or
+native nftables (`ip` tables for IPv4; `ip6` or `inet` tables for IPv6, an `inet` table
+also applying to IPv4), the ruleset is read back with `collect_ruleset` (so the parser sees
+the kernel's own rendering), evaluated for every probe, and every probe is really made from
+its source namespace by a persistent prober, over TCP and UDP, IPv4 and IPv6.
+
+Kernel outcome: TCP open / UDP echo reply == accept; RST or ICMP error (ECONNREFUSED,
+EHOSTUNREACH, EACCES) == reject; no answer in time == drop; no tolerance. When both
+flavours hold rules the order of two same-priority tables is the kernel's business, so
+mixed rounds compare reachable / not reachable only.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -31,50 +38,95 @@ pytestmark = pytest.mark.lab
 
 PROBER = Path(__file__).resolve().parent.parent / "lab" / "prober.py"
 ACCEPTOR = PROBER.with_name("acceptor.py")
+ECHO = PROBER.with_name("echo.py")
 NODE, NODE2, PODGW, POD, PEER, OUT = ("10.77.0.1", "198.51.100.1", "10.244.1.1", "10.244.1.2",
                                       "10.77.0.2", "198.51.100.10")
 META = "169.254.169.254"
+NODE6, NODE2_6, PODGW6, POD6, PEER6, OUT6 = ("fd77::1", "2001:db8:100::1", "fd44:1::1",
+                                             "fd44:1::2", "fd77::2", "2001:db8:100::10")
+META6 = "fd00:ec2::254"
 NODE_PORTS = (2379, 6443, 10250, 10255, 30080)
 OUT_PORTS = (80, 8080)
-LOCAL = (NODE, NODE2, PODGW, "127.0.0.1")
+LOCAL = (NODE, NODE2, PODGW, "127.0.0.1", NODE6, NODE2_6, PODGW6, "::1")
 SEED = 20261125
 ROUNDS = {"nft": 40, "iptables-legacy": 70, "iptables-nft": 60, "mixed": 30}
 TIMEOUT = 0.25
-#: Every later packet of a probe (SYN-ACK, the client's ACK, FIN, RST, ICMP errors) crosses
-#: the node's PREROUTING/INPUT/FORWARD too. Rejecting the client's final ACK sends an ICMP
-#: error that the prober can read back through SO_ERROR as "refused" although the handshake
-#: completed; these first rules let such packets through so the kernel's answer
-#: depends on the first packet only, which is what the evaluator is asked about. The
-#: evaluator sees it like any other rule (it does not match a SYN).
-REPLY = ("-p tcp -m tcp --tcp-flags ACK ACK -j ACCEPT",
-         "-p tcp -m tcp --tcp-flags RST RST -j ACCEPT",
-         "-p icmp -m icmp --icmp-type 3 -j ACCEPT")
+#: Every later packet of a probe (SYN-ACK, the client's ACK, FIN, RST, ICMP errors, the UDP
+#: echo) crosses the node's PREROUTING/INPUT/FORWARD too. Rejecting the client's final ACK
+#: sends an ICMP error that the prober can read back through SO_ERROR as "refused" although
+#: the handshake completed, and a dropped echo looks like a dropped probe; these first rules
+#: let such packets through so the kernel's answer depends on the first packet only, which
+#: is what the evaluator is asked about. The evaluator sees them like any other rule (they
+#: do not match a first packet: a SYN has no ACK, and a probe's source port is ephemeral
+#: (32768-60999), never one of the servers' ports). The UDP reply rule is stateless on
+#: purpose: a "ctstate ESTABLISHED" rule would not let the echo through when a raw-table
+#: NOTRACK left the probe untracked (the echo is then NEW or UNTRACKED). IPv6 also needs
+#: neighbour discovery (ICMPv6 135/136) through INPUT, or nothing is reachable at all.
+SERVER_PORTS = ",".join(map(str, sorted({*NODE_PORTS, *OUT_PORTS})))
+REPLY = {4: ("-p tcp -m tcp --tcp-flags ACK ACK -j ACCEPT",
+             "-p tcp -m tcp --tcp-flags RST RST -j ACCEPT",
+             "-p icmp -m icmp --icmp-type 3 -j ACCEPT",
+             f"-p udp -m multiport --sports {SERVER_PORTS} -j ACCEPT"),
+         6: ("-p tcp -m tcp --tcp-flags ACK ACK -j ACCEPT",
+             "-p tcp -m tcp --tcp-flags RST RST -j ACCEPT",
+             "-p ipv6-icmp -m icmp6 --icmpv6-type 1 -j ACCEPT",
+             "-p ipv6-icmp -m icmp6 --icmpv6-type 135 -j ACCEPT",
+             "-p ipv6-icmp -m icmp6 --icmpv6-type 136 -j ACCEPT",
+             f"-p udp -m multiport --sports {SERVER_PORTS} -j ACCEPT")}
 
-# (source ns, destination, port, path, packet iif, packet oif)
-def _probes() -> list[tuple[str, str, int, str, str, str]]:
+ADDR = {4: {"node": NODE, "node2": NODE2, "podgw": PODGW, "lo": "127.0.0.1", "meta": META,
+            "out": OUT},
+        6: {"node": NODE6, "node2": NODE2_6, "podgw": PODGW6, "lo": "::1", "meta": META6,
+            "out": OUT6}}
+SRC = {4: {"pod": POD, "peer": PEER, "out": OUT, "node": "127.0.0.1"},
+       6: {"pod": POD6, "peer": PEER6, "out": OUT6, "node": "::1"}}
+
+
+# (source ns, family, protocol, destination, port, path, packet iif, packet oif)
+def _probes() -> list[tuple[str, int, str, str, int, str, str, str]]:
     out = []
-    for port in NODE_PORTS:
-        out += [("pod", NODE, port, "input", "cali0", ""),
-                ("pod", PODGW, port, "input", "cali0", ""),
-                ("peer", NODE, port, "input", "eth0", ""),
-                ("out", NODE2, port, "input", "eth0", ""),
-                ("node", "127.0.0.1", port, "input", "lo", "")]
-    for port in OUT_PORTS:
-        out += [("pod", META, port, "forward", "cali0", "eth0"),
-                ("pod", OUT, port, "forward", "cali0", "eth0")]
+    for fam in (4, 6):
+        a = ADDR[fam]
+        for proto in ("tcp", "udp"):
+            for port in NODE_PORTS:
+                out += [("pod", fam, proto, a["node"], port, "input", "cali0", ""),
+                        ("pod", fam, proto, a["podgw"], port, "input", "cali0", ""),
+                        ("peer", fam, proto, a["node"], port, "input", "eth0", ""),
+                        ("out", fam, proto, a["node2"], port, "input", "eth0", ""),
+                        ("node", fam, proto, a["lo"], port, "input", "lo", "")]
+            for port in OUT_PORTS:
+                out += [("pod", fam, proto, a["meta"], port, "forward", "cali0", "eth0"),
+                        ("pod", fam, proto, a["out"], port, "forward", "cali0", "eth0")]
     return out
 
 
-SRC = {"pod": POD, "peer": PEER, "out": OUT, "node": "127.0.0.1"}
+POOLS = {
+    4: {"src": ["10.244.1.0/24", f"{POD}/32", "10.77.0.0/24", PEER, "198.51.100.0/24",
+                "10.0.0.0/8", "127.0.0.0/8"],
+        "dst": [NODE, NODE2, PODGW, "127.0.0.1", META, "198.51.100.0/24", "10.77.0.0/16"],
+        "icmp": "icmp",
+        "sets": ["nwpods src", "nwpeer src", "nwmeta dst", "nwnone src"],
+        "reject": ["icmp-port-unreachable", "icmp-admin-prohibited", "icmp-host-prohibited"]},
+    6: {"src": ["fd44:1::/64", f"{POD6}/128", "fd77::/64", PEER6, "2001:db8:100::/64",
+                "fd00::/8", "::1/128"],
+        "dst": [NODE6, NODE2_6, PODGW6, "::1", META6, "2001:db8:100::/64", "fd77::/48"],
+        "icmp": "ipv6-icmp",
+        "sets": ["nwpods6 src", "nwpeer6 src", "nwmeta6 dst", "nwnone6 src"],
+        "reject": ["icmp6-port-unreachable", "icmp6-adm-prohibited"]},
+}
 
 
 class Gen:
     """Seeded random iptables rulesets over the lab's addresses, interfaces and ports."""
 
-    def __init__(self, rnd: random.Random, notrack: bool = True, ct_negation: bool = True):
+    def __init__(self, rnd: random.Random, family: int = 4, notrack: bool = True,
+                 ct_negation: bool = True):
         self.r = rnd
+        self.family = family
+        self.pool = POOLS[family]
         self.notrack = notrack
         self.ct_negation = ct_negation
+        self.tcp = False  # the last matches() required -p tcp (REJECT --reject-with tcp-reset)
 
     def neg(self, p: float = 0.25) -> str:
         return "! " if self.r.random() < p else ""
@@ -82,21 +134,20 @@ class Gen:
     def matches(self, chain: str) -> str:
         r = self.r
         parts = []
+        self.tcp = False
         if r.random() < 0.3:
-            parts.append(self.neg() + "-s " + r.choice(
-                ["10.244.1.0/24", f"{POD}/32", "10.77.0.0/24", PEER, "198.51.100.0/24",
-                 "10.0.0.0/8", "127.0.0.0/8"]))
+            parts.append(self.neg() + "-s " + r.choice(self.pool["src"]))
         if r.random() < 0.3:
-            parts.append(self.neg() + "-d " + r.choice(
-                [NODE, NODE2, PODGW, "127.0.0.1", META, "198.51.100.0/24", "10.77.0.0/16"]))
+            parts.append(self.neg() + "-d " + r.choice(self.pool["dst"]))
         if r.random() < 0.35:
             parts.append(self.neg() + "-i " + r.choice(["cali0", "cali+", "eth0", "eth+", "lo"]))
         if chain in ("FORWARD",) and r.random() < 0.2:
             parts.append(self.neg() + "-o " + r.choice(["eth0", "eth+", "cali+"]))
         if r.random() < 0.5:
-            proto = r.choice(["tcp", "tcp", "tcp", "udp", "icmp"])
-            n = self.neg(0.1) if proto == "tcp" else ""
-            parts.append(f"{n}-p {proto}")
+            proto = r.choice(["tcp", "tcp", "udp", "udp", "icmp"])
+            n = self.neg(0.1) if proto in ("tcp", "udp") else ""
+            self.tcp = proto == "tcp" and not n
+            parts.append(f"{n}-p {self.pool['icmp'] if proto == 'icmp' else proto}")
             if proto in ("tcp", "udp") and not n and r.random() < 0.7:
                 ports = sorted(r.sample([*NODE_PORTS, *OUT_PORTS, 22, 10256], 3))
                 form = r.randrange(4)
@@ -111,15 +162,12 @@ class Gen:
                     parts.append(f"-m {proto} {self.neg()}--sport "
                                  + r.choice(["1024:65535", "0:1023"]))
         if r.random() < 0.2 and self.ct_negation:
-            parts.append(r.choice(["-m conntrack ", "-m state "]) + self.neg()
-                         + ("--ctstate " if "conntrack" in parts[-1:][0:1] else "")
-                         if False else self._ct())
+            parts.append(self._ct())
         if r.random() < 0.15:
             parts.append(f"-m addrtype {self.neg()}--{r.choice(['dst', 'src'])}-type "
                          + r.choice(["LOCAL", "UNICAST", "LOCAL,MULTICAST"]))
         if r.random() < 0.15:
-            parts.append(f"-m set {self.neg()}--match-set "
-                         + r.choice(["nwpods src", "nwpeer src", "nwmeta dst", "nwnone src"]))
+            parts.append(f"-m set {self.neg()}--match-set " + r.choice(self.pool["sets"]))
         if r.random() < 0.2:
             parts.append(f'-m comment --comment "gen rule {r.randrange(1000)}"')
         return " ".join(parts)
@@ -138,7 +186,8 @@ class Gen:
         r = self.r
         opts = ["ACCEPT", "DROP", "RETURN", 'LOG --log-prefix "nw "']
         if table == "filter":
-            opts += ["REJECT --reject-with icmp-port-unreachable", "REJECT"]
+            with_ = r.choice([*self.pool["reject"], *(["tcp-reset"] if self.tcp else [])])
+            opts += [f"REJECT --reject-with {with_}", "REJECT"]
             if users:
                 opts += ["JUMP", "JUMP", "GOTO"]
         if table == "raw" and self.notrack:
@@ -147,6 +196,10 @@ class Gen:
         if t in ("JUMP", "GOTO"):
             return ("-j " if t == "JUMP" else "-g ") + r.choice(users)
         return "-j " + t
+
+    def rule(self, table: str, chain: str, users: list[str]) -> str:
+        m = self.matches(chain)  # first: the target may depend on it (tcp-reset)
+        return f"-A {chain} {m} {self.target(table, chain, users)}".replace("  ", " ")
 
     def ruleset(self) -> str:
         r = self.r
@@ -161,58 +214,75 @@ class Gen:
             out += [f":{u} - [0:0]" for u in users]
             weight = 1 if table != "filter" else 6
             for c in chains:
-                out += [f"-A {c} {rule}" for rule in REPLY]
+                out += [f"-A {c} {rule}" for rule in REPLY[self.family]]
                 for _ in range(r.randrange(weight + 1) if r.random() < 0.8 else 0):
-                    tgt = self.target(table, c, users)
-                    if tgt.endswith("REJECT") and "-p tcp" not in tgt:
-                        pass
-                    out.append(f"-A {c} {self.matches(c)} {tgt}".replace("  ", " "))
+                    out.append(self.rule(table, c, users))
             for i, u in enumerate(users):
                 for _ in range(r.randrange(4)):
-                    tgt = self.target(table, u, users[i + 1:])
-                    out.append(f"-A {u} {self.matches('INPUT')} {tgt}".replace("  ", " "))
+                    out.append(self.rule(table, u, users[i + 1:]))
             out.append("COMMIT")
         return "\n".join(out) + "\n"
 
 
-EMPTY = "".join(f"*{t}\n" + "".join(f":{c} ACCEPT [0:0]\n" for c in cs) + "COMMIT\n"
-                for t, cs in (("raw", ["PREROUTING", "OUTPUT"]),
-                              ("mangle", ["PREROUTING", "INPUT", "FORWARD", "OUTPUT",
-                                          "POSTROUTING"]),
-                              ("filter", ["INPUT", "FORWARD", "OUTPUT"])))
+def _empty(tables) -> str:
+    return "".join(f"*{t}\n" + "".join(f":{c} ACCEPT [0:0]\n" for c in cs) + "COMMIT\n"
+                   for t, cs in tables)
 
 
+EMPTY = _empty((("raw", ["PREROUTING", "OUTPUT"]),
+                ("mangle", ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]),
+                ("filter", ["INPUT", "FORWARD", "OUTPUT"])))
+
+
+#: Native tables of the IPv4 ruleset (`ip`) at the iptables priorities; the IPv6 ruleset's
+#: `inet` tables see IPv4 packets too, so they sit 10 later: the kernel's order of two
+#: chains of equal priority is not something to test.
 NFT_PRIO = {"raw": -300, "mangle": -150, "filter": 0}
-NFT_SETS = {"nwpods": "10.244.0.0/16", "nwpeer": PEER, "nwmeta": META, "nwnone": ""}
+NFT_SETS = {4: {"nwpods": "10.244.0.0/16", "nwpeer": PEER, "nwmeta": META, "nwnone": ""},
+            6: {"nwpods6": "fd44::/16", "nwpeer6": PEER6, "nwmeta6": META6, "nwnone6": ""}}
+ICMPV6_TYPES = {"1": "destination-unreachable", "135": "nd-neighbor-solicit",
+                "136": "nd-neighbor-advert"}
+REJECT_WITH = {"icmp-port-unreachable": "icmp type port-unreachable",
+               "icmp-admin-prohibited": "icmp type admin-prohibited",
+               "icmp-host-prohibited": "icmp type host-prohibited",
+               "icmp6-port-unreachable": "icmpv6 type port-unreachable",
+               "icmp6-adm-prohibited": "icmpv6 type admin-prohibited",
+               "tcp-reset": "tcp reset"}
 
 
-def to_nft(text: str) -> str:
-    """Render a generated iptables ruleset as native nftables (tables ip nw_<name>), from
-    the parsed model, so the native rounds run the same shapes of rules."""
+def to_nft(text: str, family: int = 4, nft_family: str = "ip") -> str:
+    """Render a generated iptables ruleset as native nftables (tables <nft_family>
+    nw<family>_<name>), from the parsed model, so the native rounds run the same shapes of
+    rules."""
     out = []
-    for t in parse_iptables_save(text):
-        out.append(f"table ip nw_{t.name} {{")
-        for name, members in NFT_SETS.items():
+    inet = nft_family == "inet"
+    addr = "ip" if family == 4 else "ip6"
+    for t in parse_iptables_save(text, family=family):
+        out.append(f"table {nft_family} nw{family}_{t.name} {{")
+        for name, members in NFT_SETS[family].items():
             elems = f" elements = {{ {members} }}" if members else ""
-            out.append(f"  set {name} {{\n    type ipv4_addr; flags interval;{elems}\n  }}")
+            out.append(f"  set {name} {{\n    type ipv{family}_addr; flags interval;{elems}\n  }}")
         for c in t.chains.values():
             out.append(f"  chain {c.name} {{")
             if c.hook:
-                out.append(f"    type filter hook {c.hook} priority {NFT_PRIO[t.name]}; "
+                out.append(f"    type filter hook {c.hook} priority "
+                           f"{NFT_PRIO[t.name] + (10 if inet else 0)}; "
                            f"policy {c.policy.lower()};")
+                if inet:  # the IPv4 REPLY rule, for IPv4 packets meeting this table
+                    out.append("    icmp type destination-unreachable accept")
             for r in c.rules:
-                out.append("    " + " ".join([*(_nft_match(m) for m in r.matches),
-                                              _nft_target(r)]).strip())
+                out.append("    " + " ".join([*(_nft_match(m, addr) for m in r.matches),
+                                              _nft_target(r, inet)]).strip())
             out.append("  }")
         out.append("}")
     return "\n".join(out) + "\n"
 
 
-def _nft_match(m) -> str:
+def _nft_match(m, addr: str = "ip") -> str:
     ne = "!= " if m.negate else ""
     last = m.text.split()[-1]
     if m.op in ("src", "dst"):
-        return f"ip {'saddr' if m.op == 'src' else 'daddr'} {ne}{last}"
+        return f"{addr} {'saddr' if m.op == 'src' else 'daddr'} {ne}{last}"
     if m.op in ("iif", "oif"):
         name = m.args[0] + ("*" if m.args[1] else "")
         return f'{"iifname" if m.op == "iif" else "oifname"} {ne}"{name}"'
@@ -227,24 +297,31 @@ def _nft_match(m) -> str:
         types = ", ".join(x.lower() for x in m.args[1])
         return f"fib {'daddr' if m.args[0] == 'dst' else 'saddr'} type {ne}{{ {types} }}"
     if m.op == "set":
-        return f"ip {'saddr' if m.args[1][0] == 'src' else 'daddr'} {ne}@{m.args[0]}"
+        return f"{addr} {'saddr' if m.args[1][0] == 'src' else 'daddr'} {ne}@{m.args[0]}"
     if m.op == "tcpflags":
         mask = " | ".join(sorted(x.lower() for x in m.args[0]))
         comp = " | ".join(sorted(x.lower() for x in m.args[1]))
         return f"tcp flags & ({mask}) == {comp}"
     if m.op == "comment":
         return ""
-    if "icmp-type" in m.text:
+    if "--icmpv6-type" in m.text:
+        return f"icmpv6 type {ICMPV6_TYPES[last]}"
+    if "--icmp-type" in m.text:
         return "icmp type destination-unreachable"
     raise AssertionError(f"no nft rendering for {m}")
 
 
-def _nft_target(r) -> str:
+def _nft_target(r, inet: bool = False) -> str:
     t = r.target
     if t in ("ACCEPT", "DROP", "RETURN"):
         return t.lower()
     if t == "REJECT":
-        return "reject"
+        if not r.arg:
+            return "reject"
+        how = REJECT_WITH[r.arg]
+        if inet and how.startswith("icmp"):  # inet: the family-neutral icmpx codes
+            how = "icmpx type " + how.split()[-1]
+        return f"reject with {how}"
     if t == "LOG":
         return 'log prefix "nw "'
     if t in ("JUMP", "GOTO"):
@@ -259,7 +336,7 @@ class Prober:
         self.p = lab.spawn(ns, [sys.executable, str(PROBER)], wait_for="ready",
                            stdin=subprocess.PIPE)
 
-    def send(self, targets: list[tuple[str, int]]) -> None:
+    def send(self, targets: list[list]) -> None:
         self.p.stdin.write(json.dumps({"timeout": TIMEOUT, "targets": targets}) + "\n")
         self.p.stdin.flush()
 
@@ -267,9 +344,24 @@ class Prober:
         return json.loads(self.p.stdout.readline())
 
 
+def _ipv6_reason(lab, namespaces) -> str | None:
+    """None once IPv6 works in the lab (no tentative address left), else why not."""
+    for ns in namespaces:
+        if lab.sh("test", "-d", "/proc/sys/net/ipv6", ns=ns, check=False).returncode:
+            return "the kernel has no IPv6 in network namespaces"
+    deadline = time.monotonic() + 10
+    while any(lab.sh("ip", "-6", "addr", "show", "tentative", ns=ns).stdout.strip()
+              for ns in namespaces):
+        if time.monotonic() > deadline:
+            return "IPv6 addresses still tentative (DAD) after 10 s"
+        time.sleep(0.1)
+    return None
+
+
 @pytest.fixture(scope="module")
 def topo(module_lab):
-    for tool in ("iptables-legacy-restore", "iptables-nft-restore", "ipset", "conntrack"):
+    for tool in ("iptables-legacy-restore", "iptables-nft-restore", "ip6tables-legacy-restore",
+                 "ip6tables-nft-restore", "nft", "ipset", "conntrack"):
         if not shutil.which(tool):
             pytest.skip(f"needs {tool}")
     lab = module_lab
@@ -280,31 +372,56 @@ def topo(module_lab):
     lab.addr(out, "lo", f"{META}/32")
     pod = lab.pod(node, f"{POD}/24", gateway=f"{PODGW}/24", host_if="cali0")
     lab.route(node, f"{META}/32", OUT)
+    lab.route(out, "10.244.1.0/24", NODE2)
+    # IPv6 (lab.addr adds them with nodad): the same shape as IPv4.
+    for ns, ifname, cidr in ((node, "eth0", f"{NODE6}/64"), (node, "eth0", f"{NODE2_6}/64"),
+                             (node, "cali0", f"{PODGW6}/64"), (pod, "eth0", f"{POD6}/64"),
+                             (peer, "eth0", f"{PEER6}/64"), (out, "eth0", f"{OUT6}/64"),
+                             (out, "lo", f"{META6}/128")):
+        lab.addr(ns, ifname, cidr)
+    lab.sh("ip", "-6", "route", "add", "default", "via", PODGW6, ns=pod)
+    lab.route(node, f"{META6}/128", OUT6)
+    lab.route(out, "fd44:1::/64", NODE2_6)
+    lab.sysctl(node, "net.ipv6.conf.all.forwarding", "1")
     # REJECT answers with ICMP; the kernel rate-limits ICMP, which would turn rejects
     # into silent drops after the first few dozen probes.
     for key, value in (("net.ipv4.icmp_ratelimit", "0"), ("net.ipv4.icmp_msgs_per_sec", "1000000"),
-                       ("net.ipv4.icmp_msgs_burst", "1000000")):
+                       ("net.ipv4.icmp_msgs_burst", "1000000"), ("net.ipv6.icmp.ratelimit", "0")):
         lab.sysctl(node, key, value)
-    lab.route(out, "10.244.1.0/24", NODE2)
-    lab.spawn(node, [sys.executable, str(ACCEPTOR), *(f"0.0.0.0:{p}" for p in NODE_PORTS)],
+    v6_reason = _ipv6_reason(lab, (node, peer, out, pod))
+    if v6_reason:
+        pytest.skip(v6_reason)
+    # TCP on the wildcards; UDP echo on each address, so a reply leaves from the address
+    # the probe was sent to (a connected UDP socket ignores replies from any other).
+    lab.spawn(node, [sys.executable, str(ACCEPTOR),
+                     *(f"{a}:{p}" for p in NODE_PORTS for a in ("0.0.0.0", "[::]"))],
               wait_for="ready")
-    lab.spawn(out, [sys.executable, str(ACCEPTOR), *(f"0.0.0.0:{p}" for p in OUT_PORTS)],
+    lab.spawn(out, [sys.executable, str(ACCEPTOR),
+                    *(f"{a}:{p}" for p in OUT_PORTS for a in ("0.0.0.0", "[::]"))],
               wait_for="ready")
-    for cmd in (["ipset", "create", "nwpods", "hash:net"],
-                ["ipset", "add", "nwpods", "10.244.0.0/16"],
-                ["ipset", "create", "nwpeer", "hash:ip"], ["ipset", "add", "nwpeer", PEER],
-                ["ipset", "create", "nwmeta", "hash:ip"], ["ipset", "add", "nwmeta", META],
-                ["ipset", "create", "nwnone", "hash:ip"]):
-        lab.sh(*cmd, ns=node)
-    for flavour in ("legacy", "nft"):
-        r = lab.sh(f"iptables-{flavour}-restore", ns=node, check=False)
+    lab.spawn(node, [sys.executable, str(ECHO), *(f"[{a}]:{p}" for p in NODE_PORTS
+                                                   for a in LOCAL)], wait_for="ready")
+    lab.spawn(out, [sys.executable, str(ECHO), *(f"[{a}]:{p}" for p in OUT_PORTS
+                                                  for a in (OUT, META, OUT6, META6))],
+              wait_for="ready")
+    for fam in (4, 6):
+        for name, members in NFT_SETS[fam].items():
+            lab.sh("ipset", "create", name, "hash:net" if "/" in members else "hash:ip",
+                   *(["family", "inet6"] if fam == 6 else []), ns=node)
+            if members:
+                lab.sh("ipset", "add", name, members, ns=node)
+    for cmd in ("iptables-legacy-restore", "iptables-nft-restore", "ip6tables-legacy-restore",
+                "ip6tables-nft-restore"):
+        r = lab.sh(cmd, ns=node, check=False)
         if r.returncode != 0:
-            pytest.skip(f"iptables-{flavour}-restore does not work here: {r.stderr.strip()}")
+            pytest.skip(f"{cmd} does not work here: {r.stderr.strip()}")
     # nftables' "ct state" sees INVALID when no one asked for conntrack in this netns (xt
     # state/conntrack matches do; iptables-nft translates them to native ct expressions,
-    # which do not). Every real node has a nat table, which keeps conntrack on; so here.
-    _restore(lab, node, "iptables-legacy-restore",
-             "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n")
+    # which do not). Every real node has a nat table, which keeps conntrack on; so here,
+    # for each family.
+    nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
+    _restore(lab, node, "iptables-legacy-restore", nat)
+    _restore(lab, node, "ip6tables-legacy-restore", nat)
     probers = {name: Prober(lab, ns) for name, ns in
                (("pod", pod), ("peer", peer), ("out", out), ("node", node))}
     return lab, node, probers
@@ -318,32 +435,66 @@ def _restore(lab, node, cmd: str, text: str) -> None:
         raise RuntimeError(f"{cmd} failed: {r.stderr.strip()}\n{text}")
 
 
-def _apply(lab, node, mode: str, legacy: str, nft: str) -> None:
+def _apply(lab, node, mode: str, texts: dict[tuple[str, int], str], v6_table: str) -> None:
+    """texts: ("legacy" | "nft", family) -> generated iptables-save text; "nft" ones go
+    through iptables-nft, or (mode "nft") are rendered as native tables."""
     lab.sh("nft", "flush", "ruleset", ns=node)
-    _restore(lab, node, "iptables-legacy-restore", legacy if mode in ("iptables-legacy", "mixed")
-             else EMPTY)
+    for fam, cmd in ((4, "iptables"), (6, "ip6tables")):
+        _restore(lab, node, f"{cmd}-legacy-restore", texts["legacy", fam]
+                 if mode in ("iptables-legacy", "mixed") else EMPTY)
     if mode == "nft":
-        _restore(lab, node, "nft", to_nft(nft).replace("\n", "\n"))
+        _restore(lab, node, "nft", to_nft(texts["nft", 4], 4, "ip")
+                 + to_nft(texts["nft", 6], 6, v6_table))
     elif mode != "iptables-legacy":
-        _restore(lab, node, "iptables-nft-restore", nft)
+        for fam, cmd in ((4, "iptables"), (6, "ip6tables")):
+            _restore(lab, node, f"{cmd}-nft-restore", texts["nft", fam])
     lab.sh("conntrack", "-F", ns=node, check=False)
+    lab.sh("conntrack", "-F", "-f", "ipv6", ns=node, check=False)
+
+
+def _shown(mode: str, fam: int, texts: dict, v6_table: str) -> str:
+    """The ruleset of `fam` as it was applied, for a mismatch report."""
+    if mode == "iptables-legacy":
+        return texts["legacy", fam]
+    if mode == "nft":
+        native = to_nft(texts["nft", fam], fam, "ip" if fam == 4 else v6_table)
+        if fam == 4 and v6_table == "inet":  # the inet table meets IPv4 packets too
+            native += to_nft(texts["nft", 6], 6, "inet")
+        return native
+    if mode == "mixed":
+        return texts["nft", fam] + "--- legacy:\n" + texts["legacy", fam]
+    return texts["nft", fam]
 
 
 KIND = {"open": "accept", "refused": "reject", "timeout": "drop"}
 
 
-def test_evaluator_matches_kernel(topo):
+def test_evaluator_matches_kernel(topo, tmp_path):
     lab, node, probers = topo
     rnd = random.Random(SEED)
     probes = _probes()
-    stats = {"rulesets": 0, "probes": 0, "rules": 0}
+    by_src: dict[str, list[int]] = {}
+    for i, (src, *_rest) in enumerate(probes):
+        by_src.setdefault(src, []).append(i)
+    rulesets: Counter = Counter()  # (family, how applied) -> rulesets
+    outcomes: Counter = Counter()  # (family, protocol, kernel outcome) -> probes
+    rules = 0
     started = time.monotonic()
     mismatches = []
     for mode, rounds in ROUNDS.items():
         for rnum in range(rounds):
-            gen = Gen(rnd, notrack=mode != "mixed", ct_negation=mode != "nft")
-            legacy, nft = gen.ruleset(), gen.ruleset()
-            _apply(lab, node, mode, legacy, nft)
+            texts = {}
+            for fam in (4, 6):
+                gen = Gen(rnd, fam, notrack=mode != "mixed", ct_negation=mode != "nft")
+                texts["legacy", fam], texts["nft", fam] = gen.ruleset(), gen.ruleset()
+            v6_table = "inet" if rnum % 2 else "ip6"
+            _apply(lab, node, mode, texts, v6_table)
+            for fam in (4, 6):
+                if mode == "nft":
+                    rulesets[fam, "nft " + ("ip" if fam == 4 else v6_table)] += 1
+                for flavour in ("legacy", "nft"):
+                    if flavour in mode or mode == "mixed":
+                        rulesets[fam, f"iptables-{flavour}"] += 1
             dumps: dict[str, str] = {}
 
             def run(argv, dumps=dumps):
@@ -351,42 +502,47 @@ def test_evaluator_matches_kernel(topo):
                 return out
 
             ruleset = collect_ruleset(run)
-            stats["rulesets"] += 1
-            stats["rules"] += sum(len(c.rules) for t in ruleset.tables
-                                  for c in t.chains.values())
-            by_src: dict[str, list[int]] = {}
-            for i, (src, *_rest) in enumerate(probes):
-                by_src.setdefault(src, []).append(i)
+            rules += sum(len(c.rules) for t in ruleset.tables for c in t.chains.values())
             for src, idx in by_src.items():
-                probers[src].send([[probes[i][1], probes[i][2]] for i in idx])
+                probers[src].send([[probes[i][3], probes[i][4], probes[i][2]] for i in idx])
             seen: dict[int, str] = {}
             for src, idx in by_src.items():
                 for i, res in zip(idx, probers[src].recv(), strict=True):
                     seen[i] = KIND[res]
-            for i, (src, dst, port, path, iif, oif) in enumerate(probes):
-                pkt = Packet(4, SRC[src], dst, "tcp", port, iif=iif, oif=oif)
+            for i, (src, fam, proto, dst, port, path, iif, oif) in enumerate(probes):
+                pkt = Packet(fam, SRC[fam][src], dst, proto, port, iif=iif, oif=oif)
                 v = evaluate(ruleset, pkt, local_addresses=LOCAL, path=path)
-                stats["probes"] += 1
+                outcomes[fam, proto, seen[i]] += 1
                 got = seen[i]
                 want = v.action
                 if mode == "mixed":
                     got, want = got == "accept", want == "accept"
                 if not v.certain or got != want:
                     mismatches.append(
-                        f"[{mode} round {rnum}] {src}->{dst}:{port} ({path}) kernel={seen[i]} "
-                        f"evaluator={v.action} certain={v.certain} {v.reasons}\n  trace: "
-                        + "\n  ".join(map(str, v.trace)) + "\n--- ruleset:\n"
-                        + (legacy if mode == "iptables-legacy" else
-                           to_nft(nft) if mode == "nft" else nft)
-                        + ("" if mode != "mixed" else "--- legacy:\n" + legacy)
+                        f"[{mode} round {rnum}] IPv{fam} {proto} {src}->{dst}:{port} ({path}) "
+                        f"kernel={seen[i]} evaluator={v.action} certain={v.certain} "
+                        f"{v.reasons}\n  trace: " + "\n  ".join(map(str, v.trace))
+                        + "\n--- ruleset:\n" + _shown(mode, fam, texts, v6_table)
                         + "--- read back:\n" + "\n".join(f"{k}:\n{v}" for k, v in dumps.items()))
     took = time.monotonic() - started
-    print(f"\ndifferential: {stats['rulesets']} rulesets ({stats['rules']} rules read back), "
-          f"{stats['probes']} probes, {len(mismatches)} mismatches, {took:.1f}s")
+    total = sum(outcomes.values())
+    print(f"\ndifferential: {sum(ROUNDS.values())} rounds, {sum(rulesets.values())} rulesets "
+          f"({rules} rules read back), {total} probes, {len(mismatches)} mismatches, "
+          f"{took:.1f}s")
+    for fam in (4, 6):
+        print(f"  IPv{fam} rulesets: " + ", ".join(
+            f"{how} {n}" for (f, how), n in sorted(rulesets.items()) if f == fam))
+        for proto in ("tcp", "udp"):
+            n = {k: outcomes[fam, proto, k] for k in ("accept", "reject", "drop")}
+            print(f"  IPv{fam} {proto}: {sum(n.values())} probes (" +
+                  ", ".join(f"{k} {v}" for k, v in n.items()) + ")")
     kinds: dict[str, int] = {}
     for m in mismatches:
         head = re.sub(r"round \d+", "", m.split("\n")[0])
         kinds[head] = kinds.get(head, 0) + 1
     for head, count in sorted(kinds.items(), key=lambda kv: -kv[1])[:15]:
         print(count, head)
-    assert not mismatches, f"{len(mismatches)} mismatches; first:\n" + mismatches[0]
+    if mismatches:
+        report = tmp_path / "mismatches.txt"
+        report.write_text("\n=====\n".join(mismatches))
+        pytest.fail(f"{len(mismatches)} mismatches (all in {report}); first:\n" + mismatches[0])
