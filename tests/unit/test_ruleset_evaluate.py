@@ -289,3 +289,17 @@ def test_ct_state_is_invalid_before_conntrack():
     for prio, want in ((-300, "accept"), (-150, "drop")):
         tables, sets = parse_nft_json(_nft_doc("ip", [ct], hook="prerouting", prio=prio))
         assert evaluate(Ruleset(tables, sets), pkt(), local_addresses=LOCAL).action == want
+
+
+def test_nft_reject_with_tcp_reset_only_matches_tcp():
+    """Found by the kernel differential test (UDP probes). nft lists `meta l4proto tcp
+    reject with tcp reset` as `reject with tcp reset`: the l4proto check is still in the
+    kernel, so UDP goes on to the next rule. The evaluator rejected UDP."""
+    rst = [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "cali0"}},
+           {"reject": {"type": "tcp reset"}}]
+    tables, sets = parse_nft_json(_nft_doc("ip", [rst]))
+    r = Ruleset(tables, sets)
+    assert evaluate(r, pkt(), local_addresses=LOCAL).action == "reject"
+    udp = Packet(4, "10.244.1.2", "10.0.0.1", "udp", 53, iif="cali0")
+    assert evaluate(r, udp, local_addresses=LOCAL).action == "accept"
+

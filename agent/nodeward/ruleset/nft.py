@@ -75,6 +75,9 @@ _FAMILY_DEP = {"ip": (Match("nfproto", (4,), False, "meta nfproto ipv4"),),
                "ip6": (Match("nfproto", (6,), False, "meta nfproto ipv6"),)}
 
 
+_TCP = Match("proto", ("tcp",), False, "meta l4proto tcp")
+
+
 def _match(m: dict, setkey) -> list[Match]:
     """One nft match expression -> Matches (may be two: "tcp dport" implies l4proto tcp)."""
     op, left, right = m.get("op", "=="), m.get("left"), m.get("right")
@@ -248,6 +251,10 @@ def _rule(r: dict, n: int, setkey) -> Rule:
             matches.extend(_match(v, setkey))
         elif k in _VERDICTS:
             target = _VERDICTS[k]
+            if k == "reject" and isinstance(v, dict) and v.get("type") == "tcp reset":
+                # nft puts "meta l4proto tcp" before a "reject with tcp reset" and lists the
+                # rule without it: the rule never matches anything but TCP
+                matches.append(_TCP)
             break
         elif k in ("jump", "goto"):
             target, arg = k.upper(), v["target"]
