@@ -303,3 +303,90 @@ def test_nft_reject_with_tcp_reset_only_matches_tcp():
     udp = Packet(4, "10.244.1.2", "10.0.0.1", "udp", 53, iif="cali0")
     assert evaluate(r, udp, local_addresses=LOCAL).action == "accept"
 
+
+def _nat(rules: str, family: int = 4, filt: str = "") -> Ruleset:
+    return Ruleset(parse_iptables_save(
+        f"*nat\n:PREROUTING ACCEPT [0:0]\n{rules}COMMIT\n"
+        f"*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n{filt}COMMIT\n", family=family))
+
+
+def test_nat_is_skipped_for_looped_back_and_untracked_packets():
+    """Found by the kernel differential test. nat PREROUTING only sees a connection's first
+    packet when conntrack can bind it there: a looped-back packet was bound in OUTPUT, and
+    a NOTRACKed one is never NATed. The evaluator DNATed both."""
+    r = _nat("-A PREROUTING -p tcp -m tcp --dport 30080 -j DNAT --to-destination "
+             "10.0.0.1:2379\n", filt="-A INPUT -p tcp -m tcp --dport 2379 -j REJECT\n")
+    assert evaluate(r, pkt(port=30080), local_addresses=LOCAL).action == "reject"
+    lo = pkt(src="127.0.0.1", dst="127.0.0.1", port=30080, iif="lo")
+    assert evaluate(r, lo, local_addresses=LOCAL).action == "accept"
+    raw = Ruleset(parse_iptables_save(
+        "*raw\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j CT --notrack\nCOMMIT\n"))
+    v = evaluate(raw.merge(r), pkt(port=30080), local_addresses=LOCAL)
+    assert v.action == "accept" and v.certain
+
+
+def test_first_nat_binding_wins():
+    """Two nat chains on a hook: once one DNATs, the connection is bound and later nat
+    chains are not consulted (nf_nat_inet_fn); a lab test proves it on the kernel."""
+    first = _nat("-A PREROUTING -p tcp -m tcp --dport 30080 -j DNAT --to-destination "
+                 "10.0.0.1:6443\n", filt="-A INPUT -p tcp -m tcp --dport 2379 -j REJECT\n")
+    second = Ruleset(parse_iptables_save(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -p tcp -j DNAT --to-destination "
+        "10.0.0.1:2379\nCOMMIT\n", frontend="iptables-nft"))
+    both = first.merge(second)
+    assert evaluate(both, pkt(port=30080), local_addresses=LOCAL).action == "accept"
+    assert evaluate(both, pkt(port=6443), local_addresses=LOCAL).action == "reject"
+
+
+def test_redirect_follows_the_incoming_interfaces_first_address():
+    """REDIRECT goes to the incoming interface's first address of the family (IPv6: the
+    first `ip addr` lists, i.e. the newest, of the destination's scope), port --to-ports.
+    Without the interface addresses the evaluator cannot follow it and says so."""
+    ifaddrs = {"eth0": ("10.0.0.1", "10.9.0.1", "2001:db8::1", "fd00::1", "fe80::1"),
+               "cali0": ("fe80::2",)}
+    r = _nat("-A PREROUTING -p tcp -m tcp --dport 30080 -j REDIRECT --to-ports 6443\n",
+             filt="-A INPUT -d 10.0.0.1 -p tcp -m tcp --dport 6443 -j DROP\n")
+    p = pkt(src="10.1.1.1", dst="10.9.0.1", port=30080, iif="eth0")
+    assert evaluate(r, p, local_addresses=["10.0.0.1", "10.9.0.1"],
+                    interface_addresses=ifaddrs).action == "drop"
+    v = evaluate(r, p, local_addresses=["10.0.0.1", "10.9.0.1"])
+    assert not v.certain and any("REDIRECT" in why for why in v.reasons)
+    r6 = _nat("-A PREROUTING -p udp -m udp --dport 30080 -j REDIRECT --to-ports 6443\n",
+              family=6, filt="-A INPUT -d 2001:db8::1 -p udp -m udp --dport 6443 -j REJECT\n")
+    p6 = Packet(6, "2001:db8::9", "fd00::1", "udp", 30080, iif="eth0")
+    assert evaluate(r6, p6, local_addresses=["2001:db8::1", "fd00::1"],
+                    interface_addresses=ifaddrs).action == "reject"
+    # no global address on cali0: the kernel drops what it cannot redirect
+    p6 = Packet(6, "fd44::2", "fd00::1", "udp", 30080, iif="cali0")
+    assert evaluate(r6, p6, local_addresses=["fd00::1"],
+                    interface_addresses=ifaddrs).action == "drop"
+
+
+def test_nft_dnat_and_redirect_are_followed():
+    """Found by the kernel differential test. nft's `dnat ip6 to [v6]:port` was read as the
+    address "v6:port", `dnat ip6 to` in an inet table was applied to IPv4 packets too, and
+    `redirect` was not understood at all."""
+    dnat6 = [{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                        "right": 30080}},
+             {"dnat": {"family": "ip6", "addr": "fd77::1", "port": 6443}}]
+    redir = [{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}},
+                        "right": 30080}}, {"redirect": {"port": 2379}}]
+    tables, sets = parse_nft_json(_nft_doc("inet", [dnat6, redir], hook="prerouting",
+                                           prio=-100))
+    (rule6, rule_r), = [c.rules for t in tables for c in t.chains.values()]
+    assert (rule6.target, rule6.arg) == ("DNAT", "[fd77::1]:6443")
+    assert (rule_r.target, rule_r.arg) == ("REDIRECT", "2379")
+    filt = Ruleset(parse_iptables_save(
+        "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -m tcp --dport 6443 -j REJECT\n"
+        "-A INPUT -p udp -m udp --dport 2379 -j DROP\nCOMMIT\n", family=6))
+    filt4 = Ruleset(parse_iptables_save(
+        "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -m tcp --dport 6443 -j REJECT\n"
+        "-A INPUT -p udp -m udp --dport 2379 -j DROP\nCOMMIT\n"))
+    r = Ruleset(tables, sets).merge(filt).merge(filt4)
+    local = ["fd77::1", "10.0.0.1"]
+    v6 = Packet(6, "fd44::2", "fd77::1", "tcp", 30080, iif="eth0")
+    assert evaluate(r, v6, local_addresses=local).action == "reject"
+    assert evaluate(r, pkt(port=30080), local_addresses=local).action == "accept"  # not v4
+    udp = Packet(6, "fd44::2", "fd77::1", "udp", 30080, iif="eth0")
+    assert evaluate(r, udp, local_addresses=local,
+                    interface_addresses={"eth0": ("fd77::1",)}).action == "drop"

@@ -40,11 +40,13 @@ class _Out:
 
 
 class _Ctx:
-    __slots__ = ("branches", "local", "max_branches", "set_cache", "sets", "xt")
+    __slots__ = ("branches", "ifaddrs", "local", "max_branches", "set_cache", "sets", "xt")
 
-    def __init__(self, ruleset: Ruleset, local: frozenset[str], max_branches: int) -> None:
+    def __init__(self, ruleset: Ruleset, local: frozenset[str], max_branches: int,
+                 ifaddrs=None) -> None:
         self.sets = ruleset.sets
         self.local = local
+        self.ifaddrs = ifaddrs
         self.max_branches = max_branches
         self.branches = 0
         self.set_cache: dict[str, tuple | None] = {}
@@ -255,6 +257,24 @@ def _dnat(p: Packet, arg: str) -> Packet | None:
         return None
 
 
+def _redirect(ctx: _Ctx, p: Packet, arg: str) -> Packet | str | None:
+    """REDIRECT [--to-ports N]: to the incoming interface's first address of the packet's
+    family (IPv6: of the destination's scope), as nf_nat_redirect does; "drop" when it has
+    none; None when the interface's addresses were not given or the ports are a range."""
+    addrs = ctx.ifaddrs.get(p.iif) if ctx.ifaddrs is not None and p.iif else None
+    if addrs is None or "-" in arg or ":" in arg:
+        return None
+    if p.family == 4:
+        cands = [a for a in addrs if ":" not in a]
+    else:
+        link = ipaddress.IPv6Address(p.dst).is_link_local
+        cands = [a for a in addrs if ":" in a and ipaddress.IPv6Address(a).is_link_local == link]
+    if not cands:
+        return "drop"
+    return Packet(p.family, p.src, cands[0], p.protocol, int(arg) if arg else p.dport, p.sport,
+                  p.iif, p.oif, p.ctstate, p.tcp_flags)
+
+
 def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[Step, ...],
          reasons: tuple[str, ...]) -> list[_Out]:
     """Walk from the frame stack [[chain, next_index], ...] to a verdict for this base chain."""
@@ -328,7 +348,17 @@ def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[St
                 idx = n
                 break
             if t == "DNAT" or t == "REDIRECT":
-                q = _dnat(p, rule.arg) if t == "DNAT" else None
+                if p.iif == "lo" or p.ctstate not in ("NEW", "RELATED") or \
+                        any(s.effect == "dnat" for s in trace):
+                    # No NAT lookup: a looped-back packet was bound in OUTPUT, an untracked
+                    # (or INVALID) one has no conntrack entry to bind, and once a nat chain
+                    # bound the connection the later ones are not consulted.
+                    trace = (*trace, _eff(step, "no-nat"))
+                    continue
+                q = _dnat(p, rule.arg) if t == "DNAT" else _redirect(ctx, p, rule.arg)
+                if q == "drop":  # REDIRECT and the interface has no address to redirect to
+                    return [*outs, _Out("drop", p, (*trace, _eff(step, "drop")), reasons,
+                                        False)]
                 if q is None:
                     why = f"{fe} {tn} {chain.name} #{idx}: {t} {rule.arg} not followed"
                     return [*outs, _Out("accept", p, (*trace, _eff(step, t.lower())),
@@ -378,11 +408,15 @@ def hook_chains(ruleset: Ruleset, hook: str, family: int) -> list[tuple[Table, C
 
 
 def evaluate(ruleset: Ruleset, packet: Packet, *, local_addresses=(), path: str = "input",
-             max_branches: int = 256) -> Verdict:
-    """The verdict for `packet` on `path` ("input": to the host; "forward": through it)."""
+             max_branches: int = 256, interface_addresses=None) -> Verdict:
+    """The verdict for `packet` on `path` ("input": to the host; "forward": through it).
+
+    `interface_addresses` (interface -> its addresses in the order `ip addr` lists them)
+    lets a REDIRECT be followed: to the incoming interface's first address of the family.
+    Without it a REDIRECT leaves the verdict uncertain."""
     if path not in PATH_HOOKS:
         raise ValueError(f"path must be input or forward, not {path!r}")
-    ctx = _Ctx(ruleset, frozenset(local_addresses), max_branches)
+    ctx = _Ctx(ruleset, frozenset(local_addresses), max_branches, interface_addresses)
     live = [_Out("accept", packet, (), (), False)]
     final: list[_Out] = []
     for hook in PATH_HOOKS[path]:

@@ -263,7 +263,19 @@ def _rule(r: dict, n: int, setkey) -> Rule:
             target = "NOTRACK"  # non-terminating; a later verdict in the rule overrides it
         elif k == "dnat" and isinstance(v, dict) and isinstance(v.get("addr"), str):
             target = "DNAT"
-            arg = v["addr"] + (f":{v['port']}" if "port" in v else "")
+            addr = v["addr"]
+            if "port" in v:  # iptables' --to-destination form: a.b.c.d:port, [v6]:port
+                addr = f"[{addr}]:{v['port']}" if ":" in addr else f"{addr}:{v['port']}"
+            arg = addr
+            # inet: "dnat ip6 to" does nothing to an IPv4 packet (nor "ip" to IPv6), and
+            # the rule goes on as if it had not matched
+            matches.extend(_FAMILY_DEP.get(v.get("family"), ()))
+            break
+        elif k == "redirect" and (v is None or isinstance(v, dict)):
+            target = "REDIRECT"  # to the incoming interface's address; same port if none
+            port = (v or {}).get("port", "")
+            arg = f"{port['range'][0]}-{port['range'][1]}" if isinstance(port, dict) and \
+                "range" in port else str(port)
             break
         elif k in ("masquerade", "snat"):
             target = "MASQUERADE"
