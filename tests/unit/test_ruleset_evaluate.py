@@ -390,3 +390,19 @@ def test_nft_dnat_and_redirect_are_followed():
     udp = Packet(6, "fd44::2", "fd77::1", "udp", 30080, iif="eth0")
     assert evaluate(r, udp, local_addresses=local,
                     interface_addresses={"eth0": ("fd77::1",)}).action == "drop"
+
+
+def test_reach_follows_redirect_with_interface_addresses():
+    """kube-proxy-style REDIRECT in nat PREROUTING: with the node's interface addresses the
+    scan follows it (to the incoming interface's address) instead of calling it uncertain."""
+    r = Ruleset(parse_iptables_save(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -i cali+ -p tcp -m tcp --dport 10250 "
+        "-j REDIRECT --to-ports 10999\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\n"
+        "-A INPUT -p tcp -m tcp --dport 10999 -j DROP\nCOMMIT\n"))
+    sock = Socket("tcp", 4, "0.0.0.0", 10250, 1, 0)
+    kw = {"node_addresses": ["10.0.0.1"], "pod_interfaces": ["cali5"]}
+    blind = reachability([sock], r, **kw)[0].verdicts["pod"]
+    assert not blind.certain
+    seen = reachability([sock], r, **kw, interface_addresses={
+        "cali5": ["10.244.1.1"], "eth0": ["10.0.0.1"]})[0].verdicts["pod"]
+    assert seen.certain and seen.action == "drop"  # redirected to 10999, dropped there

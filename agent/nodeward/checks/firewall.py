@@ -63,12 +63,16 @@ def analyse(snap: NodeSnapshot, cfg: Config, ruleset: Ruleset,
                if any(i.pod_facing and i.name.startswith(p.rstrip("*+")) for i in snap.interfaces)]
     pod_ifs = pod_ifs or list(cfg.pod_interfaces[:1])
     node_if = node_interface(snap)
+    pod_if = next((i.name for i in snap.interfaces if i.pod_facing), "cali0")
+    # the pod class arrives on a real pod-facing interface when there is one
+    concrete = [pod_if] if any(i.pod_facing for i in snap.interfaces) else []
     reach = reachability(snap.sockets, ruleset, node_addresses=node_addrs,
                          node_cidrs=[str(n) for n in cfg.node_cidrs],
                          pod_cidrs=[str(n) for n in cfg.pod_cidrs],
-                         pod_interfaces=pod_ifs, node_interface=node_if, memo=memo,
-                         pod_gateways=gateways, link_local=link_local)
-    pod_if = next((i.name for i in snap.interfaces if i.pod_facing), "cali0")
+                         pod_interfaces=[*concrete, *pod_ifs], node_interface=node_if,
+                         memo=memo, pod_gateways=gateways, link_local=link_local,
+                         interface_addresses={i.name: [a.address for a in i.addresses]
+                                              for i in snap.interfaces})
     found = findings(reach, ruleset, roles(snap, cfg.catalog),
                      pod_cidrs=[str(n) for n in cfg.pod_cidrs], pod_interface=pod_if,
                      node_interface=node_if,

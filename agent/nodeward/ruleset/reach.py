@@ -102,23 +102,29 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
                  pod_interfaces: Sequence[str] = ("cali+",), node_interface: str = "eth0",
                  memo: ReachMemo | None = None,
                  pod_gateways: Sequence[str] = (),
-                 link_local: Mapping[str, Sequence[str]] | None = None) -> list[Reach]:
+                 link_local: Mapping[str, Sequence[str]] | None = None,
+                 interface_addresses: Mapping[str, Sequence[str]] | None = None,
+                 ) -> list[Reach]:
     """Per socket, per source class, the firewall Verdict for a new connection.
     `pod_gateways` are the node's addresses on pod-facing interfaces: local (addrtype
     LOCAL), and a destination pods can aim a wildcard socket at besides node addresses.
     `link_local` maps "node"/"pod" to the node's fe80:: addresses on the interfaces those
     classes arrive on: on-link neighbours (and pods, over their veth) reach an IPv6
-    wildcard socket there even when the node has no other IPv6 address."""
+    wildcard socket there even when the node has no other IPv6 address.
+    `interface_addresses` (interface -> addresses, `ip addr` order) lets the evaluator
+    follow a REDIRECT instead of calling it uncertain."""
     link_local = link_local or {}
     extra = {"node": tuple(link_local.get("node", ())),
              "pod": (*pod_gateways, *link_local.get("pod", ()))}
-    local = (*node_addresses, *extra["node"], *extra["pod"], "127.0.0.1", "::1")
+    local = (*node_addresses, *extra["node"], *extra["pod"], "127.0.0.1", "::1",
+             *(a for addrs in (interface_addresses or {}).values() for a in addrs))
     out = []
     shared: dict[tuple, tuple[dict, dict]] = {}
     old: dict[tuple, tuple[dict, dict]] = {}
     new: dict[tuple, tuple[dict, dict]] = {}
     if memo is not None and ruleset.fingerprint:
         key = (ruleset.fingerprint, tuple(node_addresses), tuple(sorted(extra.items())),
+               tuple(sorted((k, tuple(v)) for k, v in (interface_addresses or {}).items())),
                tuple(node_cidrs),
                tuple(pod_cidrs), tuple(pod_interfaces), node_interface)
         if memo.key == key:
@@ -159,7 +165,8 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
                     # a link-local destination is reached from the neighbour's own fe80::
                     sa = "fe80::10" if dst.startswith("fe80") and cls != "loopback" else src
                     v = evaluate(ruleset, Packet(fam, sa, dst, s.protocol, s.port, iif=iif),
-                                 local_addresses=local, path="input")
+                                 local_addresses=local, path="input",
+                                 interface_addresses=interface_addresses)
                     if best is None or _RANK[v.action] > _RANK[best.action]:
                         best, where[cls] = v, dst
             if best is not None:
