@@ -98,9 +98,9 @@ def test_reach_and_findings():
     assert by_port[2379].verdicts["pod"].action == "drop"
     assert by_port[2379].verdicts["anywhere"].action == "accept"
     assert set(by_port[10248].verdicts) == {"loopback"}
-    roles = {("tcp", 4, "0.0.0.0", 2379): Role("etcd", Severity.CRITICAL, ALLOWED["loopback"]),
-             ("tcp", 4, "0.0.0.0", 10250): Role("kubelet", Severity.HIGH, ALLOWED["node"]),
-             ("tcp", 4, "0.0.0.0", 53): Role("dns", Severity.LOW, ALLOWED["any"])}
+    roles = {socks[0]: Role("etcd", Severity.CRITICAL, ALLOWED["loopback"]),
+             socks[1]: Role("kubelet", Severity.HIGH, ALLOWED["node"]),
+             socks[3]: Role("dns", Severity.LOW, ALLOWED["any"])}
     got = findings(reach, r, roles, pod_cidrs=["10.244.0.0/16"])
     ids = sorted((f.id, f.port) for f in got)
     assert ("NW201", 10250) in ids and ("NW201", 2379) not in ids

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from ..catalog import Catalog
 from ..config import Config
-from ..model import Finding, NodeSnapshot, Severity
+from ..model import Finding, NodeSnapshot, Severity, Socket
 from ..ruleset.model import Ruleset
 from ..ruleset.reach import Reach, ReachMemo, reachability
 from ..scope import has_pod_interfaces
-from .reachability import ALLOWED, Role, evidence, findings, socket_key
+from .reachability import ALLOWED, Role, evidence, findings
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def node_interface(snap: NodeSnapshot) -> str:
     return "eth0"
 
 
-def roles(snap: NodeSnapshot, catalog: Catalog) -> dict[tuple, Role]:
+def roles(snap: NodeSnapshot, catalog: Catalog) -> dict[Socket, Role]:
     """Role of every socket the catalog identifies as its component (a squatter on a
     component's port has none: it is an unidentified host service, and NW104's)."""
     out = {}
@@ -43,7 +43,7 @@ def roles(snap: NodeSnapshot, catalog: Catalog) -> dict[tuple, Role]:
         ident = catalog.identify(s.protocol, s.port, s.process)
         c = ident.component
         if c is not None and not ident.unexpected_process:
-            out[socket_key(s.protocol, s.family, s.address, s.port)] = Role(
+            out[s] = Role(
                 c.name, c.severity, ALLOWED.get(c.max_scope, ALLOWED["node"]))
     return out
 

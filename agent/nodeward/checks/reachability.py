@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..model import Finding, Severity
+from ..model import Finding, Severity, Socket
 from ..ruleset.evaluate import evaluate, hook_chains
 from ..ruleset.model import Packet, Ruleset, Verdict
 from ..ruleset.reach import CLASSES, Reach
@@ -41,26 +41,22 @@ class Role:
         return self.allowed != ALLOWED["any"]
 
 
-def socket_key(protocol: str, family: int, address: str, port: int) -> tuple:
-    return (protocol, family, address, port)
-
-
 def evidence(v: Verdict, dst: str) -> dict:
     return {"destination": dst, "certain": v.certain, "reasons": list(v.reasons),
             "rule_path": [str(s) for s in v.trace]}
 
 
-def findings(reach: Iterable[Reach], ruleset: Ruleset, roles: Mapping[tuple, Role], *,
+def findings(reach: Iterable[Reach], ruleset: Ruleset, roles: Mapping[Socket, Role], *,
              pod_cidrs: Sequence[str] = (), pod_interface: str = "cali0",
              node_interface: str = "eth0", pods: bool = True) -> list[Finding]:
-    """`roles` maps socket_key(...) of identified components to their Role; a socket
-    without one is an unidentified host service. `pods` False (no pod-facing interface
+    """`roles` maps the sockets the catalog identifies to their Role; a socket without
+    one is an unidentified host service. `pods` False (no pod-facing interface
     and no pod CIDR: nothing suggests this node hosts pods) leaves out the pod paths."""
     out: list[Finding] = []
     sensitive_ports: dict[tuple[str, int, int], None] = {}  # (protocol, port, family)
     for r in reach:
         s = r.socket
-        role = roles.get(socket_key(s.protocol, s.family, s.address, s.port))
+        role = roles.get(s)
         if role is not None:
             if role.sensitive and not s.address.startswith(("127.", "::1")):
                 dual = s.address == "::" and not s.v6only

@@ -36,12 +36,9 @@ def socket_dict(s: Socket, catalog: Catalog) -> dict[str, Any]:
     }
 
 
-def _reach_index(result: CheckResult) -> dict[tuple, Any]:
-    return {_skey(r.socket): r for r in result.reach}
-
-
-def _skey(s: Socket) -> tuple:
-    return (s.protocol, s.family, s.address, s.port, s.interface)
+def _reach_index(result: CheckResult) -> dict[Socket, Any]:
+    """Reach results by the snapshot socket they are for (the same objects)."""
+    return {r.socket: r for r in result.reach}
 
 
 def firewall_dict(reach: Any) -> dict[str, Any]:
@@ -75,7 +72,7 @@ def document(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog) -> d
         "summary": {"sockets": len(snapshot.sockets), "findings": len(result.findings),
                     "by_severity": counts, "suppressed": len(result.suppressed)},
         "firewall_evaluated": snapshot.ruleset is not None,
-        "sockets": [_with_reach(socket_dict(s, catalog), reach.get(_skey(s)))
+        "sockets": [_with_reach(socket_dict(s, catalog), reach.get(s))
                     for s in snapshot.sockets],
         "findings": [f.to_dict() for f in result.findings],
         "suppressed": [{**f.to_dict(), "reason": s.reason} for f, s in result.suppressed],
@@ -136,7 +133,7 @@ def to_table(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog,
     for s in snapshot.sockets:
         d = socket_dict(s, catalog)
         proc = f"{d['process']}({d['pid']})" if d["pid"] else "-"
-        r = reach.get(_skey(s))
+        r = reach.get(s)
         rows.append([s.protocol, _endpoint(s.address, s.port), d["scope"] +
                      (f"({d['interface']})" if d["interface"] else ""),
                      *([reach_cell(r) if r is not None else "-"] if fw else []),
