@@ -13,7 +13,7 @@ from dataclasses import replace as dataclasses_replace
 
 from . import __version__
 from . import config as config_mod
-from .checks import run_checks, with_findings
+from .checks import run_checks
 from .model import Severity
 from .report import render
 from .report.logs import log_finding, make_logger
@@ -110,8 +110,6 @@ def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
             raise UsageError(f"ruleset: {e.filename}: {e.strerror}") from None
     snap = take_snapshot(cfg, force_procfs=args.procfs, firewall=firewall, ruleset=saved)
     result = run_checks(snap, cfg)
-    notes = list(snap.notes)
-    extra: list = []
     if args.explain is not None:
         from .report.explain import explain
 
@@ -123,21 +121,14 @@ def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         return EXIT_OK
     cluster = cfg.section("cluster")
     if args.offline:
-        import dataclasses
-
         from .collect.cluster import ClusterSettings
 
-        cluster = dataclasses.replace(cluster or ClusterSettings(), offline_dir=args.offline,
+        cluster = dataclasses_replace(cluster or ClusterSettings(), offline_dir=args.offline,
                                       use_api=False)
     if cluster is not None:
-        from .clusterscan import cluster_findings
+        from .clusterscan import with_cluster
 
-        cscan, cfound = cluster_findings(cluster, snap)
-        notes += list(cscan.notes)
-        extra += cfound
-    result = with_findings(result, extra, cfg.suppress)
-    if notes != list(snap.notes):
-        snap = dataclasses_replace(snap, notes=tuple(notes))
+        snap, result = with_cluster(snap, result, cluster, cfg.suppress)
     for note in snap.notes:
         err_log.warning("collector_note", note=note)
     out = sys.stdout

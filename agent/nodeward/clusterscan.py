@@ -6,15 +6,18 @@ socket or netlink family: those become notes and NW500. `check_cluster_scan` is 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .checks import CheckResult, with_findings
 from .checks.calico import calico_findings
 from .checks.encryption import Route, ipsec_findings, route_findings, wireguard_findings
 from .collect.cluster import ClusterSettings, ClusterView, collect_cluster
 from .collect.wireguard import UAPI_DIR, WgDevice, collect_netlink, collect_uapi
 from .collect.xfrm import XfrmPolicy, XfrmState, collect_xfrm
+from .config import Suppression
 from .model import Finding, NodeSnapshot
 
 
@@ -89,6 +92,16 @@ def check_cluster_scan(scan: ClusterScan, settings: ClusterSettings,
         out += ipsec_findings(scan.xfrm_states, scan.xfrm_policies, peers,
                               scan.local_addresses)
     return out
+
+
+def with_cluster(snapshot: NodeSnapshot, result: CheckResult, settings: ClusterSettings,
+                 suppress: tuple[Suppression, ...]) -> tuple[NodeSnapshot, CheckResult]:
+    """The cluster stage added to a scan (CLI and daemon alike): its findings, suppressed
+    like the rest, and its collector notes joined to the snapshot's."""
+    scan, found = cluster_findings(settings, snapshot)
+    if scan.notes:
+        snapshot = dataclasses.replace(snapshot, notes=snapshot.notes + tuple(scan.notes))
+    return snapshot, with_findings(result, found, suppress)
 
 
 def cluster_findings(settings: ClusterSettings,

@@ -10,7 +10,6 @@ and says why); SIGTERM/SIGINT finish the current cycle and exit 0.
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import threading
 import time
@@ -128,7 +127,11 @@ class Agent:
         start = time.perf_counter()
         snap = self.snapshotter(self.cfg)
         result = run_checks(snap, self.cfg, self.reach_memo)
-        snap, result = self._with_cluster(snap, result)
+        cluster = self.cfg.section("cluster")
+        if cluster is not None:  # encryption and Calico checks, as `nodeward scan` runs them
+            from .clusterscan import with_cluster
+
+            snap, result = with_cluster(snap, result, cluster, self.cfg.suppress)
         result = self._with_probes(snap, result)
         opened, resolved, self.previous = diff_findings(self.previous, result.findings)
         duration = time.perf_counter() - start
@@ -169,20 +172,6 @@ class Agent:
         self.metrics.last_scan.set(time.time())
         self.last_ok = time.time()
         return CycleOutcome(snap, result, opened, resolved, duration)
-
-    def _with_cluster(self, snap: NodeSnapshot,
-                      result: CheckResult) -> tuple[NodeSnapshot, CheckResult]:
-        """Encryption and Calico checks (NW4xx/NW5xx) when the `cluster` section is set,
-        as `nodeward scan` does; their collector notes join the snapshot's."""
-        cluster = self.cfg.section("cluster")
-        if cluster is None:
-            return snap, result
-        from .clusterscan import cluster_findings
-
-        cscan, found = cluster_findings(cluster, snap)
-        if cscan.notes:
-            snap = dataclasses.replace(snap, notes=snap.notes + tuple(cscan.notes))
-        return snap, with_findings(result, found, self.cfg.suppress)
 
     def _with_probes(self, snap: NodeSnapshot, result: CheckResult) -> CheckResult:
         """Every `probe_peers.every` cycles, probe the configured peers' sensitive ports
