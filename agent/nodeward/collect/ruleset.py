@@ -138,9 +138,10 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None) ->
         # iptables-nft's own tables show up here too (xt compat); already read above.
         owned = {("ip" if t.family == "ip" else "ip6", t.name) for t in tables
                  if t.frontend == "iptables-nft"}
+        # what is skipped changes the result, so it is part of the cache key
         nft_tables, nft_sets = parsed(
-            "nft", nft_text + repr(sorted(owned)),
-            lambda _t: parse_nft_json(nft_text, source="nft -j list ruleset", skip=owned))
+            f"nft skip={sorted(owned)}", nft_text,
+            lambda t: parse_nft_json(t, source="nft -j list ruleset", skip=owned))
         tables.extend(nft_tables)
         sets.update(nft_sets)
     ipset_text = run(["ipset", "save"])

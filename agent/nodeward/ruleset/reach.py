@@ -21,6 +21,7 @@ exposure), and carries that address's trace as evidence.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -91,7 +92,9 @@ def _bound_classes(device: str, pod_interfaces: Sequence[str]) -> tuple[str, ...
         return CLASSES
     if device == "lo":
         return ("loopback",)
-    if any(device.startswith(g.rstrip("+*")) if g.endswith(("+", "*")) else device == g
+    # the config's pod_interfaces are fnmatch globs (as the collector matches them); an
+    # iptables-style trailing "+" is read as "*"
+    if any(fnmatch.fnmatchcase(device, g[:-1] + "*" if g.endswith("+") else g)
            for g in pod_interfaces):
         return ("pod",)
     return ("node", "anywhere")
@@ -116,8 +119,9 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
     link_local = link_local or {}
     extra = {"node": tuple(link_local.get("node", ())),
              "pod": (*pod_gateways, *link_local.get("pod", ()))}
-    local = (*node_addresses, *extra["node"], *extra["pod"], "127.0.0.1", "::1",
-             *(a for addrs in (interface_addresses or {}).values() for a in addrs))
+    # a frozenset once: evaluate() takes it as is instead of building one per packet
+    local = frozenset((*node_addresses, *extra["node"], *extra["pod"], "127.0.0.1", "::1",
+                       *(a for addrs in (interface_addresses or {}).values() for a in addrs)))
     out = []
     shared: dict[tuple, tuple[dict, dict]] = {}
     old: dict[tuple, tuple[dict, dict]] = {}
