@@ -22,6 +22,12 @@ INTERVAL = 1.0
 class DaemonLog:
     """Reads the daemon's JSON lines as they come."""
 
+    @classmethod
+    def start(cls, lab, ns, cfg) -> DaemonLog:
+        """`nodeward run` with `cfg` in namespace `ns`, its stdout read as events."""
+        return cls(lab.spawn(ns, [sys.executable, "-m", "nodeward", "--config", str(cfg),
+                                  "run"], stdout=subprocess.PIPE, text=True))
+
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc = proc
         self.events: list[dict] = []
@@ -60,9 +66,8 @@ def test_run_opens_and_resolves_reloads_and_stops(lab, tmp_path):
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"node_name: lab-daemon\nnode_cidrs: [10.77.0.0/24]\ninterval: {INTERVAL}\n"
                    "metrics_address: 127.0.0.1:9737\ndaemon: {full_report_every: 1000}\n")
-    proc = lab.spawn(node, [sys.executable, "-m", "nodeward", "--config", str(cfg), "run"],
-                     wait_for=None, stdout=subprocess.PIPE, text=True)
-    log = DaemonLog(proc)
+    log = DaemonLog.start(lab, node, cfg)
+    proc = log.proc
     log.wait_for(lambda e: e["event"] == "daemon_started", 15)
     first = log.wait_for(lambda e: e["event"] == "scan_complete", 15)
     assert first["node"] == "lab-daemon" and first["firewall_rules"] == 0
@@ -135,9 +140,8 @@ def test_run_enforce_applies_and_repairs_drift(lab, tmp_path):
                    "pod_cidrs: [10.244.0.0/16]\nmode: enforce\nbackend: nftables\n"
                    "interval: 1\nmetrics_address: 127.0.0.1:9737\n"
                    "enforce: {control_plane: [10.77.0.0/24]}\n")
-    proc = lab.spawn(node, [sys.executable, "-m", "nodeward", "--config", str(cfg), "run"],
-                     stdout=subprocess.PIPE, text=True)
-    log = DaemonLog(proc)
+    log = DaemonLog.start(lab, node, cfg)
+    proc = log.proc
     applied = log.wait_for(lambda e: e["event"] in ("rules_applied", "enforce_failed"), 20)
     assert applied["event"] == "rules_applied", applied
     assert not lab.connect(pod, "10.77.0.1", 10250)

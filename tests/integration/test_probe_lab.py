@@ -49,7 +49,6 @@ def test_probe_peer_ports(lab):
 def test_daemon_probes_configured_peers(lab, tmp_path):
     """`nodeward run` with probe_peers: NW601 opens for the peer's exposed read-only port."""
     import signal
-    import subprocess
 
     from tests.integration.test_daemon_lab import DaemonLog
 
@@ -61,9 +60,8 @@ def test_daemon_probes_configured_peers(lab, tmp_path):
                    "daemon:\n  probe_peers:\n    enabled: true\n    every: 1\n"
                    "    peers: [{name: b, addresses: [10.77.0.2]}, "
                    "{name: a, addresses: [10.77.0.1]}]\n")
-    proc = lab.spawn(a, [sys.executable, "-m", "nodeward", "--config", str(cfg), "run"],
-                     stdout=subprocess.PIPE, text=True)
-    log = DaemonLog(proc)
+    log = DaemonLog.start(lab, a, cfg)
+    proc = log.proc
     probe = log.wait_for(lambda e: e["event"] == "peer_probe", 20)
     assert probe["reachable"] == ["b/10.77.0.2:10250", "b/10.77.0.2:10255"]
     opened = log.wait_for(lambda e: e["event"] == "finding_opened"
