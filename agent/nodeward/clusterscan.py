@@ -18,6 +18,7 @@ from .collect.cluster import ClusterSettings, ClusterView, collect_cluster
 from .collect.wireguard import UAPI_DIR, WgDevice, collect_netlink, collect_uapi
 from .collect.xfrm import XfrmPolicy, XfrmState, collect_xfrm
 from .config import Suppression
+from .derive import Derived, derive
 from .model import Finding, NodeSnapshot
 
 
@@ -30,6 +31,9 @@ class ClusterScan:
     routes: tuple[Route, ...] = ()
     local_addresses: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # collector errors an operator should see
+    #: what the view implies (encryption expected, CIDRs, ...)
+    derived: Derived = dataclasses.field(default_factory=Derived)
+    listening: frozenset[tuple[str, int]] = frozenset()  # (protocol, port) on this node
 
 
 def collect_routes() -> tuple[tuple[Route, ...], tuple[str, ...]]:
@@ -54,41 +58,52 @@ def collect_routes() -> tuple[tuple[Route, ...], tuple[str, ...]]:
 
 
 def collect_cluster_scan(settings: ClusterSettings, snapshot: NodeSnapshot,
-                         uapi_dir: str = str(UAPI_DIR)) -> ClusterScan:
-    view = collect_cluster(settings, snapshot.node)
+                         uapi_dir: str = str(UAPI_DIR),
+                         view: ClusterView | None = None) -> ClusterScan:
+    """`view`: a cluster view the caller already holds (the daemon's watch); else it is
+    read now (one LIST per kind, or the offline directory)."""
+    if view is None:
+        view = collect_cluster(settings, snapshot.node)
+    derived = derive(view, encryption=settings.encryption)
     notes: list[str] = []
     wg: tuple[WgDevice, ...] = ()
     states: tuple[XfrmState, ...] = ()
     policies: tuple[XfrmPolicy, ...] = ()
     routes: tuple[Route, ...] = ()
-    if settings.encryption == "wireguard":
+    if derived.encryption == "wireguard":
         kernel = [i.name for i in snapshot.interfaces if i.kind == "wireguard"]
         # UAPI sockets are shared by all namespaces: keep those whose interface we see.
         seen = {i.name for i in snapshot.interfaces} or None
         k_dev, k_err = collect_netlink(kernel)
         u_dev, u_err = collect_uapi(uapi_dir, seen)
         wg, notes = k_dev + u_dev, [*notes, *k_err, *u_err]
-    elif settings.encryption == "ipsec":
+    elif derived.encryption == "ipsec":
         states, policies, errs = collect_xfrm()
         notes += errs
-    if settings.encryption != "none":
+    if derived.encryption != "none":
         routes, errs = collect_routes()
         notes += errs
     local = tuple(a.address for i in snapshot.interfaces for a in i.addresses)
-    return ClusterScan(view, wg, states, policies, routes, local, tuple(notes))
+    listening = frozenset((s.protocol, s.port) for s in snapshot.sockets)
+    return ClusterScan(view, wg, states, policies, routes, local, tuple(notes), derived,
+                       listening)
 
 
 def check_cluster_scan(scan: ClusterScan, settings: ClusterSettings,
                        now: float | None = None,
                        endpoint_labels: Sequence[dict] = ()) -> list[Finding]:
-    """Pure. Encryption checks run only when `encryption` says what is expected."""
+    """Pure. Encryption checks run for what is expected: the configured `encryption`, else
+    what the cluster announces (scan.derived)."""
     now = time.time() if now is None else now
     peers = scan.view.peers
-    out = calico_findings(scan.view, settings.encryption, endpoint_labels)
-    if settings.encryption == "wireguard":
+    encryption = settings.encryption or scan.derived.encryption
+    source = "config" if settings.encryption else scan.derived.sources.get("encryption", "")
+    out = calico_findings(scan.view, encryption, endpoint_labels, encryption_source=source,
+                          listening=scan.listening)
+    if encryption == "wireguard":
         out += wireguard_findings(scan.wireguard, peers, now)
         out += route_findings(scan.routes, peers, [d.name for d in scan.wireguard])
-    elif settings.encryption == "ipsec":
+    elif encryption == "ipsec":
         out += ipsec_findings(scan.xfrm_states, scan.xfrm_policies, peers,
                               scan.local_addresses)
     return out

@@ -8,10 +8,11 @@ from nodeward.checks.calico import SelectorError, calico_findings, selector_matc
 from nodeward.collect.cluster import ClusterSettings, ClusterView, collect_cluster
 
 
-def _view(objects: dict, node: str = "n1", calico: bool = True) -> ClusterView:
+def _view(objects: dict, node: str = "n1", calico: bool = True,
+          pod_labels: tuple | None = ()) -> ClusterView:
     return ClusterView(node=node, source="offline",
                        objects={k: tuple(v) for k, v in objects.items()},
-                       calico_present=calico)
+                       calico_present=calico, pod_labels=pod_labels)
 
 
 def _gnp(name, order, selector="all()", **spec):
@@ -105,6 +106,13 @@ def test_policy_findings():
     (shadow,) = [f for f in fs if f.id == "NW507"]
     assert shadow.evidence["allow_policy"] == "allow-all-ssh"
     assert [f.component for f in fs if f.id == "NW510"] == ["typo"]
+    # Pods not in the view: a selector matching no host endpoint may select pods.
+    no_pods = _view({"HostEndpoint": [HEP], "GlobalNetworkPolicy": [typo]}, pod_labels=None)
+    assert "NW510" not in _ids(no_pods)
+    # ... and with the pod it selects in the view, it matches something.
+    with_pod = _view({"HostEndpoint": [HEP], "GlobalNetworkPolicy": [typo]},
+                     pod_labels=({"role": "nod"},))
+    assert "NW510" not in _ids(with_pod)
     # An allow-all before the Deny permits DNS too: no NW509.
     meta["spec"]["egress"][0] = {"action": "Allow", "destination": {"nets": ["0.0.0.0/0"]}}
     assert "NW509" not in _ids(v)

@@ -74,7 +74,8 @@ def test_in_cluster(tmp_path, monkeypatch):
 
 def test_settings_defaults_and_keys():
     s = ClusterSettings.from_dict({})
-    assert (s.encryption, s.timeout, s.retries, s.peers, s.use_api) == ("none", 5.0, 2, (), True)
+    # encryption unset: derived from what the cluster announces (nodeward.derive)
+    assert (s.encryption, s.timeout, s.retries, s.peers, s.use_api) == ("", 5.0, 2, (), True)
     s = ClusterSettings.from_dict({
         "kubernetes": {"api_url": "https://x", "timeout": 2, "retries": 0},
         "encryption": "wireguard",

@@ -10,7 +10,10 @@
     NW507  an Allow at a lower order shadows a Deny on the same selector
     NW508  egress allowed to the cloud metadata endpoint 169.254.169.254
     NW509  egress deny with no DNS allowed before it
-    NW510  a GlobalNetworkPolicy selector matches no known endpoint
+    NW510  a GlobalNetworkPolicy selector matches no known endpoint (host endpoints and
+           pods; not judged when the view has no pods: the selector may select pods)
+    NW511  Calico's failsafe inbound ports admit every source to a sensitive port this
+           protected node listens on (etcd, the API server: failsafes bypass all policy)
 """
 
 from __future__ import annotations
@@ -67,7 +70,13 @@ def _ports(entries: Any) -> set[tuple[str, int]] | None:
     return out
 
 
-def host_findings(view: ClusterView, encryption: str = "none") -> list[Finding]:
+#: failsafe inbound ports that expose a component no policy can then protect
+SENSITIVE_FAILSAFE = {("tcp", 2379): "etcd-client", ("tcp", 2380): "etcd-peer",
+                      ("tcp", 6443): "kube-apiserver", ("tcp", 5473): "calico-typha"}
+
+
+def host_findings(view: ClusterView, encryption: str = "none", encryption_source: str = "",
+                  listening: frozenset[tuple[str, int]] | set = frozenset()) -> list[Finding]:
     if not view.calico_present:
         return []
     out: list[Finding] = []
@@ -113,13 +122,32 @@ def host_findings(view: ClusterView, encryption: str = "none") -> list[Finding]:
                 remediation=f"Trim {key} to what the node really needs; failsafe ports "
                             "bypass every policy.",
                 evidence={"key": key, "extra": extra}))
-    if encryption == "wireguard" and fc.get("wireguardEnabled") is not True:
+    if encryption == "wireguard" and fc.get("wireguardEnabled") is not True \
+            and fc.get("wireguardEnabledV6") is not True:
         out.append(Finding(
             id="NW505", severity=Severity.HIGH, component="calico-felix",
             title="WireGuard encryption expected but FelixConfiguration wireguardEnabled is "
                   "not true",
             remediation="Set wireguardEnabled: true in the default FelixConfiguration.",
-            evidence={"wireguardEnabled": fc.get("wireguardEnabled")}))
+            evidence={"wireguardEnabled": fc.get("wireguardEnabled"),
+                      "expected_from": encryption_source or "config"}))
+    if heps:  # a protected host: failsafe ports are the only way past its policy
+        configured = _ports(fc.get("failsafeInboundHostPorts"))
+        effective = DEFAULT_FAILSAFE_IN if configured is None else configured
+        opened = sorted(k for k in effective & set(SENSITIVE_FAILSAFE) if k in listening)
+        if opened:
+            names = [f"{SENSITIVE_FAILSAFE[k]} {k[0]}/{k[1]}" for k in opened]
+            out.append(Finding(
+                id="NW511", severity=Severity.MEDIUM, component="calico-felix",
+                title="Calico failsafe inbound ports admit every source to "
+                      + ", ".join(names) + " on this protected host",
+                remediation="Set failsafeInboundHostPorts to the ports the node really needs "
+                            "from everywhere (often only tcp/22 and udp/68), and allow etcd "
+                            "and the API server from the control plane in host policy.",
+                evidence={"failsafeInboundHostPorts": "Calico default" if configured is None
+                          else sorted(f"{p}/{n}" for p, n in configured),
+                          "listening": [f"{p}/{n}" for p, n in opened],
+                          "host_endpoints": [_name(h) for h in heps]}))
     return out
 
 
@@ -353,14 +381,18 @@ def policy_findings(view: ClusterView,
                 out.append(_nw509(p, "egress Deny rule", rule))
                 break
 
-    # NW510: selectors matching no known endpoint.
+    # NW510: selectors matching no known endpoint. Only with pods known: a
+    # GlobalNetworkPolicy selects pods and host endpoints alike, so a selector matching no
+    # host endpoint says nothing while the pods are not in the view.
+    pods = list(endpoint_labels) + list(view.pod_labels or ())
     labels = [dict((h.get("metadata") or {}).get("labels") or {})
-              for h in view.kind("HostEndpoint")] + [dict(x) for x in endpoint_labels]
-    if labels:
+              for h in view.kind("HostEndpoint")] + [dict(x) for x in pods]
+    if labels and (view.pod_labels is not None or endpoint_labels):
+        distinct = {tuple(sorted(lab.items())): lab for lab in labels}.values()
         for p in pols:
             try:
                 hit = any(selector_matches(_spec(p).get("selector") or "all()", lab)
-                          for lab in labels)
+                          for lab in distinct)
             except SelectorError:
                 continue  # outside the subset we evaluate: say nothing rather than guess
             if not hit:
@@ -384,6 +416,10 @@ def _nw509(p: Mapping, why: str, rule: Mapping | None = None) -> Finding:
 
 
 def calico_findings(view: ClusterView, encryption: str = "none",
-                    endpoint_labels: Sequence[Mapping[str, str]] = ()) -> list[Finding]:
-    return (unknown_findings(view) + host_findings(view, encryption)
+                    endpoint_labels: Sequence[Mapping[str, str]] = (), *,
+                    encryption_source: str = "",
+                    listening: frozenset[tuple[str, int]] | set = frozenset()
+                    ) -> list[Finding]:
+    return (unknown_findings(view)
+            + host_findings(view, encryption, encryption_source, listening)
             + policy_findings(view, endpoint_labels))

@@ -32,6 +32,13 @@ class PeerNode:
     addresses: tuple[str, ...] = ()
     pod_cidrs: tuple[str, ...] = ()
     wireguard_public_key: str = ""  # base64, from Calico's node annotation when known
+    wireguard_public_key_v6: str = ""  # Calico's WireguardPublicKeyV6 (wg-v6.cali)
+    roles: tuple[str, ...] = ()  # node-role.kubernetes.io/<role> labels, e.g. control-plane
+    wireguard_interface_addr: str = ""  # Calico's IPv4WireguardInterfaceAddr (tunnel address)
+
+    @property
+    def control_plane(self) -> bool:
+        return "control-plane" in self.roles or "master" in self.roles
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,8 @@ def _host(endpoint: str) -> str:
 def _match(node: PeerNode, devices: Sequence[WgDevice]) -> tuple[WgDevice, WgPeer] | None:
     for dev in devices:
         for p in dev.peers:
-            if node.wireguard_public_key and p.public_key == node.wireguard_public_key:
+            if p.public_key and p.public_key in (node.wireguard_public_key,
+                                                 node.wireguard_public_key_v6):
                 return dev, p
             if p.endpoint and _host(p.endpoint) in node.addresses:
                 return dev, p

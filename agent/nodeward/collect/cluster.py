@@ -6,6 +6,8 @@ directory of YAML files, or from static config. Read-only; an unusable API is re
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,9 @@ class ClusterSettings:
     ca_file: str = ""
     timeout: float = 5.0
     retries: int = 2
-    encryption: str = "none"  # wireguard | ipsec | none: what inter-node links must use
+    #: wireguard | ipsec | none: what inter-node links must use; "" (unset): what the
+    #: cluster announces (FelixConfiguration wireguardEnabled, ...), see nodeward.derive
+    encryption: str = ""
     peers: tuple[PeerNode, ...] = ()
     offline_dir: str = ""
     node_name: str = ""  # default: the snapshot's node name
@@ -122,6 +126,11 @@ class ClusterView:
                                                  hash=False)  # Calico kind -> objects
     unknown: tuple[str, ...] = ()  # reasons parts of the view could not be read
     calico_present: bool = False
+    cilium_wireguard_nodes: int = 0  # nodes announcing a Cilium WireGuard key
+    #: labels of every pod, when the view has pods (an offline dump, the audit); None: not
+    #: known, and a selector matching no host endpoint may still select pods
+    pod_labels: tuple[Mapping[str, str], ...] | None = field(default=None, compare=False,
+                                                             hash=False)
 
     @property
     def peers(self) -> tuple[PeerNode, ...]:
@@ -131,30 +140,96 @@ class ClusterView:
         return self.objects.get(kind, ())
 
 
-def _node_from_obj(obj: dict, affinities: list[dict]) -> PeerNode:
+#: Calico/Cilium annotations on the Kubernetes Node that describe its part in the overlay.
+ANN_IPV4 = "projectcalico.org/IPv4Address"
+ANN_IPV6 = "projectcalico.org/IPv6Address"
+ANN_WG = "projectcalico.org/WireguardPublicKey"
+ANN_WG6 = "projectcalico.org/WireguardPublicKeyV6"
+ANN_WG_ADDR = "projectcalico.org/IPv4WireguardInterfaceAddr"
+ANN_CILIUM_WG = "network.cilium.io/wg-pub-key"
+ROLE_PREFIX = "node-role.kubernetes.io/"
+
+
+def is_calico_node(obj: dict) -> bool:
+    """Calico's own `kind: Node` (projectcalico.org/v3, what calicoctl prints; or the CRD
+    shape) is not a Kubernetes Node: it describes BGP/WireGuard settings of one."""
+    api = str(obj.get("apiVersion", ""))
+    return "projectcalico.org" in api
+
+
+def _bare(addr: str) -> str:
+    return addr.split("/", 1)[0].strip() if isinstance(addr, str) else ""
+
+
+def affinity_cidrs(affinities: Sequence[dict]) -> dict[str, list[str]]:
+    """Confirmed block CIDRs per node, computed once (nodes x blocks would be quadratic)."""
+    out: dict[str, list[str]] = {}
+    for aff in affinities:
+        s = aff.get("spec") if isinstance(aff, dict) else None
+        if isinstance(s, dict) and s.get("state", "confirmed") == "confirmed" \
+                and s.get("node") and s.get("cidr"):
+            out.setdefault(str(s["node"]), []).append(str(s["cidr"]))
+    return out
+
+
+def _node_from_obj(obj: dict, blocks: Mapping[str, list[str]],
+                   calico: Mapping[str, dict] | None = None) -> PeerNode:
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     name = meta.get("name", "")
-    addrs = tuple(a.get("address", "") for a in (obj.get("status") or {}).get("addresses") or []
-                  if a.get("type") == "InternalIP")
-    cidrs = list(spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []))
-    for aff in affinities:
-        s = aff.get("spec") or {}
-        if s.get("node") == name and s.get("state", "confirmed") == "confirmed" \
-                and s.get("cidr") and s["cidr"] not in cidrs:
-            cidrs.append(s["cidr"])
     ann = meta.get("annotations") or {}
-    return PeerNode(name, addrs, tuple(cidrs),
-                    ann.get("projectcalico.org/WireguardPublicKey", ""))
+    labels = meta.get("labels") or {}
+    addrs = [a.get("address", "") for a in (obj.get("status") or {}).get("addresses") or []
+             if isinstance(a, dict) and a.get("type") == "InternalIP"]
+    for key in (ANN_IPV4, ANN_IPV6):
+        a = _bare(ann.get(key, ""))
+        if a and a not in addrs:
+            addrs.append(a)
+    cidrs = list(spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []))
+    for cidr in blocks.get(name, ()):
+        if cidr not in cidrs:
+            cidrs.append(cidr)
+    wg = ann.get(ANN_WG, "") or ann.get(ANN_CILIUM_WG, "")
+    wg6 = ann.get(ANN_WG6, "")
+    wg_addr = _bare(ann.get(ANN_WG_ADDR, ""))
+    cal = (calico or {}).get(name)
+    if cal:  # calicoctl's Node of the same name: addresses and keys it knows
+        cspec = cal.get("spec") or {}
+        bgp = cspec.get("bgp") or {}
+        for a in (bgp.get("ipv4Address"), bgp.get("ipv6Address")):
+            a = _bare(a or "")
+            if a and a not in addrs:
+                addrs.append(a)
+        cstatus = cal.get("status") or {}
+        wg = wg or cstatus.get("wireguardPublicKey", "")
+        wg6 = wg6 or cstatus.get("wireguardPublicKeyV6", "")
+        wg_addr = wg_addr or _bare((cspec.get("wireguard") or {}).get("interfaceIPv4Address",
+                                                                       ""))
+    roles = tuple(sorted(k[len(ROLE_PREFIX):] for k in labels if k.startswith(ROLE_PREFIX)))
+    return PeerNode(name, tuple(addrs), tuple(cidrs), wg, wireguard_public_key_v6=wg6,
+                    roles=roles, wireguard_interface_addr=wg_addr)
 
 
 def build_view(node: str, source: str, node_objs: list[dict], objects: dict[str, list[dict]],
                unknown: list[str], calico_present: bool) -> ClusterView:
-    aff = objects.get("BlockAffinity", [])
+    """Kubernetes Nodes become the cluster's nodes; Calico v3 Nodes only add what they know
+    to the Kubernetes Node of the same name (a calicoctl Node alone is no peer)."""
+    aff = affinity_cidrs(objects.get("BlockAffinity", []))
+    k8s = [n for n in node_objs if not is_calico_node(n)]
+    calico = [n for n in node_objs if is_calico_node(n)]
+    if calico:
+        objects = {**objects, "CalicoNode": [*objects.get("CalicoNode", []), *calico]}
+    by_name = {(n.get("metadata") or {}).get("name", ""): n for n in calico}
+    cilium = sum(1 for n in k8s
+                 if ANN_CILIUM_WG in ((n.get("metadata") or {}).get("annotations") or {}))
+    pods = objects.get("Pod")
+    pod_labels = None if pods is None else tuple(
+        dict((p.get("metadata") or {}).get("labels") or {}) for p in pods)
     return ClusterView(node=node, source=source,
-                       nodes=tuple(_node_from_obj(n, aff) for n in node_objs),
+                       nodes=tuple(_node_from_obj(n, aff, by_name) for n in k8s),
                        objects={k: tuple(v) for k, v in objects.items()},
-                       unknown=tuple(unknown), calico_present=calico_present)
+                       unknown=tuple(unknown), calico_present=calico_present,
+                       cilium_wireguard_nodes=cilium, pod_labels=pod_labels)
 
 
 def api_config(settings: ClusterSettings) -> ApiConfig:
@@ -256,7 +331,5 @@ def collect_cluster(settings: ClusterSettings, node: str) -> ClusterView:
     if settings.peers:
         listed = {n.name for n in view.nodes}
         extra = tuple(p for p in settings.peers if p.name not in listed)
-        view = ClusterView(node=view.node, source=view.source, nodes=view.nodes + extra,
-                           objects=view.objects, unknown=view.unknown,
-                           calico_present=view.calico_present)
+        view = dataclasses.replace(view, nodes=view.nodes + extra)
     return view
