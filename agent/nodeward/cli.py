@@ -128,7 +128,7 @@ def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     if cluster is not None:
         from .clusterscan import with_cluster
 
-        snap, result = with_cluster(snap, result, cluster, cfg.suppress)
+        snap, result, _scan = with_cluster(snap, result, cluster, cfg.suppress)
     for note in snap.notes:
         err_log.warning("collector_note", note=note)
     out = sys.stdout

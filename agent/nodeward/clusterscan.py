@@ -110,13 +110,16 @@ def check_cluster_scan(scan: ClusterScan, settings: ClusterSettings,
 
 
 def with_cluster(snapshot: NodeSnapshot, result: CheckResult, settings: ClusterSettings,
-                 suppress: tuple[Suppression, ...]) -> tuple[NodeSnapshot, CheckResult]:
+                 suppress: tuple[Suppression, ...], view: ClusterView | None = None
+                 ) -> tuple[NodeSnapshot, CheckResult, ClusterScan]:
     """The cluster stage added to a scan (CLI and daemon alike): its findings, suppressed
-    like the rest, and its collector notes joined to the snapshot's."""
-    scan, found = cluster_findings(settings, snapshot)
-    if scan.notes:
-        snapshot = dataclasses.replace(snapshot, notes=snapshot.notes + tuple(scan.notes))
-    return snapshot, with_findings(result, found, suppress)
+    like the rest, and its collector notes joined to the snapshot's. `view`: the daemon's
+    watched view (else it is read now)."""
+    scan = collect_cluster_scan(settings, snapshot, view=view)
+    found = check_cluster_scan(scan, settings)
+    snapshot = dataclasses.replace(snapshot, notes=snapshot.notes + tuple(scan.notes),
+                                   derived=scan.derived.summary())
+    return snapshot, with_findings(result, found, suppress), scan
 
 
 def cluster_findings(settings: ClusterSettings,

@@ -76,6 +76,9 @@ class Agent:
         self._probe_cycles = 0
         self.sink: HttpSink | None = None
         self.status: StatusServer | None = None
+        self.watcher: Any = None  # collect.watch.ClusterWatcher while the API is watched
+        self._watch_key: Any = None
+        self._peers: tuple[tuple[str, tuple[str, ...]], ...] = ()  # from the cluster view
 
     # -- settings ---------------------------------------------------------------------------
     @property
@@ -131,7 +134,10 @@ class Agent:
         if cluster is not None:  # encryption and Calico checks, as `nodeward scan` runs them
             from .clusterscan import with_cluster
 
-            snap, result = with_cluster(snap, result, cluster, self.cfg.suppress)
+            snap, result, scan = with_cluster(snap, result, cluster, self.cfg.suppress,
+                                              view=self._cluster_view(cluster))
+            self._peers = tuple((n.name, n.addresses) for n in scan.view.peers
+                                if n.addresses)
         result = self._with_probes(snap, result)
         opened, resolved, self.previous = diff_findings(self.previous, result.findings)
         duration = time.perf_counter() - start
@@ -173,16 +179,48 @@ class Agent:
         self.last_ok = time.time()
         return CycleOutcome(snap, result, opened, resolved, duration)
 
+    def _cluster_view(self, cluster: Any) -> Any:
+        """The watched cluster view (list once, then watch: nothing is listed per cycle),
+        or None where the cluster stage reads it itself (offline dir, static peers, or an
+        API whose settings are unusable: collect_cluster turns that into NW500)."""
+        from .collect.cluster import api_config
+        from .collect.watch import ClusterWatcher
+        from .kubeapi import ApiUnavailable, KubeApi
+
+        if cluster.offline_dir or not cluster.use_api:
+            self._stop_watcher()
+            return None
+        key = (cluster.api_url, cluster.kubeconfig, cluster.token_file, cluster.ca_file,
+               cluster.timeout, cluster.retries)
+        if self.watcher is None or key != self._watch_key:
+            self._stop_watcher()
+            try:
+                api = KubeApi(api_config(cluster))
+            except ApiUnavailable:
+                return None
+            self.watcher = ClusterWatcher(api).start()
+            self._watch_key = key
+            self.watcher.wait_synced(2 * cluster.timeout)
+        return self.watcher.view(cluster.node_name or self.cfg.node_name)
+
+    def _stop_watcher(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+            self._watch_key = None
+
     def _with_probes(self, snap: NodeSnapshot, result: CheckResult) -> CheckResult:
         """Every `probe_peers.every` cycles, probe the configured peers' sensitive ports
         and add NW601 findings; in between, carry the last probe findings forward so they
         neither resolve nor reopen between probe rounds."""
         ps = self.settings.probe_peers
-        if not (ps.enabled and ps.peers):
+        # configured peers win; else the nodes the cluster view lists
+        peers = ps.peers or self._peers
+        if not (ps.enabled and peers):
             return result
         self._probe_cycles += 1
         if self._probed is None or self._probe_cycles % ps.every == 0:
-            plan = probe.targets([probe.Peer(n, a) for n, a in ps.peers], ps.ports,
+            plan = probe.targets([probe.Peer(n, a) for n, a in peers], ps.ports,
                                  [a.address for i in snap.interfaces for a in i.addresses])
             results = probe.probe(plan, ps.timeout, ps.max_per_second)
             reachable = [r for r in results if r.reachable]
@@ -270,5 +308,6 @@ class Agent:
             self.log.info("daemon_stopping", cycles=self.cycles)
             if self.sink is not None:
                 self.sink.close()
+            self._stop_watcher()
             self.status.close()
         return 0

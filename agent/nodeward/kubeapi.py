@@ -169,6 +169,70 @@ class KubeApi:
                 return
         raise ApiUnavailable(f"GET {path}: pagination did not end")
 
+    def list_versioned(self, path: str, limit: int = 500) -> tuple[list[dict], str]:
+        """All items of a list and the list's resourceVersion (where a watch starts)."""
+        items: list[dict] = []
+        token, version = "", ""
+        for _ in range(10_000):
+            params: dict[str, Any] = {"limit": limit}
+            if token:
+                params["continue"] = token
+            body = self.get(path, params)
+            page = body.get("items")
+            if not isinstance(page, list):
+                raise ApiUnavailable(f"GET {path}: malformed list: no items array")
+            items.extend(i for i in page if isinstance(i, dict))
+            meta = body.get("metadata") or {}
+            version = str(meta.get("resourceVersion") or version)
+            token = meta.get("continue") or ""
+            if not token:
+                return items, version
+        raise ApiUnavailable(f"GET {path}: pagination did not end")
+
+    def watch(self, path: str, resource_version: str, timeout_s: int = 300,
+              stop: Any = None) -> Iterator[dict]:
+        """Watch events after `resource_version` (one JSON object per line of a chunked
+        stream), with bookmarks, until the server ends the watch (`timeoutSeconds`) or
+        `stop` (a threading.Event) is set. A broken stream raises ApiUnavailable."""
+        params = {"watch": "1", "resourceVersion": resource_version,
+                  "allowWatchBookmarks": "true", "timeoutSeconds": str(int(timeout_s))}
+        try:
+            # read timeout: bookmarks come about every minute; past timeoutSeconds + slack
+            # the server is gone even if the socket is not closed
+            r = self.s.get(self.cfg.url + path, params=params, verify=self.verify,
+                           stream=True, timeout=(self.cfg.connect_timeout, timeout_s + 30))
+        except requests.RequestException as e:
+            raise ApiUnavailable(f"WATCH {path}: {type(e).__name__}: {e}") from None
+        with contextlib.closing(r):
+            if r.status_code == 404:
+                raise NotFound(path)
+            if r.status_code == 410:
+                raise Gone(path)
+            if r.status_code >= 400:
+                raise ApiUnavailable(f"WATCH {path}: HTTP {r.status_code} {r.reason}")
+            try:
+                for line in r.iter_lines(chunk_size=65536):
+                    if stop is not None and stop.is_set():
+                        return
+                    if not line:
+                        continue
+                    try:
+                        event = json.loads(line)
+                    except ValueError as e:
+                        raise ApiUnavailable(f"WATCH {path}: malformed event: {e}") from None
+                    if not isinstance(event, dict) or not isinstance(event.get("object"),
+                                                                      dict):
+                        raise ApiUnavailable(f"WATCH {path}: malformed event: no object")
+                    obj = event["object"]
+                    if event.get("type") == "ERROR":
+                        if obj.get("code") == 410:
+                            raise Gone(path)
+                        raise ApiUnavailable(f"WATCH {path}: error event "
+                                             f"{obj.get('code')} {obj.get('reason', '')}")
+                    yield event
+            except requests.RequestException as e:
+                raise ApiUnavailable(f"WATCH {path}: {type(e).__name__}: {e}") from None
+
     def apply(self, path: str, obj: dict) -> None:
         """Server-side apply (create or update) as field manager `nodeward`. One attempt:
         the caller re-applies the whole object next cycle anyway."""
@@ -185,6 +249,13 @@ class KubeApi:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.s.close()
+
+
+class Gone(ApiUnavailable):
+    """410: the resourceVersion a watch asked for is too old; list again."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"WATCH {path}: 410 Gone (resourceVersion too old)")
 
 
 class NotFound(ApiUnavailable):

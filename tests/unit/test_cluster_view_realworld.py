@@ -70,7 +70,7 @@ def test_calicoctl_node_enriches_the_kubernetes_node(tmp_path):
 @needs_real
 def test_nw510_no_false_positives_on_real_policies(tmp_path):
     """The real policy YAML selects pods (app == 'customer', k8s-app == 'kube-dns', ...):
-    with no pods in the view, NW510 must not call those selectors dead (it did, 4 times)."""
+    with no pods in the view, NW510 must not call those selectors dead (it did, 6 times)."""
     for p in REAL.rglob("*.yaml"):
         shutil.copy(p, tmp_path / f"{p.parent.name}-{p.name}")
     view = load_offline("node-hostname", tmp_path)

@@ -72,6 +72,7 @@ def document(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog) -> d
         "summary": {"sockets": len(snapshot.sockets), "findings": len(result.findings),
                     "by_severity": counts, "suppressed": len(result.suppressed)},
         "firewall_evaluated": snapshot.ruleset is not None,
+        "derived": snapshot.derived,
         "sockets": [_with_reach(socket_dict(s, catalog), reach.get(s))
                     for s in snapshot.sockets],
         "findings": [f.to_dict() for f in result.findings],
@@ -120,12 +121,20 @@ def _endpoint(address: str, port: int | None) -> str:
     return f"{host}:{port}" if port is not None else host
 
 
+def _derived_value(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(value[:4]) + (f" (+{len(value) - 4} more)" if len(value) > 4 else "")
+    return str(value)
+
+
 def to_table(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog,
              width: int | None = None) -> str:
     width = width or shutil.get_terminal_size((120, 24)).columns
     lines = [f"node {snapshot.node}  scanned {snapshot.scanned_at}  "
              f"sockets {len(snapshot.sockets)} (via {snapshot.socket_source})"]
     lines += [f"note: {n}" for n in snapshot.notes]
+    lines += [f"derived: {k} {_derived_value(d['value'])} (from {d['source']})"
+              for k, d in snapshot.derived.items()]
     lines.append("")
     rows = []
     reach = _reach_index(result)
