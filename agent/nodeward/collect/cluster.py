@@ -7,7 +7,9 @@ directory of YAML files, or from static config. Read-only; an unusable API is re
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,28 @@ ANN_CILIUM_WG = "network.cilium.io/wg-pub-key"
 ROLE_PREFIX = "node-role.kubernetes.io/"
 
 
+_NODE_ANNOTATIONS = (ANN_IPV4, ANN_IPV6, ANN_WG, ANN_WG6, ANN_WG_ADDR, ANN_CILIUM_WG)
+
+
+def trim_node(obj: dict) -> dict:
+    """What the checks read of a Kubernetes Node; the rest (images, conditions,
+    managedFields: most of its bytes) is dropped."""
+    meta = obj.get("metadata") or {}
+    ann = meta.get("annotations") or {}
+    labels = meta.get("labels") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    return {"apiVersion": obj.get("apiVersion", "v1"), "kind": "Node",
+            "metadata": {"name": meta.get("name", ""),
+                         "labels": {k: v for k, v in labels.items()
+                                    if k.startswith(ROLE_PREFIX)},
+                         "annotations": {k: ann[k] for k in _NODE_ANNOTATIONS if k in ann}},
+            "spec": {k: spec[k] for k in ("podCIDR", "podCIDRs") if k in spec},
+            "status": {"addresses": [a for a in status.get("addresses") or []
+                                     if isinstance(a, dict)
+                                     and a.get("type") in ("InternalIP", "ExternalIP")]}}
+
+
 def is_calico_node(obj: dict) -> bool:
     """Calico's own `kind: Node` (projectcalico.org/v3, what calicoctl prints; or the CRD
     shape) is not a Kubernetes Node: it describes BGP/WireGuard settings of one."""
@@ -274,6 +298,69 @@ def from_api(node: str, api: KubeApi) -> ClusterView:
     return build_view(node, "api", node_objs, objects, unknown, calico)
 
 
+def _documents(path: Path, item: Callable[[Any], Any] = lambda o: o) -> list[Any]:
+    """A file's documents: JSON with the json module, YAML with libyaml where PyYAML has
+    it (pure-Python YAML took 47 s for a 5,000-node dump). `item` is applied to each
+    element of a JSON List's `items` as it is decoded, so `kubectl get nodes -o json` of
+    a big cluster (35 MB for 5,000 nodes: 170 MB as Python objects) is never held whole."""
+    text = path.read_text()
+    if path.suffix == ".json":
+        return [_json_list(text, item)]
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return list(yaml.load_all(text, Loader=loader))
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _json_list(text: str, item: Callable[[Any], Any]) -> Any:
+    """json.loads(text), except that a top-level object's `items` array is decoded one
+    element at a time through `item`."""
+    dec = json.JSONDecoder()
+
+    def skip(i: int) -> int:
+        return _WS.match(text, i).end()  # type: ignore[union-attr]
+
+    i = skip(0)
+    if not text.startswith("{", i):
+        return json.loads(text)
+    out: dict[str, Any] = {}
+    i = skip(i + 1)
+    while not text.startswith("}", i):
+        key, i = dec.raw_decode(text, i)
+        i = skip(i)
+        if not text.startswith(":", i):
+            raise ValueError(f"expected ':' at char {i}")
+        i = skip(i + 1)
+        if key == "items" and text.startswith("[", i):
+            items = []
+            i = skip(i + 1)
+            while not text.startswith("]", i):
+                obj, i = dec.raw_decode(text, i)
+                items.append(item(obj))
+                i = skip(i)
+                if text.startswith(",", i):
+                    i = skip(i + 1)
+                    if text.startswith("]", i):
+                        raise ValueError(f"trailing ',' at char {i}")
+                elif not text.startswith("]", i):
+                    raise ValueError(f"expected ',' or ']' at char {i}")
+            value, i = items, i + 1
+        else:
+            value, i = dec.raw_decode(text, i)
+        out[key] = value
+        i = skip(i)
+        if text.startswith(",", i):
+            i = skip(i + 1)
+            if text.startswith("}", i):
+                raise ValueError(f"trailing ',' at char {i}")
+        elif not text.startswith("}", i):
+            raise ValueError(f"expected ',' or '}}' at char {i}")
+    if skip(i + 1) != len(text):
+        raise ValueError(f"extra data at char {skip(i + 1)}")
+    return out
+
+
 def load_offline(node: str, directory: str | Path) -> ClusterView:
     """Every *.yaml/*.yml/*.json in `directory`: multi-document, List kinds unrolled."""
     node_objs: list[dict] = []
@@ -293,15 +380,21 @@ def load_offline(node: str, directory: str | Path) -> ClusterView:
                     item = {**item, "kind": kind.removesuffix("List")}
                 add(item, where)
         elif kind == "Node":
-            node_objs.append(obj)
+            node_objs.append(obj if is_calico_node(obj) else trim_node(obj))
         elif kind:
             objects.setdefault(kind, []).append(obj)
 
+    def slim(obj: Any) -> Any:
+        if isinstance(obj, dict) and obj.get("kind", "Node") == "Node" \
+                and isinstance(obj.get("metadata"), dict) and not is_calico_node(obj):
+            return trim_node(obj)
+        return obj
+
     for path in files:
         try:
-            for doc in yaml.safe_load_all(path.read_text()):
+            for doc in _documents(path, slim):
                 add(doc, str(path))
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, ValueError, yaml.YAMLError) as e:
             reason = f"offline file {path}: {type(e).__name__}: {e}".splitlines()[0]
             log.error("cluster_state_unknown", reason=reason)
             unknown.append(reason)

@@ -23,42 +23,11 @@ from dataclasses import dataclass, field
 import structlog
 
 from ..kubeapi import ApiUnavailable, Gone, KubeApi, NotFound
-from .cluster import (
-    ANN_CILIUM_WG,
-    ANN_IPV4,
-    ANN_IPV6,
-    ANN_WG,
-    ANN_WG6,
-    ANN_WG_ADDR,
-    CALICO_KINDS,
-    ROLE_PREFIX,
-    ClusterView,
-    build_view,
-)
+from .cluster import CALICO_KINDS, ClusterView, build_view, trim_node
 
 log = structlog.get_logger("nodeward.watch")
 
 NODES = "/api/v1/nodes"
-_NODE_ANNOTATIONS = (ANN_IPV4, ANN_IPV6, ANN_WG, ANN_WG6, ANN_WG_ADDR, ANN_CILIUM_WG)
-
-
-def trim_node(obj: dict) -> dict:
-    """What the checks read of a Kubernetes Node; the rest (images, conditions,
-    managedFields: most of its bytes) is dropped."""
-    meta = obj.get("metadata") or {}
-    ann = meta.get("annotations") or {}
-    labels = meta.get("labels") or {}
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
-    return {"apiVersion": obj.get("apiVersion", "v1"), "kind": "Node",
-            "metadata": {"name": meta.get("name", ""),
-                         "labels": {k: v for k, v in labels.items()
-                                    if k.startswith(ROLE_PREFIX)},
-                         "annotations": {k: ann[k] for k in _NODE_ANNOTATIONS if k in ann}},
-            "spec": {k: spec[k] for k in ("podCIDR", "podCIDRs") if k in spec},
-            "status": {"addresses": [a for a in status.get("addresses") or []
-                                     if isinstance(a, dict)
-                                     and a.get("type") in ("InternalIP", "ExternalIP")]}}
 
 
 def trim_calico(obj: dict) -> dict:
@@ -178,12 +147,13 @@ class ClusterWatcher:
     def _list(self, rw: ResourceWatch) -> None:
         for path in rw.paths:
             try:
-                items, version = self.api.list_versioned(path)
+                # small pages: a page of big Nodes is parsed whole before it is trimmed
+                items, version = self.api.list_versioned(path, limit=100, transform=rw.trim)
             except NotFound:
                 continue
             with self._lock:
                 self.stats.lists += 1
-                rw.objects = {_key(o): rw.trim(o) for o in items}
+                rw.objects = {_key(o): o for o in items}
                 rw.version, rw.path, rw.error = version, path, ""
                 rw.synced, rw.relist, rw.served = True, False, True
                 rw.changes += 1
