@@ -10,6 +10,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .checks import CheckResult, with_findings
 from .checks.calico import calico_findings
@@ -127,3 +128,14 @@ def cluster_findings(settings: ClusterSettings,
     """collect + check, for the scan command."""
     scan = collect_cluster_scan(settings, snapshot)
     return scan, check_cluster_scan(scan, settings)
+
+
+def derived_for(cfg: Any) -> Derived | None:
+    """What the cluster implies for `cfg` (one read of the view), or None without a
+    `cluster` section. For one-shot commands (plan, apply); the daemon derives from the
+    view it watches."""
+    settings = cfg.section("cluster")
+    if settings is None:
+        return None
+    view = collect_cluster(settings, cfg.node_name)
+    return derive(view, encryption=settings.encryption)

@@ -79,6 +79,7 @@ class Agent:
         self.watcher: Any = None  # collect.watch.ClusterWatcher while the API is watched
         self._watch_key: Any = None
         self._peers: tuple[tuple[str, tuple[str, ...]], ...] = ()  # from the cluster view
+        self._derived: Any = None  # what the cluster view implies, for enforcement
 
     # -- settings ---------------------------------------------------------------------------
     @property
@@ -138,6 +139,7 @@ class Agent:
                                               view=self._cluster_view(cluster))
             self._peers = tuple((n.name, n.addresses) for n in scan.view.peers
                                 if n.addresses)
+            self._derived = scan.derived
         result = self._with_probes(snap, result)
         opened, resolved, self.previous = diff_findings(self.previous, result.findings)
         duration = time.perf_counter() - start
@@ -258,7 +260,7 @@ class Agent:
         from .enforce import cycle
 
         try:
-            prepared = cycle.prepare(self.cfg, snap)
+            prepared = cycle.prepare(self.cfg, snap, derived=self._derived)
             changed = prepared.backend.apply(prepared.plan, self.cfg.mode)
         except Exception as e:  # Refused, PlanError, BackendError, ConfigError
             self.log.error("enforce_failed", mode=self.cfg.mode, error=f"{type(e).__name__}: {e}")

@@ -9,9 +9,11 @@ came from, so the scan can show it (JSON `derived`, the table header).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .collect.cluster import ClusterView
 
@@ -132,3 +134,26 @@ def derive(view: ClusterView, *, encryption: str = "",
             sources["etcd_members"] = "control-plane nodes (kubeadm stacked etcd)"
     return Derived(encryption=enc, pod_cidrs=tuple(pods), node_addresses=addrs,
                    control_plane=tuple(cp), etcd_members=tuple(etcd), sources=sources)
+
+
+def with_derived(cfg: Any, derived: Derived | None) -> Any:
+    """The Config with what the cluster implies filled into the keys the config left
+    unset: `node_cidrs` (every node's addresses), `pod_cidrs`, and the enforce section's
+    `control_plane` and `etcd_members`. Set keys are never changed (explicit config
+    wins). Pure: a new Config, the old one untouched."""
+    if derived is None:
+        return cfg
+    changes: dict[str, Any] = {}
+    if not cfg.node_cidrs and derived.node_addresses:
+        changes["node_cidrs"] = derived.node_addresses
+    if not cfg.pod_cidrs and derived.pod_cidrs:
+        changes["pod_cidrs"] = derived.pod_cidrs
+    enforce = cfg.section("enforce")
+    fill: dict[str, Any] = {}
+    if not enforce.control_plane and derived.control_plane:
+        fill["control_plane"] = derived.control_plane
+    if enforce.etcd_members is None and derived.etcd_members:
+        fill["etcd_members"] = derived.etcd_members
+    if fill:
+        changes["sections"] = {**cfg.sections, "enforce": dataclasses.replace(enforce, **fill)}
+    return dataclasses.replace(cfg, **changes) if changes else cfg

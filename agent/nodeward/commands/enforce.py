@@ -20,9 +20,10 @@ def _err(msg: str) -> None:
 
 
 def _prepare(cfg: Config, mode: str | None):
+    from ..clusterscan import derived_for
     from ..enforce.cycle import prepare
 
-    p = prepare(cfg)
+    p = prepare(cfg, derived=derived_for(cfg))
     return p.settings, p.plan, p.backend
 
 

@@ -24,12 +24,17 @@ class Prepared:
     backend: Any  # backends.Backend
 
 
-def prepare(cfg: Config, snapshot: NodeSnapshot | None = None) -> Prepared:
+def prepare(cfg: Config, snapshot: NodeSnapshot | None = None,
+            derived: Any = None) -> Prepared:
     """Settings, snapshot, plan, safety checks, backend: everything short of a change.
+    `derived` (nodeward.derive.Derived): what the cluster view implies fills the keys the
+    config left unset (control plane, etcd members, node and pod CIDRs).
     Raises ConfigError / PlanError / Refused / BackendError."""
     from ..checks import run_checks
+    from ..derive import with_derived
     from ..snapshot import take_snapshot
 
+    cfg = with_derived(cfg, derived)
     settings = cfg.section("enforce")
     snap = snapshot if snapshot is not None else take_snapshot(cfg)
     safety.check_config(cfg, settings, snap)
