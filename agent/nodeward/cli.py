@@ -109,10 +109,10 @@ def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         except OSError as e:
             raise UsageError(f"ruleset: {e.filename}: {e.strerror}") from None
     snap = take_snapshot(cfg, force_procfs=args.procfs, firewall=firewall, ruleset=saved)
-    result = run_checks(snap, cfg)
     if args.explain is not None:
         from .report.explain import explain
 
+        result = run_checks(snap, cfg)
         for note in snap.notes:
             err_log.warning("collector_note", note=note)
         if snap.ruleset is None:
@@ -126,9 +126,10 @@ def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         cluster = dataclasses_replace(cluster or ClusterSettings(), offline_dir=args.offline,
                                       use_api=False)
     if cluster is not None:
-        from .clusterscan import with_cluster
+        from .snapshot import add_cluster
 
-        snap, result, _scan = with_cluster(snap, result, cluster, cfg.suppress)
+        snap = add_cluster(snap, cluster)
+    result = run_checks(snap, cfg)
     for note in snap.notes:
         err_log.warning("collector_note", note=note)
     out = sys.stdout

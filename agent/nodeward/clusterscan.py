@@ -1,7 +1,9 @@
-"""The one entry point for `nodeward scan`: cluster view + WireGuard/IPsec + Calico.
+"""The cluster stage: cluster view + WireGuard/IPsec + Calico.
 
 `collect_cluster_scan` does the (read-only) I/O and never raises for an unusable API,
-socket or netlink family: those become notes and NW500. `check_cluster_scan` is pure.
+socket or netlink family: those become notes and NW500; snapshot.add_cluster puts its
+result into the snapshot. `check_cluster_scan` is pure and runs with the other checks
+(checks.run_checks).
 """
 
 from __future__ import annotations
@@ -12,13 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .checks import CheckResult, with_findings
 from .checks.calico import calico_findings
 from .checks.encryption import Route, ipsec_findings, route_findings, wireguard_findings
 from .collect.cluster import ClusterSettings, ClusterView, collect_cluster
 from .collect.wireguard import UAPI_DIR, WgDevice, collect_netlink, collect_uapi
 from .collect.xfrm import XfrmPolicy, XfrmState, collect_xfrm
-from .config import Suppression
 from .derive import Derived, derive
 from .model import Finding, NodeSnapshot
 
@@ -90,15 +90,16 @@ def collect_cluster_scan(settings: ClusterSettings, snapshot: NodeSnapshot,
                        listening)
 
 
-def check_cluster_scan(scan: ClusterScan, settings: ClusterSettings,
+def check_cluster_scan(scan: ClusterScan, settings: ClusterSettings | None = None,
                        now: float | None = None,
                        endpoint_labels: Sequence[dict] = ()) -> list[Finding]:
     """Pure. Encryption checks run for what is expected: the configured `encryption`, else
     what the cluster announces (scan.derived)."""
     now = time.time() if now is None else now
     peers = scan.view.peers
-    encryption = settings.encryption or scan.derived.encryption
-    source = "config" if settings.encryption else scan.derived.sources.get("encryption", "")
+    configured = settings.encryption if settings is not None else ""
+    encryption = configured or scan.derived.encryption
+    source = "config" if configured else scan.derived.sources.get("encryption", "")
     out = calico_findings(scan.view, encryption, endpoint_labels, encryption_source=source,
                           listening=scan.listening)
     if encryption == "wireguard":
@@ -108,26 +109,6 @@ def check_cluster_scan(scan: ClusterScan, settings: ClusterSettings,
         out += ipsec_findings(scan.xfrm_states, scan.xfrm_policies, peers,
                               scan.local_addresses)
     return out
-
-
-def with_cluster(snapshot: NodeSnapshot, result: CheckResult, settings: ClusterSettings,
-                 suppress: tuple[Suppression, ...], view: ClusterView | None = None
-                 ) -> tuple[NodeSnapshot, CheckResult, ClusterScan]:
-    """The cluster stage added to a scan (CLI and daemon alike): its findings, suppressed
-    like the rest, and its collector notes joined to the snapshot's. `view`: the daemon's
-    watched view (else it is read now)."""
-    scan = collect_cluster_scan(settings, snapshot, view=view)
-    found = check_cluster_scan(scan, settings)
-    snapshot = dataclasses.replace(snapshot, notes=snapshot.notes + tuple(scan.notes),
-                                   derived=scan.derived.summary())
-    return snapshot, with_findings(result, found, suppress), scan
-
-
-def cluster_findings(settings: ClusterSettings,
-                     snapshot: NodeSnapshot) -> tuple[ClusterScan, list[Finding]]:
-    """collect + check, for the scan command."""
-    scan = collect_cluster_scan(settings, snapshot)
-    return scan, check_cluster_scan(scan, settings)
 
 
 def derived_for(cfg: Any) -> Derived | None:

@@ -130,16 +130,18 @@ class Agent:
     def cycle(self) -> CycleOutcome:
         start = time.perf_counter()
         snap = self.snapshotter(self.cfg)
-        result = run_checks(snap, self.cfg, self.reach_memo)
         cluster = self.cfg.section("cluster")
-        if cluster is not None:  # encryption and Calico checks, as `nodeward scan` runs them
-            from .clusterscan import with_cluster
+        if cluster is not None and snap.cluster is None:
+            # the cluster's facts in the snapshot (from the watched view): encryption and
+            # Calico checks then run with the others, as in `nodeward scan`
+            from .snapshot import add_cluster
 
-            snap, result, scan = with_cluster(snap, result, cluster, self.cfg.suppress,
-                                              view=self._cluster_view(cluster))
-            self._peers = tuple((n.name, n.addresses) for n in scan.view.peers
+            snap = add_cluster(snap, cluster, self._cluster_view(cluster))
+        if snap.cluster is not None:
+            self._peers = tuple((n.name, n.addresses) for n in snap.cluster.view.peers
                                 if n.addresses)
-            self._derived = scan.derived
+            self._derived = snap.cluster.derived
+        result = run_checks(snap, self.cfg, self.reach_memo)
         result = self._with_probes(snap, result)
         opened, resolved, self.previous = diff_findings(self.previous, result.findings)
         duration = time.perf_counter() - start

@@ -147,6 +147,10 @@ class NodeSnapshot:
     #: The live netfilter ruleset (nodeward.ruleset.model.Ruleset), or None when it was not
     #: read (disabled, or unreadable: then a note says why).
     ruleset: Any = field(default=None, compare=False, hash=False)
+    #: The cluster as this node sees it (nodeward.clusterscan.ClusterScan: the cluster view,
+    #: WireGuard devices, xfrm state, routes, what the view implies), when a `cluster`
+    #: section or --offline asks for it; None otherwise.
+    cluster: Any = field(default=None, compare=False, hash=False)
     #: Settings the cluster view implied (nodeward.derive.Derived.summary()): each value
     #: with where it came from; empty without a cluster stage.
     derived: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timezone
 from operator import attrgetter
+from typing import Any
 
 from .collect.addresses import collect_interfaces
 from .collect.procs import attribute
@@ -41,6 +42,18 @@ def take_snapshot(config: Config, force_procfs: bool = False, firewall: bool | N
             ruleset, note = read_ruleset(ruleset_cache)
             snap = replace(snap, ruleset=ruleset, notes=snap.notes + note)
         return snap
+
+
+def add_cluster(snap: NodeSnapshot, settings: Any, view: Any = None) -> NodeSnapshot:
+    """The snapshot with the cluster's facts (collect stage: the cluster view, or `view`
+    when the daemon watches it, plus WireGuard/xfrm/routes as the expected encryption
+    needs), their collector notes and the derived settings. Checks then read one
+    snapshot, node and cluster alike."""
+    from .clusterscan import collect_cluster_scan
+
+    scan = collect_cluster_scan(settings, snap, view=view)
+    return replace(snap, cluster=scan, notes=snap.notes + tuple(scan.notes),
+                   derived=scan.derived.summary())
 
 
 def read_ruleset(cache: ParseCache | None = None) -> tuple[Ruleset | None, tuple[str, ...]]:

@@ -48,8 +48,9 @@ def with_findings(result: CheckResult, extra: list[Finding],
 
 def run_checks(snapshot: NodeSnapshot, config: Config,
                memo: ReachMemo | None = None) -> CheckResult:
-    """Bind-scope checks, and the firewall stage when the snapshot carries a ruleset.
-    `memo` lets a daemon reuse verdicts while the ruleset is unchanged."""
+    """Bind-scope checks, the firewall stage when the snapshot carries a ruleset, and the
+    cluster checks (encryption, Calico) when it carries the cluster's facts. `memo` lets
+    a daemon reuse verdicts while the ruleset is unchanged."""
     reach: tuple = ()
     with paused_gc():
         findings = exposure_findings(snapshot, config.catalog)
@@ -59,5 +60,9 @@ def run_checks(snapshot: NodeSnapshot, config: Config,
             fw = analyse(snapshot, config, snapshot.ruleset, memo)
             findings = mitigate(findings, fw.reach, config.catalog) + list(fw.findings)
             reach = fw.reach
+        if snapshot.cluster is not None:
+            from ..clusterscan import check_cluster_scan
+
+            findings += check_cluster_scan(snapshot.cluster)
     result = split_suppressed(sort_findings(findings), config.suppress)
     return dataclasses.replace(result, reach=reach)
