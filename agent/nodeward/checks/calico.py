@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +25,8 @@ from typing import Any
 
 from ..collect.cluster import ClusterView
 from ..model import Finding, Severity
+from ..policy.selector import SelectorError
+from ..policy.selector import parse as _parse_selector
 
 METADATA = ipaddress.ip_address("169.254.169.254")
 #: Calico's default failsafe ports (felix docs); anything more is wider than needed.
@@ -153,132 +154,24 @@ def host_findings(view: ClusterView, encryption: str = "none", encryption_source
 
 
 # -- selectors ------------------------------------------------------------------------------
-
-_TOK = re.compile(r"\s*(&&|\|\||!=|==|!|\(|\)|\{|\}|,|has|all|in|not in|"
-                  r"'[^']*'|\"[^\"]*\"|[A-Za-z0-9_./-]+)")
-
-
-class SelectorError(ValueError):
-    pass
-
-
-def _tokens(sel: str) -> list[str]:
-    out, i = [], 0
-    sel = sel.strip()
-    while i < len(sel):
-        m = _TOK.match(sel, i)
-        if not m or m.end() == i:
-            raise SelectorError(f"cannot parse selector at {sel[i:i + 10]!r}")
-        out.append(m.group(1))
-        i = m.end()
-    return out
-
-
-def selector_matches(sel: str, labels: Mapping[str, str]) -> bool:
-    """Calico selector subset: all(), has(k), !, ==, !=, in {..}, not in {..}, &&, ||, ()."""
-    return compile_selector(sel or "all()")(labels)
-
+# Calico's selector grammar lives in nodeward.policy.selector (one parser for the node
+# checks and the cluster audit).
 
 Matcher = Callable[[Mapping[str, str]], bool]
 
 
-@functools.lru_cache(maxsize=4096)
-def required_pair(sel: str) -> tuple[str, str] | None:
-    """A (key, value) every matching label set must have, when the selector is a plain
-    conjunction (no `||`, no `!`) holding `key == value`; None otherwise. Lets NW510 look
-    only at label sets that have the pair instead of at every one."""
-    toks = _tokens(sel or "all()")
-    if "||" in toks or "!" in toks:
-        return None
-    for i in range(len(toks) - 2):
-        if toks[i + 1] == "==" and toks[i] not in ("(", ")", "&&"):
-            v = toks[i + 2]
-            return toks[i], v[1:-1] if v[:1] in "'\"" else v
-    return None
+def selector_matches(sel: str, labels: Mapping[str, str]) -> bool:
+    return _parse_selector(sel or "all()").match(labels)
 
 
-@functools.lru_cache(maxsize=4096)
 def compile_selector(sel: str) -> Matcher:
-    """Parse once into a predicate: NW510 asks every policy of every label set, and a
-    cluster has thousands of both. Raises SelectorError outside the subset."""
-    toks = _tokens(sel or "all()")
-    pos = 0
+    node = _parse_selector(sel or "all()")
+    return lambda labels: node.match(labels)
 
-    def peek() -> str | None:
-        return toks[pos] if pos < len(toks) else None
 
-    def take(expect: str | None = None) -> str:
-        nonlocal pos
-        t = peek()
-        if t is None or (expect is not None and t != expect):
-            raise SelectorError(f"expected {expect!r}, got {t!r}")
-        pos += 1
-        return t
-
-    def value(t: str) -> str:
-        return t[1:-1] if t[:1] in "'\"" else t
-
-    def atom() -> Matcher:
-        t = peek()
-        if t == "!":
-            take()
-            inner = atom()
-            return lambda lab: not inner(lab)
-        if t == "(":
-            take()
-            v = expr()
-            take(")")
-            return v
-        if t in ("all", "has"):
-            take()
-            take("(")
-            if t == "all":
-                take(")")
-                return lambda lab: True
-            k = take()
-            take(")")
-            return lambda lab: k in lab
-        key = take()
-        op = take()
-        if op in ("==", "!="):
-            v = value(take())
-            eq = op == "=="
-            return lambda lab: (lab.get(key) == v) == eq
-        negate = False
-        if op == "not":
-            take("in")
-            negate = True
-        elif op != "in" and op != "not in":
-            raise SelectorError(f"unknown operator {op!r}")
-        negate = negate or op == "not in"
-        take("{")
-        vals = set()
-        while peek() != "}":
-            vals.add(value(take()))
-            if peek() == ",":
-                take()
-        take("}")
-        frozen = frozenset(vals)
-        return lambda lab: (key in lab and lab[key] in frozen) != negate
-
-    def conj() -> Matcher:
-        parts = [atom()]
-        while peek() == "&&":
-            take()
-            parts.append(atom())
-        return parts[0] if len(parts) == 1 else (lambda lab: all(p(lab) for p in parts))
-
-    def expr() -> Matcher:
-        parts = [conj()]
-        while peek() == "||":
-            take()
-            parts.append(conj())
-        return parts[0] if len(parts) == 1 else (lambda lab: any(p(lab) for p in parts))
-
-    result = expr()
-    if peek() is not None:
-        raise SelectorError(f"trailing {peek()!r}")
-    return result
+def required_pair(sel: str) -> tuple[str, str] | None:
+    """A (key, value) every matching label set must have (see Node.required_pair)."""
+    return _parse_selector(sel or "all()").required_pair()
 
 
 # -- policies -------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Cluster policy: Calico selectors, the policy model and the cluster-wide audit."""
