@@ -164,13 +164,13 @@ def to_table(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog,
     fw = snapshot.ruleset is not None
     for s in snapshot.sockets:
         d = socket_dict(s, catalog)
-        proc = f"{d['process']}({d['pid']})" if d["pid"] else "-"
+        proc = f"{d['process']} ({d['pid']})" if d["pid"] else "-"
         r = reach.get(s)
-        rows.append([s.protocol, _endpoint(s.address, s.port), d["scope"] +
-                     (f"({d['interface']})" if d["interface"] else ""),
+        rows.append([f"{_endpoint(s.address, s.port)}/{s.protocol}", d["scope"] +
+                     (f" ({d['interface']})" if d["interface"] else ""),
                      *([reach_cell(r) if r is not None else "-"] if fw else []),
                      d["component"] or "-", proc])
-    lines += table.render(["PROTO", "LISTEN", "SCOPE", *(["REACHABLE FROM"] if fw else []),
+    lines += table.render(["LISTEN", "SCOPE", *(["REACHABLE FROM"] if fw else []),
                            "COMPONENT", "PROCESS"], [[[c] for c in r] for r in rows], width)
     lines.append("")
     paint = table.paint if color else table.no_paint

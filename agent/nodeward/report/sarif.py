@@ -48,7 +48,9 @@ def _rule(fid: str, worst: Severity | None) -> dict[str, Any]:
 
 
 def _fingerprint(node: str, f: Finding) -> str:
-    key = "\x00".join(str(x) for x in (node, *f.key))
+    """Stable across scans (code scanning tracks a result by it): the finding's identity,
+    plus the address family, which two NW205s (IPv4, IPv6) differ by alone."""
+    key = "\x00".join(str(x) for x in (node, *f.key, f.evidence.get("family", "")))
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

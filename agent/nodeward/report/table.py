@@ -52,10 +52,11 @@ def wrap_text(text: str, width: int | None, first: str = "", rest: str = "") -> 
                          break_long_words=False, break_on_hyphens=False) or [first]
 
 
-def _min_width(header: str, items: list[str]) -> int:
+def _min_width(items: list[str], header: str) -> int:
+    """The longest word (a header wraps too; an item's further lines are indented)."""
     words = [len(w) + len(CONTINUATION) for it in items for w in it.split()[1:]]
     words += [len(it.split()[0]) for it in items if it.split()]
-    return max([len(header), *words])
+    return max([*map(len, header.split()), *words])
 
 
 def _fit(natural: list[int], minimum: list[int], width: int | None) -> list[int]:
@@ -82,9 +83,13 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[Sequence[Item]]],
     cols = len(headers)
     texts = [[_text(it) for row in rows for it in row[c]] for c in range(cols)]
     natural = [max([len(h), *map(len, t)]) for h, t in zip(headers, texts, strict=True)]
-    minimum = [_min_width(h, t) for h, t in zip(headers, texts, strict=True)]
+    minimum = [_min_width(t, h) for h, t in zip(headers, texts, strict=True)]
     widths = _fit(natural, minimum, width)
-    out = [GAP.join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    head = [wrap_text(h, w if width is not None and len(h) > w else None)
+            for h, w in zip(headers, widths, strict=True)]
+    out = [GAP.join((h[n] if n < len(h) else "").ljust(w)
+                    for h, w in zip(head, widths, strict=True)).rstrip()
+           for n in range(max(map(len, head)))]
     for row in rows:
         cells: list[list[tuple[str, Severity | None]]] = []
         for c, cell in enumerate(row):
