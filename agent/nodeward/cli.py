@@ -233,18 +233,31 @@ def _report(args: argparse.Namespace, cfg: config_mod.Config, snap, result,
 
 def _write_whole(path: str, text: str) -> None:
     """Write to a temporary file beside `path` and rename it over: a reader (a CI upload
-    step, a log shipper) never sees half a report, and a failed write leaves the old one."""
+    step, a log shipper) never sees half a report, and a failed write leaves the old one.
+    A symlink is followed (the link stays), and what is not a regular file (/dev/stdout, a
+    FIFO) is written to directly: renaming over it would replace the device node."""
+    import stat
     import tempfile
 
-    target = os.path.abspath(path)
+    target = os.path.realpath(path)
     try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise UsageError(f"--output: {path}: {e.strerror}") from None
+    try:
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            with open(target, "w") as f:
+                f.write(text)
+            return
         fd, tmp = tempfile.mkstemp(prefix=".nodeward-", dir=os.path.dirname(target))
     except OSError as e:
         raise UsageError(f"--output: {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode) if st is not None else 0o644)
         os.replace(tmp, target)
     except OSError as e:
         os.unlink(tmp)

@@ -164,3 +164,27 @@ def test_output_into_a_missing_directory_is_one_line(tmp_path, capsys, monkeypat
     rc = cli.main(["scan", "--config", "/dev/null", "-o", str(tmp_path / "no" / "x.json")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("nodeward: error: --output: ") and err.count("\n") == 1
+
+
+def test_output_follows_symlinks_keeps_mode_and_writes_devices_in_place(run, tmp_path):
+    real = tmp_path / "real.json"
+    real.write_text("old")
+    real.chmod(0o600)
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    rc, _ = run("--format", "json", "--output", str(link))
+    assert rc == 1 and link.is_symlink()
+    assert json.loads(real.read_text())["node"] == "worker-1"
+    assert real.stat().st_mode & 0o777 == 0o600
+    fifo = tmp_path / "fifo"
+    import os
+    import threading
+
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    rc, _ = run("--format", "jsonl", "--output", str(fifo))
+    reader.join(10)
+    assert rc == 1 and fifo.exists() and not fifo.is_file()  # still a FIFO
+    assert got and got[0].count("\n") >= 15
