@@ -196,3 +196,21 @@ def test_monitoring_component_renders_and_validates(tmp_path):
             continue
         kv.validate(d, VERSIONS[-1], strict=True)
         assert d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "nodeward"
+
+
+def test_the_agents_own_ports_are_in_its_catalog():
+    """With the component on, nodeward scans its own sidecar: the catalog knows both ports,
+    so the proxy on the node address is no NW203 'unknown host service' and a status server
+    moved off loopback is a finding."""
+    from nodeward.catalog import load_default
+    from nodeward.model import BindScope, ProcessInfo
+
+    cat = load_default()
+    proxy = ProcessInfo(pid=1, name="kube-rbac-proxy", comm="kube-rbac-proxy")
+    ident = cat.identify("tcp", 9738, proxy)
+    assert ident.component is not None and ident.component.name == "nodeward-metrics-proxy"
+    assert not ident.component.exceeds(BindScope.NODE_PRIVATE)
+    agent = ProcessInfo(pid=2, name="nodeward", comm="nodeward")
+    status = cat.identify("tcp", 9737, agent).component
+    assert status.name == "nodeward-status" and status.exceeds(BindScope.WILDCARD)
+    assert not status.exceeds(BindScope.LOOPBACK) and status.auth is False
