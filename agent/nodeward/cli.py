@@ -1,4 +1,5 @@
-"""Command line: `nodeward [--config PATH] COMMAND ...`.
+"""Command line: `nodeward [--config PATH] COMMAND ...` (global options may also follow the
+command).
 
 Exit codes: 0 nothing at or above --fail-on, 1 something is, 2 usage or config error
 (one line on stderr, nothing changed).
@@ -7,6 +8,7 @@ Exit codes: 0 nothing at or above --fail-on, 1 something is, 2 usage or config e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace as dataclasses_replace
@@ -34,11 +36,29 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return int(text)
+
+
+FORMATS = ["table", "json", "jsonl", "log", "sarif", "junit", "policyreport"]
+
+
 def _scan_parser(sub: argparse._SubParsersAction) -> None:
     scan = sub.add_parser("scan", help="scan listening sockets and report findings")
-    scan.add_argument("--format", choices=["table", "json", "jsonl", "log"], default="table",
-                      help="table (default), one JSON document, one finding per line, or "
-                           "structlog events on stdout")
+    scan.add_argument("--format", choices=FORMATS, default="table",
+                      help="table (default), one JSON document, one finding per line, "
+                           "structlog events, SARIF 2.1.0, JUnit XML, or a wgpolicyk8s.io "
+                           "ClusterPolicyReport (YAML)")
+    scan.add_argument("--output", "-o", metavar="FILE",
+                      help="write the report to FILE (replaced whole, never half-written) "
+                           "instead of stdout")
+    scan.add_argument("--no-remediation", dest="remediation", action="store_false",
+                      help="table: leave out the remediation section")
+    scan.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                      help="table: colour severities (auto: on a terminal, unless NO_COLOR "
+                           "is set)")
     scan.add_argument("--fail-on", choices=SEVERITIES, default="high", metavar="SEVERITY",
                       help=f"exit 1 if a finding is at least this severe "
                            f"({'|'.join(SEVERITIES)}; default high)")
@@ -54,7 +74,7 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
                       help="evaluate this saved dump instead of the live ruleset "
                            "(iptables-save text, v6:FILE for ip6tables-save, or nft -j "
                            "JSON); repeat for several")
-    scan.add_argument("--explain", type=int, metavar="PORT",
+    scan.add_argument("--explain", type=port_number, metavar="PORT",
                       help="print the rule path deciding PORT per source class")
     scan.add_argument("--offline", metavar="DIR",
                       help="read cluster objects (nodes, Calico) from YAML files in DIR")
@@ -67,15 +87,33 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
 COMMAND_MODULES = (
     "nodeward.commands.enforce",
     "nodeward.commands.daemon",
+    "nodeward.commands.inspect",
+    "nodeward.commands.completion",
 )
+
+
+def _global_options(p: argparse.ArgumentParser, top: bool) -> None:
+    """Options valid anywhere on the line. Below the top level their default is SUPPRESS,
+    so `nodeward --config A scan` keeps A and `nodeward scan --config B` sets B."""
+    p.add_argument("--config", metavar="PATH", default=None if top else argparse.SUPPRESS,
+                   help=f"config file (default {config_mod.DEFAULT_PATH} if present)")
+
+
+def _all_subparsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    out = []
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sp in dict.fromkeys(a.choices.values()):
+                out += [sp, *_all_subparsers(sp)]
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     p = _Parser(prog="nodeward", description="Host-firewall agent for Kubernetes nodes.")
-    p.add_argument("--config", metavar="PATH",
-                   help=f"config file (default {config_mod.DEFAULT_PATH} if present)")
+    _global_options(p, top=True)
+    p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _scan_parser(sub)
     for name in COMMAND_MODULES:
@@ -87,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
             continue  # not built yet
         module.register(sub)
     sub.add_parser("version", help="print the version")
+    for sp in _all_subparsers(p):
+        _global_options(sp, top=False)
     return p
 
 
@@ -132,34 +172,109 @@ def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
     result = run_checks(snap, cfg)
     for note in snap.notes:
         err_log.warning("collector_note", note=note)
-    out = sys.stdout
+    threshold = Severity.parse(args.fail_on)
+    text = _report(args, cfg, snap, result, threshold)
+    if args.output:
+        _write_whole(args.output, text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return EXIT_FINDINGS if any(f.severity >= threshold for f in result.findings) else EXIT_OK
+
+
+def _terminal(args: argparse.Namespace) -> tuple[int | None, bool]:
+    """(width, colour) for the table: a width only on a terminal (a file or pipe gets whole
+    lines), colour per --color, `auto` honouring NO_COLOR (no-color.org) and TERM=dumb."""
+    tty = not args.output and sys.stdout.isatty()
+    width = None
+    if tty:
+        try:
+            width = os.get_terminal_size(sys.stdout.fileno()).columns
+        except OSError:
+            width = None
+    auto = tty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+    return width, args.color == "always" or (args.color == "auto" and auto)
+
+
+def _report(args: argparse.Namespace, cfg: config_mod.Config, snap, result,
+            threshold: Severity) -> str:
     if args.format == "json":
-        out.write(render.to_json(snap, result, cfg.catalog))
-    elif args.format == "jsonl":
-        out.write(render.to_jsonl(snap, result))
-    elif args.format == "log":
-        log = make_logger(cfg.node_name, out)
+        return render.to_json(snap, result, cfg.catalog)
+    if args.format == "jsonl":
+        return render.to_jsonl(snap, result)
+    if args.format == "sarif":
+        from .report.sarif import to_sarif
+
+        return to_sarif(snap, result)
+    if args.format == "junit":
+        from .report.junit import to_junit
+
+        return to_junit(snap, result, threshold)
+    if args.format == "policyreport":
+        import yaml
+
+        from .report import policyreport
+
+        doc = policyreport.build(snap.node, snap.scanned_at, result.findings)
+        return yaml.safe_dump(doc, sort_keys=False)
+    if args.format == "log":
+        import io
+
+        buf = io.StringIO()
+        log = make_logger(cfg.node_name, buf)
         for f in result.findings:
             log_finding(log, f)
         log.info("scan_complete", sockets=len(snap.sockets), findings=len(result.findings),
                  suppressed=len(result.suppressed), socket_source=snap.socket_source)
-    else:
-        out.write(render.to_table(snap, result, cfg.catalog))
-    out.flush()
-    threshold = Severity.parse(args.fail_on)
-    return EXIT_FINDINGS if any(f.severity >= threshold for f in result.findings) else EXIT_OK
+        return buf.getvalue()
+    width, color = _terminal(args)
+    return render.to_table(snap, result, cfg.catalog, width, color=color,
+                           remediation=args.remediation)
+
+
+def _write_whole(path: str, text: str) -> None:
+    """Write to a temporary file beside `path` and rename it over: a reader (a CI upload
+    step, a log shipper) never sees half a report, and a failed write leaves the old one.
+    A symlink is followed (the link stays), and what is not a regular file (/dev/stdout, a
+    FIFO) is written to directly: renaming over it would replace the device node."""
+    import stat
+    import tempfile
+
+    target = os.path.realpath(path)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise UsageError(f"--output: {path}: {e.strerror}") from None
+    try:
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            with open(target, "w") as f:
+                f.write(text)
+            return
+        fd, tmp = tempfile.mkstemp(prefix=".nodeward-", dir=os.path.dirname(target))
+    except OSError as e:
+        raise UsageError(f"--output: {path}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode) if st is not None else 0o644)
+        os.replace(tmp, target)
+    except OSError as e:
+        os.unlink(tmp)
+        raise UsageError(f"--output: {path}: {e.strerror}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        if args.command is None:
-            raise UsageError("a command is required (see nodeward --help)")
-        if args.command == "version":
+        if args.version or args.command == "version":
             print(__version__)
             return EXIT_OK
-        cfg = config_mod.load(args.config)
+        if args.command is None:
+            raise UsageError("a command is required (see nodeward --help)")
+        cfg = config_mod.load(args.config) if getattr(args, "needs_config", True) else None
     except UsageError as e:
         print(f"nodeward: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -141,6 +141,11 @@ def _suppress(value: Any, where: str) -> tuple[Suppression, ...]:
             raise ConfigError(f"{here}: unknown key {sorted(unknown)[0]!r}")
         if not isinstance(item.get("id"), str) or not item["id"]:
             raise ConfigError(f"{here}.id: required (a finding ID such as NW101)")
+        from .findings import registry
+
+        if item["id"] not in registry():
+            raise ConfigError(f"{here}.id: unknown finding ID {item['id']!r} "
+                              "(`nodeward explain --all` lists them)")
         reason = item.get("reason")
         if not isinstance(reason, str) or not reason.strip():
             raise ConfigError(f"{here}.reason: required: say why this finding is accepted")

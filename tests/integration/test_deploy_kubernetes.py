@@ -73,8 +73,13 @@ def test_kustomization_lists_the_manifests():
     assert kust["kind"] == "Kustomization"
     resources = set(kust["resources"])
     assert all((K8S / r).is_file() for r in resources)
-    # Everything but the optional report writer is applied by default.
-    assert resources == set(MANIFESTS) - {"rbac-policyreport.yaml"}
+    # Everything but the optional report writer is applied by default; the ConfigMap is
+    # generated from config/config.yaml (configmap.yaml is its plain-manifest twin).
+    assert resources == set(MANIFESTS) - {"rbac-policyreport.yaml", "configmap.yaml"}
+    (gen,) = kust["configMapGenerator"]
+    assert gen["name"] == one("ConfigMap")["metadata"]["name"]
+    assert gen["files"] == ["config/config.yaml"] and (K8S / gen["files"][0]).is_file()
+    assert "disableNameSuffixHash" not in gen.get("options", {})  # the hash rolls the pods
     assert kust["namespace"] == "nodeward"
     for doc in all_docs():
         if "namespace" in doc["metadata"]:

@@ -23,8 +23,9 @@ TIMEOUT = 0.5
 
 
 def shipped_config() -> dict:
-    cm = yaml.safe_load((ROOT / "kubernetes" / "configmap.yaml").read_text())
-    return yaml.safe_load(cm["data"]["config.yaml"])
+    """kubernetes/config/config.yaml: what the kustomization turns into the ConfigMap (a
+    deploy test keeps kubernetes/configmap.yaml equal to it)."""
+    return yaml.safe_load((ROOT / "kubernetes" / "config" / "config.yaml").read_text())
 
 
 def k8s_node(name: str, ip: str, cidr: str, roles=()) -> dict:

@@ -1,36 +1,51 @@
 """Prometheus metrics and the /healthz endpoint of `nodeward run`.
 
 A registry per daemon (not the process-global default), so tests and reloads never see
-another instance's series.
+another instance's series. Names follow Prometheus' conventions (checked by `promtool
+check metrics` in the tests): base units, `_total` on counters, no label value in a name
+(per-severity counts are `sum by (severity) (nodeward_findings)`), no `_created` series.
 """
 
 from __future__ import annotations
 
+import platform
 import socket
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import prometheus_client
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 
-from ..model import Finding, Severity
+from .. import __version__
+from ..model import Finding
+
+# `_created` samples double every counter's series for a timestamp nobody queries; the
+# switch is process-wide in prometheus_client, and this process exports nothing else.
+prometheus_client.disable_created_metrics()
 
 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, _resident_memory_bytes, ...
+        Gauge("nodeward_build_info", "nodeward build: always 1, the version in labels",
+              ["version", "python_version"], registry=r).labels(
+            __version__, platform.python_version()).set(1)
         self.findings = Gauge("nodeward_findings", "Open findings by ID and severity",
                               ["id", "severity"], registry=r)
-        self.findings_by_severity = Gauge("nodeward_findings_by_severity",
-                                          "Open findings by severity", ["severity"],
-                                          registry=r)
+        self.findings_opened = Counter("nodeward_findings_opened",
+                                       "Findings that appeared (new since the previous "
+                                       "scan; at start every open finding is new)",
+                                       ["id", "severity"], registry=r)
         self.scan_duration = Histogram("nodeward_scan_duration_seconds",
                                        "Duration of a scan cycle", registry=r,
                                        buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
@@ -51,19 +66,25 @@ class Metrics:
                                     "Events dropped (spool bound or rejected)", registry=r)
         self.reloads = Counter("nodeward_config_reloads", "Config reloads", ["result"],
                                registry=r)
+        for result in ("ok", "failed"):  # both series exist from the start: rate() works
+            self.scans.labels(result)
+            self.reloads.labels(result)
+        self._open: set[tuple] = set()
 
     def set_findings(self, findings: Iterable[Finding]) -> None:
         self.findings.clear()
-        by_sev = {str(s): 0 for s in Severity}
         counts: dict[tuple[str, str], int] = {}
+        keys = set()
         for f in findings:
             key = (f.id, str(f.severity))
             counts[key] = counts.get(key, 0) + 1
-            by_sev[str(f.severity)] += 1
+            ident = (*f.key, f.evidence.get("family", ""))
+            keys.add(ident)
+            if ident not in self._open:
+                self.findings_opened.labels(*key).inc()
+        self._open = keys
         for (fid, sev), n in counts.items():
             self.findings.labels(fid, sev).set(n)
-        for sev, n in by_sev.items():
-            self.findings_by_severity.labels(sev).set(n)
 
     def sink_changed(self, backlog: int, dropped: int) -> None:
         self.sink_backlog.set(backlog)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from ..catalog import Catalog
 from ..checks import CheckResult
-from ..model import NodeSnapshot, Socket
+from ..model import Finding, NodeSnapshot, Socket
+from . import table
+from .table import wrap_text
 
 
 def socket_dict(s: Socket, catalog: Catalog) -> dict[str, Any]:
@@ -97,25 +100,6 @@ def to_jsonl(snapshot: NodeSnapshot, result: CheckResult) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def _table(headers: list[str], rows: list[list[str]], width: int) -> list[str]:
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    # Let the last column take what is left of the terminal and truncate it there.
-    fixed = sum(widths[:-1]) + 2 * (len(widths) - 1)
-    last = max(20, width - fixed)
-    widths[-1] = min(widths[-1], last)
-
-    def fmt(cells: list[str]) -> str:
-        out = []
-        for i, c in enumerate(cells):
-            if i == len(cells) - 1:
-                out.append(c if len(c) <= widths[i] else c[: widths[i] - 1] + "…")
-            else:
-                out.append(c.ljust(widths[i]))
-        return "  ".join(out).rstrip()
-
-    return [fmt(headers)] + [fmt(r) for r in rows]
-
-
 def _endpoint(address: str, port: int | None) -> str:
     host = f"[{address}]" if ":" in address else address
     return f"{host}:{port}" if port is not None else host
@@ -127,9 +111,57 @@ def _derived_value(value: Any) -> str:
     return str(value)
 
 
+def _finding_group(f: Finding) -> tuple[str, str, int | None, str]:
+    """Findings about one socket (or one non-socket subject) share a row."""
+    return (f.protocol, f.address, f.port, f.component)
+
+
+def group_findings(findings: Iterable[Finding]) -> list[list[Finding]]:
+    """Findings grouped per socket/subject, worst group first, each group worst first;
+    the order within equal severity is the checks' (stable)."""
+    groups: dict[tuple, list[Finding]] = {}
+    for f in findings:
+        groups.setdefault(_finding_group(f), []).append(f)
+    out = [sorted(g, key=lambda f: -f.severity) for g in groups.values()]
+    return sorted(out, key=lambda g: -g[0].severity)
+
+
+def _where(f: Finding) -> str:
+    where = _endpoint(f.address, f.port) if f.address else (
+        f"port {f.port}" if f.port is not None else "-")
+    return f"{where}/{f.protocol}" if f.protocol and f.port is not None else where
+
+
+def _subject(f: Finding) -> list[str]:
+    """WHERE and COMPONENT of a finding row, stacked in one column to leave the width to
+    the titles."""
+    return [x for x in (_where(f), f.component) if x and x != "-"] or ["node"]
+
+
+def _remediation_section(groups: list[list[Finding]], width: int | None) -> list[str]:
+    """Per finding row, its distinct remediation texts with the IDs each one fixes."""
+    lines = ["REMEDIATION"]
+    for g in groups:
+        by_text: dict[str, list[str]] = {}
+        for f in g:
+            if f.remediation:
+                ids = by_text.setdefault(" ".join(f.remediation.split()), [])
+                if f.id not in ids:
+                    ids.append(f.id)
+        if not by_text:
+            continue
+        lines.append("  " + " ".join(_subject(g[0])))
+        for text, ids in by_text.items():
+            lines += wrap_text(f"- {text} [{', '.join(ids)}]", width, "    ", "      ")
+    return lines if len(lines) > 1 else []
+
+
 def to_table(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog,
-             width: int | None = None) -> str:
-    width = width or shutil.get_terminal_size((120, 24)).columns
+             width: int | None = None, *, color: bool = False,
+             remediation: bool = True) -> str:
+    """The scan for people. `width` None (not a terminal): nothing wraps, every finding is
+    one whole line a log search finds; a width wraps cells to fit it, words whole. Nothing
+    is ever cut. `color` marks severities (the caller decides: a TTY and no NO_COLOR)."""
     lines = [f"node {snapshot.node}  scanned {snapshot.scanned_at}  "
              f"sockets {len(snapshot.sockets)} (via {snapshot.socket_source})"]
     lines += [f"note: {n}" for n in snapshot.notes]
@@ -141,19 +173,27 @@ def to_table(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog,
     fw = snapshot.ruleset is not None
     for s in snapshot.sockets:
         d = socket_dict(s, catalog)
-        proc = f"{d['process']}({d['pid']})" if d["pid"] else "-"
+        proc = f"{d['process']} ({d['pid']})" if d["pid"] else "-"
         r = reach.get(s)
-        rows.append([s.protocol, _endpoint(s.address, s.port), d["scope"] +
-                     (f"({d['interface']})" if d["interface"] else ""),
+        rows.append([f"{_endpoint(s.address, s.port)}/{s.protocol}", d["scope"] +
+                     (f" ({d['interface']})" if d["interface"] else ""),
                      *([reach_cell(r) if r is not None else "-"] if fw else []),
                      d["component"] or "-", proc])
-    lines += _table(["PROTO", "LISTEN", "SCOPE", *(["REACHABLE FROM"] if fw else []),
-                     "COMPONENT", "PROCESS"], rows, width)
+    lines += table.render(["LISTEN", "SCOPE", *(["REACHABLE FROM"] if fw else []),
+                           "COMPONENT", "PROCESS"], [[[c] for c in r] for r in rows], width)
     lines.append("")
+    paint = table.paint if color else table.no_paint
     if result.findings:
-        rows = [[str(f.severity).upper(), f.id, f.component or "-",
-                 _endpoint(f.address, f.port), f.title] for f in result.findings]
-        lines += _table(["SEVERITY", "ID", "COMPONENT", "WHERE", "FINDING"], rows, width)
+        counts = Counter(f.severity for f in result.findings)
+        lines.append(f"FINDINGS {len(result.findings)}: " + ", ".join(
+            paint(f"{counts[sev]} {sev}", sev) for sev in sorted(counts, reverse=True)))
+        groups = group_findings(result.findings)
+        frows = [[[table.Styled(str(g[0].severity).upper(), g[0].severity)], _subject(g[0]),
+                  [f"{f.id} {f.severity}: {f.title}" for f in g]] for g in groups]
+        lines += table.render(["SEVERITY", "WHERE", "FINDINGS"], frows, width, paint=paint)
+        if remediation:
+            lines.append("")
+            lines += _remediation_section(groups, width)
     else:
         lines.append("no findings")
     if result.suppressed:
