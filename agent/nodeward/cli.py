@@ -89,6 +89,7 @@ COMMAND_MODULES = (
     "nodeward.commands.daemon",
     "nodeward.commands.inspect",
     "nodeward.commands.completion",
+    "nodeward.commands.audit",
 )
 
 

@@ -426,3 +426,78 @@ def collect_cluster(settings: ClusterSettings, node: str) -> ClusterView:
         extra = tuple(p for p in settings.peers if p.name not in listed)
         view = dataclasses.replace(view, nodes=view.nodes + extra)
     return view
+
+
+#: What `nodeward audit` lists (one-shot, read-only): path -> (apiVersion, kind) stamped on
+#: items, since list responses leave them out. Calico's CRD shape first, then the v3 API.
+AUDIT_PATHS = (
+    ("/api/v1/namespaces", "v1", "Namespace"),
+    ("/api/v1/pods", "v1", "Pod"),
+    ("/apis/networking.k8s.io/v1/networkpolicies", "networking.k8s.io/v1", "NetworkPolicy"),
+)
+AUDIT_CALICO = {
+    "NetworkPolicy": "networkpolicies", "GlobalNetworkPolicy": "globalnetworkpolicies",
+    "StagedNetworkPolicy": "stagednetworkpolicies",
+    "StagedGlobalNetworkPolicy": "stagedglobalnetworkpolicies",
+    "StagedKubernetesNetworkPolicy": "stagedkubernetesnetworkpolicies",
+    "HostEndpoint": "hostendpoints",
+}
+
+
+def audit_objects_offline(directory: str | Path) -> tuple[list[dict], list[str]]:
+    """Every object in the offline directory's files (List kinds unrolled)."""
+    out: list[dict] = []
+    unknown: list[str] = []
+
+    def add(obj: Any) -> None:
+        if not isinstance(obj, dict):
+            return
+        kind = str(obj.get("kind", ""))
+        if kind.endswith("List") and isinstance(obj.get("items"), list):
+            for item in obj["items"]:
+                if isinstance(item, dict) and "kind" not in item and kind != "List":
+                    item = {**item, "kind": kind.removesuffix("List"),
+                            "apiVersion": obj.get("apiVersion", "")}
+                add(item)
+        elif kind:
+            out.append(obj)
+
+    files = sorted(p for p in Path(directory).rglob("*")
+                   if p.suffix in (".yaml", ".yml", ".json"))
+    if not files:
+        unknown.append(f"offline dir {directory}: no YAML or JSON files")
+    for path in files:
+        try:
+            for doc in _documents(path):
+                add(doc)
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            unknown.append(f"offline file {path}: {type(e).__name__}: {e}".splitlines()[0])
+    return out, unknown
+
+
+def audit_objects_api(api: KubeApi) -> tuple[list[dict], list[str]]:
+    """Namespaces, pods, Kubernetes and Calico policies (staged too) and host endpoints,
+    listed once. A kind the cluster does not serve is skipped; an error is `unknown`."""
+    out: list[dict] = []
+    unknown: list[str] = []
+    wanted = list(AUDIT_PATHS) + [
+        (f"/apis/{group}/{plural}", api_version, kind)
+        for kind, plural in AUDIT_CALICO.items()
+        for group, api_version in (("crd.projectcalico.org/v1", "crd.projectcalico.org/v1"),
+                                   ("projectcalico.org/v3", "projectcalico.org/v3"))]
+    served: set[str] = set()
+    for path, api_version, kind in wanted:
+        if kind in AUDIT_CALICO and api_version.startswith("projectcalico.org") \
+                and kind in served:
+            continue  # the CRD shape answered already
+        try:
+            for item in api.list(path):
+                out.append({**item, "apiVersion": item.get("apiVersion") or api_version,
+                            "kind": item.get("kind") or kind})
+            if kind in AUDIT_CALICO:
+                served.add(kind)
+        except NotFound:
+            continue
+        except ApiUnavailable as e:
+            unknown.append(e.reason)
+    return out, unknown
