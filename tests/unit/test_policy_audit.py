@@ -54,7 +54,7 @@ DNS_ALLOW = {"to": [{"namespaceSelector": {}}],
 
 
 def test_default_deny_per_namespace_kubernetes_and_calico():
-    objs = BASE + [
+    objs = [*BASE,
         knp("deny-in", "shop", {"podSelector": {}, "policyTypes": ["Ingress"]}),
         cnp("deny-eg", "shop", {"selector": "all()", "types": ["Egress"],
                                 "egress": [{"action": "Allow", "protocol": "UDP",
@@ -74,7 +74,7 @@ def test_default_deny_per_namespace_kubernetes_and_calico():
 
 
 def test_global_policy_covers_namespaces_by_namespace_selector():
-    objs = BASE + [gnp("baseline", {
+    objs = [*BASE, gnp("baseline", {
         "namespaceSelector": "kubernetes.io/metadata.name not in {'kube-system'}",
         "types": ["Ingress", "Egress"]})]
     a = run_audit(objs)
@@ -90,13 +90,13 @@ def test_global_policy_covers_namespaces_by_namespace_selector():
 
 
 def test_an_allow_all_is_no_default_deny():
-    objs = BASE + [knp("open", "shop", {"podSelector": {}, "policyTypes": ["Ingress"],
+    objs = [*BASE, knp("open", "shop", {"podSelector": {}, "policyTypes": ["Ingress"],
                                         "ingress": [{}]})]
     assert ("NW520", "namespace/shop") in ids(run_audit(objs), "NW520")
 
 
 def test_staged_policies_enforce_nothing():
-    objs = BASE + [cnp("staged-deny", "shop", {"selector": "all()",
+    objs = [*BASE, cnp("staged-deny", "shop", {"selector": "all()",
                                                "types": ["Ingress", "Egress"]},
                        kind="StagedNetworkPolicy")]
     a = run_audit(objs)
@@ -106,7 +106,7 @@ def test_staged_policies_enforce_nothing():
 
 
 def test_shadowing_by_order_and_selection():
-    objs = BASE + [
+    objs = [*BASE,
         gnp("allow-all-web", {"order": 10, "selector": "app == 'web' || app == 'db'",
                               "ingress": [{"action": "Allow"}]}),
         cnp("deny-ssh-web", "shop", {"order": 100, "selector": "app == 'web'", "ingress": [
@@ -122,7 +122,7 @@ def test_shadowing_by_order_and_selection():
 
 
 def test_metadata_egress():
-    objs = BASE + [
+    objs = [*BASE,
         knp("world", "shop", {"podSelector": {}, "policyTypes": ["Egress"],
                               "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}),
         knp("world-safe", "ops", {"podSelector": {}, "policyTypes": ["Egress"], "egress": [
@@ -138,7 +138,7 @@ def test_metadata_egress():
 
 
 def test_selector_typo_types_mismatch_and_unparseable():
-    objs = BASE + [
+    objs = [*BASE,
         gnp("typo", {"selector": "app == 'databse'", "ingress": [{"action": "Allow"}]}),
         gnp("broken", {"selector": "app = 'db'"}),
         cnp("eg-ignored", "shop", {"selector": "all()", "types": ["Ingress"],
