@@ -13,6 +13,7 @@ from typing import IO, Any
 import structlog
 
 from ..model import Finding, Severity
+from ..redact import scrub
 
 LEVEL_OF = {
     Severity.INFO: "info",
@@ -31,6 +32,11 @@ def _head_first(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, An
     return {**{k: event.pop(k) for k in HEAD if k in event}, **event}
 
 
+def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """No secret in any log line, whatever a call site passed (see nodeward.redact)."""
+    return scrub(event)
+
+
 def make_logger(node: str, stream: IO[str] | None = None) -> Any:
     return structlog.wrap_logger(
         structlog.PrintLogger(stream or sys.stderr),
@@ -39,6 +45,7 @@ def make_logger(node: str, stream: IO[str] | None = None) -> Any:
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
             structlog.processors.format_exc_info,
             _head_first,
+            _redact,
             structlog.processors.JSONRenderer(sort_keys=False, default=str),
         ],
         wrapper_class=structlog.BoundLogger,

@@ -9,6 +9,7 @@ from typing import Any
 from ..catalog import Catalog
 from ..checks import CheckResult
 from ..model import NodeSnapshot, Socket
+from ..redact import redact_text, scrub
 
 
 def socket_dict(s: Socket, catalog: Catalog) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def document(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog) -> d
     for f in result.findings:
         counts[str(f.severity)] = counts.get(str(f.severity), 0) + 1
     reach = _reach_index(result)
-    return {
+    return scrub({
         "node": snapshot.node,
         "scanned_at": snapshot.scanned_at,
         "socket_source": snapshot.socket_source,
@@ -76,7 +77,7 @@ def document(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog) -> d
                     for s in snapshot.sockets],
         "findings": [f.to_dict() for f in result.findings],
         "suppressed": [{**f.to_dict(), "reason": s.reason} for f, s in result.suppressed],
-    }
+    })
 
 
 def _with_reach(d: dict[str, Any], reach: Any) -> dict[str, Any]:
@@ -92,7 +93,7 @@ def to_jsonl(snapshot: NodeSnapshot, result: CheckResult) -> str:
     lines = []
     for f in result.findings:
         d = {"node": snapshot.node, "scanned_at": snapshot.scanned_at, **f.to_dict()}
-        lines.append(json.dumps(d, default=str))
+        lines.append(json.dumps(scrub(d), default=str))
     return "".join(line + "\n" for line in lines)
 
 
@@ -150,4 +151,4 @@ def to_table(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog,
     if result.suppressed:
         lines.append(f"{len(result.suppressed)} finding(s) suppressed by config "
                      "(see --format json)")
-    return "\n".join(lines) + "\n"
+    return redact_text("\n".join(lines)) + "\n"
