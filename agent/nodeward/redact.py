@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 MASK = "<redacted>"
@@ -32,8 +32,19 @@ _NAME = re.compile(rf"(?:{_WORD})", re.IGNORECASE)
 _PATH_OPTION = re.compile(r"(?:file|dir|path|kubeconfig)$", re.IGNORECASE)
 _PATH_VALUE = re.compile(r"^/[^\s]*$")
 
+def _name_value(m: re.Match[str]) -> str:
+    name, value = m.group("name"), m.group("value")
+    if _keep_path(name, value.strip("\"'")):
+        return m.group(0)
+    return f"{name}={MASK}"
+
+
+def _keep_path(name: str, value: str) -> bool:
+    return bool(_PATH_OPTION.search(name.rstrip("-_")) and _PATH_VALUE.match(value))
+
+
 #: Text rules, applied in order to every string.
-RULES: tuple[tuple[str, re.Pattern[str], str], ...] = (
+RULES: tuple[tuple[str, re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
     # scheme://user:password@host -> scheme://user:<redacted>@host
     ("url-userinfo", re.compile(r"(?P<pre>\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(?=@)",
                                 re.IGNORECASE), rf"\g<pre>{MASK}"),
@@ -49,19 +60,8 @@ RULES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     # --secret-opt=value, ?token=value, &password=value, ETCD_PASSWORD=value
     ("name-value", re.compile(
         rf"(?:^|(?<=[\s?&;,\"'(]))(?P<name>[-\w.]*(?:{_WORD})[-\w.]*)="
-        r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s&;,\"')]+)", re.IGNORECASE), ""),
+        r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s&;,\"')]+)", re.IGNORECASE), _name_value),
 )
-
-
-def _name_value(m: re.Match[str]) -> str:
-    name, value = m.group("name"), m.group("value")
-    if _keep_path(name, value.strip("\"'")):
-        return m.group(0)
-    return f"{name}={MASK}"
-
-
-def _keep_path(name: str, value: str) -> bool:
-    return bool(_PATH_OPTION.search(name.rstrip("-_")) and _PATH_VALUE.match(value))
 
 
 #: Every rule needs one of these; most strings (addresses, names) have none and skip the
@@ -75,11 +75,8 @@ def redact_text(text: str) -> str:
     renders the same command lines and titles many times."""
     if not text or not _TRIGGER.search(text):
         return text
-    for name, pattern, repl in RULES:
-        if name == "name-value":
-            text = pattern.sub(_name_value, text)
-        else:
-            text = pattern.sub(repl, text)
+    for _name, pattern, repl in RULES:
+        text = pattern.sub(repl, text)
     return text
 
 
