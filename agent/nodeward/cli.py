@@ -16,7 +16,7 @@ from . import config as config_mod
 from .checks import run_checks
 from .model import Severity
 from .report import render
-from .report.logs import log_finding, make_logger
+from .report.logs import configure_module_loggers, log_finding, make_logger
 from .snapshot import take_snapshot
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
@@ -150,6 +150,7 @@ def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_module_loggers()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
