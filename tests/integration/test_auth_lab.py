@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,10 +21,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.authlab import (
+    KUBELET_CONFIG,
+    etcd_tls_args,
+    make_pki,
+    start_etcd,
+    start_kubelet,
+)
+
 pytestmark = pytest.mark.lab
 
 NODEWARD = [sys.executable, "-m", "nodeward"]
-KUBELET_SERVER = Path(__file__).resolve().parent.parent / "lab" / "kubelet_server.py"
 CONFIG = "node_name: auth-lab\npod_cidrs: [10.244.0.0/16]\n"
 
 
@@ -48,56 +54,15 @@ def scan(lab, ns, probe: bool = True, *extra: str) -> dict:
     return json.loads(r.stdout)
 
 
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
-    """A CA, a server certificate for 127.0.0.1/::1/localhost, and a client certificate."""
-    d = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"),
-            "-days", "2", "-subj", "/CN=nodeward-lab-ca")
-    for name, usage in (("server", "serverAuth"), ("client", "clientAuth")):
-        openssl("req", *ec, "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"),
-                "-subj", f"/CN=nodeward-lab-{name}")
-        ext = d / f"{name}.ext"
-        ext.write_text("subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n"
-                       f"extendedKeyUsage={usage}\n")
-        openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.crt"),
-                "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
-                "-out", str(d / f"{name}.crt"), "-extfile", str(ext))
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def node_with_pod(lab, role: str):
     ns = lab.netns(role)
     lab.pod(ns, "10.244.1.2/24", "10.244.1.1/24", host_if="cali1")
     return ns
-
-
-def wait_listening(lab, ns, port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if lab.sh("ss", "-Hltn", f"sport = :{port}", ns=ns).stdout.strip():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
-def start_etcd(lab, ns, data: Path, client_url: str, *tls: str):
-    p = lab.spawn(ns, [
-        "etcd", "--name", "lab", "--data-dir", str(data),
-        "--listen-client-urls", client_url, "--advertise-client-urls", client_url.replace(
-            "0.0.0.0", "127.0.0.1"),
-        "--listen-peer-urls", "http://127.0.0.1:2380",
-        "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-        "--initial-cluster", "lab=http://127.0.0.1:2380",
-        "--listen-metrics-urls", "http://127.0.0.1:2381", *tls])
-    wait_listening(lab, ns, 2379)
-    wait_listening(lab, ns, 2381)
-    return p
 
 
 def findings_for(doc: dict, component: str) -> dict[str, dict]:
@@ -125,9 +90,7 @@ def https_get(lab, ns, url: str, pki: Path, client_cert: bool) -> int:
 def test_etcd_demanding_client_certs_is_one_level_lower_and_says_why(lab, pki, tmp_path):
     need_etcd()
     ns = node_with_pod(lab, "etcdtls")
-    start_etcd(lab, ns, tmp_path / "data", "https://0.0.0.0:2379",
-               "--client-cert-auth", "--trusted-ca-file", str(pki / "ca.crt"),
-               "--cert-file", str(pki / "server.crt"), "--key-file", str(pki / "server.key"))
+    start_etcd(lab, ns, tmp_path / "data", "https://0.0.0.0:2379", *etcd_tls_args(pki))
     # The oracle: etcd serves a client with a certificate, refuses one without.
     assert https_get(lab, ns, "https://127.0.0.1:2379/version", pki, client_cert=True) == 200
     assert https_get(lab, ns, "https://127.0.0.1:2379/version", pki, client_cert=False) == 0
@@ -177,35 +140,11 @@ def test_etcd_without_tls_is_verified_unauthenticated(lab, tmp_path):
                                 "and no client certificates")
 
 
-KUBELET_ANON = """\
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-authentication:
-  anonymous:
-    enabled: {anon}
-authorization:
-  mode: {mode}
-readOnlyPort: 0
-"""
-
-
-def start_kubelet(lab, ns, pki: Path, config: Path) -> subprocess.Popen:
-    args = ["kubelet", str(KUBELET_SERVER), "--netns", ns.name, "--config", str(config),
-            "--tls-cert-file", str(pki / "server.crt"),
-            "--tls-private-key-file", str(pki / "server.key")]
-    p = subprocess.Popen(args, executable=sys.executable, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         env={**os.environ, "PYTHONHOME": sys.base_prefix})
-    lab.procs.append(p)
-    lab._wait_line(p, "ready", 10)
-    return p
-
-
 @pytest.mark.parametrize("anon", [True, False], ids=["anonymous", "hardened"])
 def test_kubelet_anonymous_on_and_off(lab, pki, tmp_path, anon):
     ns = node_with_pod(lab, "kla" if anon else "klh")
     config = tmp_path / "config.yaml"
-    config.write_text(KUBELET_ANON.format(anon=str(anon).lower(),
+    config.write_text(KUBELET_CONFIG.format(anon=str(anon).lower(),
                                           mode="AlwaysAllow" if anon else "Webhook"))
     p = start_kubelet(lab, ns, pki, config)
     doc = scan(lab, ns)
@@ -214,7 +153,7 @@ def test_kubelet_anonymous_on_and_off(lab, pki, tmp_path, anon):
     kubelet = findings_for(doc, "kubelet")
     ev = kubelet["NW102"]["evidence"]["authentication"]
     assert ev["settings"]["--config"] == str(config)
-    line = 5  # authentication.anonymous.enabled in KUBELET_ANON
+    line = 5  # authentication.anonymous.enabled in KUBELET_CONFIG
     assert ev["settings"][f"{config}:{line} authentication.anonymous.enabled"] == str(anon).lower()
     if anon:
         assert kubelet["NW103"]["severity"] == "critical"  # anonymous kubelet, pods reach it
