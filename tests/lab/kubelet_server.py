@@ -3,7 +3,7 @@
 Exec'd with argv[0] = "kubelet" (and comm set to it) so the catalog identifies it as the
 kubelet, and given `--config FILE`: a KubeletConfiguration YAML whose
 `authentication.anonymous.enabled` decides, as in the real kubelet, whether a request
-without credentials gets `/pods` (200, a PodList) or 401. `/healthz` always answers.
+without valid credentials gets `/pods` (200, a PodList) or 401. `/healthz` always answers.
 Serves TLS with --tls-cert-file/--tls-private-key-file on every --address:--port.
 Prints "ready" once listening.
 """
@@ -22,6 +22,8 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 PR_SET_NAME = 15
+#: The one bearer token this kubelet accepts (a real one asks the API server: TokenReview).
+TOKEN = "nodeward-lab-kubelet-token"
 
 
 def main() -> None:
@@ -47,7 +49,7 @@ def main() -> None:
             if self.path == "/healthz":
                 return self._send(200, b"ok", "text/plain")
             if self.path.startswith("/pods"):
-                if anonymous or self.headers.get("Authorization"):
+                if anonymous or self.headers.get("Authorization") == f"Bearer {TOKEN}":
                     body = json.dumps({"kind": "PodList", "apiVersion": "v1",
                                        "items": [{"metadata": {"name": "secret-pod"}}]})
                     return self._send(200, body.encode(), "application/json")
