@@ -428,7 +428,7 @@ def _judged(catalog: Catalog, sock: Socket) -> Component | None:
 
 
 def collect_auth(sockets: Iterable[Socket], catalog: Catalog, *, probe_sockets: bool = True,
-                 timeout: float = 1.0, cache: ProbeCache | None = None,
+                 timeout: float = 0.5, cache: ProbeCache | None = None,
                  proc: str = "/proc", workers: int = 8,
                  ) -> tuple[dict[tuple[str, str, int], AuthEvidence], list[str]]:
     """Evidence for every socket of a component with an auth_rule or a probe_path, plus
