@@ -15,6 +15,7 @@ from . import __version__
 from . import config as config_mod
 from .checks import run_checks
 from .model import Severity
+from .redact import redact_text
 from .report import render
 from .report.logs import configure_module_loggers, log_finding, make_logger
 from .snapshot import take_snapshot
@@ -117,7 +118,7 @@ def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
             err_log.warning("collector_note", note=note)
         if snap.ruleset is None:
             return EXIT_USAGE
-        sys.stdout.write(explain(result.reach, args.explain))
+        sys.stdout.write(redact_text(explain(result.reach, args.explain)))
         return EXIT_OK
     cluster = cfg.section("cluster")
     if args.offline:

@@ -39,6 +39,13 @@ def _name_value(m: re.Match[str]) -> str:
     return f"{name}={MASK}"
 
 
+def _option_value(m: re.Match[str]) -> str:
+    name, value = m.group("name"), m.group("value")
+    if value == MASK or _keep_path(name.lstrip("-"), value):
+        return m.group(0)
+    return f"{name}{m.group('sep')}{MASK}"
+
+
 def _keep_path(name: str, value: str) -> bool:
     return bool(_PATH_OPTION.search(name.rstrip("-_")) and _PATH_VALUE.match(value))
 
@@ -61,12 +68,16 @@ RULES: tuple[tuple[str, re.Pattern[str], str | Callable[[re.Match[str]], str]], 
     ("name-value", re.compile(
         rf"(?:^|(?<=[\s?&;,\"'(]))(?P<name>[-\w.]*(?:{_WORD})[-\w.]*)="
         r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s&;,\"')]+)", re.IGNORECASE), _name_value),
+    # "--token abc" inside a joined command line (argv lists get redact_argv instead)
+    ("option-value", re.compile(
+        rf"(?<![\w-])(?P<name>--?[\w.-]*(?:{_WORD})[\w.-]*)(?P<sep>\s+)(?P<value>[^\s-]\S*)",
+        re.IGNORECASE), _option_value),
 )
 
 
 #: Every rule needs one of these; most strings (addresses, names) have none and skip the
 #: rules with one search.
-_TRIGGER = re.compile(r"[=@]|bearer|basic|authoriz", re.IGNORECASE)
+_TRIGGER = re.compile(rf"[=@]|bearer|basic|authoriz|-[\w.-]*(?:{_WORD})", re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=8192)

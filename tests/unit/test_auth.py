@@ -3,6 +3,7 @@ through a /proc tree, and how the exposure checks word and rank it (pure)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,49 @@ def test_catalog_rejects_bad_auth_fields():
         Catalog.from_entries([{"name": "kubelet", "auth_rule": "magic"}], "t", CATALOG)
     with pytest.raises(CatalogError, match="probe_path"):
         Catalog.from_entries([{"name": "kubelet", "probe_path": "/run?cmd=rm"}], "t", CATALOG)
+
+
+def test_probe_cache_rate_limits_and_reprobes_a_new_process():
+    """A real loopback HTTP server counts the probes: one per socket per `every` seconds,
+    and a new one when another process holds the socket."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *a) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        # dockerd is docker-api's primary process: identified on this random port too
+        s = sock(port, "dockerd", [], address="127.0.0.1", pid=os.getpid())
+        cache = auth.ProbeCache(every=600)
+        for _ in range(3):
+            got, _ = auth.collect_auth([s], CATALOG, cache=cache)
+        assert hits == ["/version"]
+        ev = got[s.key]
+        assert ev.state == AUTH_NONE and ev.probe["status"] == 200 and ev.probe["body"]
+        assert ev.decided_by == (f"probe: GET http://127.0.0.1:{port}/version without "
+                                 "credentials -> 200 with a body")
+        other = s._replace(process=ProcessInfo(pid=os.getpid() + 1, name="dockerd",
+                                               comm="dockerd", cmdline=("dockerd",)))
+        auth.collect_auth([other], CATALOG, cache=cache)
+        assert hits == ["/version", "/version"]
+        auth.collect_auth([other], CATALOG, cache=auth.ProbeCache(every=0))
+        assert len(hits) == 3
+        got, _ = auth.collect_auth([s], CATALOG, probe_sockets=False)
+        assert len(hits) == 3 and got[s.key].state == AUTH_UNKNOWN  # no rule: no claim
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -31,6 +31,8 @@ SECRET = "hunter2-Zq9"
     f"curl -H 'Authorization: Bearer {SECRET}' http://x",
     f"the kubelet got bearer eyJhbGciOi.{SECRET}.sig from the file",
     f'{{"api_key": "x", "token={SECRET}"}}',
+    f"kube-apiserver --v=2 --token {SECRET} --x",
+    f"etcd --peer-key\t{SECRET}",
 ])
 def test_text_rules_mask_the_secret(text):
     out = redact_text(text)
@@ -47,6 +49,8 @@ def test_text_rules_mask_the_secret(text):
     "bearer tokens and basic authentication are not secrets by name",
     "kubelet --config=/var/lib/kubelet/config.yaml --v=2",
     "user@host.example",
+    "kube-apiserver --service-account-key-file /etc/kubernetes/pki/sa.pub --v=2",
+    "--enable-bootstrap-token-auth --v=2",
 ])
 def test_text_rules_leave_non_secrets(text):
     assert redact_text(text) == text

@@ -32,6 +32,7 @@ from ..model import (
     Severity,
     Socket,
 )
+from ..redact import redact_argv
 from ..scope import has_pod_interfaces
 
 
@@ -79,7 +80,8 @@ def _base(sock: Socket, comp: Component | None, ident: Identification,
     if sock.interface:
         evidence["bound_device"] = sock.interface
     if proc:
-        evidence.update(exe=proc.exe, cmdline=" ".join(proc.cmdline)[:512], uid=proc.uid)
+        evidence.update(exe=proc.exe, cmdline=" ".join(redact_argv(proc.cmdline))[:512],
+                        uid=proc.uid)
         if proc.container_id:
             evidence["container_id"] = proc.container_id
         if proc.pod_uid:
