@@ -94,3 +94,13 @@ def test_log_lines_and_policy_report_carry_no_secret():
     assert SECRET not in buf.getvalue() and MASK in buf.getvalue()
     report = policyreport.build("n1", "2026-12-01T00:00:00Z", [_finding()])
     assert SECRET not in json.dumps(report)
+
+
+def test_policy_report_carries_the_authentication_decision():
+    f = Finding("NW103", Severity.CRITICAL, "unauthenticated kubelet on 0.0.0.0:10250/tcp",
+                "fix", component="kubelet", evidence={"authentication": {
+                    "state": "none", "decided_by": "probe: GET https://127.0.0.1:10250/pods "
+                    "without credentials -> 200 with a body"}})
+    [r] = policyreport.build("n1", "2026-12-01T00:00:00Z", [f])["results"]
+    assert r["properties"]["authentication"] == "none"
+    assert r["properties"]["authentication_decided_by"].endswith("-> 200 with a body")

@@ -35,6 +35,11 @@ def build(node: str, scanned_at: str, findings: Iterable[Finding]) -> dict[str, 
                                          ("address", f.address), ("port", f.port),
                                          ("scope", f.scope), ("process", f.process),
                                          ("pid", f.pid)) if v not in ("", None)}
+        auth = f.evidence.get("authentication")
+        if isinstance(auth, dict) and auth.get("state"):  # what decided "unauthenticated"
+            props["authentication"] = str(auth["state"])
+            if auth.get("decided_by"):
+                props["authentication_decided_by"] = str(auth["decided_by"])[:512]
         results.append({
             "policy": "nodeward",
             "rule": f.id,
