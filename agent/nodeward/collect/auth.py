@@ -318,8 +318,8 @@ def probe_target(sock: Socket) -> str | None:
     """The local address to reach the socket at: its own, or loopback for a wildcard."""
     if sock.address == "0.0.0.0":
         return "127.0.0.1"
-    if sock.address == "::":
-        return "::1"
+    if sock.address == "::":  # dual-stack takes IPv4 too, even where lo has no ::1
+        return "::1" if sock.v6only else "127.0.0.1"
     if sock.address.startswith("fe80"):
         return None  # needs a scope id; not worth it
     return sock.address
