@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +23,7 @@ import pytest
 
 from tests.lab.authlab import (
     KUBELET_CONFIG,
+    KUBELET_SERVER,
     etcd_tls_args,
     make_pki,
     start_etcd,
@@ -194,3 +196,30 @@ def test_fake_kubelet_that_answers_nothing_is_not_verified(lab):
     assert "authentication not verified" in kubelet["NW102"]["title"]
     assert kubelet["NW102"]["severity"] == "high" and "NW103" not in kubelet
     assert took < 15
+
+
+def test_config_file_of_a_containerised_kubelet_is_read_through_its_root(lab, pki, tmp_path):
+    """The kubelet runs in its own mount namespace, where its --config file lives on a
+    tmpfs the host cannot see at that path (as in a static pod): nodeward finds the file
+    through /proc/PID/root and names its line."""
+    if not shutil.which("unshare"):
+        pytest.skip("needs unshare (util-linux)")
+    ns = node_with_pod(lab, "klctr")
+    private = tmp_path / "ctr"
+    private.mkdir()
+    config = private / "config.yaml"
+    text = KUBELET_CONFIG.format(anon="false", mode="Webhook")
+    script = (f"mount -t tmpfs tmpfs {private} && cat > {config} <<'EOF'\n{text}EOF\n"
+              f"exec -a kubelet {sys.executable} {KUBELET_SERVER} --netns {ns.name} "
+              f"--config {config} --tls-cert-file {pki / 'server.crt'} "
+              f"--tls-private-key-file {pki / 'server.key'}\n")
+    p = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "bash", "-c",
+                          script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True,
+                         env={**os.environ, "PYTHONHOME": sys.base_prefix})
+    lab.procs.append(p)
+    lab._wait_line(p, "ready", 10)
+    assert not config.exists()  # not at that path in the host's mount namespace
+    ev = socket_auth(scan(lab, ns, probe=False), "kubelet", 10250)
+    assert ev["state"] == "required"
+    assert ev["decided_by"].startswith(f"{config}:5 authentication.anonymous.enabled=false")
