@@ -121,6 +121,8 @@ class Context:
     proc: str = "/proc"
     settings: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: (pid, path) -> (text, note), shared across one scan: a kubelet has several sockets
+    files: dict[tuple[int, str], tuple[str | None, str]] = field(default_factory=dict)
 
     def flag(self, name: str) -> str | None:
         """A flag's value, recorded in the evidence when present."""
@@ -131,7 +133,10 @@ class Context:
 
     def config(self, path: str, key: str) -> tuple[str, str] | None:
         """(value, "<file>:<line> <key>") from the YAML config file at `path`."""
-        text, note = read_in_root(self.pid, path, self.proc)
+        hit = self.files.get((self.pid, path))
+        if hit is None:
+            hit = self.files[(self.pid, path)] = read_in_root(self.pid, path, self.proc)
+        text, note = hit
         if text is None:
             self.notes.append(note)
             return None
@@ -459,14 +464,16 @@ def collect_auth(sockets: Iterable[Socket], catalog: Catalog, *, probe_sockets: 
         if cache is not None:
             cache.keep_only(set(probes))
     out: dict[tuple[str, str, int], AuthEvidence] = {}
-    notes: list[str] = []
+    notes: dict[str, None] = {}  # ordered, once each
+    files: dict[tuple[int, str], tuple[str | None, str]] = {}
     for s, c in judged:
         ctx = Context(s, c.name, parse_flags(s.process.cmdline) if s.process else {},
-                      s.process.pid if s.process else 0, proc)
+                      s.process.pid if s.process else 0, proc, files=files)
         verdict = UNKNOWN
         if c.auth_rule and s.process is not None:
             verdict = RULES[c.auth_rule](ctx)
-            notes.extend(f"{c.name} (pid {ctx.pid}): {n}" for n in ctx.notes)
+            notes.update((f"authentication not read from a config file: {n}", None)
+                         for n in ctx.notes)
         host = probe_target(s)
         p = probes.get((s.process.pid if s.process else 0, host, s.port, c.probe_path), {})
         seen = from_probe(p) if p else UNKNOWN
@@ -474,5 +481,5 @@ def collect_auth(sockets: Iterable[Socket], catalog: Catalog, *, probe_sockets: 
             verdict = seen  # what the socket does beats what its flags say
         out[s.key] = AuthEvidence(state=verdict[0], decided_by=verdict[1],
                                   settings=dict(ctx.settings), probe=dict(p))
-    return out, notes
+    return out, list(notes)
 
