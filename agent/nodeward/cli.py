@@ -109,7 +109,8 @@ def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
             raise UsageError(f"ruleset: {e}") from None
         except OSError as e:
             raise UsageError(f"ruleset: {e.filename}: {e.strerror}") from None
-    snap = take_snapshot(cfg, force_procfs=args.procfs, firewall=firewall, ruleset=saved)
+    snap = take_snapshot(cfg, force_procfs=args.procfs, firewall=firewall, ruleset=saved,
+                         auth_probe=cfg.auth_probe)
     result = run_checks(snap, cfg)
     if args.explain is not None:
         from .report.explain import explain

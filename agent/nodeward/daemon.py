@@ -123,7 +123,8 @@ class Agent:
 
     # -- one cycle --------------------------------------------------------------------------
     def _snapshot(self, cfg: config_mod.Config) -> NodeSnapshot:
-        return take_snapshot(cfg, ruleset_cache=self.ruleset_cache, auth_cache=self.auth_cache)
+        return take_snapshot(cfg, ruleset_cache=self.ruleset_cache, auth_probe=cfg.auth_probe,
+                             auth_cache=self.auth_cache)
 
     def cycle(self) -> CycleOutcome:
         start = time.perf_counter()

@@ -30,16 +30,18 @@ def now_rfc3339() -> str:
 
 def take_snapshot(config: Config, force_procfs: bool = False, firewall: bool | None = None,
                   ruleset_cache: ParseCache | None = None,
-                  ruleset: Ruleset | None = None,
+                  ruleset: Ruleset | None = None, auth_probe: bool = False,
                   auth_cache: ProbeCache | None = None) -> NodeSnapshot:
     """`firewall` (default: config.firewall) also reads the live ruleset, unless `ruleset`
     is given (a saved dump); a daemon passes one ParseCache for its lifetime so an
-    unchanged ruleset is not parsed again, and one ProbeCache so the authentication probe
-    of a socket runs at most once per ProbeCache.every seconds."""
+    unchanged ruleset is not parsed again. `auth_probe` (scan and daemon pass
+    config.auth_probe; enforcement commands leave it off: they need no authentication
+    evidence and must not add traffic) probes component sockets on loopback; a daemon's
+    ProbeCache probes a socket at most once per ProbeCache.every seconds."""
     with paused_gc():
         snap = _take_snapshot(config, force_procfs)
         auth, auth_notes = collect_auth(snap.sockets, config.catalog,
-                                        probe_sockets=config.auth_probe, cache=auth_cache)
+                                        probe_sockets=auth_probe, cache=auth_cache)
         snap = replace(snap, auth=auth, notes=snap.notes + tuple(auth_notes))
         if ruleset is not None:
             snap = replace(snap, ruleset=ruleset, notes=snap.notes + ruleset.notes)
