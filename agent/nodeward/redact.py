@@ -96,6 +96,8 @@ def secret_option(arg: str) -> bool:
     if not arg.startswith("-") or arg in ("-", "--"):
         return False
     name = arg.lstrip("-").split("=", 1)[0]
+    if any(c.isspace() for c in name):
+        return False  # a sentence or a rule text in a list, not one option word
     return bool(_NAME.search(name))
 
 

@@ -237,3 +237,21 @@ def test_probe_cache_rate_limits_and_reprobes_a_new_process():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_apiserver_delegated_and_kube_proxy_rules(tmp_path):
+    ev = evidence(tmp_path, sock(6443, "kube-apiserver", ["--anonymous-auth=false"]))
+    assert ev.state == AUTH_REQUIRED and ev.decided_by.startswith("--anonymous-auth=false")
+    ev = evidence(tmp_path, sock(6443, "kube-apiserver", ["--authorization-mode=AlwaysAllow"]))
+    assert ev.state == AUTH_NONE
+    ev = evidence(tmp_path, sock(8080, "kube-apiserver", ["--insecure-port=8080"]))
+    assert ev.state == AUTH_NONE and "--insecure-port=8080" in ev.decided_by
+    ev = evidence(tmp_path, sock(10259, "kube-scheduler", [
+        "--authentication-kubeconfig=/etc/kubernetes/scheduler.conf", "--bind-address=0.0.0.0"]))
+    assert ev.state == AUTH_REQUIRED and ev.settings["--bind-address"] == "0.0.0.0"
+    assert evidence(tmp_path, sock(10257, "kube-controller-manager", [])).state == AUTH_UNKNOWN
+    ev = evidence(tmp_path, sock(10249, "kube-proxy", ["--config=/var/lib/kube-proxy/c.yaml"]),
+                  {"/var/lib/kube-proxy/c.yaml": "kind: KubeProxyConfiguration\n"
+                                                 "metricsBindAddress: 0.0.0.0:10249\n"})
+    assert ev.state == AUTH_NONE
+    assert ev.settings["/var/lib/kube-proxy/c.yaml:2 metricsBindAddress"] == "0.0.0.0:10249"

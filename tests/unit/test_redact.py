@@ -72,6 +72,11 @@ def test_argv_secret_in_an_embedded_command():
     assert SECRET not in " ".join(out) and ":b@" not in " ".join(out)
 
 
+def test_lists_of_sentences_are_not_taken_for_command_lines():
+    path = ["-m comment --comment token-bucket -j ACCEPT", "filter INPUT policy DROP"]
+    assert scrub({"rule_path": path}) == {"rule_path": path}
+
+
 def test_scrub_walks_documents_and_secret_named_keys():
     doc = {"a": [{"cmdline": ["x", "--password", SECRET]}], "token": SECRET,
            "key_file": "/etc/k.pem", "n": 3, "note": f"http://u:{SECRET}@h"}
