@@ -203,6 +203,8 @@ def test_config_file_of_a_containerised_kubelet_is_read_through_its_root(lab, pk
     tmpfs the host cannot see at that path (as in a static pod): nodeward finds the file
     through /proc/PID/root and names its line."""
     if not shutil.which("unshare"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("unshare (util-linux) is missing: tests/run.sh installs it")
         pytest.skip("needs unshare (util-linux)")
     ns = node_with_pod(lab, "klctr")
     private = tmp_path / "ctr"
