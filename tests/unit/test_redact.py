@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -109,3 +112,23 @@ def test_policy_report_carries_the_authentication_decision():
     [r] = policyreport.build("n1", "2026-12-01T00:00:00Z", [f])["results"]
     assert r["properties"]["authentication"] == "none"
     assert r["properties"]["authentication_decided_by"].endswith("-> 200 with a body")
+
+
+def test_collected_process_command_line_is_redacted_at_the_source():
+    """A real process with a secret in its argv: the ProcessInfo the collector builds for
+    it (what every later stage sees) holds the mask, not the secret."""
+    from nodeward.collect.procs import process_info
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                          f"--db-password={SECRET}", "--token", SECRET])
+    try:
+        for _ in range(50):  # until the exec has happened and the argv is the child's
+            info = process_info(p.pid)
+            if info is not None and f"--db-password={MASK}" in info.cmdline:
+                break
+            time.sleep(0.02)
+        assert info is not None and SECRET not in " ".join(info.cmdline)
+        assert info.cmdline[-2:] == ("--token", MASK)
+    finally:
+        p.kill()
+        p.wait()
