@@ -7,6 +7,7 @@ from the agent's config; this module validates it and answers "what is this sock
 from __future__ import annotations
 
 import functools
+import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from importlib import resources
@@ -19,6 +20,12 @@ from .model import SCOPE_RANK, BindScope, ProcessInfo, Severity
 #: Widest acceptable bind per `max_scope` value, on the SCOPE_RANK scale.
 MAX_SCOPE_RANK = {"loopback": 0, "node-private": 1, "node": 2, "any": 99}
 PROTOCOLS = ("tcp", "udp")
+#: How nodeward.collect.auth reads a component's authentication from its process
+#: (flags, config files, environment); "never": the port has no authentication at all.
+AUTH_RULES = ("kubelet", "kubelet-readonly", "etcd-client", "etcd-peer", "etcd-metrics",
+              "kube-apiserver", "kube-apiserver-insecure", "delegated", "kube-proxy-metrics",
+              "never")
+_PROBE_PATH_CHARS = frozenset(string.ascii_letters + string.digits + "/-_.")
 
 
 class CatalogError(ValueError):
@@ -39,6 +46,8 @@ class Component:
     always: bool = False
     description: str = ""
     remediation: str = ""
+    auth_rule: str = ""  # one of AUTH_RULES, or "" (nothing to read)
+    probe_path: str = ""  # read-only path GET without credentials on loopback ("" = none)
 
     def has_port(self, protocol: str, port: int) -> bool:
         return protocol in self.protocols and any(lo <= port <= hi for lo, hi in self.ports)
@@ -135,6 +144,16 @@ def _component_fields(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
             if value not in MAX_SCOPE_RANK:
                 raise CatalogError(f"{here}: expected one of {'|'.join(MAX_SCOPE_RANK)}, "
                                    f"got {value!r}")
+            out[key] = value
+        elif key == "auth_rule":
+            if value not in AUTH_RULES:
+                raise CatalogError(f"{here}: expected one of {'|'.join(AUTH_RULES)}, "
+                                   f"got {value!r}")
+            out[key] = value
+        elif key == "probe_path":
+            if (not isinstance(value, str) or not value.startswith("/") or len(value) > 64
+                    or not set(value) <= _PROBE_PATH_CHARS):
+                raise CatalogError(f"{here}: expected a plain path like /healthz")
             out[key] = value
         elif key in ("strict", "primary", "auth", "always"):
             if not isinstance(value, bool):

@@ -17,8 +17,9 @@ from . import __version__
 from . import config as config_mod
 from .checks import run_checks
 from .model import Severity
+from .redact import redact_text
 from .report import render
-from .report.logs import log_finding, make_logger
+from .report.logs import configure_module_loggers, log_finding, make_logger
 from .snapshot import take_snapshot
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
@@ -149,7 +150,8 @@ def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
             raise UsageError(f"ruleset: {e}") from None
         except OSError as e:
             raise UsageError(f"ruleset: {e.filename}: {e.strerror}") from None
-    snap = take_snapshot(cfg, force_procfs=args.procfs, firewall=firewall, ruleset=saved)
+    snap = take_snapshot(cfg, force_procfs=args.procfs, firewall=firewall, ruleset=saved,
+                         auth_probe=cfg.auth_probe)
     if args.explain is not None:
         from .report.explain import explain
 
@@ -158,7 +160,7 @@ def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
             err_log.warning("collector_note", note=note)
         if snap.ruleset is None:
             return EXIT_USAGE
-        sys.stdout.write(explain(result.reach, args.explain))
+        sys.stdout.write(redact_text(explain(result.reach, args.explain)))
         return EXIT_OK
     cluster = cfg.section("cluster")
     if args.offline:
@@ -206,11 +208,11 @@ def _report(args: argparse.Namespace, cfg: config_mod.Config, snap, result,
     if args.format == "sarif":
         from .report.sarif import to_sarif
 
-        return to_sarif(snap, result)
+        return redact_text(to_sarif(snap, result))
     if args.format == "junit":
         from .report.junit import to_junit
 
-        return to_junit(snap, result, threshold)
+        return redact_text(to_junit(snap, result, threshold))
     if args.format == "policyreport":
         import yaml
 
@@ -267,6 +269,7 @@ def _write_whole(path: str, text: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_module_loggers()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -67,6 +67,7 @@ class Config:
     interval: float = 60.0
     metrics_address: str = "127.0.0.1:9737"
     firewall: bool = True  # evaluate every socket through the live ruleset (NW2xx)
+    auth_probe: bool = True  # probe components' sockets on loopback (nodeward.collect.auth)
     sections: Mapping[str, Any] = field(default_factory=dict)
     source: str = "<defaults>"
 
@@ -205,6 +206,7 @@ PARSERS = {
     "interval": _interval,
     "metrics_address": _hostport,
     "firewall": _bool,
+    "auth_probe": _bool,
 }
 
 

@@ -20,6 +20,7 @@ from typing import IO, Any
 from . import config as config_mod
 from . import probe
 from .checks import CheckResult, run_checks, with_findings
+from .collect.auth import ProbeCache
 from .collect.ruleset import ParseCache
 from .daemon_settings import DaemonSettings
 from .model import Finding, NodeSnapshot
@@ -60,6 +61,7 @@ class Agent:
         # evaluated again (a kube-proxy node's 50,000 rules, thousands of sockets).
         self.ruleset_cache = ParseCache()
         self.reach_memo = ReachMemo()
+        self.auth_cache = ProbeCache()  # rate limit: one auth probe per socket per 10 min
         self.snapshotter = snapshotter or self._snapshot
         self.log = make_logger(cfg.node_name, out)
         self.metrics = Metrics()
@@ -125,7 +127,8 @@ class Agent:
 
     # -- one cycle --------------------------------------------------------------------------
     def _snapshot(self, cfg: config_mod.Config) -> NodeSnapshot:
-        return take_snapshot(cfg, ruleset_cache=self.ruleset_cache)
+        return take_snapshot(cfg, ruleset_cache=self.ruleset_cache, auth_probe=cfg.auth_probe,
+                             auth_cache=self.auth_cache)
 
     def cycle(self) -> CycleOutcome:
         start = time.perf_counter()

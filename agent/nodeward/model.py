@@ -134,6 +134,34 @@ class Interface:
     addresses: tuple[Address, ...] = ()
 
 
+#: AuthEvidence states: credentials needed for data, data served without, not known.
+AUTH_REQUIRED, AUTH_NONE, AUTH_UNKNOWN = "required", "none", "unknown"
+
+
+@dataclass(frozen=True)
+class AuthEvidence:
+    """Whether a socket demands credentials, from what the node shows: the process' flags,
+    the config files and environment it names, and an optional loopback probe. `decided_by`
+    names the flag, file line or probe result that set `state`; "none" and "required" are
+    only ever set by such a fact, never by the catalog's default."""
+
+    state: str = AUTH_UNKNOWN
+    decided_by: str = ""
+    #: The settings that bear on it, "<where>" -> value (e.g. "--client-cert-auth": "true",
+    #: "/var/lib/kubelet/config.yaml:7 authentication.anonymous.enabled": "false").
+    settings: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    #: What the loopback probe saw (target, tls, path, status, body: bool), or {} if none.
+    probe: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def verified(self) -> bool:
+        return self.state != AUTH_UNKNOWN
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "decided_by": self.decided_by,
+                "settings": dict(self.settings), "probe": dict(self.probe)}
+
+
 @dataclass(frozen=True)
 class NodeSnapshot:
     """Everything the checks may look at. Later stages add fields with defaults."""
@@ -155,6 +183,10 @@ class NodeSnapshot:
     #: with where it came from; empty without a cluster stage.
     derived: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    #: Authentication evidence per socket key (protocol, address, port), for the sockets
+    #: of components the catalog knows how to judge (nodeward.collect.auth).
+    auth: dict[tuple[str, str, int], AuthEvidence] = field(default_factory=dict,
+                                                           compare=False, hash=False)
 
 
 @dataclass(frozen=True)

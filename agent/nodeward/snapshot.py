@@ -13,6 +13,7 @@ from operator import attrgetter
 from typing import Any
 
 from .collect.addresses import collect_interfaces
+from .collect.auth import ProbeCache, collect_auth
 from .collect.procs import attribute
 from .collect.ruleset import ParseCache, RulesetUnavailable, collect_ruleset
 from .collect.sockets import collect_sockets
@@ -30,12 +31,19 @@ def now_rfc3339() -> str:
 
 def take_snapshot(config: Config, force_procfs: bool = False, firewall: bool | None = None,
                   ruleset_cache: ParseCache | None = None,
-                  ruleset: Ruleset | None = None) -> NodeSnapshot:
+                  ruleset: Ruleset | None = None, auth_probe: bool = False,
+                  auth_cache: ProbeCache | None = None) -> NodeSnapshot:
     """`firewall` (default: config.firewall) also reads the live ruleset, unless `ruleset`
     is given (a saved dump); a daemon passes one ParseCache for its lifetime so an
-    unchanged ruleset is not parsed again."""
+    unchanged ruleset is not parsed again. `auth_probe` (scan and daemon pass
+    config.auth_probe; enforcement commands leave it off: they need no authentication
+    evidence and must not add traffic) probes component sockets on loopback; a daemon's
+    ProbeCache probes a socket at most once per ProbeCache.every seconds."""
     with paused_gc():
         snap = _take_snapshot(config, force_procfs)
+        auth, auth_notes = collect_auth(snap.sockets, config.catalog,
+                                        probe_sockets=auth_probe, cache=auth_cache)
+        snap = replace(snap, auth=auth, notes=snap.notes + tuple(auth_notes))
         if ruleset is not None:
             snap = replace(snap, ruleset=ruleset, notes=snap.notes + ruleset.notes)
         elif config.firewall if firewall is None else firewall:

@@ -1,7 +1,8 @@
 """A listener whose process name is set, for tests: binds every --tcp/--udp ADDR:PORT.
 
 Started with argv[0] = the component name (kubelet, kube-apiserver, ...) and sets its comm
-with prctl, so it looks like that component to a scanner. Prints "ready" once bound.
+with prctl, so it looks like that component to a scanner. Prints "ready" once bound. Other
+arguments are ignored, so a test can give it a real component's flags (secrets included).
 """
 
 import argparse
@@ -28,7 +29,7 @@ def main() -> None:
     ap.add_argument("--tcp", action="append", default=[])
     ap.add_argument("--udp", action="append", default=[])
     ap.add_argument("--device", help="SO_BINDTODEVICE every socket to this interface")
-    args = ap.parse_args()
+    args, _extra = ap.parse_known_args()  # extra argv: what a real component would carry
     if args.netns:
         from tests.lab.netns import setns
 

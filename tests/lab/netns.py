@@ -179,7 +179,8 @@ class Lab:
         return p
 
     def listen(self, ns: Netns, name: str, tcp: list[str] = (), udp: list[str] = (),
-               timeout: float = 10.0, device: str | None = None) -> subprocess.Popen:
+               timeout: float = 10.0, device: str | None = None,
+               extra: list[str] = ()) -> subprocess.Popen:
         """A listener process named `name` (comm and argv[0]) bound to each ADDR:PORT.
 
         Exec'd directly (not through `ip netns exec`) so argv[0] is exactly `name`;
@@ -192,6 +193,7 @@ class Lab:
             args += ["--udp", spec]
         if device:
             args += ["--device", device]
+        args += list(extra)  # flags a real component would carry (listener.py ignores them)
         # Python locates its stdlib from argv[0]; a name that is also on PATH (say
         # wireguard-go) would send it to the wrong prefix, so pin it.
         env = {**os.environ, "PYTHONHOME": sys.base_prefix}

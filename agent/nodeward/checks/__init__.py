@@ -9,7 +9,7 @@ from ..config import Config, Suppression
 from ..gcpause import paused_gc
 from ..model import Finding, NodeSnapshot
 from ..ruleset.reach import ReachMemo
-from .exposure import exposure_findings
+from .exposure import exposure_findings, with_auth
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ def run_checks(snapshot: NodeSnapshot, config: Config,
             from .firewall import analyse, mitigate
 
             fw = analyse(snapshot, config, snapshot.ruleset, memo)
-            findings = mitigate(findings, fw.reach, config.catalog) + list(fw.findings)
+            findings = (mitigate(findings, fw.reach, config.catalog)
+                        + with_auth(list(fw.findings), snapshot, config.catalog))
             reach = fw.reach
         if snapshot.cluster is not None:
             from ..clusterscan import check_cluster_scan

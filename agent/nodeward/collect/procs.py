@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import psutil
 
 from ..model import ProcessInfo
+from ..redact import redact_argv
 
 _CONTAINER_RE = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?$")
 _POD_RE = re.compile(
@@ -97,7 +98,7 @@ def process_info(pid: int, proc: str = "/proc") -> ProcessInfo | None:
             except (psutil.AccessDenied, psutil.ZombieProcess, OSError):
                 exe = ""
             try:
-                cmdline = tuple(p.cmdline())
+                cmdline = redact_argv(p.cmdline())  # no secret enters the snapshot
             except (psutil.AccessDenied, psutil.ZombieProcess):
                 cmdline = ()
             try:

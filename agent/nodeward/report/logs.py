@@ -13,6 +13,7 @@ from typing import IO, Any
 import structlog
 
 from ..model import Finding, Severity
+from ..redact import scrub
 
 LEVEL_OF = {
     Severity.INFO: "info",
@@ -31,18 +32,38 @@ def _head_first(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, An
     return {**{k: event.pop(k) for k in HEAD if k in event}, **event}
 
 
+def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """No secret in any log line, whatever a call site passed (see nodeward.redact)."""
+    return scrub(event)
+
+
+def _processors() -> list[Any]:
+    return [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.processors.format_exc_info,
+        _head_first,
+        _redact,
+        structlog.processors.JSONRenderer(sort_keys=False, default=str),
+    ]
+
+
 def make_logger(node: str, stream: IO[str] | None = None) -> Any:
     return structlog.wrap_logger(
         structlog.PrintLogger(stream or sys.stderr),
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
-            structlog.processors.format_exc_info,
-            _head_first,
-            structlog.processors.JSONRenderer(sort_keys=False, default=str),
-        ],
+        processors=_processors(),
         wrapper_class=structlog.BoundLogger,
     ).bind(node=node)
+
+
+def configure_module_loggers() -> None:
+    """Module-level `structlog.get_logger()` loggers (collect/cluster.py, kubeapi.py) write
+    the same redacted JSON lines, to stderr: structlog's default would print unredacted
+    console text to stdout, into the middle of `scan --format json` or the daemon's log.
+    Called once by the CLI entry point; tests may still override it (capture_logs)."""
+    structlog.configure(processors=_processors(), wrapper_class=structlog.BoundLogger,
+                        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
+                        cache_logger_on_first_use=False)
 
 
 def finding_fields(f: Finding) -> dict[str, Any]:

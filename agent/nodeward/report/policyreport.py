@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from ..model import Finding, Severity
+from ..redact import scrub
 
 API_VERSION = "wgpolicyk8s.io/v1alpha2"
 #: The CRD allows only these severities.
@@ -34,6 +35,11 @@ def build(node: str, scanned_at: str, findings: Iterable[Finding]) -> dict[str, 
                                          ("address", f.address), ("port", f.port),
                                          ("scope", f.scope), ("process", f.process),
                                          ("pid", f.pid)) if v not in ("", None)}
+        auth = f.evidence.get("authentication")
+        if isinstance(auth, dict) and auth.get("state"):  # what decided "unauthenticated"
+            props["authentication"] = str(auth["state"])
+            if auth.get("decided_by"):
+                props["authentication_decided_by"] = str(auth["decided_by"])[:512]
         results.append({
             "policy": "nodeward",
             "rule": f.id,
@@ -46,7 +52,7 @@ def build(node: str, scanned_at: str, findings: Iterable[Finding]) -> dict[str, 
             "resources": [{"apiVersion": "v1", "kind": "Node", "name": node}],
             "timestamp": _timestamp(scanned_at),
         })
-    return {
+    return scrub({
         "apiVersion": API_VERSION,
         "kind": "ClusterPolicyReport",
         "metadata": {"name": report_name(node),
@@ -55,4 +61,4 @@ def build(node: str, scanned_at: str, findings: Iterable[Finding]) -> dict[str, 
         "scope": {"apiVersion": "v1", "kind": "Node", "name": node},
         "summary": {"pass": 0, "fail": len(results), "warn": 0, "error": 0, "skip": 0},
         "results": results,
-    }
+    })

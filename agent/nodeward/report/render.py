@@ -10,6 +10,7 @@ from typing import Any
 from ..catalog import Catalog
 from ..checks import CheckResult
 from ..model import Finding, NodeSnapshot, Socket
+from ..redact import redact_text, scrub
 from . import table
 from .table import wrap_text
 
@@ -67,7 +68,7 @@ def document(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog) -> d
     for f in result.findings:
         counts[str(f.severity)] = counts.get(str(f.severity), 0) + 1
     reach = _reach_index(result)
-    return {
+    return scrub({
         "node": snapshot.node,
         "scanned_at": snapshot.scanned_at,
         "socket_source": snapshot.socket_source,
@@ -80,7 +81,7 @@ def document(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog) -> d
                     for s in snapshot.sockets],
         "findings": [f.to_dict() for f in result.findings],
         "suppressed": [{**f.to_dict(), "reason": s.reason} for f, s in result.suppressed],
-    }
+    })
 
 
 def _with_reach(d: dict[str, Any], reach: Any) -> dict[str, Any]:
@@ -96,7 +97,7 @@ def to_jsonl(snapshot: NodeSnapshot, result: CheckResult) -> str:
     lines = []
     for f in result.findings:
         d = {"node": snapshot.node, "scanned_at": snapshot.scanned_at, **f.to_dict()}
-        lines.append(json.dumps(d, default=str))
+        lines.append(json.dumps(scrub(d), default=str))
     return "".join(line + "\n" for line in lines)
 
 
@@ -199,4 +200,4 @@ def to_table(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog,
     if result.suppressed:
         lines.append(f"{len(result.suppressed)} finding(s) suppressed by config "
                      "(see --format json)")
-    return "\n".join(lines) + "\n"
+    return redact_text("\n".join(lines)) + "\n"

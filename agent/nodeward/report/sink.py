@@ -22,6 +22,7 @@ from typing import Any
 import requests
 
 from ..daemon_settings import SinkSettings
+from ..redact import scrub
 
 RETRY_STATUS = {401, 403, 408, 425, 429}  # maybe transient: token rotation, rate limit
 
@@ -110,7 +111,7 @@ class HttpSink:
         dropped = 0
         with self._lock:
             for i in range(0, len(events), size):
-                batch = [{"event_id": uuid.uuid4().hex, **e} for e in events[i:i + size]]
+                batch = [{"event_id": uuid.uuid4().hex, **scrub(e)} for e in events[i:i + size]]
                 dropped += self.spool.put(batch)
             backlog = self.spool.events
         if dropped:
