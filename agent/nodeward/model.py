@@ -166,6 +166,13 @@ class AuthEvidence:
 class NodeSnapshot:
     """Everything the checks may look at. Later stages add fields with defaults."""
 
+    def identity(self, sock: Any, catalog: Any) -> Any:
+        """The socket's catalog identification: the one made at snapshot time, or (a
+        snapshot built by hand, a socket from elsewhere) asked of `catalog` now."""
+        hit = self.identities.get(sock)
+        return hit if hit is not None else catalog.identify(sock.protocol, sock.port,
+                                                            sock.process)
+
     node: str
     scanned_at: str  # RFC 3339
     sockets: tuple[Socket, ...] = ()
@@ -179,6 +186,10 @@ class NodeSnapshot:
     #: WireGuard devices, xfrm state, routes, what the view implies), when a `cluster`
     #: section or --offline asks for it; None otherwise.
     cluster: Any = field(default=None, compare=False, hash=False)
+    #: Each socket's component, identified once when the snapshot is taken (catalog:
+    #: process name first, port second): checks, the planner and reporters read it here
+    #: instead of asking the catalog again. Keyed by Socket.
+    identities: dict[Any, Any] = field(default_factory=dict, compare=False, hash=False)
     #: Settings the cluster view implied (nodeward.derive.Derived.summary()): each value
     #: with where it came from; empty without a cluster stage.
     derived: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)

@@ -42,7 +42,8 @@ def take_snapshot(config: Config, force_procfs: bool = False, firewall: bool | N
     with paused_gc():
         snap = _take_snapshot(config, force_procfs)
         auth, auth_notes = collect_auth(snap.sockets, config.catalog,
-                                        probe_sockets=auth_probe, cache=auth_cache)
+                                        probe_sockets=auth_probe, cache=auth_cache,
+                                        identities=snap.identities)
         snap = replace(snap, auth=auth, notes=snap.notes + tuple(auth_notes))
         if ruleset is not None:
             snap = replace(snap, ruleset=ruleset, notes=snap.notes + ruleset.notes)
@@ -94,7 +95,9 @@ def _take_snapshot(config: Config, force_procfs: bool) -> NodeSnapshot:
             process=procs.get(r.inode), scope=scope, scope_interface=iface, v6only=r.v6only,
         ))
     sockets.sort(key=attrgetter("protocol", "port", "family", "address"))
+    catalog = config.catalog
     return NodeSnapshot(
         node=config.node_name, scanned_at=now_rfc3339(), sockets=tuple(sockets),
         interfaces=tuple(interfaces), socket_source=source, notes=tuple(notes + proc_notes),
+        identities={s: catalog.identify(s.protocol, s.port, s.process) for s in sockets},
     )

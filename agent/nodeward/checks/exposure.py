@@ -165,7 +165,7 @@ def exposure_findings(snapshot: NodeSnapshot, catalog: Catalog) -> list[Finding]
     pods_present = has_pod_interfaces(snapshot.interfaces)
     out: list[Finding] = []
     for sock in snapshot.sockets:
-        ident = catalog.identify(sock.protocol, sock.port, sock.process)
+        ident = snapshot.identity(sock, catalog)
         out.extend(check_socket(sock, ident, pods_present, snapshot.auth.get(sock.key)))
     return out
 

@@ -40,7 +40,7 @@ def roles(snap: NodeSnapshot, catalog: Catalog) -> dict[Socket, Role]:
     component's port has none: it is an unidentified host service, and NW104's)."""
     out = {}
     for s in snap.sockets:
-        ident = catalog.identify(s.protocol, s.port, s.process)
+        ident = snap.identity(s, catalog)
         c = ident.component
         if c is not None and not ident.unexpected_process:
             out[s] = Role(

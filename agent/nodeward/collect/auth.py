@@ -424,8 +424,10 @@ class ProbeCache:
             del self.entries[k]
 
 
-def _judged(catalog: Catalog, sock: Socket) -> Component | None:
-    ident = catalog.identify(sock.protocol, sock.port, sock.process)
+def _judged(catalog: Catalog, sock: Socket,
+            identities: Mapping[Socket, Any] | None = None) -> Component | None:
+    ident = (identities or {}).get(sock) or catalog.identify(sock.protocol, sock.port,
+                                                              sock.process)
     comp = ident.component
     if comp is None or ident.unexpected_process or not (comp.auth_rule or comp.probe_path):
         return None
@@ -435,10 +437,12 @@ def _judged(catalog: Catalog, sock: Socket) -> Component | None:
 def collect_auth(sockets: Iterable[Socket], catalog: Catalog, *, probe_sockets: bool = True,
                  timeout: float = 0.5, cache: ProbeCache | None = None,
                  proc: str = "/proc", workers: int = 8,
+                 identities: Mapping[Socket, Any] | None = None,
                  ) -> tuple[dict[tuple[str, str, int], AuthEvidence], list[str]]:
     """Evidence for every socket of a component with an auth_rule or a probe_path, plus
     collector notes (a config file that could not be read)."""
-    judged = [(s, c) for s in sockets if (c := _judged(catalog, s)) is not None]
+    judged = [(s, c) for s in sockets
+              if (c := _judged(catalog, s, identities)) is not None]
     probes: dict[tuple, dict[str, Any]] = {}
     if probe_sockets:
         now = time.monotonic()

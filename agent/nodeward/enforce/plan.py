@@ -105,7 +105,7 @@ def protected_components(snapshot: NodeSnapshot, catalog: Catalog,
             for proto in sorted(c.protocols):
                 out.setdefault((c.name, proto), set()).update(c.ports)
     for sock in snapshot.sockets:
-        ident = catalog.identify(sock.protocol, sock.port, sock.process)
+        ident = snapshot.identity(sock, catalog)
         c = ident.component
         if c is not None and c.max_scope != "any" and not ident.unexpected_process:
             out.setdefault((c.name, sock.protocol), set()).add((sock.port, sock.port))

@@ -15,8 +15,10 @@ from . import table
 from .table import wrap_text
 
 
-def socket_dict(s: Socket, catalog: Catalog) -> dict[str, Any]:
-    ident = catalog.identify(s.protocol, s.port, s.process)
+def socket_dict(s: Socket, catalog: Catalog,
+                snapshot: NodeSnapshot | None = None) -> dict[str, Any]:
+    ident = snapshot.identity(s, catalog) if snapshot is not None else \
+        catalog.identify(s.protocol, s.port, s.process)
     p = s.process
     return {
         "protocol": s.protocol,
@@ -77,7 +79,7 @@ def document(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog) -> d
                     "by_severity": counts, "suppressed": len(result.suppressed)},
         "firewall_evaluated": snapshot.ruleset is not None,
         "derived": snapshot.derived,
-        "sockets": [_with_reach(socket_dict(s, catalog), reach.get(s))
+        "sockets": [_with_reach(socket_dict(s, catalog, snapshot), reach.get(s))
                     for s in snapshot.sockets],
         "findings": [f.to_dict() for f in result.findings],
         "suppressed": [{**f.to_dict(), "reason": s.reason} for f, s in result.suppressed],
@@ -173,7 +175,7 @@ def to_table(snapshot: NodeSnapshot, result: CheckResult, catalog: Catalog,
     reach = _reach_index(result)
     fw = snapshot.ruleset is not None
     for s in snapshot.sockets:
-        d = socket_dict(s, catalog)
+        d = socket_dict(s, catalog, snapshot)
         proc = f"{d['process']} ({d['pid']})" if d["pid"] else "-"
         r = reach.get(s)
         rows.append([f"{_endpoint(s.address, s.port)}/{s.protocol}", d["scope"] +
