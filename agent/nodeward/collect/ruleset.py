@@ -39,7 +39,30 @@ _COUNTERS = re.compile(r"(\n:[^ \n]+ [^ \n]+) \[\d+:\d+\]")
 
 
 class RulesetUnavailable(Exception):
-    """No front-end could be read (tools missing, or not root): nothing to evaluate."""
+    """No front-end could be read (tools missing, or not root): nothing to evaluate.
+    `source` names the command to blame (NW206's evidence)."""
+
+    def __init__(self, message: str, source: str = "ruleset") -> None:
+        super().__init__(message)
+        self.source = source
+
+
+#: CAP_NET_ADMIN's bit in /proc/PID/status CapEff.
+CAP_NET_ADMIN = 12
+
+
+def has_net_admin(status_path: str = "/proc/self/status") -> bool | None:
+    """Whether this process may read netfilter (CAP_NET_ADMIN effective); None when the
+    status file cannot tell. Without it iptables-legacy-save exits 0 with empty output,
+    which must not be read as "no rules"."""
+    try:
+        with open(status_path, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 class ParseCache:
@@ -114,12 +137,17 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None) ->
         digest.update(f"{cmd}\0{one}\0".encode())
         return cache.get(cmd, text, parse, one) if cache is not None else parse(text)
 
+    failed: list[str] = []
+    blank: list[str] = []
     for frontend, save4, save6 in FLAVOURS:
         found: list[Table] = []
         for fam, cmd in ((4, save4), (6, save6)):
             text = run([cmd])
             if text is None:
+                failed.append(cmd)
                 continue
+            if not text.strip():
+                blank.append(cmd)
             answered += 1
             text = _COUNTERS.sub(r"\1 [0:0]", text)
             found.extend(parsed(cmd, text, lambda t, fe=frontend, f=fam, c=cmd:
@@ -134,6 +162,15 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None) ->
     nft_text = run(list(NFT_LIST))
     if nft_text is not None:
         answered += 1
+    else:
+        failed.append("nft")
+    if "iptables-nft-save" in failed and "nft" in failed and blank and \
+            answered == len(blank):
+        # Without CAP_NET_ADMIN iptables-nft-save and nft fail ("Permission denied") while
+        # iptables-legacy-save exits 0 printing nothing: that is "unreadable", not "no rules".
+        raise RulesetUnavailable(
+            f"iptables-nft-save and nft failed and {', '.join(blank)} printed nothing: the "
+            "ruleset is unreadable (no CAP_NET_ADMIN?), not empty", "iptables-nft-save")
     if nft_text:
         # iptables-nft's own tables show up here too (xt compat); already read above.
         owned = {("ip" if t.family == "ip" else "ip6", t.name) for t in tables
