@@ -245,16 +245,16 @@ def _lookup(ctx: _Ctx, sels: tuple[str, ...], name, p: Packet) -> int | None:
     key = _key(ctx, sels, p)
     if key is _NOVAL:
         return -1
-    if key is None:
+    if key is None or len(key) != len(s.keyed):
         return None
     exact = s.exact
     if exact is not None:
         return exact.get(key, -1)
     try:
         for i, (ranges, _) in enumerate(s.elements):
-            if all(lo <= v <= hi for v, (lo, hi) in zip(key, ranges)):
+            if all(lo <= v <= hi for v, (lo, hi) in zip(key, ranges, strict=True)):
                 return i
-    except TypeError:  # a field of another kind than the set's: not understood
+    except (TypeError, ValueError):  # a field of another kind than the set's: not understood
         return None
     return -1
 
@@ -394,7 +394,13 @@ def _vmap_verdicts(ctx: _Ctx, rule: Rule, p: Packet) -> list[str] | None:
         return None
     i = _lookup(ctx, sels, s, p)
     if i is None:
-        return [*dict.fromkeys(v for _, v in s.elements), ""]
+        every = [*dict.fromkeys(v for _, v in s.elements)]
+        if sels[0].startswith("numgen "):  # numgen OFFSET MOD: covered values need no ""
+            _, off, mod = sels[0].split()
+            have = {k[0][0] for k, _ in s.elements if k[0][0] == k[0][1]}
+            if have >= set(range(int(off), int(off) + int(mod))):
+                return every
+        return [*every, ""]
     return [s.elements[i][1]] if i >= 0 else []
 
 
@@ -649,14 +655,17 @@ def _with_state(p: Packet, state: str) -> Packet:
 
 
 def _reroute(o: _Out, orig: Packet, path: str, ctx: _Ctx) -> _Out:
-    """After PREROUTING: a DNAT that moved the destination off (or onto) the node changes
-    the path; such packets do not reach the socket being asked about."""
+    """After PREROUTING (or OUTPUT, for a local packet): a DNAT that moved the destination
+    off (or onto) the node changes the path; such packets do not reach the socket being
+    asked about (certainly: the kernel routes them elsewhere; whether that answers is
+    another host's business)."""
     if o.pkt.dst == orig.dst and o.pkt.dport == orig.dport:
         return o
     local = _addrtype(ctx, o.pkt.dst, o.pkt.family) == "LOCAL"
     if path == "input" and not local:
-        why = f"DNAT to {o.pkt.dst}:{o.pkt.dport}: forwarded, does not reach the local socket"
-        return _Out("drop", o.pkt, o.trace, (*o.reasons, why), True)
+        why = f"DNAT to {o.pkt.dst}:{o.pkt.dport}: routed away, does not reach the local " \
+              "socket"
+        return _Out("drop", o.pkt, o.trace, (*o.reasons, why), o.forced)
     if path == "forward" and local:
         why = f"DNAT to local {o.pkt.dst}:{o.pkt.dport}: delivered to the node, not forwarded"
         return _Out("drop", o.pkt, o.trace, (*o.reasons, why), True)

@@ -289,6 +289,8 @@ def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple
             p = PROTO_NAMES.get(v, v)
             if p != "all" or neg:
                 matches.append(_m("proto", (p,), neg, ("! " if neg else "") + f"-p {v}"))
+            if not module and not neg:
+                module = p  # iptables loads the protocol's match implicitly: -p tcp --dport
         else:
             if unknown:
                 matches.append(_unknown(module, unknown))

@@ -140,7 +140,7 @@ def _key_parts(sels: tuple[str, ...], val) -> tuple:
     parts = val["concat"] if isinstance(val, dict) and "concat" in val else [val]
     if len(parts) != len(sels):
         raise ValueError("key does not have the map's fields")
-    return tuple(_component(sel, v) for sel, v in zip(sels, parts))
+    return tuple(_component(sel, v) for sel, v in zip(sels, parts, strict=True))
 
 
 def verdict_text(v) -> str:
@@ -448,17 +448,20 @@ def _rule(r: dict, n: int, setkey) -> Rule:
             sels = _selectors(v.get("key"))
             data = v.get("data")
             target = "VMAP"
-            if sels is None and "numgen" not in (v.get("key") or {}):
+            ng = (v.get("key") or {}).get("numgen") if isinstance(v.get("key"), dict) else None
+            if isinstance(ng, dict) and isinstance(ng.get("mod"), int):
+                # random/incremental load balancing: every value below mod (+ offset)
+                sels = (f"numgen {ng.get('offset', 0)} {ng['mod']}",)
+            if sels is None:
                 target = "NFT-vmap"  # a key the evaluator cannot read
             elif isinstance(data, str) and data.startswith("@"):
-                vmap = (sels or ("numgen",), setkey(data[1:]))
+                vmap = (sels, setkey(data[1:]))
             elif isinstance(data, dict) and "set" in data:
                 inline = {"type": _inline_types(sels), "elem": data["set"]}
                 try:
-                    els = tuple((_key_parts(sels or ("numgen",), key), verdict_text(val))
+                    els = tuple((_key_parts(sels, key), verdict_text(val))
                                 for key, val in data["set"])
-                    vmap = (sels or ("numgen",), IpSet("anonymous", "nft:vmap", (), els,
-                                                      tuple(inline["type"])))
+                    vmap = (sels, IpSet("anonymous", "nft:vmap", (), els, tuple(inline["type"])))
                 except (ValueError, TypeError, KeyError, IndexError):
                     target = "NFT-vmap"
             else:
