@@ -217,9 +217,12 @@ def topo(module_lab):
     lab.sysctl(node, "net.netfilter.nf_conntrack_tcp_loose", "0")
     probers = {name: Prober(lab, ns) for name, ns in
                (("pod", pod), ("peer", peer), ("out", out), ("node", node))}
-    ifaddrs = {i["ifname"]: tuple(a["local"] for a in i.get("addr_info", ()))
-               for i in json.loads(lab.sh("ip", "-j", "addr", "show", ns=node).stdout)}
-    return lab, node, probers, ifaddrs, corpus, texts
+    shown = json.loads(lab.sh("ip", "-j", "addr", "show", ns=node).stdout)
+    ifaddrs = {i["ifname"]: tuple(a["local"] for a in i.get("addr_info", ())) for i in shown}
+    # connected routes, plus the routes the lab adds (meta via out, as a real node routes)
+    networks = {i["ifname"]: [f"{a['local']}/{a['prefixlen']}" for a in i.get("addr_info", ())]
+                for i in shown}
+    return lab, node, probers, (ifaddrs, networks), corpus, texts
 
 
 def _load(lab, node, kind: str, path, fam: int, text: str, flavour: str) -> str | None:
@@ -285,10 +288,12 @@ def test_real_rulesets_match_the_kernel(topo, tmp_path):
             for i, res in zip(idx, probers[src].recv(), strict=True):
                 seen[i] = KIND[res]
         for i, (src, pfam, proto, dst, port, path_, iif, oif) in enumerate(probes):
+            # the node's own probes: root's socket, from the address it connects to
             pkt = Packet(pfam, SRC[pfam][src] if src != "node" or dst.startswith(("127", "::1"))
-                         else dst, dst, proto, port, iif=iif, oif=oif)
+                         else dst, dst, proto, port, iif=iif, oif=oif,
+                         uid=0 if src == "node" else None, gid=0 if src == "node" else None)
             v = evaluate(ruleset, pkt, local_addresses=LOCAL, path=path_,
-                         interface_addresses=ifaddrs)
+                         interface_addresses=ifaddrs[0], interface_networks=ifaddrs[1])
             stats["probes"] += 1
             stats[f"kernel {seen[i]}"] += 1
             if src == "node" and any(s.effect == "dnat" for s in v.trace):

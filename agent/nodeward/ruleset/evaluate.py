@@ -48,11 +48,13 @@ class _Out:
 
 
 class _Ctx:
-    __slots__ = ("branches", "hook", "ifaddrs", "local", "max_branches", "set_cache", "sets",
-                 "xt")
+    __slots__ = ("branches", "hook", "ifaddrs", "local", "max_branches", "networks",
+                 "set_cache", "sets", "xt")
 
     def __init__(self, ruleset: Ruleset, local: frozenset[str], max_branches: int,
-                 ifaddrs=None) -> None:
+                 ifaddrs=None, networks=None) -> None:
+        #: interface -> its connected networks as (version, first, last), or None
+        self.networks = networks
         self.sets = ruleset.sets
         self.local = local
         self.ifaddrs = ifaddrs
@@ -182,6 +184,17 @@ def _match(ctx: _Ctx, m: Match, p: Packet, si: int, di: int) -> bool | None:
         if ctx.hook not in ("output", "postrouting"):
             return None
         r = True
+    elif op == "owner":  # -m owner --uid-owner/--gid-owner lo[-hi]: local senders only
+        if ctx.hook not in ("output", "postrouting"):
+            return None
+        who = p.uid if a[0] == "uid" else p.gid
+        if who is None:
+            return None
+        r = a[1] <= who <= a[2]
+    elif op == "rpfilter":  # (loose, accept_local): holds when the reverse path passes
+        r = _rpfilter(ctx, p, a[0], a[1])
+        if r is None:
+            return None
     elif op == "lookup":  # nft: a key (maybe concatenated) in a named set
         found = _lookup(ctx, a[0], a[1], p)
         if found is None:
@@ -193,6 +206,28 @@ def _match(ctx: _Ctx, m: Match, p: Packet, si: int, di: int) -> bool | None:
 
 
 _NOVAL = object()
+
+
+def _rpfilter(ctx: _Ctx, p: Packet, loose: bool, accept_local: bool) -> bool | None:
+    """Reverse path check (xt_rpfilter, nft `fib saddr . iif oif`): is the source routed
+    back through the interface it came in on (loose: through any)? Loopback always
+    passes; a local source only with accept-local. Known from the interfaces' own networks
+    (connected routes); a source on none of them depends on other routes: None."""
+    if p.iif == "lo":
+        return True
+    if _addrtype(ctx, p.src, p.family) == "LOCAL":
+        return accept_local
+    if ctx.networks is None:
+        return None
+    si = _ip(p.src)
+    best, where = -1, ""
+    for ifname, nets in ctx.networks.items():
+        for ver, lo, hi in nets:  # the most specific connected route wins
+            if ver == p.family and lo <= si <= hi and (best < 0 or hi - lo < best):
+                best, where = hi - lo, ifname
+    if not where:
+        return None
+    return loose or where == p.iif
 
 
 def _field(ctx: _Ctx, sel: str, p: Packet):
@@ -592,7 +627,8 @@ def hook_chains(ruleset: Ruleset, hook: str, family: int) -> list[tuple[Table, C
 
 
 def evaluate(ruleset: Ruleset, packet: Packet, *, local_addresses=(), path: str = "input",
-             max_branches: int = 256, interface_addresses=None) -> Verdict:
+             max_branches: int = 256, interface_addresses=None,
+             interface_networks=None) -> Verdict:
     """The verdict for `packet` on `path` ("input": to the host; "forward": through it).
 
     A packet arriving on "lo" was generated on this node: it first takes the OUTPUT path
@@ -600,10 +636,12 @@ def evaluate(ruleset: Ruleset, packet: Packet, *, local_addresses=(), path: str 
     DNAT it away, then loops back through PREROUTING and INPUT with the marks it was given.
     `interface_addresses` (interface -> its addresses in the order `ip addr` lists them)
     lets a REDIRECT be followed: to the incoming interface's first address of the family.
-    Without it a REDIRECT leaves the verdict uncertain."""
+    Without it a REDIRECT leaves the verdict uncertain. `interface_networks` (interface ->
+    its networks, "10.0.0.1/24") decides reverse path filters for on-link sources."""
     if path not in PATH_HOOKS:
         raise ValueError(f"path must be input or forward, not {path!r}")
-    ctx = _Ctx(ruleset, frozenset(local_addresses), max_branches, interface_addresses)
+    nets = None if interface_networks is None else _networks(interface_networks)
+    ctx = _Ctx(ruleset, frozenset(local_addresses), max_branches, interface_addresses, nets)
     final: list[_Out] = []
     if path == "input" and packet.iif == "lo":
         out = replace(packet, iif="", oif="lo")
@@ -616,6 +654,10 @@ def evaluate(ruleset: Ruleset, packet: Packet, *, local_addresses=(), path: str 
     live = _hooks(ctx, ruleset, PATH_HOOKS[path], live, final, path, packet)
     final.extend(live)
     return _combine(final)
+
+
+def _networks(by_if) -> dict[str, tuple]:
+    return {i: tuple(parse_net(n) for n in nets) for i, nets in by_if.items()}
 
 
 def _hooks(ctx: _Ctx, ruleset: Ruleset, hooks: tuple[str, ...], live: list[_Out],

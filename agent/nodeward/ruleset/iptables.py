@@ -27,6 +27,8 @@ NO_EFFECT = frozenset({("set", "--update-counters"), ("set", "--update-subcounte
                        # nomatch entries make the set's members undecidable already
                        ("set", "--return-nomatch")})
 MASK32 = 0xFFFFFFFF
+#: Targets whose options the evaluator acts on (so they are checked, not skipped).
+INTERPRETED = frozenset({"MARK", "CONNMARK", "TPROXY", "DNAT", "REDIRECT"})
 
 
 @lru_cache(maxsize=65536)
@@ -165,6 +167,14 @@ def _option_match(module: str, opt: str, vals: list[str], neg: bool) -> Match:
         return _m("pkttype", (v.lower(),), neg, text)
     if module == "owner" and opt == "--socket-exists":
         return _m("local_socket", (), neg, text)
+    if module == "owner" and opt in ("--uid-owner", "--gid-owner") and len(vals) == 1 and \
+            all(x.isdigit() for x in v.split("-", 1)):
+        lo, _, hi = v.partition("-")
+        return _m("owner", ("uid" if opt == "--uid-owner" else "gid", int(lo), int(hi or lo)),
+                  neg, text)
+    if module == "rpfilter" and opt in ("--loose", "--validmark", "--accept-local",
+                                        "--invert"):
+        return _m("rpfilter_opt", (opt,), False, text)
     if (module, opt) in NO_EFFECT:
         return _m("comment", (text,), False, text)
     return _m("unknown", (f"-m {module} {text}",), neg, f"-m {module} {text}")
@@ -298,12 +308,27 @@ def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple
             module = v
             if neg:
                 raise ValueError("'!' before -m")
+            if v == "rpfilter":  # the check itself, even without an option
+                matches.append(_m("rpfilter_opt", ("",), False, ""))
         neg = False
     if neg:
         raise ValueError("dangling '!'")
     if unknown:
         matches.append(_unknown(module, unknown))
+    if any(m.op == "rpfilter_opt" for m in matches):
+        matches = _rpfilter(matches)
     return chain, Rule(tuple(matches), target, arg, line, lineno, effects)
+
+
+def _rpfilter(matches: list[Match]) -> list[Match]:
+    """`-m rpfilter [--loose] [--validmark] [--accept-local] [--invert]` as one Match:
+    ("rpfilter", (loose, accept_local)), negated for --invert (the match holds when the
+    reverse path check passes)."""
+    opts = {m.args[0] for m in matches if m.op == "rpfilter_opt"} - {""}
+    text = " ".join(["-m rpfilter", *sorted(opts)])
+    rest = [m for m in matches if m.op != "rpfilter_opt"]
+    return [*rest, _m("rpfilter", ("--loose" in opts, "--accept-local" in opts),
+                      "--invert" in opts, text)]
 
 
 def _unknown(module: str, options: list[str]) -> Match:
@@ -337,6 +362,10 @@ def _target_options(name: str, rest: list[str]) -> tuple[str, tuple]:
         if t.startswith("--"):
             nxt = rest[j + 1] if j + 1 < len(rest) else ""
             opts[t] = nxt if nxt[:2] != "--" else ""
+        elif name in INTERPRETED and (j == 0 or not rest[j - 1].startswith("--")):
+            # options of the targets read here take one value at most: a stray word
+            # (a pasted dump broken mid-token) is not a rule iptables would load
+            raise ValueError(f"unexpected {t!r} after -j {name}")
     if name == "MARK":
         for o, how in (("--set-xmark", "x"), ("--set-mark", "s"), ("--or-mark", "o"),
                        ("--and-mark", "a"), ("--xor-mark", "^")):
@@ -395,9 +424,12 @@ _WRONG_KIND = (("table ", "this is `nft list ruleset` text: save it with "
 
 
 def parse_iptables_save(text: str, *, frontend: str = "iptables-legacy", family: int = 4,
-                        source: str = "iptables-save") -> tuple[Table, ...]:
-    """Parse iptables-save output (`-c` counters accepted). A rule it cannot read becomes
-    an uncertain rule (see unreadable_rule), never the whole dump's failure; the structure
+                        source: str = "iptables-save", strict: bool = False
+                        ) -> tuple[Table, ...]:
+    """Parse iptables-save output (`-c` counters accepted). An option it does not know
+    makes that rule uncertain; a rule it cannot read at all (a value the kernel would
+    refuse) does too (see unreadable_rule), never the whole dump's failure, unless
+    `strict` (a file an operator handed over: tell them the line instead). The structure
     (tables, chains, COMMIT) must be right. Raises RulesetParseError naming the line."""
     fam = "ip" if family == 4 else "ip6"
     tables: list[Table] = []
@@ -443,6 +475,9 @@ def parse_iptables_save(text: str, *, frontend: str = "iptables-legacy", family:
             try:
                 chain, rule = parse_rule(tokens, rules, line, lineno)
             except (ValueError, IndexError) as e:
+                if strict:
+                    raise RulesetParseError(source, lineno, str(e) or "malformed rule") \
+                        from None
                 chain, rule = tokens[1], unreadable_rule(tokens, line, lineno,
                                                          str(e) or "malformed rule")
             rules[chain].append(rule)

@@ -275,6 +275,11 @@ def _match(m: dict, setkey) -> list[Match]:
         if words:
             return [Match("ctstate", tuple(w.upper() for w in words), neg, text)]
         return unknown
+    if "fib" in left and left["fib"].get("result") == "oif" and \
+            "saddr" in left["fib"].get("flags", []) and right in (0, "0", False, "missing"):
+        # reverse path filter: `fib saddr [. mark] [. iif] oif != 0` holds when it passes
+        flags = left["fib"]["flags"]
+        return [Match("rpfilter", ("iif" not in flags, False), op != "!=", text)]
     if "fib" in left and left["fib"].get("result") == "type":
         flags = left["fib"].get("flags", [])
         words = _words(right)
