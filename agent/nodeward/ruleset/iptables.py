@@ -8,6 +8,7 @@ become `Match(op="unknown")`, which the evaluator treats as "may match".
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from socket import AF_INET, inet_pton
 
@@ -69,6 +70,10 @@ class Unterminated(ValueError):
     """A quoted word that does not end on this line (a comment holding a newline)."""
 
 
+_WORD = re.compile(r'"((?:[^"\\]|\\.)*)"(\S*)|(\S+)')
+_UNESCAPE = re.compile(r'\\(["\'\\])')
+
+
 def tokenize(line: str) -> list[str]:
     """Split the way iptables-save quotes: only a word that *starts* with `"` is quoted
     (comments, log prefixes), with `\\"`, `\\'` and `\\\\` escaped inside; any other quote is a
@@ -76,40 +81,22 @@ def tokenize(line: str) -> list[str]:
     Raises Unterminated when a quoted word runs past the end of the line."""
     if '"' not in line:
         return line.split()
-    out: list[str] = []
-    i, n = 0, len(line)
-    while i < n:
-        while i < n and line[i] in " \t":
-            i += 1
-        if i >= n:
-            break
-        if line[i] != '"':
-            j = i
-            while j < n and line[j] not in " \t":
-                j += 1
-            out.append(line[i:j])
-            i = j
-            continue
-        i += 1
-        buf: list[str] = []
-        while True:
-            if i >= n:
+    if "\\" not in line:
+        parts = line.split('"')
+        if len(parts) == 3 and (not parts[0] or parts[0][-1] in " \t") and \
+                (not parts[2] or parts[2][0] in " \t"):  # one quoted word: the usual comment
+            out = parts[0].split()
+            out.append(parts[1])
+            out += parts[2].split()
+            return out
+    out = []
+    for quoted, tail, word in _WORD.findall(line):
+        if word:
+            if word[0] == '"':
                 raise Unterminated("unterminated quote")
-            c = line[i]
-            if c == "\\" and i + 1 < n and line[i + 1] in "\"'\\":
-                buf.append(line[i + 1])
-                i += 2
-            elif c == '"':
-                i += 1
-                break
-            else:
-                buf.append(c)
-                i += 1
-        word = "".join(buf)
-        while i < n and line[i] not in " \t":  # "abc"def: one word, as a shell would
-            word += line[i]
-            i += 1
-        out.append(word)
+            out.append(word)
+        else:
+            out.append(_UNESCAPE.sub(r"\1", quoted) + tail)
     return out
 
 
@@ -231,6 +218,7 @@ def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple
     effects: tuple = ()
     module = ""
     unknown: list[str] = []  # unmodelled options of the current -m, for one Match
+    rpfilter = False
     neg = False
     i, n = 2, len(tokens)
     kinds = _KIND
@@ -310,12 +298,13 @@ def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple
                 raise ValueError("'!' before -m")
             if v == "rpfilter":  # the check itself, even without an option
                 matches.append(_m("rpfilter_opt", ("",), False, ""))
+                rpfilter = True
         neg = False
     if neg:
         raise ValueError("dangling '!'")
     if unknown:
         matches.append(_unknown(module, unknown))
-    if any(m.op == "rpfilter_opt" for m in matches):
+    if rpfilter:
         matches = _rpfilter(matches)
     return chain, Rule(tuple(matches), target, arg, line, lineno, effects)
 
