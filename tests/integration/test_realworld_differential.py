@@ -259,7 +259,7 @@ def test_real_rulesets_match_the_kernel(topo, tmp_path):
     lab, node, probers, ifaddrs, corpus, texts = topo
     started = time.monotonic()
     stats: Counter = Counter()
-    refused, wrong, uncertain_kinds = [], [], Counter()
+    refused, wrong, uncertain_kinds, inexact = [], [], Counter(), Counter()
     sampled = [rw.rel(p) for k, p, _ in corpus if "moby-" in p.name and "doc" not in p.name]
     for n, (kind, path, fam) in enumerate(corpus):
         text = texts[path]
@@ -312,6 +312,9 @@ def test_real_rulesets_match_the_kernel(topo, tmp_path):
                 stats["certain and agreeing"] += 1
                 if v.action != seen[i]:
                     stats["  of which reject/drop told apart wrong"] += 1
+                    inexact[f"{rw.rel(path).rsplit('/', 1)[-1]} IPv{pfam} {proto} {src}->"
+                            f"{dst} ({path_}) kernel={seen[i]} evaluator={v.action} "
+                            f"last={v.trace[-1] if v.trace else '-'}"[:220]] += 1
     took = time.monotonic() - started
     share = stats["uncertain"] / max(stats["probes"], 1)
     print(f"\nreal-corpus differential ({took:.0f}s): " +
@@ -323,6 +326,8 @@ def test_real_rulesets_match_the_kernel(topo, tmp_path):
         print("  refused:", x)
     for reason, count in uncertain_kinds.most_common(10):
         print(f"  uncertain x{count}: {reason}")
+    for case, count in inexact.most_common(5):
+        print(f"  reject/drop x{count}: {case}")
     if wrong:
         (tmp_path / "wrong.txt").write_text("\n=====\n".join(wrong))
         print("  first wrong:", "\n".join(wrong[:5]))
