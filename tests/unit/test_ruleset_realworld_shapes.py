@@ -238,3 +238,19 @@ def test_nft_json_garbage_never_tracebacks(expr, elem):
     v = evaluate(Ruleset(tables, sets), Packet(4, "10.0.0.2", "10.0.0.1", "tcp", 22,
                                                iif="eth0"))
     assert v.action in ("accept", "drop", "reject")
+
+
+def test_one_deeply_nested_nft_rule_is_uncertain_not_the_dump():
+    value = "1"
+    for _ in range(400):
+        value = '{"|": [' + value + ', 1]}'
+    doc = ('{"nftables": [{"table": {"family": "ip", "name": "t"}}, {"chain": {"family": '
+           '"ip", "table": "t", "name": "in", "type": "filter", "hook": "input", "prio": 0, '
+           '"policy": "drop"}}, {"rule": {"family": "ip", "table": "t", "chain": "in", '
+           '"expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": ' + value +
+           '}}]}}, {"rule": {"family": "ip", "table": "t", "chain": "in", "expr": [{"match": '
+           '{"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, '
+           '"right": 22}}, {"accept": null}]}}]}')
+    tables, sets = parse_nft_json(doc)
+    v = evaluate(Ruleset(tables, sets), Packet(4, "10.0.0.2", "10.0.0.1", "tcp", 22))
+    assert not v.certain and any("nested" in r for r in v.reasons)

@@ -430,8 +430,13 @@ def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
                 r = item["rule"]
                 key = (r["family"], r["table"], r["chain"])
                 fam, tab = r["family"], r["table"]
-                rules.setdefault(key, []).append(
-                    _rule(r, n, lambda name, fam=fam, tab=tab: f"nft:{fam}:{tab}:{name}"))
+                try:
+                    rule = _rule(r, n, lambda name, fam=fam, tab=tab: f"nft:{fam}:{tab}:{name}")
+                except RecursionError:  # one absurdly nested rule: that rule is unknown
+                    why = "expression nested too deeply"
+                    rule = Rule((Match("unknown", (why,), False, why),), "NFT-nested", "",
+                                f"{fam} {tab} {r['chain']} handle {r.get('handle', '?')}", n)
+                rules.setdefault(key, []).append(rule)
         except RecursionError:
             raise RulesetParseError(source, n, "nested too deeply") from None
         except (KeyError, TypeError, ValueError, AttributeError) as e:
