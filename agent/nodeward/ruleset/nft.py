@@ -327,6 +327,8 @@ def _match(m: dict, setkey, text: str = "") -> list[Match]:
                 words = tuple({"6": "tcp", "17": "udp", "1": "icmp"}.get(str(w), str(w))
                               for w in words)
                 return [Match("l4proto_any", words, neg, text)]
+        if key == "pkttype" and isinstance(right, str):
+            return [Match("pkttype", (right,), neg, text)]
         if key == "nfproto" and isinstance(right, str):
             return [Match("nfproto", ({"ipv4": 4, "ipv6": 6}.get(right, 0),), neg, text)]
         return unknown
