@@ -193,6 +193,9 @@ class NodeSnapshot:
     #: Settings the cluster view implied (nodeward.derive.Derived.summary()): each value
     #: with where it came from; empty without a cluster stage.
     derived: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    #: Why the firewall stage had no ruleset at all (nodeward.ruleset.model.Problem values;
+    #: empty when it was read or not wanted): each is an NW206 finding.
+    ruleset_unavailable: tuple[Any, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     #: Authentication evidence per socket key (protocol, address, port), for the sockets
     #: of components the catalog knows how to judge (nodeward.collect.auth).

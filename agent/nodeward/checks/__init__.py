@@ -65,5 +65,10 @@ def run_checks(snapshot: NodeSnapshot, config: Config,
             from ..clusterscan import check_cluster_scan
 
             findings += check_cluster_scan(snapshot.cluster)
+        if snapshot.ruleset_unavailable or (snapshot.ruleset is not None
+                                            and snapshot.ruleset.problems):
+            from .firewall import problem_findings
+
+            findings += problem_findings(snapshot)  # NW206
     result = split_suppressed(sort_findings(findings), config.suppress)
     return dataclasses.replace(result, reach=reach)
