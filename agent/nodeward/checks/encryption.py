@@ -5,6 +5,7 @@ and routes in, findings out.
     NW402  a WireGuard peer has no live session (latest handshake older than the rekey window)
     NW403  a WireGuard peer's allowed IPs do not cover the node's pod CIDR or address
     NW404  a route to a peer's pod CIDR leaves through a plain (unencrypted) interface
+    NW405  a WireGuard peer for a node holds another key than the one the node publishes
     NW410  IPsec: no xfrm policy (with a template) for a peer node in one direction
     NW411  IPsec: a policy template with no matching state (no SA: traffic dropped or clear)
     NW412  IPsec: a state with a null or weak algorithm
@@ -32,6 +33,7 @@ class PeerNode:
     addresses: tuple[str, ...] = ()
     pod_cidrs: tuple[str, ...] = ()
     wireguard_public_key: str = ""  # base64, from Calico's node annotation when known
+    wireguard_public_key_v6: str = ""  # Calico's wg-v6.cali key (its own key pair)
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,46 @@ def _host(endpoint: str) -> str:
     return host.strip("[]")
 
 
-def _match(node: PeerNode, devices: Sequence[WgDevice]) -> tuple[WgDevice, WgPeer] | None:
+def _version(text: str) -> int | None:
+    try:
+        return ipaddress.ip_network(text.strip("[]"), strict=False).version
+    except ValueError:
+        return None
+
+
+def _match(node: PeerNode, devices: Sequence[WgDevice],
+           family: int | None) -> tuple[WgDevice, WgPeer, bool] | None:
+    """The peer that carries `family` traffic to `node`, and whether its key is the one
+    the node publishes. By key first; else by endpoint, but only a peer that carries that
+    family (an allowed IP or the endpoint of that version): Calico runs one device per
+    family (wireguard.cali, wg-v6.cali), so the IPv6 peer says nothing about IPv4."""
+    key = node.wireguard_public_key_v6 if family == 6 else node.wireguard_public_key
     for dev in devices:
         for p in dev.peers:
-            if node.wireguard_public_key and p.public_key == node.wireguard_public_key:
-                return dev, p
-            if p.endpoint and _host(p.endpoint) in node.addresses:
-                return dev, p
-    return None
+            if key and p.public_key == key:
+                return dev, p, True
+    if family == 6 and not key and node.wireguard_public_key:
+        # No IPv6 key published: one device for both families (not Calico) is keyed by
+        # the IPv4 key, and then carries IPv6 allowed IPs.
+        for dev in devices:
+            for p in dev.peers:
+                if p.public_key == node.wireguard_public_key and \
+                        any(_version(a) == 6 for a in p.allowed_ips):
+                    return dev, p, True
+    best: tuple[int, WgDevice, WgPeer] | None = None
+    for dev in devices:
+        for p in dev.peers:
+            if not p.endpoint or _host(p.endpoint) not in node.addresses:
+                continue
+            rank = 2 if any(_version(a) == family for a in p.allowed_ips) else \
+                1 if _version(_host(p.endpoint)) == family else 0
+            if family is not None and rank == 0:
+                continue
+            if best is None or rank > best[0]:
+                best = (rank, dev, p)
+    if best is None:
+        return None
+    return best[1], best[2], not key
 
 
 def _covered(target: str, allowed: Sequence[str]) -> bool:
@@ -71,51 +105,82 @@ def _covered(target: str, allowed: Sequence[str]) -> bool:
 def wireguard_findings(devices: Sequence[WgDevice], peers: Sequence[PeerNode], now: float,
                        *, rekey_window: float = REKEY_WINDOW,
                        require_address: bool = False) -> list[Finding]:
-    """Check that every peer node has a live WireGuard session covering its pod CIDRs.
+    """Check that every peer node has, per address family of its pod CIDRs, a live
+    WireGuard session under the key it publishes, covering those CIDRs.
 
     `require_address` also demands the node address itself inside allowed IPs (Calico
     does not route node-to-node traffic through wireguard.cali by default, so off).
+    A dual-stack node's findings carry the family's first CIDR as address (one per family).
     """
     out: list[Finding] = []
     for node in peers:
-        hit = _match(node, devices)
-        if hit is None:
-            out.append(Finding(
-                id="NW401", severity=Severity.HIGH, component=node.name,
-                title=f"no WireGuard peer for node {node.name}: its traffic is not encrypted",
-                remediation="Add the node as a WireGuard peer (Calico: wireguardEnabled and "
-                            "the node's wireguard public key annotation; check calico-node "
-                            "logs on both nodes).",
-                evidence={"node": node.name, "addresses": list(node.addresses),
-                          "devices": [d.name for d in devices]}))
-            continue
-        dev, p = hit
-        ev = {"node": node.name, "device": dev.name, "public_key": p.public_key,
-              "endpoint": p.endpoint, "allowed_ips": list(p.allowed_ips)}
-        age = now - p.last_handshake if p.last_handshake else None
-        if age is None or age > rekey_window:
-            out.append(Finding(
-                id="NW402", severity=Severity.HIGH, component=node.name,
-                title=f"WireGuard peer for node {node.name} has no live session "
-                      + ("(never handshaked)" if age is None
-                         else f"(last handshake {int(age)}s ago)"),
-                remediation="Check UDP reachability of the peer endpoint and that both sides "
-                            "hold each other's current public key.",
-                evidence={**ev, "last_handshake": p.last_handshake,
-                          "handshake_age_s": age, "rekey_window_s": rekey_window,
-                          "rx_bytes": p.rx_bytes, "tx_bytes": p.tx_bytes}))
         targets = list(node.pod_cidrs)
         if require_address:
             targets += [a for a in node.addresses if a]
-        missing = [t for t in targets if not _covered(t, p.allowed_ips)]
-        if missing:
-            out.append(Finding(
-                id="NW403", severity=Severity.HIGH, component=node.name,
-                title=f"WireGuard allowed IPs for node {node.name} do not cover "
-                      + ", ".join(missing),
-                remediation="Add the node's pod CIDR(s) to the peer's allowed IPs (Calico "
-                            "derives them from block affinities; check IPAM).",
-                evidence={**ev, "missing": missing}))
+        families: dict[int | None, list[str]] = {}
+        for t in targets:
+            families.setdefault(_version(t), []).append(t)
+        if not families:
+            families[None] = []
+        for family, fam_targets in sorted(families.items(), key=lambda kv: kv[0] or 0):
+            out += _node_family(node, devices, family, fam_targets, now, rekey_window,
+                                dual=len(families) > 1)
+    return out
+
+
+def _node_family(node: PeerNode, devices: Sequence[WgDevice], family: int | None,
+                 targets: list[str], now: float, rekey_window: float,
+                 dual: bool) -> list[Finding]:
+    out: list[Finding] = []
+    address = targets[0] if dual and targets else ""
+    fam = f" (IPv{family})" if dual else ""
+    hit = _match(node, devices, family)
+    if hit is None:
+        return [Finding(
+            id="NW401", severity=Severity.HIGH, component=node.name, address=address,
+            title=f"no WireGuard peer for node {node.name}{fam}: its traffic is not "
+                  "encrypted",
+            remediation="Add the node as a WireGuard peer (Calico: wireguardEnabled and "
+                        "the node's wireguard public key annotation; check calico-node "
+                        "logs on both nodes).",
+            evidence={"node": node.name, "family": family, "addresses": list(node.addresses),
+                      "devices": [d.name for d in devices]})]
+    dev, p, key_ok = hit
+    ev = {"node": node.name, "family": family, "device": dev.name,
+          "public_key": p.public_key, "endpoint": p.endpoint,
+          "allowed_ips": list(p.allowed_ips)}
+    if not key_ok:
+        published = node.wireguard_public_key_v6 if family == 6 else \
+            node.wireguard_public_key
+        out.append(Finding(
+            id="NW405", severity=Severity.HIGH, component=node.name, address=address,
+            title=f"WireGuard peer for node {node.name}{fam} on {dev.name} holds key "
+                  f"{p.public_key[:8]}..., the node publishes {published[:8]}...",
+            remediation="The node rotated its key or this peer entry is stale: no new "
+                        "session can be made with it. Check calico-node on this node "
+                        "reprograms the peer from the node's annotation.",
+            evidence={**ev, "published_key": published}))
+    age = now - p.last_handshake if p.last_handshake else None
+    if age is None or age > rekey_window:
+        out.append(Finding(
+            id="NW402", severity=Severity.HIGH, component=node.name, address=address,
+            title=f"WireGuard peer for node {node.name}{fam} has no live session "
+                  + ("(never handshaked)" if age is None
+                     else f"(last handshake {int(age)}s ago)"),
+            remediation="Check UDP reachability of the peer endpoint and that both sides "
+                        "hold each other's current public key.",
+            evidence={**ev, "last_handshake": p.last_handshake,
+                      "handshake_age_s": age, "rekey_window_s": rekey_window,
+                      "rx_bytes": p.rx_bytes, "tx_bytes": p.tx_bytes}))
+    missing = [t for t in targets if not _covered(t, p.allowed_ips)]
+    if missing:
+        out.append(Finding(
+            id="NW403", severity=Severity.HIGH, component=node.name, address=address,
+            title=f"WireGuard allowed IPs for node {node.name} do not cover "
+                  + ", ".join(missing),
+            remediation="Add the node's pod CIDR(s) to the peer's allowed IPs (Calico "
+                        "derives them from block affinities; check IPAM).",
+            evidence={**ev, "missing": missing}))
     return out
 
 

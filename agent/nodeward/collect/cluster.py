@@ -106,11 +106,12 @@ def _peer(p: Any, i: int) -> PeerNode:
         v = p.get(key, [])
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
             raise ValueError(f"peers[{i}].{key}: expected a list of strings")
-    extra = set(p) - {"name", "addresses", "pod_cidrs", "wireguard_public_key"}
+    extra = set(p) - {"name", "addresses", "pod_cidrs", "wireguard_public_key",
+                      "wireguard_public_key_v6"}
     if extra:
         raise ValueError(f"peers[{i}].{sorted(extra)[0]}: unknown key")
     return PeerNode(p["name"], tuple(p.get("addresses", [])), tuple(p.get("pod_cidrs", [])),
-                    p.get("wireguard_public_key", ""))
+                    p.get("wireguard_public_key", ""), p.get("wireguard_public_key_v6", ""))
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def _node_from_obj(obj: dict, affinities: list[dict]) -> PeerNode:
             cidrs.append(s["cidr"])
     ann = meta.get("annotations") or {}
     return PeerNode(name, addrs, tuple(cidrs),
-                    ann.get("projectcalico.org/WireguardPublicKey", ""))
+                    ann.get("projectcalico.org/WireguardPublicKey", ""),
+                    ann.get("projectcalico.org/WireguardPublicKeyV6", ""))
 
 
 def build_view(node: str, source: str, node_objs: list[dict], objects: dict[str, list[dict]],

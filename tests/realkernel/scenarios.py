@@ -1,0 +1,213 @@
+"""What runs inside the guest (through jobserver `call` jobs): real kernel devices and
+states in lab namespaces, read by nodeward's own collectors from inside a node namespace,
+checked, and returned as plain data for the host-side tests to assert on.
+
+Each function builds its lab, reads every phase, and tears the lab down before returning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import subprocess
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.lab import Lab, Netns, setns
+
+WG4, WG6 = "wireguard.cali", "wg-v6.cali"  # Calico's interface names
+ANN4, ANN6 = "projectcalico.org/WireguardPublicKey", "projectcalico.org/WireguardPublicKeyV6"
+
+
+def in_netns(name: str, fn: Callable[[], object]) -> object:
+    """`fn()` in a child process that entered namespace `name` (the caller stays put)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            setns(name)
+            out = (True, fn())
+        except BaseException:
+            out = (False, traceback.format_exc())
+        with os.fdopen(w, "wb") as f:
+            pickle.dump(out, f)
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    ok, value = pickle.loads(data)
+    if not ok:
+        raise RuntimeError(f"in netns {name}:\n{value}")
+    return value
+
+
+def _batch(ns: Netns, lines: list[str]) -> None:
+    """Many `ip` commands in one process (process start is ~100x slower in the guest)."""
+    r = subprocess.run(["ip", "-n", ns.name, "-batch", "-"], input="\n".join(lines) + "\n",
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"ip -batch in {ns.name}: {r.stderr.strip()}")
+
+
+def _keypair() -> tuple[str, str]:
+    priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    pub = subprocess.run(["wg", "pubkey"], input=priv, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    return priv, pub
+
+
+def _wg_set(lab: Lab, ns: Netns, args: list[str], private_key: str | None = None) -> None:
+    """`wg set` in `ns`; a private key goes through a 0600 file on the guest's tmpfs."""
+    if private_key is None:
+        lab.run(ns, ["wg", "set", *args])
+        return
+    fd, path = tempfile.mkstemp(prefix="nwkey")
+    try:
+        os.write(fd, private_key.encode() + b"\n")
+        os.close(fd)
+        lab.run(ns, ["wg", "set", *args, "private-key", path])
+    finally:
+        os.unlink(path)
+
+
+def _node_obj(name: str, i: int, keys: dict[str, str]) -> dict:
+    return {"kind": "Node", "apiVersion": "v1",
+            "metadata": {"name": name, "annotations": {ANN4: keys["4"], ANN6: keys["6"]}},
+            "spec": {"podCIDRs": [f"10.244.{i}.0/24", f"fd00:244:{i}::/64"]},
+            "status": {"addresses": [{"type": "InternalIP", "address": f"10.77.0.{i}"},
+                                     {"type": "InternalIP", "address": f"fd00:77::{i}"}]}}
+
+
+def _scan(node: Netns, offline: Path, name: str) -> dict:
+    """nodeward's scan path inside `node`: interfaces (kind from the kernel), the cluster
+    view from the offline Node objects, the netlink WireGuard collector, routes, checks."""
+
+    def work() -> dict:
+        from nodeward.clusterscan import check_cluster_scan, collect_cluster_scan
+        from nodeward.collect.addresses import collect_interfaces
+        from nodeward.collect.cluster import ClusterSettings
+        from nodeward.model import NodeSnapshot
+
+        ifs = collect_interfaces(["cali*"])
+        snap = NodeSnapshot(node=name, scanned_at="", interfaces=tuple(ifs))
+        settings = ClusterSettings(encryption="wireguard", offline_dir=str(offline),
+                                   use_api=False)
+        scan = collect_cluster_scan(settings, snap)
+        found = check_cluster_scan(scan, settings)
+        return {"kinds": {i.name: i.kind for i in ifs},
+                "devices": [dataclasses.asdict(d) for d in scan.wireguard],
+                "notes": list(scan.notes),
+                "findings": sorted([f.id, f.component, f.address] for f in found
+                                   if f.id.startswith("NW4"))}
+
+    return in_netns(node.name, work)
+
+
+def _wait_handshakes(lab: Lab, ns: Netns, dev: str, want: int, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        out = lab.run(ns, ["wg", "show", dev, "latest-handshakes"]).stdout
+        n = sum(1 for line in out.splitlines() if line.split()[-1] != "0")
+        if n >= want or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def wireguard_mesh() -> dict:
+    """Three nodes, each with Calico-named kernel devices for both families, a full mesh;
+    then, one at a time from node a's view: a peer missing, a wrong allowed IP, a node
+    that never handshakes, and a peer key that no longer matches the node annotation."""
+    t0 = time.monotonic()
+    out: dict = {"phases": {}}
+    names = ("a", "b", "c")
+    with Lab(prefix=f"rk{os.getpid() % 10000}") as lab:
+        nodes = {n: lab.node(n, f"10.77.0.{i}/24") for i, n in enumerate(names, 1)}
+        nodes["d"] = lab.node("d", "10.77.0.4/24")  # in the cluster, no WireGuard at all
+        keys: dict[str, dict[str, tuple[str, str]]] = {}
+        for i, n in enumerate(names, 1):
+            ns = nodes[n]
+            lab.addr(ns, "eth0", f"fd00:77::{i}/64")
+            _batch(ns, [f"link add {WG4} type wireguard", f"link add {WG6} type wireguard",
+                        f"addr add 10.244.{i}.1/32 dev {WG4}",
+                        f"addr add fd00:244:{i}::1/128 dev {WG6} nodad",
+                        f"link set {WG4} up", f"link set {WG6} up"])
+            keys[n] = {"4": _keypair(), "6": _keypair()}
+            _wg_set(lab, ns, [WG4, "listen-port", "51820"], keys[n]["4"][0])
+            _wg_set(lab, ns, [WG6, "listen-port", "51821"], keys[n]["6"][0])
+        # Every end is up before any peer is configured (else a 5 s handshake retry).
+        for n in names:
+            args4, args6, routes = [WG4], [WG6], []
+            for j, m in enumerate(names, 1):
+                if m == n:
+                    continue
+                args4 += ["peer", keys[m]["4"][1], "allowed-ips", f"10.244.{j}.0/24",
+                          "endpoint", f"10.77.0.{j}:51820"]
+                args6 += ["peer", keys[m]["6"][1], "allowed-ips", f"fd00:244:{j}::/64",
+                          "endpoint", f"[fd00:77::{j}]:51821"]
+                routes += [f"route replace 10.244.{j}.0/24 dev {WG4}",
+                           f"route replace fd00:244:{j}::/64 dev {WG6}"]
+            _wg_set(lab, nodes[n], args4)
+            _wg_set(lab, nodes[n], args6)
+            _batch(nodes[n], routes)
+        a = nodes["a"]
+        for target in ("10.244.2.1", "10.244.3.1", "fd00:244:2::1", "fd00:244:3::1"):
+            lab.run(a, ["busybox", "ping", "-c", "1", "-W", "5", target])
+        out["handshakes"] = {dev: _wait_handshakes(lab, a, dev, 2) for dev in (WG4, WG6)}
+        d_keys = {"4": _keypair(), "6": _keypair()}
+        offline = Path(tempfile.mkdtemp(prefix="nwoffline"))
+
+        def view(extra_d: bool = False) -> None:
+            objs = [_node_obj(n, i, {f: keys[n][f][1] for f in "46"})
+                    for i, n in enumerate(names, 1)]
+            if extra_d:
+                objs.append(_node_obj("d", 4, {f: d_keys[f][1] for f in "46"}))
+            (offline / "nodes.json").write_text(json.dumps({"kind": "List", "items": objs}))
+
+        def phase(label: str) -> None:
+            out["phases"][label] = _scan(a, offline, "a")
+
+        view()
+        phase("healthy")
+        # The oracle for the collector: wg(8) reading the same kernel devices.
+        out["wg_dump"] = lab.run(a, ["wg", "show", "all", "dump"]).stdout
+        # A peer missing: c's IPv4 peer gone from a (IPv6 still there).
+        _wg_set(lab, a, [WG4, "peer", keys["c"]["4"][1], "remove"])
+        phase("missing_peer")
+        _wg_set(lab, a, [WG4, "peer", keys["c"]["4"][1], "allowed-ips", "10.244.3.0/24",
+                         "endpoint", "10.77.0.3:51820"])
+        lab.run(a, ["busybox", "ping", "-c", "1", "-W", "5", "10.244.3.1"])
+        # A wrong allowed IP: b's IPv4 peer carries a CIDR that is not b's.
+        _wg_set(lab, a, [WG4, "peer", keys["b"]["4"][1], "allowed-ips", "10.245.2.0/24"])
+        phase("wrong_allowed_ip")
+        _wg_set(lab, a, [WG4, "peer", keys["b"]["4"][1], "allowed-ips", "10.244.2.0/24"])
+        # A peer that never handshakes: d is in the cluster, a has it as a peer, d runs
+        # no WireGuard. Traffic is sent, so the kernel really tries.
+        view(extra_d=True)
+        _wg_set(lab, a, [WG4, "peer", d_keys["4"][1], "allowed-ips", "10.244.4.0/24",
+                         "endpoint", "10.77.0.4:51820"])
+        _wg_set(lab, a, [WG6, "peer", d_keys["6"][1], "allowed-ips", "fd00:244:4::/64",
+                         "endpoint", "[fd00:77::4]:51821"])
+        lab.addr(nodes["d"], "eth0", "fd00:77::4/64")
+        _batch(a, [f"route replace 10.244.4.0/24 dev {WG4}",
+                   f"route replace fd00:244:4::/64 dev {WG6}"])
+        lab.run(a, ["busybox", "ping", "-c", "1", "-W", "1", "10.244.4.1"], check=False)
+        phase("never_handshakes")
+        _wg_set(lab, a, [WG4, "peer", d_keys["4"][1], "remove"])
+        _wg_set(lab, a, [WG6, "peer", d_keys["6"][1], "remove"])
+        # A key mismatch: b rotates its IPv4 key and publishes it (annotation updated);
+        # a still holds the old one. a's last handshake with b is recent, so only the
+        # key comparison can tell.
+        keys["b"]["4"] = _keypair()
+        _wg_set(lab, nodes["b"], [WG4], keys["b"]["4"][0])
+        view()
+        phase("key_mismatch")
+    out["seconds"] = round(time.monotonic() - t0, 2)
+    return out
