@@ -90,7 +90,7 @@ def check_cluster_scan(scan: ClusterScan, settings: ClusterSettings,
         out += route_findings(scan.routes, peers, [d.name for d in scan.wireguard])
     elif settings.encryption == "ipsec":
         out += ipsec_findings(scan.xfrm_states, scan.xfrm_policies, peers,
-                              scan.local_addresses)
+                              scan.local_addresses, now)
     return out
 
 

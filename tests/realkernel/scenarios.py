@@ -211,3 +211,89 @@ def wireguard_mesh() -> dict:
         phase("key_mismatch")
     out["seconds"] = round(time.monotonic() - t0, 2)
     return out
+
+
+AEAD = "aead 'rfc4106(gcm(aes))' 0x0102030405060708091011121314151617181920 128"
+
+
+def _sa(src: str, dst: str, spi: int, reqid: int, algs: str = AEAD, extra: str = "") -> str:
+    return (f"xfrm state add src {src} dst {dst} proto esp spi {spi:#x} reqid {reqid} "
+            f"mode transport {algs} {extra}").strip()
+
+
+def _sp(local: str, peer: str, reqid: int) -> list[str]:
+    out = []
+    for d, (s, t) in (("out", (local, peer)), ("in", (peer, local))):
+        out.append(f"xfrm policy add src {s}/32 dst {t}/32 dir {d} tmpl src {s} dst {t} "
+                   f"proto esp reqid {reqid} mode transport")
+    return out
+
+
+def _xfrm_read(ns: Netns, peers: list[tuple[str, str]], local: str) -> dict:
+    """In `ns`: the NETLINK_XFRM state dump and the text policies (collect_xfrm), the
+    checks, and `ip -s xfrm state/policy` text parsed by the text parser."""
+
+    def work() -> dict:
+        from nodeward.checks.encryption import PeerNode, ipsec_findings
+        from nodeward.collect.xfrm import collect_xfrm, parse_policies, parse_states
+
+        states, policies, errors = collect_xfrm()
+        found = ipsec_findings(states, policies, [PeerNode(n, (ip,)) for n, ip in peers],
+                               [local], now=time.time())
+        text_s = subprocess.run(["ip", "-s", "xfrm", "state"], capture_output=True,
+                                text=True, check=True).stdout
+        text_p = subprocess.run(["ip", "-s", "xfrm", "policy"], capture_output=True,
+                                text=True, check=True).stdout
+        return {"errors": list(errors),
+                "states": [dataclasses.asdict(s) for s in states],
+                "policies": [dataclasses.asdict(p) for p in policies],
+                "text_states": [dataclasses.asdict(s) for s in parse_states(text_s)],
+                "text_policies": [dataclasses.asdict(p) for p in parse_policies(text_p)],
+                "text_stats": text_s + text_p,
+                "findings": sorted([f.id, f.component, str(f.severity)] for f in found)}
+
+    return in_netns(ns.name, work)
+
+
+def ipsec_states() -> dict:
+    """ESP in transport mode between node namespaces on the real kernel. Node a holds, per
+    peer: b a healthy pair (mirrored on b; pings really cross it); c a policy whose
+    inbound SA is missing; d a weak out SA and a null in SA; e an out SA that hard-expires
+    (the kernel deletes it); f an out SA past its packet soft limit after real traffic."""
+    t0 = time.monotonic()
+    out: dict = {}
+    with Lab(prefix=f"rx{os.getpid() % 10000}") as lab:
+        ips = {n: f"10.78.0.{i}" for i, n in enumerate("abcdef", 1)}
+        nodes = {n: lab.node(n, f"{ip}/24") for n, ip in ips.items()}
+        a, la = nodes["a"], ips["a"]
+        lb = ips["b"]
+        pair = [_sa(la, lb, 0x100, 1), _sa(lb, la, 0x101, 1)]
+        _batch(a, [*pair, *_sp(la, lb, 1)])
+        _batch(nodes["b"], [*pair, *_sp(lb, la, 1)])
+        lab.run(a, ["busybox", "ping", "-c", "2", "-W", "5", lb])
+        out["healthy"] = _xfrm_read(a, [("b", lb)], la)
+        lc, ld, le, lf = ips["c"], ips["d"], ips["e"], ips["f"]
+        _batch(a, [
+            *_sp(la, lc, 2), _sa(la, lc, 0x200, 2),  # c: no inbound SA
+            *_sp(la, ld, 3),
+            _sa(la, ld, 0x300, 3, "enc 'cbc(des3_ede)' 0x" + "11" * 24
+                + " auth-trunc 'hmac(md5)' 0x" + "22" * 16 + " 96"),
+            _sa(ld, la, 0x301, 3, "enc 'ecb(cipher_null)' '' auth digest_null ''"),
+            *_sp(la, le, 4), _sa(la, le, 0x400, 4, extra="limit time-hard 2"),
+            _sa(le, la, 0x401, 4),
+            *_sp(la, lf, 5), _sa(la, lf, 0x500, 5, extra="limit packet-soft 2"),
+            _sa(lf, la, 0x501, 5)])
+        # Three echo requests leave through f's SA (f has no SA, so no replies).
+        lab.run(a, ["busybox", "ping", "-c", "3", "-W", "1", lf], check=False)
+        deadline = time.monotonic() + 30
+        while _sa_present(lab, a, 0x400) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        peers = [(n, ips[n]) for n in "bcdef"]
+        out["faults"] = _xfrm_read(a, peers, la)
+    out["seconds"] = round(time.monotonic() - t0, 2)
+    return out
+
+
+def _sa_present(lab: Lab, ns: Netns, spi: int) -> bool:
+    r = lab.run(ns, ["ip", "xfrm", "state", "list"], check=True)
+    return f"spi {spi:#010x}" in r.stdout

@@ -9,6 +9,7 @@ and routes in, findings out.
     NW410  IPsec: no xfrm policy (with a template) for a peer node in one direction
     NW411  IPsec: a policy template with no matching state (no SA: traffic dropped or clear)
     NW412  IPsec: a state with a null or weak algorithm
+    NW413  IPsec: a state past its soft lifetime and no successor (the rekey did not happen)
 """
 
 from __future__ import annotations
@@ -248,9 +249,11 @@ def _in(addr: str, cidr: str) -> bool:
 
 
 def ipsec_findings(states: Sequence[XfrmState], policies: Sequence[XfrmPolicy],
-                   peers: Sequence[PeerNode], local_addresses: Sequence[str]) -> list[Finding]:
+                   peers: Sequence[PeerNode], local_addresses: Sequence[str],
+                   now: float | None = None) -> list[Finding]:
     """Each peer node needs an out and an in policy (allow + template) between a local
-    address and its address, every template a state, and no null/weak algorithms."""
+    address and its address, every template a state, no null/weak algorithms, and no SA
+    left past its soft lifetime without a successor (`now` for the time-based limits)."""
     out: list[Finding] = []
     prot = [p for p in policies if p.action == "allow" and p.tmpls]
     for node in peers:
@@ -303,4 +306,36 @@ def ipsec_findings(states: Sequence[XfrmState], policies: Sequence[XfrmPolicy],
                                 "hmac(sha256) or better.",
                     evidence={"src": s.src, "dst": s.dst, "spi": s.spi, "kind": kind,
                               "algorithm": alg}))
+    return out + _soft_expired(states, now)
+
+
+def _soft_expired(states: Sequence[XfrmState], now: float | None) -> list[Finding]:
+    """The kernel asks the IKE daemon to rekey at the soft limit and drops the SA at the
+    hard one; a soft-expired SA with no younger SA for the same flow means the rekey
+    failed and traffic stops at the hard limit."""
+    out: list[Finding] = []
+    t = 0.0 if now is None else now
+    for s in states:
+        lt = s.lifetime
+        reached = lt.soft_expired(t) if lt else []
+        if now is None:
+            reached = [r for r in reached if not r.startswith(("age", "in use"))]
+        if not reached:
+            continue
+        flow = (s.src, s.dst, s.proto, s.reqid)
+        if any((o.src, o.dst, o.proto, o.reqid) == flow and o.lifetime is not None
+               and o.lifetime.add_time > lt.add_time and not o.lifetime.soft_expired(t)
+               for o in states if o is not s):
+            continue  # rekeyed: the old SA is dying as it should
+        out.append(Finding(
+            id="NW413", severity=Severity.MEDIUM, protocol="ipsec",
+            component=f"{s.src}->{s.dst}",
+            title=f"IPsec state {s.src} -> {s.dst} spi {s.spi:#x} is past its soft "
+                  f"lifetime ({'; '.join(reached)}) and was not rekeyed",
+            remediation="The IKE daemon did not rekey this SA: traffic stops at the hard "
+                        "limit. Check the daemon's logs and its rekey settings.",
+            evidence={"src": s.src, "dst": s.dst, "spi": s.spi, "reqid": s.reqid,
+                      "reached": reached,
+                      "hard": {"bytes": lt.hard_bytes, "packets": lt.hard_packets,
+                               "add_s": lt.hard_add_s, "use_s": lt.hard_use_s}}))
     return out
