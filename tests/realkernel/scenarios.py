@@ -297,3 +297,92 @@ def ipsec_states() -> dict:
 def _sa_present(lab: Lab, ns: Netns, spi: int) -> bool:
     r = lab.run(ns, ["ip", "xfrm", "state", "list"], check=True)
     return f"spi {spi:#010x}" in r.stdout
+
+
+META4, META6 = "169.254.169.254", "fd00:ec2::254"
+NODE4 = "10.0.0.5"
+
+
+def _tx(ns: Netns, ifname: str) -> int:
+    r = subprocess.run(["ip", "-n", ns.name, "-s", "-j", "link", "show", ifname],
+                       capture_output=True, text=True, check=True)
+    return json.loads(r.stdout)[0]["stats64"]["tx"]["packets"]
+
+
+def _probe(pod: Netns, node: Netns) -> dict:
+    """What the kernel does with pod traffic: does a TCP connect to the node's port 22
+    complete, and does a SYN to each metadata address leave through the cloud NIC (its
+    transmit counter; the dummy NIC swallows what it sends)."""
+
+    def connect(host: str, port: int, timeout: float) -> bool:
+        import socket
+
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            return s.connect_ex((host, port)) == 0
+
+    out = {"host_ssh": in_netns(pod.name, lambda: connect(NODE4, 22, 3.0)), "metadata": []}
+    for meta in (META4, META6):
+        before = _tx(node, "ens5")
+        in_netns(pod.name, lambda m=meta: connect(m, 80, 0.5))
+        if _tx(node, "ens5") > before:
+            out["metadata"].append(meta)
+    return out
+
+
+def _nodeward_scan(node: Netns) -> list:
+    def work() -> list:
+        from nodeward.checks import run_checks
+        from nodeward.config import from_mapping
+        from nodeward.snapshot import take_snapshot
+
+        cfg = from_mapping({"node_name": "cloud-node",
+                            "node_cidrs": ["10.0.0.0/24", "fd00:10::/64"],
+                            "pod_cidrs": ["10.244.0.0/16", "fd00:244::/48"]}, "realkernel")
+        snap = take_snapshot(cfg)
+        res = run_checks(snap, cfg)
+        return {"notes": list(snap.notes),
+                "node_if": [i.name for i in snap.interfaces if i.kind == "dummy"],
+                "findings": sorted([f.id, f.address, f.port] for f in res.findings
+                                   if f.id in ("NW203", "NW204"))}
+
+    return in_netns(node.name, work)
+
+
+def metadata_bypass() -> dict:
+    """A cloud node whose NIC is a `dummy` named ens5 (default routes through it, as to a
+    VPC gateway), a pod behind a Calico-style veth, an ssh-like host service. Per phase,
+    the kernel's own answer (does the connect complete, does the SYN leave ens5) next to
+    nodeward's NW203/NW204: no rules; DROP rules that name the wrong NIC (eth0); rules
+    that name ens5 and drop pods' port 22 in INPUT."""
+    t0 = time.monotonic()
+    out: dict = {"phases": {}}
+    with Lab(prefix=f"rm{os.getpid() % 10000}") as lab:
+        node = lab.netns("node")
+        _batch(node, ["link add ens5 type dummy", f"addr add {NODE4}/24 dev ens5",
+                      "addr add fd00:10::5/64 dev ens5 nodad", "link set ens5 up",
+                      "route add default dev ens5", "route add ::/0 dev ens5"])
+        pod = lab.pod(node, "10.244.1.2/24", "10.244.1.1/24", host_if="cali1a2b")
+        lab.addr(node, "cali1a2b", "fd00:244:1::1/64")
+        lab.addr(pod, "eth0", "fd00:244:1::2/64")
+        lab.sh("ip", "-6", "route", "add", "default", "via", "fd00:244:1::1", ns=pod)
+        lab.sysctl(node, "net.ipv6.conf.all.forwarding", "1")
+        lab.listen(node, "sshd", tcp=["0.0.0.0:22"])
+
+        def phase(label: str) -> None:
+            out["phases"][label] = {"kernel": _probe(pod, node), "nodeward": _nodeward_scan(node)}
+
+        phase("open")
+        for tool, meta in (("iptables", META4), ("ip6tables", META6)):
+            lab.run(node, [tool, "-A", "FORWARD", "-i", "cali+", "-o", "eth0", "-d", meta,
+                           "-j", "DROP"])
+        phase("wrong_nic")
+        for tool, meta in (("iptables", META4), ("ip6tables", META6)):
+            lab.run(node, [tool, "-I", "FORWARD", "-i", "cali+", "-o", "ens5", "-d", meta,
+                           "-j", "DROP"])
+        lab.run(node, ["iptables", "-A", "INPUT", "-i", "cali+", "-p", "tcp", "--dport", "22",
+                       "-j", "DROP"])
+        phase("blocked")
+    out["seconds"] = round(time.monotonic() - t0, 2)
+    return out
