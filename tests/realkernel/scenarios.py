@@ -128,6 +128,7 @@ def wireguard_mesh() -> dict:
     t0 = time.monotonic()
     out: dict = {"phases": {}}
     names = ("a", "b", "c")
+    subprocess.run(["modprobe", "ipip"], check=True)  # tunl0 in every namespace
     with Lab(prefix=f"rk{os.getpid() % 10000}") as lab:
         nodes = {n: lab.node(n, f"10.77.0.{i}/24") for i, n in enumerate(names, 1)}
         nodes["d"] = lab.node("d", "10.77.0.4/24")  # in the cluster, no WireGuard at all
@@ -209,6 +210,39 @@ def wireguard_mesh() -> dict:
         _wg_set(lab, nodes["b"], [WG4], keys["b"]["4"][0])
         view()
         phase("key_mismatch")
+        # Routes, with the kernel's own lookup as the oracle: a leftover IPIP route (Calico
+        # before WireGuard) for c's IPv4 pod CIDR and a direct IPv6 route via eth0...
+        # (b's key mismatch stays: NW405 b in every phase below)
+
+        def lookups() -> dict:
+            got = {}
+            for dst in ("10.244.2.1", "10.244.3.1", "fd00:244:2::1", "fd00:244:3::1"):
+                r = subprocess.run(["ip", "-n", a.name, "-j", "route", "get", dst],
+                                   capture_output=True, text=True, check=True)
+                got[dst] = json.loads(r.stdout)[0]["dev"]
+            return got
+
+        def route_phase(label: str) -> None:
+            phase(label)
+            out["phases"][label]["lookup"] = lookups()
+
+        lab.run(a, ["ip", "link", "set", "tunl0", "up"])
+        _batch(a, ["route replace 10.244.3.0/24 via 10.77.0.3 dev tunl0 onlink",
+                   "route replace fd00:244:3::/64 via fd00:77::3 dev eth0"])
+        route_phase("plain_routes")
+        # ...then Calico's layout: the WireGuard routes in table 1, chosen by a rule for
+        # unmarked traffic; the leftover main-table routes no longer decide...
+        _batch(a, [f"route add 10.244.{j}.0/24 dev {WG4} table 1" for j in (2, 3)]
+               + [f"route add fd00:244:{j}::/64 dev {WG6} table 1" for j in (2, 3)])
+        lab.run(a, ["ip", "rule", "add", "not", "fwmark", "0x100000/0x100000",
+                    "lookup", "1", "priority", "99"])
+        lab.run(a, ["ip", "-6", "rule", "add", "not", "fwmark", "0x100000/0x100000",
+                    "lookup", "1", "priority", "99"])
+        route_phase("calico_table")
+        # ...unless the rule is missing: table 1 is then never consulted.
+        lab.run(a, ["ip", "rule", "del", "priority", "99"])
+        lab.run(a, ["ip", "-6", "rule", "del", "priority", "99"])
+        route_phase("table_without_rule")
     out["seconds"] = round(time.monotonic() - t0, 2)
     return out
 

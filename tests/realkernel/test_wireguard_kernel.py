@@ -83,3 +83,25 @@ def test_peer_that_never_handshakes_is_nw402(mesh):
 def test_key_mismatch_with_node_annotation_is_nw405(mesh):
     # b rotated its key: a's old session is still younger than 180 s, so no NW402 yet.
     assert _findings(mesh, "key_mismatch") == [("NW405", "b", "10.244.2.0/24")]
+
+
+POD = {"10.244.2.1": "10.244.2.0/24", "10.244.3.1": "10.244.3.0/24",
+       "fd00:244:2::1": "fd00:244:2::/64", "fd00:244:3::1": "fd00:244:3::/64"}
+
+
+@pytest.mark.parametrize(("phase", "plain"), [
+    # a leftover IPIP route for c's IPv4 pods, a direct IPv6 route via eth0
+    ("plain_routes", {"10.244.3.0/24": "tunl0", "fd00:244:3::/64": "eth0"}),
+    # Calico's layout: WireGuard routes in table 1 behind `not fwmark ... lookup 1`
+    ("calico_table", {}),
+    # table 1 still there, its rule gone: the kernel falls back to the main table
+    ("table_without_rule", {"10.244.3.0/24": "tunl0", "fd00:244:3::/64": "eth0"}),
+])
+def test_nw404_is_where_the_kernel_routes_in_clear(mesh, phase, plain):
+    p = mesh["phases"][phase]
+    # the oracle: `ip route get` in node a
+    assert {POD[d]: dev for d, dev in p["lookup"].items()
+            if dev not in ("wireguard.cali", "wg-v6.cali")} == plain
+    nw404 = {f[2] for f in _findings(mesh, phase) if f[0] == "NW404"}
+    assert nw404 == set(plain)
+    assert ("NW405", "b", "10.244.2.0/24") in _findings(mesh, phase)  # still rotated

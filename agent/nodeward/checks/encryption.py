@@ -185,10 +185,74 @@ def _node_family(node: PeerNode, devices: Sequence[WgDevice], family: int | None
     return out
 
 
+@dataclass(frozen=True)
+class RouteRule:
+    """A policy-routing rule (`ip rule`), as far as the route check needs it."""
+
+    family: int  # 4 | 6
+    priority: int
+    table: int
+    action: int = 1  # FR_ACT_TO_TBL; others (blackhole, unreachable, goto...) end or skip
+    fwmark: int = 0
+    fwmask: int = 0
+    invert: bool = False  # `not`
+    suppress_prefixlen: int = -1  # routes this short or shorter are ignored (-1: none)
+    selective: bool = False  # a src/dst/iif/oif/port/uid selector this check cannot judge
+
+
+def _tables(rules: Sequence[RouteRule], family: int) -> list[tuple[int, int]]:
+    """(table, suppress_prefixlen) in the order unmarked traffic consults them."""
+    out = []
+    for r in sorted((r for r in rules if r.family == family), key=lambda r: r.priority):
+        if r.selective or r.table == 255:  # local table: the node's own addresses
+            continue
+        mask = r.fwmask if r.fwmask else (0xFFFFFFFF if r.fwmark else 0)
+        match = (0 & mask) == (r.fwmark & mask)
+        if r.invert:
+            match = not match
+        if not match:
+            continue
+        if r.action != 1:
+            break  # blackhole / unreachable / prohibit: the lookup ends here
+        out.append((r.table, r.suppress_prefixlen))
+    return out
+
+
+def _chosen(net, routes: Sequence[Route], tables: list[tuple[int, int]]) -> list[Route]:
+    """The routes the kernel would use for `net`: along the tables in rule order, the
+    more-specific routes carving parts out, until a table has one covering it all."""
+    chosen: list[Route] = []
+    for table, suppress in tables:
+        best: tuple[int, Route] | None = None
+        for r in routes:
+            if r.table != table:
+                continue
+            try:
+                rn = ipaddress.ip_network(r.destination, strict=False)
+            except ValueError:
+                continue
+            if rn.version != net.version or rn.prefixlen <= suppress:
+                continue
+            if net.subnet_of(rn):
+                if best is None or rn.prefixlen > best[0]:
+                    best = (rn.prefixlen, r)
+            elif rn.subnet_of(net):
+                chosen.append(r)
+        if best is not None:
+            return [best[1], *chosen]
+    return chosen
+
+
 def route_findings(routes: Sequence[Route], peers: Sequence[PeerNode],
-                   encrypted_interfaces: Sequence[str]) -> list[Finding]:
+                   encrypted_interfaces: Sequence[str],
+                   rules: Sequence[RouteRule] | None = None) -> list[Finding]:
     """A route to a peer's pod CIDR through a non-encrypted interface sends pod traffic
-    in clear even when a tunnel exists (longest match picks the route, not the tunnel)."""
+    in clear even when a tunnel exists (longest match picks the route, not the tunnel).
+
+    With `rules` (the node's `ip rule` list) the tables are walked as the kernel walks
+    them for unmarked traffic: Calico's WireGuard routes live in their own table, used
+    only while its rule exists. Without, the main table decides unless another table
+    holds an encrypted route covering the CIDR (the old guess; rules unknown)."""
     out: list[Finding] = []
     enc = set(encrypted_interfaces)
     for node in peers:
@@ -197,28 +261,13 @@ def route_findings(routes: Sequence[Route], peers: Sequence[PeerNode],
                 net = ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 continue
-            # Calico programs wireguard.cali routes in a separate table selected by ip rules;
-            # when such a route covers the CIDR, the main-table route is not the one used.
-            if any(r.table != 254 and r.interface in enc and _in(cidr, r.destination)
-                   for r in routes):
+            if rules is not None:
+                chosen = _chosen(net, routes, _tables(rules, net.version))
+            elif any(r.table != 254 and r.interface in enc and _in(cidr, r.destination)
+                     for r in routes):
                 continue
-            best: tuple[int, Route] | None = None
-            inside: list[Route] = []  # more-specific routes carving part of the CIDR out
-            for r in routes:
-                if r.table != 254:
-                    continue
-                try:
-                    rn = ipaddress.ip_network(r.destination, strict=False)
-                except ValueError:
-                    continue
-                if rn.version != net.version:
-                    continue
-                if net.subnet_of(rn):
-                    if best is None or rn.prefixlen > best[0]:
-                        best = (rn.prefixlen, r)
-                elif rn.subnet_of(net):
-                    inside.append(r)
-            chosen = ([best[1]] if best else []) + inside
+            else:
+                chosen = _chosen(net, routes, [(254, -1)])
             for r in chosen:
                 if r.interface in enc:
                     continue
@@ -228,9 +277,11 @@ def route_findings(routes: Sequence[Route], peers: Sequence[PeerNode],
                     title=f"pod CIDR {cidr} of node {node.name} is routed ({r.destination}) "
                           f"through plain interface {r.interface}",
                     remediation="Route peer pod CIDRs through the WireGuard interface (Calico: "
-                                "check wireguardEnabled and the routing table Felix programs).",
+                                "check wireguardEnabled, the routing table Felix programs "
+                                "and its ip rule).",
                     evidence={"node": node.name, "pod_cidr": cidr,
                               "route": r.destination, "interface": r.interface,
+                              "table": r.table,
                               "encrypted_interfaces": sorted(enc)}))
     return out
 
