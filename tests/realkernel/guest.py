@@ -8,9 +8,11 @@ directory.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,12 @@ class JobResult:
 
 class GuestError(Exception):
     pass
+
+
+def _die_with_parent() -> None:
+    """QEMU gets SIGKILL when the pytest process goes away (killed, crashed): no guest
+    outlives its session."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class Guest:
@@ -88,7 +96,7 @@ class Guest:
         t0 = time.monotonic()
         self.proc = subprocess.Popen(self.argv(initrd), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         ready = self.share / "ready.json"
         while not ready.exists():
             if self.proc.poll() is not None:
