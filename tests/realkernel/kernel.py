@@ -106,6 +106,9 @@ def prepare_kernel(cache: Path = CACHE) -> Kernel:
         d = cache / version
         if not (d / "READY").exists():
             _fetch(version, d)
+            for old in cache.iterdir():  # one kernel kept (~560 MB unpacked)
+                if old.is_dir() and old.name != version:
+                    shutil.rmtree(old, ignore_errors=True)
         return Kernel(version, d / "root", d / "vmlinux")
 
 
