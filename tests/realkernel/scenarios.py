@@ -293,11 +293,12 @@ def ipsec_states() -> dict:
     """ESP in transport mode between node namespaces on the real kernel. Node a holds, per
     peer: b a healthy pair (mirrored on b; pings really cross it); c a policy whose
     inbound SA is missing; d a weak out SA and a null in SA; e an out SA that hard-expires
-    (the kernel deletes it); f an out SA past its packet soft limit after real traffic."""
+    (the kernel deletes it); f an out SA past its packet soft limit after real traffic;
+    g Cilium-style templates (wildcard source; an optional fwd template with no SA)."""
     t0 = time.monotonic()
     out: dict = {}
     with Lab(prefix=f"rx{os.getpid() % 10000}") as lab:
-        ips = {n: f"10.78.0.{i}" for i, n in enumerate("abcdef", 1)}
+        ips = {n: f"10.78.0.{i}" for i, n in enumerate("abcdefg", 1)}
         nodes = {n: lab.node(n, f"{ip}/24") for n, ip in ips.items()}
         a, la = nodes["a"], ips["a"]
         lb = ips["b"]
@@ -317,12 +318,24 @@ def ipsec_states() -> dict:
             _sa(le, la, 0x401, 4),
             *_sp(la, lf, 5), _sa(la, lf, 0x500, 5, extra="limit packet-soft 2"),
             _sa(lf, la, 0x501, 5)])
-        # Three echo requests leave through f's SA (f has no SA, so no replies).
+        # g: templates as Cilium writes them: a wildcard source (the flow's address is
+        # used: the SA below must be the one the kernel picks), and an optional fwd one.
+        lg = ips["g"]
+        _batch(a, [
+            f"xfrm policy add src {la}/32 dst {lg}/32 dir out tmpl src 0.0.0.0 dst {lg} "
+            "proto esp reqid 7 mode transport", _sa(la, lg, 0x700, 7),
+            f"xfrm policy add src {lg}/32 dst {la}/32 dir in tmpl src {lg} dst {la} "
+            "proto esp reqid 7 mode transport", _sa(lg, la, 0x701, 7),
+            "xfrm policy add src 0.0.0.0/0 dst 0.0.0.0/0 dir fwd priority 2975 tmpl "
+            f"src 0.0.0.0 dst {la} proto esp reqid 8 mode tunnel level use"])
+        # Three echo requests leave through f's SA (f has no SA, so no replies), and one
+        # through g's.
         lab.run(a, ["busybox", "ping", "-c", "3", "-W", "1", lf], check=False)
+        lab.run(a, ["busybox", "ping", "-c", "1", "-W", "1", lg], check=False)
         deadline = time.monotonic() + 30
         while _sa_present(lab, a, 0x400) and time.monotonic() < deadline:
             time.sleep(0.5)
-        peers = [(n, ips[n]) for n in "bcdef"]
+        peers = [(n, ips[n]) for n in "bcdefg"]
         out["faults"] = _xfrm_read(a, peers, la)
     out["seconds"] = round(time.monotonic() - t0, 2)
     return out

@@ -72,5 +72,16 @@ def test_soft_limit_passed_without_rekey_is_nw413(ipsec):
     assert _f(f, f"{LA}->10.78.0.6") == [("NW413", f"{LA}->10.78.0.6", "medium")]
 
 
+def test_wildcard_and_optional_templates_are_not_nw411(ipsec):
+    """Cilium's templates: `tmpl src 0.0.0.0` takes the flow's address (the kernel used
+    SA 0x700 for the ping: its counter rose), and a `level use` fwd template needs no SA."""
+    f = ipsec["faults"]
+    (sa,) = [s for s in f["states"] if s["spi"] == 0x700]
+    assert sa["lifetime"]["packets"] >= 1
+    fwd = [p for p in f["policies"] if p["dir"] == "fwd"]
+    assert [t["optional"] for p in fwd for t in p["tmpls"]] == [True]
+    assert [x for x in _f(f) if "10.78.0.7" in x[1] or x[1].startswith("0.0.0.0")] == []
+
+
 def test_exactly_these_findings(ipsec):
     assert len(_f(ipsec["faults"])) == 7

@@ -3,6 +3,7 @@ the NW410-NW413 checks. Real kernel states: tests/realkernel/test_xfrm_kernel.py
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def test_ip_s_xfrm_policy_real_output():
     uncaught ValueError."""
     (p,) = parse_policies(_realworld("cilium-doc-policy-stats.txt"))
     assert (p.dir, p.action, p.priority) == ("fwd", "allow", 2975)
-    assert p.tmpls == (XfrmTmpl("0.0.0.0", "10.92.0.164", "esp", 1, "tunnel"),)
+    assert p.tmpls == (XfrmTmpl("0.0.0.0", "10.92.0.164", "esp", 1, "tunnel", optional=True),)
 
 
 def test_ip_s_xfrm_state_real_output():
@@ -128,3 +129,18 @@ def test_soft_lifetime_nw413_unless_rekeyed():
     new = XfrmState("10.0.0.1", "10.0.0.2", "esp", 0x101, 1, lifetime=XfrmLifetime(
         soft_add_s=3600, add_time=now - 100))
     assert ipsec_findings([old, new], [], [], [], now=now) == []
+
+
+def test_cilium_templates_real_output():
+    """Cilium's fwd template is `level use` with a wildcard source: no SA is needed; its
+    out template is satisfied by its state, its in template has none in this excerpt."""
+    fwd = parse_policies(_realworld("cilium-doc-policy-stats.txt"))
+    assert fwd[0].tmpls[0].optional
+    assert ipsec_findings((), fwd, [], ["10.92.1.189"]) == []
+    pols = parse_policies(_realworld("cilium-doc-policy-tmpl.txt"))
+    states = parse_states(_realworld("cilium-doc-state-short.txt"))
+    got = [(f.id, f.component) for f in ipsec_findings(states, pols, [], ["10.56.0.17"])]
+    assert got == [("NW411", "10.56.1.238->10.56.0.17")]
+    wild = XfrmTmpl("0.0.0.0", "10.56.1.238", "esp", 1, "tunnel")
+    out = [dataclasses.replace(pols[0], tmpls=(wild,))]
+    assert ipsec_findings(states, out, [], ["10.56.0.17"]) == []

@@ -299,6 +299,16 @@ def _in(addr: str, cidr: str) -> bool:
         return False
 
 
+def _tmpl_addr(tmpl: str, state: str) -> bool:
+    """A template's 0.0.0.0 / :: (or empty) address takes the flow's: any state's fits."""
+    if tmpl in ("", "0.0.0.0", "::"):
+        return True
+    try:
+        return ipaddress.ip_address(tmpl) == ipaddress.ip_address(state)
+    except ValueError:
+        return tmpl == state
+
+
 def ipsec_findings(states: Sequence[XfrmState], policies: Sequence[XfrmPolicy],
                    peers: Sequence[PeerNode], local_addresses: Sequence[str],
                    now: float | None = None) -> list[Finding]:
@@ -330,8 +340,11 @@ def ipsec_findings(states: Sequence[XfrmState], policies: Sequence[XfrmPolicy],
                               "local_addresses": list(local_addresses)}))
     for p in prot:
         for t in p.tmpls:
-            if not any(s.src == t.src and s.dst == t.dst and s.proto == t.proto
-                       and (t.reqid == 0 or s.reqid == t.reqid) for s in states):
+            if t.optional:
+                continue  # `level use`: no SA means clear traffic, not a dropped one
+            if not any(_tmpl_addr(t.src, s.src) and _tmpl_addr(t.dst, s.dst)
+                       and s.proto == t.proto and (t.reqid == 0 or s.reqid == t.reqid)
+                       for s in states):
                 out.append(Finding(
                     id="NW411", severity=Severity.HIGH, protocol="ipsec",
                     component=f"{t.src}->{t.dst}",

@@ -10,6 +10,7 @@ Read-only. Key material is skipped at decode/parse time and never stored.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import socket
 import struct
@@ -29,6 +30,7 @@ class XfrmTmpl:
     proto: str = "esp"
     reqid: int = 0
     mode: str = "transport"
+    optional: bool = False  # `level use`: an SA is used when there is one, never required
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,9 @@ def parse_policies(text: str) -> tuple[XfrmPolicy, ...]:
                 except ValueError:
                     raise XfrmError(f"bad reqid: {line[:60]!r}") from None
                 tmpls[-1] = XfrmTmpl(t.src, t.dst, kv.get("proto", "esp"), reqid,
-                                     kv.get("mode", "transport"))
+                                     kv.get("mode", "transport"), t.optional)
+            elif w[0] == "level" and tmpls and len(w) > 1:
+                tmpls[-1] = dataclasses.replace(tmpls[-1], optional=w[1] == "use")
         if not direction:
             raise XfrmError(f"policy without dir: {b[0][:60]!r}")
         out.append(XfrmPolicy(head["src"], head["dst"], direction, action, prio, tuple(tmpls)))
