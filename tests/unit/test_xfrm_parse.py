@@ -144,3 +144,12 @@ def test_cilium_templates_real_output():
     wild = XfrmTmpl("0.0.0.0", "10.56.1.238", "esp", 1, "tunnel")
     out = [dataclasses.replace(pols[0], tmpls=(wild,))]
     assert ipsec_findings(states, out, [], ["10.56.0.17"]) == []
+
+
+def test_optional_only_policy_does_not_require_encryption():
+    pols = parse_policies(POLICIES.replace("proto esp reqid 1 mode transport",
+                                           "proto esp reqid 1 mode transport\n\t\tlevel use"))
+    fs = ipsec_findings(parse_states(STATES), pols, [PeerNode("b", ("10.0.0.2",))],
+                        ["10.0.0.1"])
+    assert [(f.id, f.evidence.get("direction")) for f in fs if f.id != "NW412"] == [
+        ("NW410", "out")]

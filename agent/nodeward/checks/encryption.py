@@ -316,7 +316,9 @@ def ipsec_findings(states: Sequence[XfrmState], policies: Sequence[XfrmPolicy],
     address and its address, every template a state, no null/weak algorithms, and no SA
     left past its soft lifetime without a successor (`now` for the time-based limits)."""
     out: list[Finding] = []
-    prot = [p for p in policies if p.action == "allow" and p.tmpls]
+    # a policy whose templates are all optional (`level use`) lets clear traffic through
+    prot = [p for p in policies if p.action == "allow" and p.tmpls
+            and not all(t.optional for t in p.tmpls)]
     for node in peers:
         for direction in ("out", "in"):
             ok = False
