@@ -11,7 +11,9 @@ import dataclasses
 import json
 import os
 import pickle
+import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -243,6 +245,15 @@ def wireguard_mesh() -> dict:
         lab.run(a, ["ip", "rule", "del", "priority", "99"])
         lab.run(a, ["ip", "-6", "rule", "del", "priority", "99"])
         route_phase("table_without_rule")
+        # The same through the command an operator runs, in node a.
+        cfg = offline.parent / f"{offline.name}.yaml"  # beside, not in, the offline dir
+        cfg.write_text(json.dumps({"node_name": "a", "cluster": {
+            "encryption": "wireguard", "offline_dir": str(offline), "use_api": False}}))
+        r = lab.run(a, [sys.executable, "-m", "nodeward", "--config", str(cfg), "scan",
+                        "--format", "json", "--no-firewall"], check=False, timeout=120)
+        cfg.unlink()
+        shutil.rmtree(offline)
+        out["cli"] = {"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-2000:]}
     out["seconds"] = round(time.monotonic() - t0, 2)
     return out
 

@@ -105,3 +105,13 @@ def test_nw404_is_where_the_kernel_routes_in_clear(mesh, phase, plain):
     nw404 = {f[2] for f in _findings(mesh, phase) if f[0] == "NW404"}
     assert nw404 == set(plain)
     assert ("NW405", "b", "10.244.2.0/24") in _findings(mesh, phase)  # still rotated
+
+
+def test_nodeward_scan_command_reports_the_same(mesh):
+    """`nodeward scan` in node a (cluster section: wireguard, the offline view) gives the
+    last phase's findings and exits 1 (high findings)."""
+    cli = mesh["cli"]
+    assert cli["rc"] == 1, cli["stderr"]
+    got = sorted([f["id"], f["component"], f["address"]]
+                 for f in json.loads(cli["stdout"])["findings"] if f["id"].startswith("NW4"))
+    assert [tuple(f) for f in got] == _findings(mesh, "table_without_rule")
