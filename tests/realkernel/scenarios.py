@@ -444,3 +444,48 @@ def metadata_bypass() -> dict:
         phase("blocked")
     out["seconds"] = round(time.monotonic() - t0, 2)
     return out
+
+
+def wireguard_many_peers(n: int = 600) -> dict:
+    """A Calico-sized device: `n` peers with two allowed IPs each (pod blocks), so the
+    kernel's dump spans many netlink messages. The collector against `wg show dump`."""
+    import base64
+
+    t0 = time.monotonic()
+    with Lab(prefix=f"rw{os.getpid() % 10000}") as lab:
+        ns = lab.netns("big")
+        _batch(ns, [f"link add {WG4} type wireguard", f"link set {WG4} up"])
+        lines = ["[Interface]", "ListenPort = 51820"]
+        keys = [base64.b64encode(os.urandom(32)).decode() for _ in range(n)]
+        for i, k in enumerate(keys):
+            lines += ["[Peer]", f"PublicKey = {k}",
+                      f"AllowedIPs = 10.{64 + i // 256}.{i % 256}.0/26, "
+                      f"10.{64 + i // 256}.{i % 256}.64/26",
+                      f"Endpoint = 192.168.{i // 250}.{i % 250 + 1}:51820"]
+        fd, path = tempfile.mkstemp(prefix="nwconf")
+        os.write(fd, ("\n".join(lines) + "\n").encode())
+        os.close(fd)
+        priv, _ = _keypair()
+        try:
+            lab.run(ns, ["wg", "setconf", WG4, path])
+        finally:
+            os.unlink(path)
+        _wg_set(lab, ns, [WG4], priv)
+        dump = lab.run(ns, ["wg", "show", WG4, "dump"]).stdout
+
+        def work() -> dict:
+            from nodeward.collect.wireguard import collect_netlink
+
+            t = time.monotonic()
+            devices, errors = collect_netlink([WG4])
+            return {"seconds": round(time.monotonic() - t, 2), "errors": list(errors),
+                    "peers": {p.public_key: [p.endpoint, sorted(p.allowed_ips)]
+                              for d in devices for p in d.peers}}
+
+        got = in_netns(ns.name, work)
+    want = {}
+    for line in dump.splitlines()[1:]:
+        f = line.split("\t")
+        want[f[0]] = [f[2], sorted(f[3].split(","))]
+    return {"n": n, "got": got, "want": want, "keys": keys,
+            "seconds": round(time.monotonic() - t0, 2)}

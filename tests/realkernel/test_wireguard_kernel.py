@@ -115,3 +115,13 @@ def test_nodeward_scan_command_reports_the_same(mesh):
     got = sorted([f["id"], f["component"], f["address"]]
                  for f in json.loads(cli["stdout"])["findings"] if f["id"].startswith("NW4"))
     assert [tuple(f) for f in got] == _findings(mesh, "table_without_rule")
+
+
+def test_calico_sized_device_read_whole(guest):
+    """600 peers with two pod blocks each (~90 KB of attributes: the kernel splits the
+    dump over many messages, each repeating the device): every peer, endpoint and
+    allowed IP comes back as `wg show dump` has it."""
+    big = guest.call("tests.realkernel.scenarios:wireguard_many_peers", timeout=240)
+    assert big["got"]["errors"] == []
+    assert len(big["want"]) == 600 and set(big["want"]) == set(big["keys"])
+    assert big["got"]["peers"] == big["want"]
