@@ -489,3 +489,29 @@ def wireguard_many_peers(n: int = 600) -> dict:
         want[f[0]] = [f[2], sorted(f[3].split(","))]
     return {"n": n, "got": got, "want": want, "keys": keys,
             "seconds": round(time.monotonic() - t0, 2)}
+
+
+def xfrm_many_states(n: int = 500) -> dict:
+    """`n` ESP SAs (a large Cilium/strongSwan node): the NETLINK_XFRM dump spans many
+    messages and recv() calls. SPIs from the dump against `ip xfrm state` text."""
+    t0 = time.monotonic()
+    with Lab(prefix=f"rs{os.getpid() % 10000}") as lab:
+        ns = lab.netns("many")
+        _batch(ns, [_sa("10.79.0.1", f"10.79.{1 + i // 250}.{i % 250 + 1}", 0x1000 + i, i + 1)
+                    for i in range(n)])
+        text = lab.run(ns, ["ip", "xfrm", "state"]).stdout
+
+        def work() -> dict:
+            from nodeward.collect.xfrm import dump_states
+
+            t = time.monotonic()
+            states = dump_states()
+            return {"seconds": round(time.monotonic() - t, 2),
+                    "spis": sorted(s.spi for s in states),
+                    "algs": sorted({a for s in states for a in s.algorithms})}
+
+        got = in_netns(ns.name, work)
+    from nodeward.collect.xfrm import parse_states
+
+    return {"got": got, "text_spis": sorted(s.spi for s in parse_states(text)),
+            "seconds": round(time.monotonic() - t0, 2)}

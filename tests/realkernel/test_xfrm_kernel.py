@@ -85,3 +85,9 @@ def test_wildcard_and_optional_templates_are_not_nw411(ipsec):
 
 def test_exactly_these_findings(ipsec):
     assert len(_f(ipsec["faults"])) == 7
+
+
+def test_many_states_dump_read_whole(guest):
+    many = guest.call("tests.realkernel.scenarios:xfrm_many_states", timeout=240)
+    assert many["got"]["spis"] == many["text_spis"] == list(range(0x1000, 0x1000 + 500))
+    assert many["got"]["algs"] == [["aead", "rfc4106(gcm(aes))"]]
