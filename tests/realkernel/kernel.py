@@ -105,10 +105,18 @@ def prepare_kernel(cache: Path = CACHE) -> Kernel:
             version = have[-1]
         d = cache / version
         if not (d / "READY").exists():
-            _fetch(version, d)
-            for old in cache.iterdir():  # one kernel kept (~560 MB unpacked)
-                if old.is_dir() and old.name != version:
-                    shutil.rmtree(old, ignore_errors=True)
+            try:
+                _fetch(version, d)
+            except HarnessError:
+                shutil.rmtree(d, ignore_errors=True)
+                have = _cached(cache)
+                if not have:
+                    raise
+                version, d = have[-1], cache / have[-1]  # offline: the last one fetched
+            else:
+                for old in cache.iterdir():  # one kernel kept (~560 MB unpacked)
+                    if old.is_dir() and old.name != version:
+                        shutil.rmtree(old, ignore_errors=True)
         return Kernel(version, d / "root", d / "vmlinux")
 
 
