@@ -60,7 +60,7 @@ def pytest_terminal_summary(terminalreporter):
     if "kernel" not in _STATS:
         return
     passed = [r for r in terminalreporter.stats.get("passed", [])
-              if "tests/realkernel/" in r.nodeid]
+              if "realkernel" in r.keywords and r.when == "call"]
     s = _STATS
     terminalreporter.write_line(
         f"real-kernel lab: Linux {s['kernel']} under QEMU TCG: kernel ready in "

@@ -14,6 +14,7 @@ import lzma
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -211,9 +212,22 @@ def _cpio(entries: list[tuple[str, int, bytes]]) -> bytes:
     return bytes(out)
 
 
+def _is_static(elf: bytes) -> bool:
+    """No PT_INTERP program header: runs without a dynamic loader (the initramfs has none)."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2:
+        return False
+    phoff, = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    return all(struct.unpack_from("<I", elf, phoff + i * phentsize)[0] != 3
+               for i in range(phnum))
+
+
 def build_initramfs(kernel: Kernel, out: Path) -> Path:
     if not BUSYBOX.exists():
         raise HarnessError(f"needs {BUSYBOX} (busybox-static)")
+    busybox = BUSYBOX.read_bytes()
+    if not _is_static(busybox):
+        raise HarnessError(f"{BUSYBOX} is dynamically linked: needs busybox-static")
     mods = module_order(kernel.modules)
     init = INIT.replace("@VERSION@", kernel.version).replace("@MODULES@", str(kernel.modules))
     entries: list[tuple[str, int, bytes]] = [("bin", 0o40755, b""), ("dev", 0o40755, b""),
