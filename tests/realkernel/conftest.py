@@ -56,11 +56,18 @@ def guest():
         g.close()
 
 
+_MARKED: set[str] = set()
+
+
+def pytest_collection_modifyitems(items):
+    _MARKED.update(i.nodeid for i in items if i.get_closest_marker("realkernel"))
+
+
 def pytest_terminal_summary(terminalreporter):
     if "kernel" not in _STATS:
         return
     passed = [r for r in terminalreporter.stats.get("passed", [])
-              if "realkernel" in r.keywords and r.when == "call"]
+              if r.nodeid in _MARKED and r.when == "call"]
     s = _STATS
     terminalreporter.write_line(
         f"real-kernel lab: Linux {s['kernel']} under QEMU TCG: kernel ready in "
