@@ -123,6 +123,23 @@ def _wait_handshakes(lab: Lab, ns: Netns, dev: str, want: int, timeout: float = 
         time.sleep(0.2)
 
 
+def _cli_scan(lab: Lab, node: Netns, encryption: str, node_objs: list[dict]) -> dict:
+    """`nodeward scan` as an operator runs it, in `node` (named a), with a cluster section
+    for `encryption` and an offline view of `node_objs`."""
+    offline = Path(tempfile.mkdtemp(prefix="nwcli"))
+    (offline / "nodes.json").write_text(json.dumps({"kind": "List", "items": node_objs}))
+    cfg = offline.parent / f"{offline.name}.yaml"  # beside, not in, the offline dir
+    cfg.write_text(json.dumps({"node_name": "a", "cluster": {
+        "encryption": encryption, "offline_dir": str(offline), "use_api": False}}))
+    try:
+        r = lab.run(node, [sys.executable, "-m", "nodeward", "--config", str(cfg), "scan",
+                           "--format", "json", "--no-firewall"], check=False, timeout=120)
+    finally:
+        cfg.unlink()
+        shutil.rmtree(offline)
+    return {"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-2000:]}
+
+
 def wireguard_mesh() -> dict:
     """Three nodes, each with Calico-named kernel devices for both families, a full mesh;
     then, one at a time from node a's view: a peer missing, a wrong allowed IP, a node
@@ -245,15 +262,9 @@ def wireguard_mesh() -> dict:
         lab.run(a, ["ip", "rule", "del", "priority", "99"])
         lab.run(a, ["ip", "-6", "rule", "del", "priority", "99"])
         route_phase("table_without_rule")
-        # The same through the command an operator runs, in node a.
-        cfg = offline.parent / f"{offline.name}.yaml"  # beside, not in, the offline dir
-        cfg.write_text(json.dumps({"node_name": "a", "cluster": {
-            "encryption": "wireguard", "offline_dir": str(offline), "use_api": False}}))
-        r = lab.run(a, [sys.executable, "-m", "nodeward", "--config", str(cfg), "scan",
-                        "--format", "json", "--no-firewall"], check=False, timeout=120)
-        cfg.unlink()
+        out["cli"] = _cli_scan(lab, a, "wireguard", json.loads(
+            (offline / "nodes.json").read_text())["items"])
         shutil.rmtree(offline)
-        out["cli"] = {"rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr[-2000:]}
     out["seconds"] = round(time.monotonic() - t0, 2)
     return out
 
@@ -348,6 +359,10 @@ def ipsec_states() -> dict:
             time.sleep(0.5)
         peers = [(n, ips[n]) for n in "bcdefg"]
         out["faults"] = _xfrm_read(a, peers, la)
+        out["cli"] = _cli_scan(lab, a, "ipsec", [
+            {"kind": "Node", "apiVersion": "v1", "metadata": {"name": n},
+             "status": {"addresses": [{"type": "InternalIP", "address": ips[n]}]}}
+            for n in "abcdefg"])
     out["seconds"] = round(time.monotonic() - t0, 2)
     return out
 

@@ -91,3 +91,15 @@ def test_many_states_dump_read_whole(guest):
     many = guest.call("tests.realkernel.scenarios:xfrm_many_states", timeout=240)
     assert many["got"]["spis"] == many["text_spis"] == list(range(0x1000, 0x1000 + 500))
     assert many["got"]["algs"] == [["aead", "rfc4106(gcm(aes))"]]
+
+
+def test_nodeward_scan_command_reports_the_same(ipsec):
+    """`nodeward scan` in node a (cluster section: ipsec, the other nodes offline) gives
+    exactly the faults phase's findings and exits 1."""
+    import json
+
+    cli = ipsec["cli"]
+    assert cli["rc"] == 1, cli["stderr"]
+    got = sorted([f["id"], f["component"], f["severity"]]
+                 for f in json.loads(cli["stdout"])["findings"] if f["id"].startswith("NW4"))
+    assert [tuple(f) for f in got] == _f(ipsec["faults"])
