@@ -160,8 +160,11 @@ def wireguard_mesh() -> dict:
                         f"addr add fd00:244:{i}::1/128 dev {WG6} nodad",
                         f"link set {WG4} up", f"link set {WG6} up"])
             keys[n] = {"4": _keypair(), "6": _keypair()}
-            _wg_set(lab, ns, [WG4, "listen-port", "51820"], keys[n]["4"][0])
-            _wg_set(lab, ns, [WG6, "listen-port", "51821"], keys[n]["6"][0])
+            # Calico's fwmark: the tunnel's own UDP skips its `not fwmark` routing rule
+            _wg_set(lab, ns, [WG4, "listen-port", "51820", "fwmark", "0x100000"],
+                    keys[n]["4"][0])
+            _wg_set(lab, ns, [WG6, "listen-port", "51821", "fwmark", "0x100000"],
+                    keys[n]["6"][0])
         # Every end is up before any peer is configured (else a 5 s handshake retry).
         for n in names:
             args4, args6, routes = [WG4], [WG6], []

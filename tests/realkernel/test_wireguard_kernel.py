@@ -42,7 +42,8 @@ def test_netlink_collector_agrees_with_wg_dump(mesh):
         f = line.split("\t")
         if len(f) == 5:  # device: name, private key, public key, port, fwmark
             private.append(f[1])
-            want[f[0]] = {"public_key": f[2], "listen_port": int(f[3]), "peers": {}}
+            want[f[0]] = {"public_key": f[2], "listen_port": int(f[3]),
+                          "fwmark": 0 if f[4] == "off" else int(f[4], 16), "peers": {}}
         else:  # peer: dev, key, psk, endpoint, allowed, handshake, rx, tx, keepalive
             want[f[0]]["peers"][f[1]] = {
                 "endpoint": f[3], "allowed_ips": f[4].split(","),
@@ -50,12 +51,14 @@ def test_netlink_collector_agrees_with_wg_dump(mesh):
     got = {}
     for d in mesh["phases"]["healthy"]["devices"]:
         got[d["name"]] = {"public_key": d["public_key"], "listen_port": d["listen_port"],
+                          "fwmark": d["fwmark"],
                           "peers": {p["public_key"]: {
                               "endpoint": p["endpoint"], "allowed_ips": p["allowed_ips"],
                               "last_handshake": int(p["last_handshake"]),
                               "rx_bytes": p["rx_bytes"], "tx_bytes": p["tx_bytes"]}
                               for p in d["peers"]}}
     assert got == want
+    assert {d["fwmark"] for d in want.values()} == {0x100000}
     assert len(private) == 2 and all(
         p["last_handshake"] > 0 for d in want.values() for p in d["peers"].values())
     text = json.dumps(mesh["phases"])
