@@ -15,7 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checks.calico import calico_findings
-from .checks.encryption import Route, ipsec_findings, route_findings, wireguard_findings
+from .checks.encryption import (
+    Route,
+    RouteRule,
+    ipsec_findings,
+    route_findings,
+    wireguard_findings,
+)
 from .collect.cluster import ClusterSettings, ClusterView, collect_cluster
 from .collect.wireguard import UAPI_DIR, WgDevice, collect_netlink, collect_uapi
 from .collect.xfrm import XfrmPolicy, XfrmState, collect_xfrm
@@ -32,6 +38,7 @@ class ClusterScan:
     routes: tuple[Route, ...] = ()
     local_addresses: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # collector errors an operator should see
+    rules: tuple[RouteRule, ...] | None = None  # None: not read (the route check guesses)
     #: what the view implies (encryption expected, CIDRs, ...)
     derived: Derived = dataclasses.field(default_factory=Derived)
     listening: frozenset[tuple[str, int]] = frozenset()  # (protocol, port) on this node
@@ -58,6 +65,38 @@ def collect_routes() -> tuple[tuple[Route, ...], tuple[str, ...]]:
         return (), (f"routes: {type(e).__name__}: {e}",)
 
 
+#: rule attributes that narrow a rule to some traffic (the route check skips such rules)
+_SELECTORS = ("FRA_IIFNAME", "FRA_OIFNAME", "FRA_SPORT_RANGE", "FRA_DPORT_RANGE",
+              "FRA_IP_PROTO", "FRA_UID_RANGE", "FRA_L3MDEV", "FRA_TUN_ID")
+
+
+def collect_rules() -> tuple[tuple[RouteRule, ...] | None, tuple[str, ...]]:
+    """Policy-routing rules of both families (None and a note when unreadable)."""
+    try:
+        import socket
+
+        from pyroute2 import IPRoute
+
+        out = []
+        with IPRoute() as ipr:
+            for fam, v in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+                for r in ipr.get_rules(family=fam):
+                    sup = r.get_attr("FRA_SUPPRESS_PREFIXLEN")
+                    out.append(RouteRule(
+                        family=v, priority=r.get_attr("FRA_PRIORITY") or 0,
+                        table=r.get_attr("FRA_TABLE") or r["table"], action=r["action"],
+                        fwmark=r.get_attr("FRA_FWMARK") or 0,
+                        fwmask=r.get_attr("FRA_FWMASK") or 0,
+                        invert=bool(r["flags"] & 0x2),
+                        suppress_prefixlen=-1 if sup in (None, 0xFFFFFFFF) else sup,
+                        selective=bool(r["src_len"] or r["dst_len"] or r["tos"]
+                                       or any(r.get_attr(a) is not None
+                                              for a in _SELECTORS))))
+        return tuple(out), ()
+    except Exception as e:  # netlink trouble must not stop the scan
+        return None, (f"ip rules: {type(e).__name__}: {e}",)
+
+
 def collect_cluster_scan(settings: ClusterSettings, snapshot: NodeSnapshot,
                          uapi_dir: str = str(UAPI_DIR),
                          view: ClusterView | None = None) -> ClusterScan:
@@ -81,13 +120,15 @@ def collect_cluster_scan(settings: ClusterSettings, snapshot: NodeSnapshot,
     elif derived.encryption == "ipsec":
         states, policies, errs = collect_xfrm()
         notes += errs
+    rules: tuple[RouteRule, ...] | None = None
     if derived.encryption != "none":
         routes, errs = collect_routes()
-        notes += errs
+        rules, rerrs = collect_rules()
+        notes += [*errs, *rerrs]
     local = tuple(a.address for i in snapshot.interfaces for a in i.addresses)
     listening = frozenset((s.protocol, s.port) for s in snapshot.sockets)
-    return ClusterScan(view, wg, states, policies, routes, local, tuple(notes), derived,
-                       listening)
+    return ClusterScan(view, wg, states, policies, routes, local, tuple(notes), rules,
+                       derived, listening)
 
 
 def check_cluster_scan(scan: ClusterScan, settings: ClusterSettings | None = None,
@@ -104,10 +145,11 @@ def check_cluster_scan(scan: ClusterScan, settings: ClusterSettings | None = Non
                           listening=scan.listening)
     if encryption == "wireguard":
         out += wireguard_findings(scan.wireguard, peers, now)
-        out += route_findings(scan.routes, peers, [d.name for d in scan.wireguard])
+        out += route_findings(scan.routes, peers, [d.name for d in scan.wireguard],
+                              scan.rules)
     elif encryption == "ipsec":
         out += ipsec_findings(scan.xfrm_states, scan.xfrm_policies, peers,
-                              scan.local_addresses)
+                              scan.local_addresses, now)
     return out
 
 

@@ -1,5 +1,6 @@
 """Kernel-path WireGuard parsing from generic netlink messages built here and decoded by
-pyroute2 (this kernel has no WireGuard module, so no real dump is possible)."""
+pyroute2 (the host kernel has no WireGuard module; real devices are read in the
+real-kernel lab, tests/realkernel/test_wireguard_kernel.py)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,13 @@ import base64
 
 import pytest
 
-from nodeward.checks.encryption import PeerNode, Route, route_findings, wireguard_findings
+from nodeward.checks.encryption import (
+    PeerNode,
+    Route,
+    RouteRule,
+    route_findings,
+    wireguard_findings,
+)
 from nodeward.collect.wireguard import WgDevice, WgPeer, WireGuardError, parse_uapi
 
 K1 = bytes(range(32))
@@ -91,3 +97,48 @@ def test_route_in_calico_wireguard_table_wins():
     assert route_findings(routes, [B], ["wireguard.cali"]) == []
     routes[1] = Route("10.244.2.0/24", "eth1", table=1)
     assert [x.id for x in route_findings(routes, [B], ["wireguard.cali"])] == ["NW404"]
+
+
+def test_rules_decide_which_table_routes_pod_traffic():
+    routes = [Route("10.244.2.0/24", "tunl0"), Route("10.244.2.0/24", "wireguard.cali", 1),
+              Route("0.0.0.0/0", "eth0"), Route("0.0.0.0/0", "wg0", 51820)]
+    main = [RouteRule(4, 0, 255), RouteRule(4, 32766, 254), RouteRule(4, 32767, 253)]
+    calico = [*main, RouteRule(4, 99, 1, fwmark=0x100000, fwmask=0x100000, invert=True)]
+    enc = ["wireguard.cali", "wg0"]
+    assert route_findings(routes, [B], enc, calico) == []
+    f = route_findings(routes, [B], enc, main)  # Calico's rule missing: table 1 unused
+    assert [(x.id, x.evidence["interface"], x.evidence["table"]) for x in f] == [
+        ("NW404", "tunl0", 254)]
+    # a rule for marked traffic only does not apply to pod traffic
+    marked = [*main, RouteRule(4, 99, 1, fwmark=0x100000, fwmask=0x100000)]
+    assert [x.evidence["interface"] for x in route_findings(routes, [B], enc, marked)] == [
+        "tunl0"]
+    # wg-quick: main without its default route, then the tunnel table
+    wgq = [*main, RouteRule(4, 32764, 254, suppress_prefixlen=0),
+           RouteRule(4, 32765, 51820, fwmark=0xCA6C, invert=True)]
+    only_default = [Route("0.0.0.0/0", "eth0"), Route("0.0.0.0/0", "wg0", 51820)]
+    assert route_findings(only_default, [B], enc, wgq) == []
+    assert [x.evidence["interface"] for x in route_findings(only_default, [B], enc, main)] \
+        == ["eth0"]
+    # a selector (iif, ports, uid...) this check cannot judge: the rule is not assumed
+    sel = [*main, RouteRule(4, 99, 1, selective=True)]
+    assert len(route_findings(routes, [B], enc, sel)) == 1
+
+
+def test_dual_stack_calico_peers_match_per_family():
+    n = PeerNode("b", ("10.0.0.2", "fd00::2"), ("10.244.2.0/24", "fd00:244:2::/64"),
+                 wireguard_public_key="k4", wireguard_public_key_v6="k6")
+    p4 = WgPeer("k4", "10.0.0.2:51820", ("10.244.2.0/24",), last_handshake=NOW)
+    p6 = WgPeer("k6", "[fd00::2]:51821", ("fd00:244:2::/64",), last_handshake=NOW)
+    devs = [_dev(p4), WgDevice("wg-v6.cali", 51821, peers=(p6,))]
+    assert wireguard_findings(devs, [n], NOW) == []
+    # the IPv4 peer gone: the IPv6 one does not stand in for it
+    f = wireguard_findings([WgDevice("wg-v6.cali", 51821, peers=(p6,))], [n], NOW)
+    assert [(x.id, x.address) for x in f] == [("NW401", "10.244.2.0/24")]
+    # b published a new IPv4 key; the device still holds the old one (found by endpoint)
+    rotated = PeerNode("b", n.addresses, n.pod_cidrs, "k4-new", "k6")
+    f = wireguard_findings(devs, [rotated], NOW)
+    assert [(x.id, x.address, x.evidence["published_key"]) for x in f] == [
+        ("NW405", "10.244.2.0/24", "k4-new")]
+    # single-stack nodes keep their findings' identity (no address)
+    assert [x.address for x in wireguard_findings([_dev()], [B], NOW)] == [""]

@@ -5,9 +5,11 @@ and routes in, findings out.
     NW402  a WireGuard peer has no live session (latest handshake older than the rekey window)
     NW403  a WireGuard peer's allowed IPs do not cover the node's pod CIDR or address
     NW404  a route to a peer's pod CIDR leaves through a plain (unencrypted) interface
+    NW405  a WireGuard peer for a node holds another key than the one the node publishes
     NW410  IPsec: no xfrm policy (with a template) for a peer node in one direction
     NW411  IPsec: a policy template with no matching state (no SA: traffic dropped or clear)
     NW412  IPsec: a state with a null or weak algorithm
+    NW413  IPsec: a state past its soft lifetime and no successor (the rekey did not happen)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class PeerNode:
     addresses: tuple[str, ...] = ()
     pod_cidrs: tuple[str, ...] = ()
     wireguard_public_key: str = ""  # base64, from Calico's node annotation when known
-    wireguard_public_key_v6: str = ""  # Calico's WireguardPublicKeyV6 (wg-v6.cali)
+    wireguard_public_key_v6: str = ""  # Calico's wg-v6.cali key (its own key pair)
     roles: tuple[str, ...] = ()  # node-role.kubernetes.io/<role> labels, e.g. control-plane
     wireguard_interface_addr: str = ""  # Calico's IPv4WireguardInterfaceAddr (tunnel address)
 
@@ -53,33 +55,46 @@ def _host(endpoint: str) -> str:
     return host.strip("[]")
 
 
-class _PeerIndex:
-    """WireGuard peers by public key and by endpoint host, built once per check: matching
-    each node by scanning every device's peers is quadratic (5,000 x 5,000 on a big
-    cluster)."""
-
-    def __init__(self, devices: Sequence[WgDevice]) -> None:
-        self.by_key: dict[str, tuple[WgDevice, WgPeer]] = {}
-        self.by_host: dict[str, tuple[WgDevice, WgPeer]] = {}
-        for dev in devices:
-            for p in dev.peers:
-                if p.public_key:
-                    self.by_key.setdefault(p.public_key, (dev, p))
-                if p.endpoint:
-                    self.by_host.setdefault(_host(p.endpoint), (dev, p))
-
-    def match(self, node: PeerNode) -> tuple[WgDevice, WgPeer] | None:
-        for key in (node.wireguard_public_key, node.wireguard_public_key_v6):
-            if key and key in self.by_key:
-                return self.by_key[key]
-        for a in node.addresses:
-            if a in self.by_host:
-                return self.by_host[a]
+def _version(text: str) -> int | None:
+    try:
+        return ipaddress.ip_network(text.strip("[]"), strict=False).version
+    except ValueError:
         return None
 
 
-def _match(node: PeerNode, devices: Sequence[WgDevice]) -> tuple[WgDevice, WgPeer] | None:
-    return _PeerIndex(devices).match(node)
+def _match(node: PeerNode, devices: Sequence[WgDevice],
+           family: int | None) -> tuple[WgDevice, WgPeer, bool] | None:
+    """The peer that carries `family` traffic to `node`, and whether its key is the one
+    the node publishes. By key first; else by endpoint, but only a peer that carries that
+    family (an allowed IP or the endpoint of that version): Calico runs one device per
+    family (wireguard.cali, wg-v6.cali), so the IPv6 peer says nothing about IPv4."""
+    key = node.wireguard_public_key_v6 if family == 6 else node.wireguard_public_key
+    for dev in devices:
+        for p in dev.peers:
+            if key and p.public_key == key:
+                return dev, p, True
+    if family == 6 and not key and node.wireguard_public_key:
+        # No IPv6 key published: one device for both families (not Calico) is keyed by
+        # the IPv4 key, and then carries IPv6 allowed IPs.
+        for dev in devices:
+            for p in dev.peers:
+                if p.public_key == node.wireguard_public_key and \
+                        any(_version(a) == 6 for a in p.allowed_ips):
+                    return dev, p, True
+    best: tuple[int, WgDevice, WgPeer] | None = None
+    for dev in devices:
+        for p in dev.peers:
+            if not p.endpoint or _host(p.endpoint) not in node.addresses:
+                continue
+            rank = 2 if any(_version(a) == family for a in p.allowed_ips) else \
+                1 if _version(_host(p.endpoint)) == family else 0
+            if family is not None and rank == 0:
+                continue
+            if best is None or rank > best[0]:
+                best = (rank, dev, p)
+    if best is None:
+        return None
+    return best[1], best[2], not key
 
 
 def _covered(target: str, allowed: Sequence[str]) -> bool:
@@ -97,137 +112,168 @@ def _covered(target: str, allowed: Sequence[str]) -> bool:
 def wireguard_findings(devices: Sequence[WgDevice], peers: Sequence[PeerNode], now: float,
                        *, rekey_window: float = REKEY_WINDOW,
                        require_address: bool = False) -> list[Finding]:
-    """Check that every peer node has a live WireGuard session covering its pod CIDRs.
+    """Check that every peer node has, per address family of its pod CIDRs, a live
+    WireGuard session under the key it publishes, covering those CIDRs.
 
     `require_address` also demands the node address itself inside allowed IPs (Calico
     does not route node-to-node traffic through wireguard.cali by default, so off).
+    A dual-stack node's findings carry the family's first CIDR as address (one per family).
     """
     out: list[Finding] = []
-    index = _PeerIndex(devices)
     for node in peers:
-        hit = index.match(node)
-        if hit is None:
-            out.append(Finding(
-                id="NW401", severity=Severity.HIGH, component=node.name,
-                title=f"no WireGuard peer for node {node.name}: its traffic is not encrypted",
-                remediation="Add the node as a WireGuard peer (Calico: wireguardEnabled and "
-                            "the node's wireguard public key annotation; check calico-node "
-                            "logs on both nodes).",
-                evidence={"node": node.name, "addresses": list(node.addresses),
-                          "devices": [d.name for d in devices]}))
-            continue
-        dev, p = hit
-        ev = {"node": node.name, "device": dev.name, "public_key": p.public_key,
-              "endpoint": p.endpoint, "allowed_ips": list(p.allowed_ips)}
-        age = now - p.last_handshake if p.last_handshake else None
-        if age is None or age > rekey_window:
-            out.append(Finding(
-                id="NW402", severity=Severity.HIGH, component=node.name,
-                title=f"WireGuard peer for node {node.name} has no live session "
-                      + ("(never handshaked)" if age is None
-                         else f"(last handshake {int(age)}s ago)"),
-                remediation="Check UDP reachability of the peer endpoint and that both sides "
-                            "hold each other's current public key.",
-                evidence={**ev, "last_handshake": p.last_handshake,
-                          "handshake_age_s": age, "rekey_window_s": rekey_window,
-                          "rx_bytes": p.rx_bytes, "tx_bytes": p.tx_bytes}))
         targets = list(node.pod_cidrs)
         if require_address:
             targets += [a for a in node.addresses if a]
-        missing = [t for t in targets if not _covered(t, p.allowed_ips)]
-        if missing:
-            out.append(Finding(
-                id="NW403", severity=Severity.HIGH, component=node.name,
-                title=f"WireGuard allowed IPs for node {node.name} do not cover "
-                      + ", ".join(missing),
-                remediation="Add the node's pod CIDR(s) to the peer's allowed IPs (Calico "
-                            "derives them from block affinities; check IPAM).",
-                evidence={**ev, "missing": missing}))
+        families: dict[int | None, list[str]] = {}
+        for t in targets:
+            families.setdefault(_version(t), []).append(t)
+        if not families:
+            families[None] = []
+        for family, fam_targets in sorted(families.items(), key=lambda kv: kv[0] or 0):
+            out += _node_family(node, devices, family, fam_targets, now, rekey_window,
+                                dual=len(families) > 1)
     return out
 
 
-class _RouteIndex:
-    """Routes by (family, prefix length, network as an integer), parsed once: a covering
-    route is found by masking the CIDR's address per prefix length (at most 129 dict
-    lookups) instead of comparing every route per peer CIDR (5,000 peers x 10,000 routes
-    was minutes)."""
+def _node_family(node: PeerNode, devices: Sequence[WgDevice], family: int | None,
+                 targets: list[str], now: float, rekey_window: float,
+                 dual: bool) -> list[Finding]:
+    out: list[Finding] = []
+    address = targets[0] if dual and targets else ""
+    fam = f" (IPv{family})" if dual else ""
+    hit = _match(node, devices, family)
+    if hit is None:
+        return [Finding(
+            id="NW401", severity=Severity.HIGH, component=node.name, address=address,
+            title=f"no WireGuard peer for node {node.name}{fam}: its traffic is not "
+                  "encrypted",
+            remediation="Add the node as a WireGuard peer (Calico: wireguardEnabled and "
+                        "the node's wireguard public key annotation; check calico-node "
+                        "logs on both nodes).",
+            evidence={"node": node.name, "family": family, "addresses": list(node.addresses),
+                      "devices": [d.name for d in devices]})]
+    dev, p, key_ok = hit
+    ev = {"node": node.name, "family": family, "device": dev.name,
+          "public_key": p.public_key, "endpoint": p.endpoint,
+          "allowed_ips": list(p.allowed_ips)}
+    if not key_ok:
+        published = node.wireguard_public_key_v6 if family == 6 else \
+            node.wireguard_public_key
+        out.append(Finding(
+            id="NW405", severity=Severity.HIGH, component=node.name, address=address,
+            title=f"WireGuard peer for node {node.name}{fam} on {dev.name} holds key "
+                  f"{p.public_key[:8]}..., the node publishes {published[:8]}...",
+            remediation="The node rotated its key or this peer entry is stale: no new "
+                        "session can be made with it. Check calico-node on this node "
+                        "reprograms the peer from the node's annotation.",
+            evidence={**ev, "published_key": published}))
+    age = now - p.last_handshake if p.last_handshake else None
+    if age is None or age > rekey_window:
+        out.append(Finding(
+            id="NW402", severity=Severity.HIGH, component=node.name, address=address,
+            title=f"WireGuard peer for node {node.name}{fam} has no live session "
+                  + ("(never handshaked)" if age is None
+                     else f"(last handshake {int(age)}s ago)"),
+            remediation="Check UDP reachability of the peer endpoint and that both sides "
+                        "hold each other's current public key.",
+            evidence={**ev, "last_handshake": p.last_handshake,
+                      "handshake_age_s": age, "rekey_window_s": rekey_window,
+                      "rx_bytes": p.rx_bytes, "tx_bytes": p.tx_bytes}))
+    missing = [t for t in targets if not _covered(t, p.allowed_ips)]
+    if missing:
+        out.append(Finding(
+            id="NW403", severity=Severity.HIGH, component=node.name, address=address,
+            title=f"WireGuard allowed IPs for node {node.name} do not cover "
+                  + ", ".join(missing),
+            remediation="Add the node's pod CIDR(s) to the peer's allowed IPs (Calico "
+                        "derives them from block affinities; check IPAM).",
+            evidence={**ev, "missing": missing}))
+    return out
 
-    def __init__(self, routes: Sequence[Route], encrypted: set[str]) -> None:
-        self.main: dict[tuple[int, int, int], Route] = {}
-        self.tunnel: set[tuple[int, int, int]] = set()  # encrypted routes in other tables
-        self.main_parsed: list[tuple[int, int, int, Route]] = []  # version, int, plen, r
-        self.plens: dict[int, set[int]] = {4: set(), 6: set()}
-        self._inside: dict[tuple[int, int], dict[int, list[Route]]] = {}
+
+@dataclass(frozen=True)
+class RouteRule:
+    """A policy-routing rule (`ip rule`), as far as the route check needs it."""
+
+    family: int  # 4 | 6
+    priority: int
+    table: int
+    action: int = 1  # FR_ACT_TO_TBL; others (blackhole, unreachable, goto...) end or skip
+    fwmark: int = 0
+    fwmask: int = 0
+    invert: bool = False  # `not`
+    suppress_prefixlen: int = -1  # routes this short or shorter are ignored (-1: none)
+    selective: bool = False  # a src/dst/iif/oif/port/uid selector this check cannot judge
+
+
+def _tables(rules: Sequence[RouteRule], family: int) -> list[tuple[int, int]]:
+    """(table, suppress_prefixlen) in the order unmarked traffic consults them."""
+    out = []
+    for r in sorted((r for r in rules if r.family == family), key=lambda r: r.priority):
+        if r.selective or r.table == 255:  # local table: the node's own addresses
+            continue
+        mask = r.fwmask if r.fwmask else (0xFFFFFFFF if r.fwmark else 0)
+        match = (0 & mask) == (r.fwmark & mask)
+        if r.invert:
+            match = not match
+        if not match:
+            continue
+        if r.action != 1:
+            break  # blackhole / unreachable / prohibit: the lookup ends here
+        out.append((r.table, r.suppress_prefixlen))
+    return out
+
+
+def _chosen(net, routes: Sequence[Route], tables: list[tuple[int, int]]) -> list[Route]:
+    """The routes the kernel would use for `net`: along the tables in rule order, the
+    more-specific routes carving parts out, until a table has one covering it all."""
+    chosen: list[Route] = []
+    for table, suppress in tables:
+        best: tuple[int, Route] | None = None
         for r in routes:
+            if r.table != table:
+                continue
             try:
                 rn = ipaddress.ip_network(r.destination, strict=False)
             except ValueError:
                 continue
-            key = (rn.version, rn.prefixlen, int(rn.network_address))
-            self.plens[rn.version].add(rn.prefixlen)
-            if r.table == 254:
-                self.main.setdefault(key, r)
-                self.main_parsed.append((rn.version, key[2], rn.prefixlen, r))
-            elif r.interface in encrypted:
-                self.tunnel.add(key)
-
-    def _covering(self, net: IPNetwork):
-        """(version, plen, masked address) for net and each supernet, longest first, of
-        the prefix lengths some route has."""
-        bits = net.max_prefixlen
-        addr = int(net.network_address)
-        for plen in sorted((p for p in self.plens[net.version] if p <= net.prefixlen),
-                           reverse=True):
-            mask = ((1 << plen) - 1) << (bits - plen)
-            yield (net.version, plen, addr & mask)
-
-    def tunnelled(self, net: IPNetwork) -> bool:
-        return any(k in self.tunnel for k in self._covering(net))
-
-    def best(self, net: IPNetwork) -> Route | None:
-        for k in self._covering(net):
-            r = self.main.get(k)
-            if r is not None:
-                return r
-        return None
-
-    def inside(self, net: IPNetwork) -> list[Route]:
-        """Main-table routes strictly inside `net`, in route order."""
-        key = (net.version, net.prefixlen)
-        groups = self._inside.get(key)
-        if groups is None:
-            groups = self._inside[key] = {}
-            bits = net.max_prefixlen
-            mask = ((1 << net.prefixlen) - 1) << (bits - net.prefixlen)
-            for version, addr, plen, r in self.main_parsed:
-                if version == net.version and plen > net.prefixlen:
-                    groups.setdefault(addr & mask, []).append(r)
-        return list(groups.get(int(net.network_address), []))
-
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+            if rn.version != net.version or rn.prefixlen <= suppress:
+                continue
+            if net.subnet_of(rn):
+                if best is None or rn.prefixlen > best[0]:
+                    best = (rn.prefixlen, r)
+            elif rn.subnet_of(net):
+                chosen.append(r)
+        if best is not None:
+            return [best[1], *chosen]
+    return chosen
 
 
 def route_findings(routes: Sequence[Route], peers: Sequence[PeerNode],
-                   encrypted_interfaces: Sequence[str]) -> list[Finding]:
+                   encrypted_interfaces: Sequence[str],
+                   rules: Sequence[RouteRule] | None = None) -> list[Finding]:
     """A route to a peer's pod CIDR through a non-encrypted interface sends pod traffic
-    in clear even when a tunnel exists (longest match picks the route, not the tunnel)."""
+    in clear even when a tunnel exists (longest match picks the route, not the tunnel).
+
+    With `rules` (the node's `ip rule` list) the tables are walked as the kernel walks
+    them for unmarked traffic: Calico's WireGuard routes live in their own table, used
+    only while its rule exists. Without, the main table decides unless another table
+    holds an encrypted route covering the CIDR (the old guess; rules unknown)."""
     out: list[Finding] = []
     enc = set(encrypted_interfaces)
-    index = _RouteIndex(routes, enc)
     for node in peers:
         for cidr in node.pod_cidrs:
             try:
                 net = ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 continue
-            # Calico programs wireguard.cali routes in a separate table selected by ip rules;
-            # when such a route covers the CIDR, the main-table route is not the one used.
-            if index.tunnelled(net):
+            if rules is not None:
+                chosen = _chosen(net, routes, _tables(rules, net.version))
+            elif any(r.table != 254 and r.interface in enc and _in(cidr, r.destination)
+                     for r in routes):
                 continue
-            best = index.best(net)
-            # more-specific routes carving part of the CIDR out count too
-            chosen = ([best] if best else []) + index.inside(net)
+            else:
+                chosen = _chosen(net, routes, [(254, -1)])
             for r in chosen:
                 if r.interface in enc:
                     continue
@@ -237,9 +283,11 @@ def route_findings(routes: Sequence[Route], peers: Sequence[PeerNode],
                     title=f"pod CIDR {cidr} of node {node.name} is routed ({r.destination}) "
                           f"through plain interface {r.interface}",
                     remediation="Route peer pod CIDRs through the WireGuard interface (Calico: "
-                                "check wireguardEnabled and the routing table Felix programs).",
+                                "check wireguardEnabled, the routing table Felix programs "
+                                "and its ip rule).",
                     evidence={"node": node.name, "pod_cidr": cidr,
                               "route": r.destination, "interface": r.interface,
+                              "table": r.table,
                               "encrypted_interfaces": sorted(enc)}))
     return out
 
@@ -257,55 +305,35 @@ def _in(addr: str, cidr: str) -> bool:
         return False
 
 
+def _tmpl_addr(tmpl: str, state: str) -> bool:
+    """A template's 0.0.0.0 / :: (or empty) address takes the flow's: any state's fits."""
+    if tmpl in ("", "0.0.0.0", "::"):
+        return True
+    try:
+        return ipaddress.ip_address(tmpl) == ipaddress.ip_address(state)
+    except ValueError:
+        return tmpl == state
+
+
 def ipsec_findings(states: Sequence[XfrmState], policies: Sequence[XfrmPolicy],
-                   peers: Sequence[PeerNode], local_addresses: Sequence[str]) -> list[Finding]:
+                   peers: Sequence[PeerNode], local_addresses: Sequence[str],
+                   now: float | None = None) -> list[Finding]:
     """Each peer node needs an out and an in policy (allow + template) between a local
-    address and its address, every template a state, and no null/weak algorithms."""
+    address and its address, every template a state, no null/weak algorithms, and no SA
+    left past its soft lifetime without a successor (`now` for the time-based limits)."""
     out: list[Finding] = []
-    prot = [p for p in policies if p.action == "allow" and p.tmpls]
-    # policies by direction, destination and source network, as masked integers per
-    # prefix length, built once (peers x policies was quadratic): a (src, dst) pair is
-    # looked up by masking both addresses per prefix length present
-    index: dict[str, dict[tuple[int, int, int], dict[int, set[int]]]] = {}
-    plens: dict[tuple[str, int], set[int]] = {}
-    for p in prot:
-        try:
-            pdst = ipaddress.ip_network(p.dst, strict=False)
-            psrc = ipaddress.ip_network(p.src, strict=False)
-        except (ValueError, TypeError):
-            continue
-        if pdst.version != psrc.version:
-            continue
-        plens.setdefault((p.dir, pdst.version), set()).add(pdst.prefixlen)
-        index.setdefault(p.dir, {}).setdefault(
-            (pdst.version, pdst.prefixlen, int(pdst.network_address)), {}) \
-            .setdefault(psrc.prefixlen, set()).add(int(psrc.network_address))
-
-    def masked(addr: int, plen: int, bits: int) -> int:
-        return addr & (((1 << plen) - 1) << (bits - plen))
-
-    def protected(direction: str, src: str, dst: str) -> bool:
-        try:
-            s_ip = ipaddress.ip_address(src.split("/")[0])
-            d_ip = ipaddress.ip_address(dst.split("/")[0])
-        except ValueError:
-            return False
-        if s_ip.version != d_ip.version:
-            return False
-        bits, s_int, d_int = s_ip.max_prefixlen, int(s_ip), int(d_ip)
-        by_dst = index.get(direction, {})
-        for dplen in plens.get((direction, d_ip.version), ()):
-            srcs = by_dst.get((d_ip.version, dplen, masked(d_int, dplen, bits)))
-            if srcs and any(masked(s_int, splen, bits) in nets
-                            for splen, nets in srcs.items()):
-                return True
-        return False
-
+    # a policy whose templates are all optional (`level use`) lets clear traffic through
+    prot = [p for p in policies if p.action == "allow" and p.tmpls
+            and not all(t.optional for t in p.tmpls)]
     for node in peers:
         for direction in ("out", "in"):
-            ok = any(protected(direction, *((local, peer_ip) if direction == "out"
-                                            else (peer_ip, local)))
-                     for peer_ip in node.addresses for local in local_addresses)
+            ok = False
+            for peer_ip in node.addresses:
+                for local in local_addresses:
+                    src, dst = (local, peer_ip) if direction == "out" else (peer_ip, local)
+                    if any(p.dir == direction and _in(src, p.src) and _in(dst, p.dst)
+                           for p in prot):
+                        ok = True
             if not ok:
                 out.append(Finding(
                     id="NW410", severity=Severity.HIGH, component=node.name,
@@ -318,13 +346,13 @@ def ipsec_findings(states: Sequence[XfrmState], policies: Sequence[XfrmPolicy],
                     evidence={"node": node.name, "direction": direction,
                               "addresses": list(node.addresses),
                               "local_addresses": list(local_addresses)}))
-    sa: dict[tuple[str, str, str], set[int]] = {}
-    for st in states:
-        sa.setdefault((st.src, st.dst, st.proto), set()).add(st.reqid)
     for p in prot:
         for t in p.tmpls:
-            reqids = sa.get((t.src, t.dst, t.proto))
-            if not reqids or (t.reqid != 0 and t.reqid not in reqids):
+            if t.optional:
+                continue  # `level use`: no SA means clear traffic, not a dropped one
+            if not any(_tmpl_addr(t.src, s.src) and _tmpl_addr(t.dst, s.dst)
+                       and s.proto == t.proto and (t.reqid == 0 or s.reqid == t.reqid)
+                       for s in states):
                 out.append(Finding(
                     id="NW411", severity=Severity.HIGH, protocol="ipsec",
                     component=f"{t.src}->{t.dst}",
@@ -350,4 +378,36 @@ def ipsec_findings(states: Sequence[XfrmState], policies: Sequence[XfrmPolicy],
                                 "hmac(sha256) or better.",
                     evidence={"src": s.src, "dst": s.dst, "spi": s.spi, "kind": kind,
                               "algorithm": alg}))
+    return out + _soft_expired(states, now)
+
+
+def _soft_expired(states: Sequence[XfrmState], now: float | None) -> list[Finding]:
+    """The kernel asks the IKE daemon to rekey at the soft limit and drops the SA at the
+    hard one; a soft-expired SA with no younger SA for the same flow means the rekey
+    failed and traffic stops at the hard limit."""
+    out: list[Finding] = []
+    t = 0.0 if now is None else now
+    for s in states:
+        lt = s.lifetime
+        reached = lt.soft_expired(t) if lt else []
+        if now is None:
+            reached = [r for r in reached if not r.startswith(("age", "in use"))]
+        if not reached:
+            continue
+        flow = (s.src, s.dst, s.proto, s.reqid)
+        if any((o.src, o.dst, o.proto, o.reqid) == flow and o.lifetime is not None
+               and o.lifetime.add_time > lt.add_time and not o.lifetime.soft_expired(t)
+               for o in states if o is not s):
+            continue  # rekeyed: the old SA is dying as it should
+        out.append(Finding(
+            id="NW413", severity=Severity.MEDIUM, protocol="ipsec",
+            component=f"{s.src}->{s.dst}",
+            title=f"IPsec state {s.src} -> {s.dst} spi {s.spi:#x} is past its soft "
+                  f"lifetime ({'; '.join(reached)}) and was not rekeyed",
+            remediation="The IKE daemon did not rekey this SA: traffic stops at the hard "
+                        "limit. Check the daemon's logs and its rekey settings.",
+            evidence={"src": s.src, "dst": s.dst, "spi": s.spi, "reqid": s.reqid,
+                      "reached": reached,
+                      "hard": {"bytes": lt.hard_bytes, "packets": lt.hard_packets,
+                               "add_s": lt.hard_add_s, "use_s": lt.hard_use_s}}))
     return out

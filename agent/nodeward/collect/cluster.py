@@ -112,11 +112,12 @@ def _peer(p: Any, i: int) -> PeerNode:
         v = p.get(key, [])
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
             raise ValueError(f"peers[{i}].{key}: expected a list of strings")
-    extra = set(p) - {"name", "addresses", "pod_cidrs", "wireguard_public_key"}
+    extra = set(p) - {"name", "addresses", "pod_cidrs", "wireguard_public_key",
+                      "wireguard_public_key_v6"}
     if extra:
         raise ValueError(f"peers[{i}].{sorted(extra)[0]}: unknown key")
     return PeerNode(p["name"], tuple(p.get("addresses", [])), tuple(p.get("pod_cidrs", [])),
-                    p.get("wireguard_public_key", ""))
+                    p.get("wireguard_public_key", ""), p.get("wireguard_public_key_v6", ""))
 
 
 @dataclass(frozen=True)
