@@ -75,7 +75,7 @@ def test_env_overrides_node_name(tmp_path, monkeypatch):
     ("suppress: [{id: NW101, reason: x, port: http}]", "{p}: suppress[0].port: 'http' is not "
      "a port number"),
     ("catalog: [{name: x}]", "{p}: catalog[0]: new component 'x' needs 'ports'"),
-    ("interval: 0", "{p}: interval: expected a number of seconds >= 1"),
+    ("interval: 0", "{p}: interval: expected a number of seconds between 1 and 86400, got 0"),
     ("firewall: maybe", "{p}: firewall: expected true or false"),
     ("metrics_address: localhost:80", "{p}: metrics_address: 'localhost' is not an IP address"),
     ("- a\n- b", "{p}: expected a mapping of settings at the top level"),

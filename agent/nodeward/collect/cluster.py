@@ -11,10 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import yaml
 
+from .. import settings_load
 from ..checks.encryption import PeerNode
-from ..kubeapi import ApiConfig, ApiUnavailable, KubeApi, NotFound, from_kubeconfig, in_cluster
+from ..kubeapi import (
+    ApiConfig,
+    ApiUnavailable,
+    KubeApi,
+    NotFound,
+    from_kubeconfig,
+    in_cluster,
+    read_token,
+)
 
 log = structlog.get_logger("nodeward.cluster")
 
@@ -68,8 +76,10 @@ class ClusterSettings:
                 kw[key] = k.pop(key)
         if "timeout" in k:
             t = k.pop("timeout")
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
-                raise ValueError("kubernetes.timeout: expected a positive number of seconds")
+            if isinstance(t, bool) or not isinstance(t, (int, float)) \
+                    or not 0 < t <= 3600:  # NaN fails both comparisons
+                raise ValueError("kubernetes.timeout: expected seconds, more than 0 and "
+                                 "at most 3600")
             kw["timeout"] = float(t)
         if "retries" in k:
             r = k.pop("retries")
@@ -163,10 +173,7 @@ def api_config(settings: ClusterSettings) -> ApiConfig:
     if settings.api_url:
         token = ""
         if settings.token_file:
-            try:
-                token = Path(settings.token_file).read_text().strip()
-            except OSError as e:
-                raise ApiUnavailable(f"token_file {settings.token_file}: {e}") from None
+            token = read_token(settings.token_file, f"token_file {settings.token_file}")
         return ApiConfig(url=settings.api_url.rstrip("/"), token=token,
                          ca_file=settings.ca_file, **kw)
     if settings.kubeconfig:
@@ -211,7 +218,7 @@ def load_offline(node: str, directory: str | Path) -> ClusterView:
     def add(obj: Any, where: str) -> None:
         if not isinstance(obj, dict):
             return
-        kind = obj.get("kind", "")
+        kind = obj.get("kind") if isinstance(obj.get("kind"), str) else ""
         if kind.endswith("List") and isinstance(obj.get("items"), list):
             for item in obj["items"]:
                 if isinstance(item, dict) and "kind" not in item and kind != "List":
@@ -224,9 +231,11 @@ def load_offline(node: str, directory: str | Path) -> ClusterView:
 
     for path in files:
         try:
-            for doc in yaml.safe_load_all(path.read_text()):
+            # API dumps of a large cluster: bigger limits than a config, still bounded
+            for doc in settings_load.load_file(str(path), f"offline file {path}", multi=True,
+                                               max_bytes=256 << 20, max_nodes=50_000_000):
                 add(doc, str(path))
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, settings_load.SettingsError) as e:
             reason = f"offline file {path}: {type(e).__name__}: {e}".splitlines()[0]
             log.error("cluster_state_unknown", reason=reason)
             unknown.append(reason)

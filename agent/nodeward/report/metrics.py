@@ -9,7 +9,8 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -71,12 +72,52 @@ class Metrics:
             self.sink_dropped.inc(dropped)
 
 
-class _Server6(ThreadingHTTPServer):
+class StatusServerError(OSError):
+    """The status address cannot be served (port taken, address not local): one line."""
+
+
+class _BoundedServer(HTTPServer):
+    """At most WORKERS requests served at once and QUEUED waiting: one more is closed at
+    once instead of spawning a thread, so a scraper storm or a slowloris cannot exhaust the
+    agent's threads."""
+
+    WORKERS = 4
+    QUEUED = 32
+    request_queue_size = 64  # listen backlog
+
+    def __init__(self, *a: object, **kw: object) -> None:
+        super().__init__(*a, **kw)  # type: ignore[arg-type]
+        self.pool = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="nodeward-status")
+        self.slots = threading.BoundedSemaphore(self.WORKERS + self.QUEUED)
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        self.pool.submit(self._work, request, client_address)
+
+    def _work(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # a broken client must not print a traceback
+            pass
+        finally:
+            self.shutdown_request(request)
+            self.slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _BoundedServer6(_BoundedServer):
     address_family = socket.AF_INET6
 
 
 class StatusServer:
-    """/metrics and /healthz on a small threaded HTTP server in a daemon thread."""
+    """/metrics and /healthz on a small bounded HTTP server in a daemon thread."""
+
+    TIMEOUT = 5.0  # seconds a connection may take to send its request and read the answer
 
     def __init__(self, address: str, metrics: Metrics,
                  healthy: Callable[[], tuple[bool, str]]) -> None:
@@ -84,6 +125,8 @@ class StatusServer:
         registry = metrics.registry
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = self.TIMEOUT  # per-connection socket timeout (slow clients)
+
             def do_GET(self) -> None:
                 if self.path == "/metrics":
                     body, ctype, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
@@ -101,9 +144,12 @@ class StatusServer:
             def log_message(self, *args: object) -> None:
                 pass  # the agent's own log is the structured one
 
-        server_cls = _Server6 if ":" in host else ThreadingHTTPServer
-        self.server = server_cls((host.strip("[]"), int(port)), Handler)
-        self.server.daemon_threads = True
+        server_cls = _BoundedServer6 if ":" in host else _BoundedServer
+        try:
+            self.server = server_cls((host.strip("[]"), int(port)), Handler)
+        except OSError as e:
+            raise StatusServerError(e.errno, f"status server {address}: "
+                                             f"{e.strerror or e}") from None
         self.thread = threading.Thread(target=self.server.serve_forever,
                                        name="nodeward-status", daemon=True)
 
