@@ -160,8 +160,9 @@ def number(value: Any, where: str, minimum: float, maximum: float,
            integer: bool = False, unit: str = "") -> float:
     """A finite int/float (an int when `integer`) in [minimum, maximum]."""
     ok = isinstance(value, int) if integer else isinstance(value, int | float)
-    if (isinstance(value, bool) or not ok or not math.isfinite(value)
-            or not minimum <= value <= maximum):
+    if (isinstance(value, bool) or not ok
+            or (isinstance(value, float) and not math.isfinite(value))
+            or not minimum <= value <= maximum):  # an int never overflows this way
         kind = "an integer" if integer else "a number"
         unit = f" {unit}" if unit else ""
         raise SettingsError(f"{where}: expected {kind}{unit} between {_num(minimum)} and "
