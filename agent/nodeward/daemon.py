@@ -24,7 +24,7 @@ from .checks import CheckResult, run_checks, with_findings
 from .collect.ruleset import ParseCache
 from .daemon_settings import DaemonSettings
 from .model import Finding, NodeSnapshot
-from .report.logs import finding_fields, log_finding, make_logger
+from .report.logs import finding_fields, log_finding, make_logger, route_module_logs
 from .report.metrics import Metrics, StatusServer, StatusServerError
 from .report.sink import HttpSink
 from .ruleset.reach import ReachMemo
@@ -63,6 +63,7 @@ class Agent:
         self.reach_memo = ReachMemo()
         self.snapshotter = snapshotter or self._snapshot
         self.log = make_logger(cfg.node_name, out)
+        route_module_logs(cfg.node_name, out)
         self.metrics = Metrics()
         self.previous: dict[tuple, Finding] = {}
         self.cycles = 0  # successful cycles
@@ -106,6 +107,7 @@ class Agent:
         old_sink = self.settings.sink
         self.cfg = new
         self.log = make_logger(new.node_name, self.out)
+        route_module_logs(new.node_name, self.out)
         if self.settings.sink != old_sink:
             self._start_sink()
         self.metrics.reloads.labels("ok").inc()

@@ -31,18 +31,36 @@ def _head_first(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, An
     return {**{k: event.pop(k) for k in HEAD if k in event}, **event}
 
 
+def _processors(node: str) -> list[Any]:
+    def add_node(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("node", node)
+        return event
+
+    return [
+        add_node,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.processors.format_exc_info,
+        _head_first,
+        structlog.processors.JSONRenderer(sort_keys=False, default=str),
+    ]
+
+
 def make_logger(node: str, stream: IO[str] | None = None) -> Any:
     return structlog.wrap_logger(
         structlog.PrintLogger(stream or sys.stderr),
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
-            structlog.processors.format_exc_info,
-            _head_first,
-            structlog.processors.JSONRenderer(sort_keys=False, default=str),
-        ],
+        processors=_processors(node),
         wrapper_class=structlog.BoundLogger,
     ).bind(node=node)
+
+
+def route_module_logs(node: str, stream: IO[str]) -> None:
+    """Send the module-level loggers (kubeapi, cluster collector, ...) to the daemon's
+    stream in the same JSON schema: structlog's default is coloured console text, which a
+    log pipeline cannot parse. The one process-wide setting the daemon makes."""
+    structlog.configure(processors=_processors(node), wrapper_class=structlog.BoundLogger,
+                        logger_factory=structlog.PrintLoggerFactory(stream),
+                        cache_logger_on_first_use=False)
 
 
 def finding_fields(f: Finding) -> dict[str, Any]:
