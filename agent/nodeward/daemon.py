@@ -130,7 +130,7 @@ class Agent:
             paths[cluster.kubeconfig] = "secret"
         for path, problem in permission_warnings(paths):
             self.log.warning("file_permissions_too_open", path=path, problem=problem,
-                             hint="chmod 0600 (tokens, kubeconfig) or 0640 (config)")
+                             hint="chmod 0600 (tokens, kubeconfig) or 0644 (config)")
 
     # -- health -----------------------------------------------------------------------------
     def healthy(self) -> tuple[bool, str]:

@@ -191,7 +191,8 @@ def permission_warnings(paths: dict[str, str]) -> list[tuple[str, str]]:
     """[(path, problem)] for secret-bearing files others may read or write.
 
     `paths` maps a path to its kind: "secret" (token, key, kubeconfig: no group/other
-    bits at all) or "config" (no group/other write, no other read)."""
+    bits at all) or "config" (no group/other write: whoever can write it controls the
+    firewall; it holds no credentials, those live in token files, so 0644 is fine)."""
     out = []
     for path, kind in paths.items():
         if not path:
@@ -200,7 +201,7 @@ def permission_warnings(paths: dict[str, str]) -> list[tuple[str, str]]:
             mode = stat.S_IMODE(os.stat(path).st_mode)
         except OSError:
             continue
-        bad = mode & (0o077 if kind == "secret" else 0o026)
+        bad = mode & (0o077 if kind == "secret" else 0o022)
         if bad:
             who = "group/others" if bad & 0o070 and bad & 0o007 else \
                 "group" if bad & 0o070 else "others"

@@ -58,10 +58,10 @@ def test_permission_warnings(tmp_path):
     token.write_text("t")
     cfg.write_text("{}")
     token.chmod(0o640)
-    cfg.chmod(0o640)
+    cfg.chmod(0o644)
     warned = settings_load.permission_warnings({str(token): "secret", str(cfg): "config"})
     assert [p for p, _ in warned] == [str(token)]
-    cfg.chmod(0o666)
+    cfg.chmod(0o664)
     token.chmod(0o600)
     warned = settings_load.permission_warnings({str(token): "secret", str(cfg): "config"})
     assert [p for p, _ in warned] == [str(cfg)]
