@@ -94,8 +94,13 @@ def _sink(value: Any, where: str) -> SinkSettings:
     v = _mapping(value, where, {f for f in SinkSettings.__dataclass_fields__})
     url = v.get("url")
     parsed = urlparse(url) if isinstance(url, str) else None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"{where}.url: expected an http(s) URL")
+    try:
+        port_ok = parsed is not None and (parsed.port is None or parsed.port > 0)
+    except ValueError:  # ':99999' or ':²'
+        port_ok = False
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname \
+            or not port_ok or not url.isascii() or any(c in url for c in " \r\n\t"):
+        raise ConfigError(f"{where}.url: expected an http(s) URL")  # never echo: credentials
     kw: dict[str, Any] = {"url": url}
     for key in ("token_file", "ca_file", "spool_dir"):
         if key in v:

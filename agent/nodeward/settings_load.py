@@ -23,7 +23,7 @@ import yaml
 
 MAX_BYTES = 1 << 20  # 1 MiB: a large config is a few KiB
 MAX_DEPTH = 64  # real API objects (managedFields) nest ~15 deep
-MAX_NODES = 200_000  # after alias expansion
+MAX_NODES = 50_000  # after alias expansion; a large real config has a few thousand
 _DIGITS = re.compile(r"[0-9]{1,5}")
 
 #: The pure-Python loader: its messages are the documented ones (libyaml words errors
