@@ -42,7 +42,7 @@ def read_bytes(path: str, what: str = "", max_bytes: int = MAX_BYTES) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode) and not _is_devnull(st):
             raise SettingsError(f"{name}: not a regular file")
         if st.st_size > max_bytes:
             raise SettingsError(f"{name}: {st.st_size} bytes, more than the limit of "
@@ -56,6 +56,17 @@ def read_bytes(path: str, what: str = "", max_bytes: int = MAX_BYTES) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _is_devnull(st: os.stat_result) -> bool:
+    """`--config /dev/null` means "the defaults": the one device that is read, not waited
+    on (a FIFO or a terminal would block the read forever)."""
+    if not stat.S_ISCHR(st.st_mode):
+        return False
+    try:
+        return st.st_rdev == os.stat(os.devnull).st_rdev
+    except OSError:
+        return False
 
 
 def decode(data: bytes, source: str) -> str:

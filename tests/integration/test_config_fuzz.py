@@ -99,9 +99,10 @@ print(json.dumps(results))
 """
 
 
-def rules(lab, ns) -> str:
-    return (lab.sh("iptables-save", ns=ns, check=False).stdout
+def rules(lab, ns) -> list[str]:
+    text = (lab.sh("iptables-save", ns=ns, check=False).stdout
             + lab.sh("nft", "list", "ruleset", ns=ns, check=False).stdout)
+    return [x for x in text.splitlines() if not x.startswith("#")]  # dated comments
 
 
 def test_hostile_configs_are_one_line_exit_2_on_every_command(lab, tmp_path):
@@ -109,6 +110,7 @@ def test_hostile_configs_are_one_line_exit_2_on_every_command(lab, tmp_path):
     lab.sh("iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT", ns=node)
     cases = corpus(tmp_path)
     before = rules(lab, node)
+    assert any("--dport 22" in x for x in before)
     r = lab.sh(sys.executable, "-c", DRIVER,
                json.dumps([[n, str(p)] for n, p in cases.items()]), ns=node, timeout=300)
     results = json.loads(r.stdout)
