@@ -104,12 +104,22 @@ class Agent:
             self.metrics.reloads.labels("failed").inc()
             self.log.error("config_reload_failed", error=error, keeping=self.cfg.source)
             return
-        old_sink = self.settings.sink
-        self.cfg = new
-        self.log = make_logger(new.node_name, self.out)
-        route_module_logs(new.node_name, self.out)
-        if self.settings.sink != old_sink:
-            self._start_sink()
+        old_cfg, old_log = self.cfg, self.log
+        try:
+            self.cfg = new
+            self.log = make_logger(new.node_name, self.out)
+            route_module_logs(new.node_name, self.out)
+            if self.settings.sink != old_cfg.section("daemon").sink:
+                self._start_sink()
+        except Exception as e:  # keep running on the old config, as for a load error
+            self.cfg, self.log = old_cfg, old_log
+            route_module_logs(old_cfg.node_name, self.out)
+            if self.sink is None and self.settings.sink is not None:
+                self._start_sink()
+            self.metrics.reloads.labels("failed").inc()
+            self.log.error("config_reload_failed", error=f"{type(e).__name__}: {e}"[:200],
+                           keeping=self.cfg.source)
+            return
         self.metrics.reloads.labels("ok").inc()
         self.log.info("config_reloaded", source=new.source, mode=new.mode,
                       interval=new.interval)

@@ -213,11 +213,14 @@ def test_full_disk_counts_every_lost_event_and_leaves_no_tmp(collector, tmp_path
             assert not list(spool.glob("*.tmp"))
             assert sink.dropped > 0 and sink.backlog > 0
             invariant("enospc, collector down", sink)
+            ok, why = sink.health()
+            assert not ok and "ENOSPC" in why  # /healthz: events are being lost
             collector.behave = lambda: "ok"
             wait(lambda: sink.backlog == 0, 30)
             # The disk has room again: the same sender takes new events.
             sink.submit(events(20, 10_000))
             wait(lambda: sink.backlog == 0, 10)
+            assert sink.health() == (True, "ok")
         finally:
             sink.close()
         assert any(e["seq"] == 10_000 for e in collector.accepted)

@@ -300,6 +300,7 @@ class HttpSink:
         self.delivered = 0
         self.dropped = 0
         self.crashes = 0
+        self.write_error = ""  # the last spool write failed (until one succeeds)
         self.last_progress = time.monotonic()  # last ack, or last moment nothing was due
         self.spool: Spool | None
         try:
@@ -350,9 +351,11 @@ class HttpSink:
                     continue
                 try:
                     dropped += self.spool.put(batch)
+                    self.write_error = ""
                 except OSError as e:
                     failed += len(batch)
                     error = f"{errno.errorcode.get(e.errno or 0, 'EIO')}: {e.strerror}"
+                    self.write_error = error
             self.dropped += dropped + failed
             backlog = self.backlog
         if dropped:
@@ -379,6 +382,8 @@ class HttpSink:
         if self._thread.ident is not None and not self._thread.is_alive() \
                 and not self._stop.is_set():
             return False, "sink: sender thread is not running"
+        if self.write_error:
+            return False, f"sink: cannot spool new events ({self.write_error}), dropping them"
         if self.backlog and time.monotonic() - self.last_progress > self.settings.stall_after:
             return False, (f"sink: delivery stalled for "
                            f"{time.monotonic() - self.last_progress:.0f}s, "
