@@ -144,10 +144,18 @@ class Agent:
 
     # -- health -----------------------------------------------------------------------------
     def healthy(self) -> tuple[bool, str]:
+        """/healthz: scans succeed and the sink delivers."""
         if self.sink is not None:
             ok, why = self.sink.health()
             if not ok:
                 return ok, why
+        return self.alive()
+
+    def alive(self) -> tuple[bool, str]:
+        """/livez: scans succeed and the sink's sender runs. A stalled delivery is not in
+        it: a restart would not bring the collector back (the spool survives anyway)."""
+        if self.sink is not None and not self.sink.sender_alive():
+            return False, "sink: sender thread is not running"
         if self.last_ok == 0.0:
             if self.attempts == 0:
                 return True, "starting"
@@ -285,7 +293,8 @@ class Agent:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         try:
-            self.status = StatusServer(self.cfg.metrics_address, self.metrics, self.healthy)
+            self.status = StatusServer(self.cfg.metrics_address, self.metrics, self.healthy,
+                                       self.alive)
         except StatusServerError as e:
             print(f"nodeward: error: {e.strerror}", file=sys.stderr)
             return 2

@@ -248,12 +248,13 @@ def test_sender_survives_bad_spool_files_ca_and_token_and_health_says_so(tmp_pat
     sink, out = make_sink(collector.url, tmp_path / "spool", token_file=str(token),
                           ca_file=str(ca), stall_after=1.0)
     metrics = Metrics()
-    status = StatusServer("127.0.0.1:0", metrics, sink.health)
+    status = StatusServer("127.0.0.1:0", metrics, sink.health,
+                          lambda: (sink.sender_alive(), "ok"))
     status.start()
 
-    def healthz() -> int:
+    def healthz(path: str = "/healthz") -> int:
         try:
-            with urllib.request.urlopen(f"http://{status.address}/healthz", timeout=5) as r:
+            with urllib.request.urlopen(f"http://{status.address}{path}", timeout=5) as r:
                 return r.status
         except urllib.error.HTTPError as e:
             return e.code
@@ -264,6 +265,7 @@ def test_sender_survives_bad_spool_files_ca_and_token_and_health_says_so(tmp_pat
         sink.submit(events(60))
         wait(lambda: any(e["event"] == "sink_token_invalid" for e in log_events(out)), 5)
         wait(lambda: healthz() == 503, 5)
+        assert healthz("/livez") == 200  # stalled delivery, but the agent is alive
         token.write_text("good-token\n")
         wait(lambda: any(e["event"] == "sink_unreachable" for e in log_events(out)), 5)
         # Truncate the oldest batch and delete the next one under the sender.

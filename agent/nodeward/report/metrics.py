@@ -77,7 +77,9 @@ class StatusServerError(OSError):
 
 
 class StatusServer:
-    """/metrics and /healthz on one asyncio thread.
+    """/metrics, /healthz (everything, delivery included) and /livez (the agent itself:
+    for a liveness probe, since restarting it does not bring a collector back) on one
+    asyncio thread.
 
     Why not http.server: one thread per connection and a backlog of 5 let a handful of
     idle clients (slowloris) hold /healthz hostage. Here an idle connection costs a few
@@ -89,11 +91,13 @@ class StatusServer:
     MAX_CONNECTIONS = 256
 
     def __init__(self, address: str, metrics: Metrics,
-                 healthy: Callable[[], tuple[bool, str]]) -> None:
+                 healthy: Callable[[], tuple[bool, str]],
+                 live: Callable[[], tuple[bool, str]] | None = None) -> None:
         host, _, port = address.rpartition(":")
         host = host.strip("[]")
         self.registry = metrics.registry
         self.healthy = healthy
+        self.live = live or healthy
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             self.sock = socket.create_server((host, int(port)), family=family, backlog=128)
@@ -139,8 +143,8 @@ class StatusServer:
     def _answer(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
-        if path == "/healthz":
-            ok, why = self.healthy()
+        if path in ("/healthz", "/livez"):
+            ok, why = (self.healthy if path == "/healthz" else self.live)()
             return (200 if ok else 503), "text/plain", (why + "\n").encode()
         return 404, "text/plain", b"not found\n"
 

@@ -112,7 +112,10 @@ class Spool:
             if name.endswith(".tmp"):  # a crash mid-write: that batch was never acked
                 self._unlink(name)
                 continue
-            st = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
+            try:
+                st = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed meanwhile
             if BATCH_NAME.match(name) and self._own_regular(st):
                 lines = self._count_lines(name)
                 if lines is not None:
@@ -373,14 +376,16 @@ class HttpSink:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def sender_alive(self) -> bool:
+        return self._thread.ident is None or self._thread.is_alive() or self._stop.is_set()
+
     def health(self) -> tuple[bool, str]:
         """Unhealthy when the sender is dead or nothing was delivered for `stall_after`
         seconds while events wait (a collector that is down, redirects, rejects the token
         or trickles: the operator must see it, not only a growing backlog)."""
         if self.spool is None:
             return False, f"sink: {self.spool_error}"
-        if self._thread.ident is not None and not self._thread.is_alive() \
-                and not self._stop.is_set():
+        if not self.sender_alive():
             return False, "sink: sender thread is not running"
         if self.write_error:
             return False, f"sink: cannot spool new events ({self.write_error}), dropping them"
