@@ -16,7 +16,7 @@ from . import config as config_mod
 from .checks import run_checks
 from .model import Severity
 from .report import render
-from .report.logs import log_finding, make_logger
+from .report.logs import log_finding, make_logger, route_module_logs
 from .snapshot import take_snapshot
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
@@ -165,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"nodeward: config error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    # Module loggers (cluster collector, Kubernetes client) as JSON on stderr: structlog's
+    # default is console text on stdout, which corrupted `scan --format json`.
+    route_module_logs(cfg.node_name)
     try:
         return args.handler(args, cfg)
     except UsageError as e:  # an argument combination only the command can judge

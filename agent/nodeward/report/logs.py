@@ -54,13 +54,17 @@ def make_logger(node: str, stream: IO[str] | None = None) -> Any:
     ).bind(node=node)
 
 
-def route_module_logs(node: str, stream: IO[str]) -> None:
-    """Send the module-level loggers (kubeapi, cluster collector, ...) to the daemon's
-    stream in the same JSON schema: structlog's default is coloured console text, which a
-    log pipeline cannot parse. The one process-wide setting the daemon makes."""
+def route_module_logs(node: str, stream: IO[str] | None = None) -> None:
+    """Send the module-level loggers (kubeapi, cluster collector, ...) to `stream` (None:
+    whatever sys.stderr is at each call) in the same JSON schema: structlog's default is
+    console text on stdout, which a log pipeline cannot parse and which corrupted
+    `scan --format json`. The one process-wide setting the CLI and the daemon make."""
+
+    def factory(*_args: Any) -> Any:
+        return structlog.PrintLogger(stream if stream is not None else sys.stderr)
+
     structlog.configure(processors=_processors(node), wrapper_class=structlog.BoundLogger,
-                        logger_factory=structlog.PrintLoggerFactory(stream),
-                        cache_logger_on_first_use=False)
+                        logger_factory=factory, cache_logger_on_first_use=False)
 
 
 def finding_fields(f: Finding) -> dict[str, Any]:
