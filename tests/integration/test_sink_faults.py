@@ -378,3 +378,32 @@ def test_symlinks_planted_in_own_spool_are_never_followed(collector, tmp_path):
     assert not any(b"SECRET" in b for b in collector.bodies)
     assert sink.delivered == 50 and sink.dropped == 2
     invariant("planted symlinks", sink, collector)
+
+
+def test_fds_and_threads_stay_flat_over_200_sends_with_faults(collector, tmp_path):
+    """Each request has its own watchdog and connection: none may be left behind, whatever
+    the collector answered."""
+    modes = iter(["503", "redirect", "ok", "400", "ok"] * 60)
+    collector.behave = lambda: next(modes, "ok")
+    sink, _ = make_sink(collector.url, tmp_path / "spool", batch_size=1, max_backoff=0.02)
+    sink.start()
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    try:
+        sink.submit(events(5))
+        wait(lambda: sink.backlog == 0, 20)
+        base_fds, base_threads = fds(), threading.active_count()
+        sink._wake.set()
+        for k in range(6):
+            sink.submit(events(20, 100 + k * 20))
+        wait(lambda: sink.backlog == 0 and collector.posts >= 200, 120)
+        time.sleep(0.2)
+        after_fds, after_threads = fds(), threading.active_count()
+    finally:
+        sink.close()
+    print(f"{collector.posts} posts (503/302/200/400 mixed): fds {base_fds} -> {after_fds}, "
+          f"threads {base_threads} -> {after_threads}")
+    assert after_fds <= base_fds + 2 and after_threads <= base_threads + 1
+    invariant("200 mixed sends", sink, collector)

@@ -504,7 +504,8 @@ class HttpSink:
                 pause = min(pause * 2, 30.0)
 
     def _run(self) -> None:
-        backoff = 0.5
+        first = min(0.5, self.settings.max_backoff)
+        backoff = first
         while not self._stop.is_set():
             with self._lock:
                 item = self.spool.oldest() if self.spool is not None else None
@@ -527,7 +528,7 @@ class HttpSink:
                 self._stop.wait(backoff * (0.5 + random.random() / 2))
                 backoff = min(backoff * 2, self.settings.max_backoff)
                 continue
-            backoff = 0.5
+            backoff = first
             with self._lock:
                 self.spool.ack(name)  # type: ignore[union-attr]
                 backlog = self.spool.events  # type: ignore[union-attr]
