@@ -207,6 +207,14 @@ def _hostport(value: Any, where: str) -> str:
     return value
 
 
+def _hostname_as_node_name(hostname: str) -> str:
+    """The hostname made a DNS-1123 name (lowercase, other characters to '-'): a bare
+    machine with `my_host` as its hostname must still scan, with a safe name."""
+    name = re.sub(r"[^a-z0-9.-]", "-", hostname.lower())
+    name = ".".join(label.strip("-")[:63] for label in name.split(".") if label.strip("-"))
+    return name[:253].rstrip(".-") or "localhost"
+
+
 PARSERS = {
     "node_name": _str,
     "node_cidrs": parse_cidrs,
@@ -262,7 +270,7 @@ def from_mapping(data: Any, source: str) -> Config:
     elif kwargs.get("node_name"):
         kwargs["node_name"] = node_name(kwargs["node_name"], f"{source}: node_name")
     else:  # the kubelet's default node name is the lowercased hostname
-        kwargs["node_name"] = node_name(socket.gethostname().lower(), "hostname")
+        kwargs["node_name"] = _hostname_as_node_name(socket.gethostname())
     return Config(**kwargs)
 
 

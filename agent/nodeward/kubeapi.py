@@ -92,7 +92,7 @@ def _materialize(data_b64: str, keep: list) -> str:
     """kubeconfig *-data fields into an anonymous memory file (memfd): requests wants a
     path, and a path under /proc/self/fd names memory, never the disk. The file lives as
     long as the ApiConfig holding it (`keep`); nothing is ever written to $TMPDIR."""
-    data = base64.b64decode(data_b64, validate=True)
+    data = base64.b64decode("".join(str(data_b64).split()), validate=True)
     fd = os.memfd_create("nodeward-kube", os.MFD_CLOEXEC)
     f = os.fdopen(fd, "w+b")
     f.write(data)

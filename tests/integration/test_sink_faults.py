@@ -129,7 +129,10 @@ def make_sink(url: str, spool: Path, **kw) -> tuple[HttpSink, io.StringIO]:
         "spool_max_bytes": 1 << 20, "batch_size": 20, "timeout": 1.0, "max_backoff": 0.5,
         **kw})
     out = io.StringIO()
-    return HttpSink(settings, "n1", make_logger("n1", out)), out
+    metrics = Metrics()
+    sink = HttpSink(settings, "n1", make_logger("n1", out), on_change=metrics.sink_changed)
+    sink.test_metrics = metrics  # what /metrics would show, checked by invariant()
+    return sink, out
 
 
 def log_events(out: io.StringIO) -> list[dict]:
@@ -143,6 +146,9 @@ def invariant(case: str, sink: HttpSink, collector: Collector | None = None) -> 
     print(f"[{case}] produced={produced} delivered={sink.delivered} dropped={sink.dropped} "
           f"backlog={sink.backlog}")
     assert produced == sink.delivered + sink.dropped + sink.backlog
+    registry = sink.test_metrics.registry
+    assert registry.get_sample_value("nodeward_sink_dropped_events_total") == sink.dropped
+    assert registry.get_sample_value("nodeward_sink_backlog_events") == sink.backlog
     if collector is not None:
         ids = {e["event_id"] for e in collector.accepted}
         assert len(ids) == sink.delivered
