@@ -43,6 +43,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..daemon_settings import SinkSettings
+from ..settings_load import SettingsError, read_bytes
 
 RETRY_STATUS = {401, 403, 408, 425, 429}  # maybe transient: token rotation, rate limit
 BATCH_NAME = re.compile(r"^\d{12}\.jsonl$")
@@ -401,15 +402,14 @@ class HttpSink:
         path = self.settings.token_file
         if not path:
             return ""
-        try:
-            with open(path, "rb") as f:
-                raw = f.read(16 * 1024 + 1)
-        except OSError as e:
-            self.log.error("sink_token_unreadable", path=path, error=e.strerror)
+        try:  # a regular file (a FIFO would block the sender), at most 16 KiB
+            raw = read_bytes(path, f"token_file {path}", max_bytes=16 * 1024)
+        except (OSError, SettingsError) as e:
+            why = e.strerror if isinstance(e, OSError) else str(e).rpartition(": ")[2]
+            self.log.error("sink_token_unreadable", path=path, error=why)
             return None
         token = raw.strip()
-        if len(raw) > 16 * 1024 or not token or not TOKEN_CHARS.match(
-                token.decode("latin-1")):
+        if not token or not TOKEN_CHARS.match(token.decode("latin-1")):
             self.log.error("sink_token_invalid", path=path,
                            reason="empty, too long or characters not allowed in a bearer "
                                   "token (RFC 6750)")
