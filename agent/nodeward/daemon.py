@@ -157,7 +157,7 @@ class Agent:
         if self.sink is not None and not self.sink.sender_alive():
             return False, "sink: sender thread is not running"
         if self.last_ok == 0.0:
-            if self.attempts == 0:
+            if not self.last_error:  # the first scan is still running
                 return True, "starting"
             return False, f"no successful scan yet: {self.last_error}"
         age = time.time() - self.last_ok

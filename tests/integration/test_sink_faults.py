@@ -413,3 +413,80 @@ def test_fds_and_threads_stay_flat_over_200_sends_with_faults(collector, tmp_pat
           f"threads {base_threads} -> {after_threads}")
     assert after_fds <= base_fds + 2 and after_threads <= base_threads + 1
     invariant("200 mixed sends", sink, collector)
+
+
+def in_ns(ns: str, fn):
+    """fn() on a fresh thread moved into network namespace `ns` (setns is per thread):
+    sockets it creates, and threads it starts, live there."""
+    from tests.lab.netns import setns
+
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            setns(ns)
+            box["value"] = fn()
+        except BaseException as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(30)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.mark.lab
+def test_daemon_healthz_follows_a_stalled_sink_and_livez_does_not(lab, tmp_path):
+    """`nodeward run` itself, in a lab node with two open findings (pods reach the metadata
+    endpoints): while the collector only redirects, /healthz turns 503 after stall_after
+    and /livez stays 200; once it accepts, both 200 and every event is delivered."""
+    node = lab.node("node", "10.82.0.1/24")
+    lab.pod(node, "10.244.5.2/24", "10.244.5.1/24", host_if="calis1")
+    collector = in_ns(node.name, Collector)
+    state = {"mode": "redirect"}
+    collector.behave = lambda: state["mode"]
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        "node_name: stall-node\nnode_cidrs: [10.82.0.0/24]\ninterval: 1\n"
+        "metrics_address: 127.0.0.1:9737\n"
+        f"daemon:\n  full_report_every: 1\n  sink: {{url: '{collector.url}', stall_after: 2,"
+        f" max_backoff: 0.5, spool_dir: '{tmp_path / 'spool'}'}}\n")
+    import subprocess
+    import sys
+
+    proc = lab.spawn(node, [sys.executable, "-m", "nodeward", "--config", str(cfg), "run"],
+                     stdout=subprocess.PIPE)
+
+    def get(path: str) -> tuple[int, str]:
+        def fetch() -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:9737{path}", timeout=5) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+            except OSError as e:
+                return 0, str(e)
+        return in_ns(node.name, fetch)
+
+    try:
+        wait(lambda: "delivery stalled" in get("/healthz")[1], 30)
+        assert get("/healthz")[0] == 503
+        assert get("/livez") == (200, "ok\n")
+        state["mode"] = "ok"
+        wait(lambda: get("/healthz")[0] == 200, 20)
+    finally:
+        proc.send_signal(15)
+        out, _ = proc.communicate(timeout=20)
+        collector.close()
+    assert proc.returncode == 0
+    assert collector.gets == 0
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert any(e["event"] == "sink_redirect_refused" for e in lines)
+    produced = sum(1 for e in lines if e["event"].startswith("finding"))
+    ids = {e["event_id"] for e in collector.accepted}
+    spooled = sum(len(p.read_text().splitlines()) for p in (tmp_path / "spool").glob("*.jsonl"))
+    print(f"daemon: /healthz 503 while redirected, 200 after; produced {produced} = "
+          f"delivered {len(ids)} + spooled for the next start {spooled}")
+    assert produced == len(ids) + spooled and len(collector.accepted) == len(ids)
