@@ -490,3 +490,25 @@ def test_daemon_healthz_follows_a_stalled_sink_and_livez_does_not(lab, tmp_path)
     print(f"daemon: /healthz 503 while redirected, 200 after; produced {produced} = "
           f"delivered {len(ids)} + spooled for the next start {spooled}")
     assert produced == len(ids) + spooled and len(collector.accepted) == len(ids)
+
+
+def test_spool_dir_removed_under_the_sink_is_recreated(collector, tmp_path):
+    collector.behave = lambda: "503"
+    spool = tmp_path / "spool"
+    sink, out = make_sink(collector.url, spool)
+    sink.start()
+    try:
+        sink.submit(events(40))
+        while spool.exists():  # an operator cleaning up (racing the sender's quarantine)
+            shutil.rmtree(spool, ignore_errors=True)
+        sink.submit(events(40, 40))
+        collector.behave = lambda: "ok"
+        wait(lambda: sink.backlog == 0, 20)
+    finally:
+        sink.close()
+    # The first 40 went with the directory, except a batch the sender already held in
+    # memory, which is delivered if its retry comes after the collector is back.
+    assert sink.dropped in (20, 40) and sink.delivered == 80 - sink.dropped
+    assert any(e["event"] == "sink_spool_recreated" for e in log_events(out))
+    assert {e["seq"] for e in collector.accepted} >= set(range(40, 80))
+    invariant("spool dir removed", sink, collector)

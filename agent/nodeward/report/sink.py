@@ -305,6 +305,7 @@ class HttpSink:
         self.dropped = 0
         self.crashes = 0
         self.write_error = ""  # the last spool write failed (until one succeeds)
+        self._inflight = ""  # the batch the sender is posting (under the lock)
         self.last_progress = time.monotonic()  # last ack, or last moment nothing was due
         self.spool: Spool | None
         try:
@@ -354,6 +355,8 @@ class HttpSink:
                     error = self.spool_error
                     continue
                 try:
+                    if self._spool_dir_gone():
+                        dropped += self._reopen_spool()
                     dropped += self.spool.put(batch)
                     self.write_error = ""
                 except OSError as e:
@@ -370,6 +373,31 @@ class HttpSink:
                            spool_dir=self.settings.spool_dir)
         self.on_change(backlog, dropped + failed)
         self._wake.set()
+
+    def _spool_dir_gone(self) -> bool:
+        """The directory was removed (or replaced) under us: st_nlink of a deleted dir is 0."""
+        assert self.spool is not None
+        try:
+            return os.fstat(self.spool.dir_fd).st_nlink == 0
+        except OSError:
+            return True
+
+    def _reopen_spool(self) -> int:
+        """Open a fresh spool at `spool_dir`; the batches that went with the old directory
+        are counted as dropped. Raises OSError/SpoolError when it cannot be recreated."""
+        assert self.spool is not None
+        # The batch being sent is counted when its answer comes (see _run).
+        inflight = self.spool._files.get(self._inflight, (0, 0))[1]
+        lost = self.spool.events - inflight
+        try:
+            fresh = Spool(self.settings.spool_dir, self.settings.spool_max_bytes)
+        except SpoolError as e:
+            raise OSError(errno.EPERM, str(e)) from None
+        self.spool = fresh
+        self.recovered += fresh.recovered
+        self.log.error("sink_spool_recreated", spool_dir=self.settings.spool_dir,
+                       dropped_events=lost, reason="the spool directory was removed")
+        return lost
 
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -508,10 +536,12 @@ class HttpSink:
         backoff = first
         while not self._stop.is_set():
             with self._lock:
-                item = self.spool.oldest() if self.spool is not None else None
-                lost = self.spool.lost if self.spool is not None else 0
+                spool = self.spool
+                item = spool.oldest() if spool is not None else None
+                lost = spool.lost if spool is not None else 0
                 if lost:
                     self.dropped += lost
+                self._inflight = item[0] if item else ""
             if lost:
                 self.log.error("sink_spool_quarantined", dropped_events=lost,
                                reason="unreadable or corrupt batch")
@@ -523,6 +553,17 @@ class HttpSink:
                 continue
             name, events = item
             verdict = self._post(events)
+            with self._lock:
+                self._inflight = ""
+                orphaned = spool is not self.spool  # the directory was recreated meanwhile
+                if orphaned:  # the batch exists only here now: delivered, or lost for good
+                    if verdict == "ok":
+                        self.delivered += len(events)
+                    else:
+                        self.dropped += len(events)
+            if orphaned:
+                self.on_change(self.backlog, 0 if verdict == "ok" else len(events))
+                continue
             if verdict == "retry":
                 # Exponential backoff with jitter, woken early only by stop.
                 self._stop.wait(backoff * (0.5 + random.random() / 2))
