@@ -13,8 +13,7 @@ from dataclasses import dataclass, fields, replace
 from importlib import resources
 from typing import Any
 
-import yaml
-
+from . import settings_load
 from .model import SCOPE_RANK, BindScope, ProcessInfo, Severity
 
 #: Widest acceptable bind per `max_scope` value, on the SCOPE_RANK scale.
@@ -92,9 +91,11 @@ def _parse_ports(value: Any, where: str) -> tuple[tuple[int, int], ...]:
             if isinstance(item, int) and not isinstance(item, bool):
                 lo = hi = item
             elif isinstance(item, str) and "-" in item:
-                a, b = item.split("-", 1)
-                lo, hi = int(a), int(b)
-            elif isinstance(item, str):
+                a, b = (settings_load.port(x) for x in item.split("-", 1))
+                if a is None or b is None:
+                    raise ValueError  # ASCII digits only: int() takes '٨٠' and '1_0'
+                lo, hi = a, b
+            elif isinstance(item, str) and settings_load.port(item) is not None:
                 lo = hi = int(item)
             else:
                 raise ValueError
@@ -251,7 +252,8 @@ class Catalog:
 def load_default() -> Catalog:
     """The shipped catalog; cached because it is immutable and read on every config load."""
     text = resources.files("nodeward").joinpath("catalog.yaml").read_text()
-    return Catalog.from_entries(yaml.safe_load(text)["components"], "catalog.yaml")
+    return Catalog.from_entries(settings_load.load_text(text, "catalog.yaml")["components"],
+                                "catalog.yaml")
 
 
 def load(overrides: Iterable[Mapping[str, Any]] = (), source: str = "config.catalog") -> Catalog:

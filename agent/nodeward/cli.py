@@ -19,7 +19,7 @@ from .checks import run_checks
 from .model import Severity
 from .redact import redact_text
 from .report import render
-from .report.logs import configure_module_loggers, log_finding, make_logger
+from .report.logs import log_finding, make_logger, route_module_logs
 from .snapshot import take_snapshot
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
@@ -269,7 +269,7 @@ def _write_whole(path: str, text: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    configure_module_loggers()
+    route_module_logs("")  # until the config names the node
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -285,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"nodeward: config error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    # Module loggers (cluster collector, Kubernetes client) as JSON on stderr: structlog's
+    # default is console text on stdout, which corrupted `scan --format json`.
+    route_module_logs(cfg.node_name if cfg is not None else "")
     try:
         return args.handler(args, cfg)
     except UsageError as e:  # an argument combination only the command can judge

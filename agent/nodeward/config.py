@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import catalog as catalog_mod
+from . import settings_load
 
 DEFAULT_PATH = "/etc/nodeward/config.yaml"
 NODE_NAME_ENV = "NODEWARD_NODE_NAME"
@@ -36,8 +35,21 @@ DEFAULT_FAILSAFE = (("tcp", 22),)
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class ConfigError(ValueError):
+class ConfigError(settings_load.SettingsError):
     """One clear line: '<file>: <key>: <problem>'."""
+
+
+#: A Kubernetes node name (DNS-1123 subdomain): it goes into API paths and report names.
+_DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def node_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or len(value) > 253 or not _DNS1123.fullmatch(value) \
+            or any(len(label) > 63 for label in value.split(".")):
+        shown = value if isinstance(value, str) and len(value) <= 64 else "the value"
+        raise ConfigError(f"{where}: {shown!r} is not a valid node name (DNS-1123: lowercase "
+                          f"letters, digits, '-' and '.', at most 253 characters)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -110,9 +122,10 @@ def parse_port_spec(text: Any, where: str) -> tuple[str, int]:
     if not isinstance(text, str) or "/" not in text:
         raise ConfigError(f"{where}: {text!r} is not a port like 'tcp/22'")
     proto, _, port = text.partition("/")
-    if proto not in ("tcp", "udp") or not port.isdigit() or not 1 <= int(port) <= 65535:
+    number = settings_load.port(port)
+    if proto not in ("tcp", "udp") or not number:
         raise ConfigError(f"{where}: {text!r} is not a port like 'tcp/22'")
-    return proto, int(port)
+    return proto, number
 
 
 def _ports(value: Any, where: str) -> tuple[tuple[str, int], ...]:
@@ -169,9 +182,16 @@ def _catalog(value: Any, where: str) -> catalog_mod.Catalog:
 
 
 def _interval(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
-        raise ConfigError(f"{where}: expected a number of seconds >= 1")
-    return float(value)
+    return float(number(value, where, 1, 86400, unit="of seconds"))
+
+
+def number(value: Any, where: str, minimum: float, maximum: float, integer: bool = False,
+           unit: str = "") -> float:
+    """settings_load.number raising ConfigError: finite, in range, never NaN/Inf."""
+    try:
+        return settings_load.number(value, where, minimum, maximum, integer, unit)
+    except settings_load.SettingsError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _bool(value: Any, where: str) -> bool:
@@ -184,13 +204,21 @@ def _hostport(value: Any, where: str) -> str:
     if not isinstance(value, str) or ":" not in value:
         raise ConfigError(f"{where}: expected HOST:PORT, e.g. 127.0.0.1:9737")
     host, _, port = value.rpartition(":")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if settings_load.port(port) is None:
         raise ConfigError(f"{where}: {value!r} has no valid port")
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         raise ConfigError(f"{where}: {host!r} is not an IP address") from None
     return value
+
+
+def _hostname_as_node_name(hostname: str) -> str:
+    """The hostname made a DNS-1123 name (lowercase, other characters to '-'): a bare
+    machine with `my_host` as its hostname must still scan, with a safe name."""
+    name = re.sub(r"[^a-z0-9.-]", "-", hostname.lower())
+    name = ".".join(label.strip("-")[:63] for label in name.split(".") if label.strip("-"))
+    return name[:253].rstrip(".-") or "localhost"
 
 
 PARSERS = {
@@ -243,28 +271,29 @@ def from_mapping(data: Any, source: str) -> Config:
             raise ConfigError(f"{source}: {key}: unknown key (known: {known})")
         kwargs[key] = parser(value, f"{source}: {key}")
     kwargs["sections"] = sections
-    kwargs["node_name"] = (os.environ.get(NODE_NAME_ENV) or kwargs.get("node_name")
-                           or socket.gethostname())
+    env = os.environ.get(NODE_NAME_ENV)
+    if env:
+        kwargs["node_name"] = node_name(env, NODE_NAME_ENV)
+    elif kwargs.get("node_name"):
+        kwargs["node_name"] = node_name(kwargs["node_name"], f"{source}: node_name")
+    else:  # the kubelet's default node name is the lowercased hostname
+        kwargs["node_name"] = _hostname_as_node_name(socket.gethostname())
     return Config(**kwargs)
 
 
 def load(path: str | None) -> Config:
-    """Load `path`; with None, the default path if it exists, else the defaults."""
+    """Load `path`; with None, the default path if it exists, else the defaults. Every
+    limit of settings_load applies (size, depth, aliases, UTF-8, regular file)."""
     explicit = path is not None
-    p = Path(path or DEFAULT_PATH)
+    p = str(path or DEFAULT_PATH)
     try:
-        text = p.read_text()
+        data = settings_load.load_file(p)
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{p}: no such file") from None
         return from_mapping({}, "<defaults>")
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{p}: {where}: invalid YAML: {problem}") from None
-    return from_mapping(data, str(p))
+    except settings_load.SettingsError as e:
+        raise ConfigError(str(e)) from None
+    return from_mapping(data, p)

@@ -11,6 +11,7 @@ and says why); SIGTERM/SIGINT finish the current cycle and exit 0.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,8 +25,8 @@ from .collect.auth import ProbeCache
 from .collect.ruleset import ParseCache
 from .daemon_settings import DaemonSettings
 from .model import Finding, NodeSnapshot
-from .report.logs import finding_fields, log_finding, make_logger
-from .report.metrics import Metrics, StatusServer
+from .report.logs import finding_fields, log_finding, make_logger, route_module_logs
+from .report.metrics import Metrics, StatusServer, StatusServerError
 from .report.sink import HttpSink
 from .ruleset.reach import ReachMemo
 from .snapshot import take_snapshot
@@ -64,6 +65,7 @@ class Agent:
         self.auth_cache = ProbeCache()  # rate limit: one auth probe per socket per 10 min
         self.snapshotter = snapshotter or self._snapshot
         self.log = make_logger(cfg.node_name, out)
+        route_module_logs(cfg.node_name, out)
         self.metrics = Metrics()
         self.previous: dict[tuple, Finding] = {}
         self.cycles = 0  # successful cycles
@@ -98,25 +100,70 @@ class Agent:
             self.sink.start()
 
     def reload(self) -> None:
+        """Load the config again; a reload that fails for any reason keeps the old config
+        (and its sink) running and says why in one line."""
         try:
             new = config_mod.load(self.config_path)
-        except config_mod.ConfigError as e:
+        except Exception as e:  # nothing in a config file may stop the agent
+            error = str(e) if isinstance(e, config_mod.ConfigError) else \
+                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             self.metrics.reloads.labels("failed").inc()
-            self.log.error("config_reload_failed", error=str(e), keeping=self.cfg.source)
+            self.log.error("config_reload_failed", error=error, keeping=self.cfg.source)
             return
-        old_sink = self.settings.sink
-        self.cfg = new
-        self.log = make_logger(new.node_name, self.out)
-        if self.settings.sink != old_sink:
-            self._start_sink()
+        old_cfg, old_log = self.cfg, self.log
+        try:
+            self.cfg = new
+            self.log = make_logger(new.node_name, self.out)
+            route_module_logs(new.node_name, self.out)
+            if self.settings.sink != old_cfg.section("daemon").sink:
+                self._start_sink()
+        except Exception as e:  # keep running on the old config, as for a load error
+            self.cfg, self.log = old_cfg, old_log
+            route_module_logs(old_cfg.node_name, self.out)
+            if self.sink is None and self.settings.sink is not None:
+                self._start_sink()
+            self.metrics.reloads.labels("failed").inc()
+            self.log.error("config_reload_failed", error=f"{type(e).__name__}: {e}"[:200],
+                           keeping=self.cfg.source)
+            return
         self.metrics.reloads.labels("ok").inc()
         self.log.info("config_reloaded", source=new.source, mode=new.mode,
                       interval=new.interval)
+        self.warn_permissions()
+
+    def warn_permissions(self) -> None:
+        """A token, key or kubeconfig others can read is a leaked credential; a config
+        others can write is a firewall others can change."""
+        from .settings_load import permission_warnings
+
+        paths = {self.config_path or "": "config"}
+        sink = self.settings.sink
+        if sink is not None:
+            paths[sink.token_file] = "secret"
+        cluster = self.cfg.section("cluster")
+        if cluster is not None:
+            paths[cluster.token_file] = "secret"
+            paths[cluster.kubeconfig] = "secret"
+        for path, problem in permission_warnings(paths):
+            self.log.warning("file_permissions_too_open", path=path, problem=problem,
+                             hint="chmod 0600 (tokens, kubeconfig) or 0644 (config)")
 
     # -- health -----------------------------------------------------------------------------
     def healthy(self) -> tuple[bool, str]:
+        """/healthz: scans succeed and the sink delivers."""
+        if self.sink is not None:
+            ok, why = self.sink.health()
+            if not ok:
+                return ok, why
+        return self.alive()
+
+    def alive(self) -> tuple[bool, str]:
+        """/livez: scans succeed and the sink's sender runs. A stalled delivery is not in
+        it: a restart would not bring the collector back (the spool survives anyway)."""
+        if self.sink is not None and not self.sink.sender_alive():
+            return False, "sink: sender thread is not running"
         if self.last_ok == 0.0:
-            if self.attempts == 0:
+            if not self.last_error:  # the first scan is still running
                 return True, "starting"
             return False, f"no successful scan yet: {self.last_error}"
         age = time.time() - self.last_ok
@@ -295,8 +342,14 @@ class Agent:
     def run(self, max_cycles: int | None = None) -> int:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        self.status = StatusServer(self.cfg.metrics_address, self.metrics, self.healthy)
+        try:
+            self.status = StatusServer(self.cfg.metrics_address, self.metrics, self.healthy,
+                                       self.alive)
+        except StatusServerError as e:
+            print(f"nodeward: error: {e.strerror}", file=sys.stderr)
+            return 2
         self.status.start()
+        self.warn_permissions()
         self._start_sink()
         self.log.info("daemon_started", config=self.cfg.source, mode=self.cfg.mode,
                       interval=self.cfg.interval, status_address=self.status.address)

@@ -9,7 +9,9 @@
         spool_dir: /var/lib/nodeward/spool
         spool_max_bytes: 16777216
         batch_size: 500
-        timeout: 10
+        timeout: 10                 # seconds for a whole request (a trickling reply too)
+        stall_after: 600            # /healthz unhealthy when nothing delivered this long
+        max_backoff: 60             # longest pause between retries
       probe_peers:                  # cross-node verification
         enabled: false
         peers:                      # cluster nodes to probe (until the cluster view lists them)
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from .config import ConfigError, parse_port_spec
+from .config import ConfigError, number, parse_port_spec
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,8 @@ class SinkSettings:
     spool_max_bytes: int = 16 * 1024 * 1024
     batch_size: int = 500
     timeout: float = 10.0
+    stall_after: float = 600.0
+    max_backoff: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -75,12 +79,9 @@ def _mapping(value: Any, where: str, allowed: set[str]) -> Mapping[str, Any]:
     return value
 
 
-def _number(value: Any, where: str, minimum: float, integer: bool = False) -> float:
-    ok = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok or value < minimum:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{where}: expected {kind} >= {minimum:g}")
-    return value
+def _number(value: Any, where: str, minimum: float, integer: bool = False,
+            maximum: float = 1e9) -> float:
+    return number(value, where, minimum, maximum, integer)
 
 
 def _string(value: Any, where: str) -> str:
@@ -93,8 +94,13 @@ def _sink(value: Any, where: str) -> SinkSettings:
     v = _mapping(value, where, {f for f in SinkSettings.__dataclass_fields__})
     url = v.get("url")
     parsed = urlparse(url) if isinstance(url, str) else None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"{where}.url: expected an http(s) URL")
+    try:
+        port_ok = parsed is not None and (parsed.port is None or parsed.port > 0)
+    except ValueError:  # ':99999' or ':²'
+        port_ok = False
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname \
+            or not port_ok or not url.isascii() or any(c in url for c in " \r\n\t"):
+        raise ConfigError(f"{where}.url: expected an http(s) URL")  # never echo: credentials
     kw: dict[str, Any] = {"url": url}
     for key in ("token_file", "ca_file", "spool_dir"):
         if key in v:
@@ -105,7 +111,10 @@ def _sink(value: Any, where: str) -> SinkSettings:
     if "batch_size" in v:
         kw["batch_size"] = int(_number(v["batch_size"], f"{where}.batch_size", 1, integer=True))
     if "timeout" in v:
-        kw["timeout"] = float(_number(v["timeout"], f"{where}.timeout", 0.1))
+        kw["timeout"] = float(_number(v["timeout"], f"{where}.timeout", 0.1, maximum=3600))
+    for key in ("stall_after", "max_backoff"):
+        if key in v:
+            kw[key] = float(_number(v[key], f"{where}.{key}", 0.5, maximum=86400))
     return SinkSettings(**kw)
 
 
@@ -122,10 +131,10 @@ def _probe(value: Any, where: str) -> ProbeSettings:
             raise ConfigError(f"{where}.ports: expected a list like ['tcp/10250']")
         kw["ports"] = tuple(parse_port_spec(p, f"{where}.ports") for p in v["ports"])
     if "timeout" in v:
-        kw["timeout"] = float(_number(v["timeout"], f"{where}.timeout", 0.05))
+        kw["timeout"] = float(_number(v["timeout"], f"{where}.timeout", 0.05, maximum=60))
     if "max_per_second" in v:
         kw["max_per_second"] = float(_number(v["max_per_second"], f"{where}.max_per_second",
-                                             0.1))
+                                             0.1, maximum=100000))
     if "every" in v:
         kw["every"] = int(_number(v["every"], f"{where}.every", 1, integer=True))
     if "peers" in v:

@@ -12,7 +12,7 @@ import base64
 import contextlib
 import json
 import os
-import tempfile
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +21,8 @@ from typing import Any
 
 import requests
 import structlog
-import yaml
+
+from . import settings_load
 
 log = structlog.get_logger("nodeward.kubeapi")
 
@@ -47,6 +48,32 @@ class ApiConfig:
     read_timeout: float = 10.0
     retries: int = 2  # extra attempts on 5xx / connection errors only
     backoff: float = 0.2  # seconds, doubled per attempt
+    keep: tuple = field(default=(), repr=False, compare=False)  # memfds behind the paths
+
+
+TOKEN_CHARS = re.compile(r"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 b64token
+
+
+def check_token(token: str, source: str) -> str:
+    """The token itself, or ApiUnavailable naming its source but never its content: an
+    invalid token in a message is a leaked token (it may be valid somewhere else)."""
+    if token and (len(token) > 16384 or not TOKEN_CHARS.fullmatch(token)):
+        raise ApiUnavailable(f"{source}: the token has characters not allowed in a bearer "
+                             f"token (RFC 6750); not sent")
+    return token
+
+
+def read_token(path: str | Path, source: str) -> str:
+    try:
+        raw = settings_load.read_bytes(str(path), source, max_bytes=16384)
+    except (OSError, settings_load.SettingsError) as e:
+        why = e.strerror if isinstance(e, OSError) else str(e)
+        raise ApiUnavailable(f"{source}: unreadable: {why}") from None
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        token = "\x00"  # reported by check_token without the content
+    return check_token(token, source)
 
 
 def in_cluster(sa_dir: Path = SA_DIR, **kw: Any) -> ApiConfig:
@@ -54,29 +81,33 @@ def in_cluster(sa_dir: Path = SA_DIR, **kw: Any) -> ApiConfig:
     port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
     if not host:
         raise ApiUnavailable("not in a cluster: KUBERNETES_SERVICE_HOST is unset")
-    try:
-        token = (sa_dir / "token").read_text().strip()
-    except OSError as e:
-        raise ApiUnavailable(f"service-account token unreadable: {e}") from None
+    token = read_token(sa_dir / "token", "service-account token")
     if ":" in host:
         host = f"[{host}]"
     return ApiConfig(url=f"https://{host}:{port}", token=token, ca_file=str(sa_dir / "ca.crt"),
                      **kw)
 
 
-def _materialize(data_b64: str, suffix: str) -> str:
-    """kubeconfig *-data fields to a private temp file (requests wants paths)."""
-    fd, path = tempfile.mkstemp(prefix="nodeward-kube-", suffix=suffix)
-    with os.fdopen(fd, "wb") as f:
-        f.write(base64.b64decode(data_b64))
-    return path
+def _materialize(data_b64: str, keep: list) -> str:
+    """kubeconfig *-data fields into an anonymous memory file (memfd): requests wants a
+    path, and a path under /proc/self/fd names memory, never the disk. The file lives as
+    long as the ApiConfig holding it (`keep`); nothing is ever written to $TMPDIR."""
+    data = base64.b64decode("".join(str(data_b64).split()), validate=True)
+    fd = os.memfd_create("nodeward-kube", os.MFD_CLOEXEC)
+    f = os.fdopen(fd, "w+b")
+    f.write(data)
+    f.flush()
+    keep.append(f)
+    return f"/proc/self/fd/{fd}"
 
 
 def from_kubeconfig(path: str | Path, context: str = "", **kw: Any) -> ApiConfig:
     """Token, client certificate and CA from a kubeconfig (file paths or inline data).
-    Exec/auth-provider plugins are not run: a read-only agent should not spawn them."""
+    Exec/auth-provider plugins are not run: a read-only agent should not spawn them.
+    Messages name keys, never values: a kubeconfig is full of secrets."""
+    keep: list = []
     try:
-        doc = yaml.safe_load(Path(path).read_text())
+        doc = settings_load.load_file(str(path), f"kubeconfig {path}")
         ctx_name = context or doc["current-context"]
         ctx = next(c["context"] for c in doc["contexts"] if c["name"] == ctx_name)
         cluster = next(c["cluster"] for c in doc["clusters"] if c["name"] == ctx["cluster"])
@@ -84,26 +115,50 @@ def from_kubeconfig(path: str | Path, context: str = "", **kw: Any) -> ApiConfig
                      if u["name"] == ctx.get("user")), {}) or {}
         base = Path(path).parent
 
-        def file_or_data(key: str, suffix: str, src: dict) -> str:
+        def file_or_data(key: str, src: dict) -> str:
             if src.get(f"{key}-data"):
-                return _materialize(src[f"{key}-data"], suffix)
+                return _materialize(src[f"{key}-data"], keep)
             if src.get(key):
                 return str((base / src[key]).resolve())
             return ""
 
-        token = user.get("token", "")
+        token = check_token(user.get("token", "") or "", f"kubeconfig {path}: user token")
         if not token and user.get("tokenFile"):
-            token = (base / user["tokenFile"]).read_text().strip()
+            token = read_token(base / user["tokenFile"], f"kubeconfig {path}: tokenFile")
         if cluster.get("insecure-skip-tls-verify"):
-            raise ApiUnavailable(f"{path}: insecure-skip-tls-verify is not honoured")
+            raise ApiUnavailable(f"kubeconfig {path}: insecure-skip-tls-verify is not "
+                                 f"honoured")
         return ApiConfig(url=cluster["server"].rstrip("/"), token=token,
-                         ca_file=file_or_data("certificate-authority", ".crt", cluster),
-                         client_cert=file_or_data("client-certificate", ".crt", user),
-                         client_key=file_or_data("client-key", ".key", user), **kw)
+                         ca_file=file_or_data("certificate-authority", cluster),
+                         client_cert=file_or_data("client-certificate", user),
+                         client_key=file_or_data("client-key", user), keep=tuple(keep), **kw)
     except ApiUnavailable:
+        _close_all(keep)
         raise
-    except (OSError, yaml.YAMLError, KeyError, TypeError, StopIteration, ValueError) as e:
-        raise ApiUnavailable(f"kubeconfig {path}: {type(e).__name__}: {e}") from None
+    except settings_load.SettingsError as e:
+        _close_all(keep)
+        raise ApiUnavailable(str(e)) from None
+    except (OSError, KeyError, TypeError, StopIteration, ValueError, AttributeError) as e:
+        _close_all(keep)
+        what = f"missing key {e}" if isinstance(e, KeyError) else type(e).__name__
+        raise ApiUnavailable(f"kubeconfig {path}: {what}") from None
+
+
+def _close_all(files: Any) -> None:
+    for f in files:
+        with contextlib.suppress(OSError):
+            f.close()
+
+
+def scrub(text: str, cfg: ApiConfig) -> str:
+    """An exception's text with the token and URL credentials taken out (requests puts
+    header values into InvalidHeader messages and URLs into connection errors)."""
+    if cfg.token:
+        text = text.replace(cfg.token, "<redacted>")
+    return _USERINFO.sub(r"\1***@", text)
+
+
+_USERINFO = re.compile(r"(\w+://)[^/@\s]*@")
 
 
 class KubeApi:
@@ -129,9 +184,10 @@ class KubeApi:
                 r = self.s.get(url, params=params, verify=self.verify,
                                timeout=(self.cfg.connect_timeout, self.cfg.read_timeout))
             except requests.exceptions.SSLError as e:
-                raise ApiUnavailable(f"GET {path}: TLS verification failed: {e}") from None
-            except requests.RequestException as e:
-                reason = f"GET {path}: {type(e).__name__}: {e}"
+                raise ApiUnavailable(scrub(f"GET {path}: TLS verification failed: {e}",
+                                           self.cfg)) from None
+            except (requests.RequestException, ValueError) as e:
+                reason = scrub(f"GET {path}: {type(e).__name__}: {e}", self.cfg)
             else:
                 if r.status_code == 404:
                     raise NotFound(path)
@@ -247,14 +303,16 @@ class KubeApi:
                              params={"fieldManager": "nodeward", "force": "true"},
                              headers={"Content-Type": "application/apply-patch+yaml"},
                              timeout=(self.cfg.connect_timeout, self.cfg.read_timeout))
-        except requests.RequestException as e:
-            raise ApiUnavailable(f"PATCH {path}: {type(e).__name__}: {e}") from None
+        except (requests.RequestException, ValueError) as e:
+            raise ApiUnavailable(scrub(f"PATCH {path}: {type(e).__name__}: {e}",
+                                       self.cfg)) from None
         if r.status_code >= 400:
             raise ApiUnavailable(f"PATCH {path}: HTTP {r.status_code} {r.reason}")
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.s.close()
+        _close_all(self.cfg.keep)
 
 
 class Gone(ApiUnavailable):

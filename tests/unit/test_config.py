@@ -75,7 +75,7 @@ def test_env_overrides_node_name(tmp_path, monkeypatch):
     ("suppress: [{id: NW101, reason: x, port: http}]", "{p}: suppress[0].port: 'http' is not "
      "a port number"),
     ("catalog: [{name: x}]", "{p}: catalog[0]: new component 'x' needs 'ports'"),
-    ("interval: 0", "{p}: interval: expected a number of seconds >= 1"),
+    ("interval: 0", "{p}: interval: expected a number of seconds between 1 and 86400, got 0"),
     ("firewall: maybe", "{p}: firewall: expected true or false"),
     ("metrics_address: localhost:80", "{p}: metrics_address: 'localhost' is not an IP address"),
     ("- a\n- b", "{p}: expected a mapping of settings at the top level"),
@@ -94,3 +94,16 @@ def test_errors_are_one_exact_line(tmp_path, text, message):
 def test_explicit_missing_file(tmp_path):
     with pytest.raises(ConfigError, match=r"absent.yaml: no such file$"):
         config.load(str(tmp_path / "absent.yaml"))
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "Worker_1", "x" * 254, "-a", "a..b"])
+def test_node_name_must_be_dns1123_from_file_env_and_cluster(tmp_path, monkeypatch, name):
+    """It goes into the PolicyReport's API path and name: no path, no uppercase."""
+    monkeypatch.delenv("NODEWARD_NODE_NAME", raising=False)
+    with pytest.raises(config.ConfigError, match="not a valid node name"):
+        config.from_mapping({"node_name": name}, "f")
+    with pytest.raises(config.ConfigError, match="not a valid node name"):
+        config.from_mapping({"cluster": {"node_name": name}}, "f")
+    monkeypatch.setenv("NODEWARD_NODE_NAME", name)
+    with pytest.raises(config.ConfigError, match="NODEWARD_NODE_NAME"):
+        config.from_mapping({}, "f")

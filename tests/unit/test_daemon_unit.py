@@ -35,8 +35,9 @@ def test_settings_defaults_and_full():
 @pytest.mark.parametrize(("value", "message"), [
     ({"sink": {"url": "ftp://x"}}, "d.sink.url: expected an http(s) URL"),
     ({"sink": {"url": "http://x", "spool_max_bytes": 10}},
-     "d.sink.spool_max_bytes: expected an integer >= 4096"),
-    ({"full_report_every": 0}, "d.full_report_every: expected an integer >= 1"),
+     "d.sink.spool_max_bytes: expected an integer between 4096 and 1000000000, got 10"),
+    ({"full_report_every": 0},
+     "d.full_report_every: expected an integer between 1 and 1000000000, got 0"),
     ({"probe_peers": {"ports": ["10250"]}}, "d.probe_peers.ports: '10250' is not a port like "
      "'tcp/22'"),
     ({"bogus": 1}, "d: unknown key 'bogus'"),

@@ -44,7 +44,8 @@ def test_config_option_before_or_after_the_command(argv, tmp_path, capsys, no_sc
     bad.write_text("interval: soon\n")
     assert cli.main([a.format(bad=bad) for a in argv]) == 2
     assert one_line_error(capsys) == (
-        f"nodeward: config error: {bad}: interval: expected a number of seconds >= 1\n")
+        f"nodeward: config error: {bad}: interval: expected a number of seconds between 1 "
+        "and 86400, got 'soon'\n")
 
 
 def test_later_config_option_wins(tmp_path, capsys):

@@ -15,10 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import yaml
 
+from .. import settings_load
 from ..checks.encryption import PeerNode
-from ..kubeapi import ApiConfig, ApiUnavailable, KubeApi, NotFound, from_kubeconfig, in_cluster
+from ..kubeapi import (
+    ApiConfig,
+    ApiUnavailable,
+    KubeApi,
+    NotFound,
+    from_kubeconfig,
+    in_cluster,
+    read_token,
+)
 
 log = structlog.get_logger("nodeward.cluster")
 
@@ -74,8 +82,10 @@ class ClusterSettings:
                 kw[key] = k.pop(key)
         if "timeout" in k:
             t = k.pop("timeout")
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
-                raise ValueError("kubernetes.timeout: expected a positive number of seconds")
+            if isinstance(t, bool) or not isinstance(t, (int, float)) \
+                    or not 0 < t <= 3600:  # NaN fails both comparisons
+                raise ValueError("kubernetes.timeout: expected seconds, more than 0 and "
+                                 "at most 3600")
             kw["timeout"] = float(t)
         if "retries" in k:
             r = k.pop("retries")
@@ -263,10 +273,7 @@ def api_config(settings: ClusterSettings) -> ApiConfig:
     if settings.api_url:
         token = ""
         if settings.token_file:
-            try:
-                token = Path(settings.token_file).read_text().strip()
-            except OSError as e:
-                raise ApiUnavailable(f"token_file {settings.token_file}: {e}") from None
+            token = read_token(settings.token_file, f"token_file {settings.token_file}")
         return ApiConfig(url=settings.api_url.rstrip("/"), token=token,
                          ca_file=settings.ca_file, **kw)
     if settings.kubeconfig:
@@ -300,15 +307,21 @@ def from_api(node: str, api: KubeApi) -> ClusterView:
 
 
 def _documents(path: Path, item: Callable[[Any], Any] = lambda o: o) -> list[Any]:
-    """A file's documents: JSON with the json module, YAML with libyaml where PyYAML has
-    it (pure-Python YAML took 47 s for a 5,000-node dump). `item` is applied to each
-    element of a JSON List's `items` as it is decoded, so `kubectl get nodes -o json` of
-    a big cluster (35 MB for 5,000 nodes: 170 MB as Python objects) is never held whole."""
-    text = path.read_text()
+    """A file's documents, bounded like every settings source (settings_load: a regular
+    file, UTF-8, size; YAML alias expansion and depth) with limits for API dumps of a big
+    cluster. JSON goes through the json module, and a List's `items` are decoded one at a
+    time through `item`, so `kubectl get nodes -o json` of 5,000 nodes (35 MB; 170 MB as
+    objects) is never held whole; YAML through the bounded loader. Raises ValueError
+    (SettingsError is one)."""
+    source = f"offline file {path}"
+    text = settings_load.decode(settings_load.read_bytes(str(path), source, 256 << 20),
+                                source)
     if path.suffix == ".json":
-        return [_json_list(text, item)]
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return list(yaml.load_all(text, Loader=loader))
+        try:
+            return [_json_list(text, item)]
+        except RecursionError:
+            raise ValueError(f"{source}: nested too deeply") from None
+    return list(settings_load.load_text(text, source, multi=True, max_nodes=50_000_000))
 
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -374,7 +387,7 @@ def load_offline(node: str, directory: str | Path) -> ClusterView:
     def add(obj: Any, where: str) -> None:
         if not isinstance(obj, dict):
             return
-        kind = obj.get("kind", "")
+        kind = obj.get("kind") if isinstance(obj.get("kind"), str) else ""
         if kind.endswith("List") and isinstance(obj.get("items"), list):
             for item in obj["items"]:
                 if isinstance(item, dict) and "kind" not in item and kind != "List":
@@ -395,7 +408,7 @@ def load_offline(node: str, directory: str | Path) -> ClusterView:
         try:
             for doc in _documents(path, slim):
                 add(doc, str(path))
-        except (OSError, ValueError, yaml.YAMLError) as e:
+        except (OSError, ValueError) as e:
             reason = f"offline file {path}: {type(e).__name__}: {e}".splitlines()[0]
             log.error("cluster_state_unknown", reason=reason)
             unknown.append(reason)
@@ -471,7 +484,7 @@ def audit_objects_offline(directory: str | Path) -> tuple[list[dict], list[str]]
         try:
             for doc in _documents(path):
                 add(doc)
-        except (OSError, ValueError, yaml.YAMLError) as e:
+        except (OSError, ValueError) as e:
             unknown.append(f"offline file {path}: {type(e).__name__}: {e}".splitlines()[0])
     return out, unknown
 

@@ -18,10 +18,12 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import settings_load
 from ..config import ConfigError, parse_cidrs
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -57,10 +59,11 @@ def hostport(value: Any, where: str) -> tuple[IPAddress, int]:
     if not isinstance(value, str) or ":" not in value:
         raise ConfigError(f"{where}: expected HOST:PORT with an IP address, e.g. 10.0.0.1:6443")
     host, _, port = value.rpartition(":")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    number = settings_load.port(port)
+    if not number:
         raise ConfigError(f"{where}: {value!r} has no valid port")
     try:
-        return ipaddress.ip_address(host.strip("[]")), int(port)
+        return ipaddress.ip_address(host.strip("[]")), number
     except ValueError:
         raise ConfigError(f"{where}: {host!r} is not an IP address") from None
 
@@ -99,7 +102,8 @@ def parse(value: Any, where: str) -> EnforceSettings:
             raise ConfigError(f"{where}.metadata_addresses: {e}") from None
     if "confirm_timeout" in v:
         t = v["confirm_timeout"]
-        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 3600:
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) \
+                or not 0 <= t <= 3600:
             raise ConfigError(f"{where}.confirm_timeout: expected seconds between 0 and 3600")
         kw["confirm_timeout"] = float(t)
     if "probes" in v:

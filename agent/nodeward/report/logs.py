@@ -37,8 +37,13 @@ def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     return scrub(event)
 
 
-def _processors() -> list[Any]:
+def _processors(node: str) -> list[Any]:
+    def add_node(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        event.setdefault("node", node)
+        return event
+
     return [
+        add_node,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
         structlog.processors.format_exc_info,
@@ -51,19 +56,22 @@ def _processors() -> list[Any]:
 def make_logger(node: str, stream: IO[str] | None = None) -> Any:
     return structlog.wrap_logger(
         structlog.PrintLogger(stream or sys.stderr),
-        processors=_processors(),
+        processors=_processors(node),
         wrapper_class=structlog.BoundLogger,
     ).bind(node=node)
 
 
-def configure_module_loggers() -> None:
-    """Module-level `structlog.get_logger()` loggers (collect/cluster.py, kubeapi.py) write
-    the same redacted JSON lines, to stderr: structlog's default would print unredacted
-    console text to stdout, into the middle of `scan --format json` or the daemon's log.
-    Called once by the CLI entry point; tests may still override it (capture_logs)."""
-    structlog.configure(processors=_processors(), wrapper_class=structlog.BoundLogger,
-                        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
-                        cache_logger_on_first_use=False)
+def route_module_logs(node: str, stream: IO[str] | None = None) -> None:
+    """Send the module-level loggers (kubeapi, cluster collector, ...) to `stream` (None:
+    whatever sys.stderr is at each call) in the same JSON schema: structlog's default is
+    console text on stdout, which a log pipeline cannot parse and which corrupted
+    `scan --format json`. The one process-wide setting the CLI and the daemon make."""
+
+    def factory(*_args: Any) -> Any:
+        return structlog.PrintLogger(stream if stream is not None else sys.stderr)
+
+    structlog.configure(processors=_processors(node), wrapper_class=structlog.BoundLogger,
+                        logger_factory=factory, cache_logger_on_first_use=False)
 
 
 def finding_fields(f: Finding) -> dict[str, Any]:

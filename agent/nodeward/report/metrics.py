@@ -8,11 +8,12 @@ check metrics` in the tests): base units, `_total` on counters, no label value i
 
 from __future__ import annotations
 
+import asyncio
+import os
 import platform
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import prometheus_client
 from prometheus_client import (
@@ -92,50 +93,105 @@ class Metrics:
             self.sink_dropped.inc(dropped)
 
 
-class _Server6(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
+class StatusServerError(OSError):
+    """The status address cannot be served (port taken, address not local): one line."""
 
 
 class StatusServer:
-    """/metrics and /healthz on a small threaded HTTP server in a daemon thread."""
+    """/metrics, /healthz (everything, delivery included) and /livez (the agent itself:
+    for a liveness probe, since restarting it does not bring a collector back) on one
+    asyncio thread.
+
+    Why not http.server: one thread per connection and a backlog of 5 let a handful of
+    idle clients (slowloris) hold /healthz hostage. Here an idle connection costs a few
+    hundred bytes, not a thread; each one has TIMEOUT seconds to send its request and read
+    the answer, at most MAX_CONNECTIONS are open (more are closed at once) and a request
+    head is at most 8 KiB. The answer is computed in the loop thread: it is cheap."""
+
+    TIMEOUT = 5.0
+    MAX_CONNECTIONS = 256
 
     def __init__(self, address: str, metrics: Metrics,
-                 healthy: Callable[[], tuple[bool, str]]) -> None:
+                 healthy: Callable[[], tuple[bool, str]],
+                 live: Callable[[], tuple[bool, str]] | None = None) -> None:
         host, _, port = address.rpartition(":")
-        registry = metrics.registry
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/metrics":
-                    body, ctype, code = generate_latest(registry), CONTENT_TYPE_LATEST, 200
-                elif self.path == "/healthz":
-                    ok, why = healthy()
-                    body, ctype, code = (why + "\n").encode(), "text/plain", 200 if ok else 503
-                else:
-                    body, ctype, code = b"not found\n", "text/plain", 404
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass  # the agent's own log is the structured one
-
-        server_cls = _Server6 if ":" in host else ThreadingHTTPServer
-        self.server = server_cls((host.strip("[]"), int(port)), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       name="nodeward-status", daemon=True)
+        host = host.strip("[]")
+        self.registry = metrics.registry
+        self.healthy = healthy
+        self.live = live or healthy
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            self.sock = socket.create_server((host, int(port)), family=family, backlog=128)
+        except OSError as e:
+            why = os.strerror(e.errno) if e.errno else str(e)
+            raise StatusServerError(e.errno, f"status server {address}: {why}") from None
+        self.open = 0
+        self.served = 0
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="nodeward-status",
+                                       daemon=True)
 
     @property
     def address(self) -> str:
-        host, port = self.server.server_address[:2]
+        host, port = self.sock.getsockname()[:2]
         return f"{host}:{port}"
 
     def start(self) -> None:
         self.thread.start()
+        self._ready.wait(5)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+        self.sock.close()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(
+            asyncio.start_server(self._handle, sock=self.sock, limit=8192))
+        self._ready.set()
+        try:
+            self.loop.run_forever()
+        finally:
+            server.close()
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+            self.loop.run_until_complete(asyncio.sleep(0))
+            self.loop.close()
+
+    def _answer(self, path: str) -> tuple[int, str, bytes]:
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path in ("/healthz", "/livez"):
+            ok, why = (self.healthy if path == "/healthz" else self.live)()
+            return (200 if ok else 503), "text/plain", (why + "\n").encode()
+        return 404, "text/plain", b"not found\n"
+
+    async def _handle(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        if self.open >= self.MAX_CONNECTIONS:
+            writer.close()
+            return
+        self.open += 1
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.TIMEOUT)
+            parts = head.split(b"\r\n", 1)[0].split()
+            if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD"):
+                code, ctype, body = 400, "text/plain", b"bad request\n"
+            else:
+                code, ctype, body = self._answer(parts[1].decode("latin-1"))
+            reason = {200: "OK", 400: "Bad Request", 404: "Not Found",
+                      503: "Service Unavailable"}[code]
+            writer.write(f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\n"
+                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                         .encode() + (b"" if parts[:1] == [b"HEAD"] else body))
+            await asyncio.wait_for(writer.drain(), self.TIMEOUT)
+            self.served += 1
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ValueError, OSError):
+            pass  # a slow, broken or oversized client: just close it
+        finally:
+            self.open -= 1
+            writer.close()
