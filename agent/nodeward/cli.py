@@ -89,6 +89,8 @@ COMMAND_MODULES = (
     "nodeward.commands.daemon",
     "nodeward.commands.inspect",
     "nodeward.commands.completion",
+    "nodeward.policy.verify",
+    "nodeward.policy.suggest",
 )
 
 
