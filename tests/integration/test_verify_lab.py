@@ -8,9 +8,11 @@ test's own connections from each pod.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
+from nodeward.policy.verify import discover
 from tests.lab import enforce_helpers as h
 
 pytestmark = pytest.mark.lab
@@ -65,6 +67,11 @@ def test_verify_reports_what_pods_really_reach(lab, tmp_path):
     assert not lab.connect(t.pod, h.METADATA, 80, timeout=TIMEOUT)
     assert not lab.connect(pod_b, h.METADATA, 80, timeout=TIMEOUT)
     assert lab.connect(t.node, h.METADATA, 80, timeout=TIMEOUT)  # the listener is there
+
+    # Discovery (from this process's namespace) lists both pods' named namespaces, once
+    found = {p.name: p for p in discover()}
+    for ns in (t.pod, pod_b):
+        assert found[f"netns {ns.name}"].inode == os.stat(f"/run/netns/{ns.name}").st_ino
 
     r = h.nodeward(lab, t.node, cfg, "verify", "--netns", t.pod.name, "--netns",
                    pod_b.name, "--expect-blocked", f"{h.NODE_IP}:22", "--expect-open",

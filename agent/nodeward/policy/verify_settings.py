@@ -56,11 +56,10 @@ def hostport(value: Any, where: str) -> tuple[str, int]:
         raise ConfigError(f"{where}: {host!r} is not an IP address") from None
 
 
-def _number(key: str, value: Any, where: str) -> float:
+def _number(key: str, value: Any, label: str) -> float:
     lo, hi = _NUMBERS[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi \
-            or value != value:
-        raise ConfigError(f"{where}.{key}: expected a number between {lo} and {hi}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        raise ConfigError(f"{label}: expected a number between {lo} and {hi}")
     return value
 
 
@@ -80,7 +79,7 @@ def parse(value: Any, where: str) -> VerifySettings:
             kw[key] = tuple(hostport(x, f"{where}.{key}") for x in v[key])
     for key in _NUMBERS:
         if key in v:
-            n = _number(key, v[key], where)
+            n = _number(key, v[key], f"{where}.{key}")
             kw[key] = int(n) if key in ("max_pods", "max_targets") else float(n)
     if "ipv6" in v:
         if not isinstance(v["ipv6"], bool):
