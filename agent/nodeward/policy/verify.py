@@ -211,7 +211,7 @@ def _finding(c: Check) -> Finding | None:
     t, o = c.target, c.outcome
     ev = {"netns": c.pod.name, "netns_path": c.pod.path, "source": o.source,
           "observed": o.outcome, "detail": o.detail, "seconds": o.seconds,
-          "expected": c.expected, "why": c.expected and c.why}
+          "expected": c.expected, "why": c.why}
     where = f"{t.host}:{t.port}"
     if c.expected == "open":
         return Finding("NW532", Severity.MEDIUM,
@@ -342,7 +342,10 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
         return EXIT_USAGE
     snap = take_snapshot(cfg, firewall=False)
     result = verify(cfg, snap, pods, vs, discovered)
-    findings = tuple(f for f in result.findings if f.id not in cfg.suppress)
+    from ..checks import split_suppressed
+
+    kept = split_suppressed(list(result.findings), cfg.suppress)
+    findings = tuple(kept.findings)
     result = VerifyResult(result.node, result.checks, findings, result.discovered,
                           result.sampled, result.errors)
     if args.format == "json":
