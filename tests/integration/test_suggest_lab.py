@@ -74,6 +74,8 @@ def test_suggest_from_audit_then_enforce_admits_exactly_what_was_seen(lab, tmp_p
     r = h.nodeward(lab, t.node, cfg, "suggest", "--calico-out", str(calico), "--allow-out",
                    str(allow))
     assert r.returncode == 0, r.stderr
+    # every default source of a listening component sent something: no warning
+    assert "sent nothing" not in r.stderr, r.stderr
     text = calico.read_text()
     docs = list(yaml.safe_load_all(text))
     assert [d["kind"] for d in docs] == ["HostEndpoint", "StagedGlobalNetworkPolicy"]

@@ -216,3 +216,27 @@ def test_verify_settings_cli_overrides():
         expect_open=(("10.0.0.2", 2),)), args)
     assert vs.metadata == (("169.254.170.2", 80),) and vs.max_pods == 3
     assert vs.expect_open == (("10.0.0.2", 2), ("10.0.0.1", 1))
+
+
+def test_default_sources_that_sent_nothing_are_warned_about():
+    from nodeward.enforce.plan import MARKER, build_plan
+    from nodeward.model import NodeSnapshot
+
+    cfg = from_mapping({"node_cidrs": ["10.77.0.0/24"],
+                        "enforce": {"control_plane": ["10.0.0.0/24"],
+                                    "api_server": "10.77.0.1:6443"}}, "t")
+    plan = build_plan(NodeSnapshot("n", "t"), cfg.catalog, cfg, cfg.section("enforce"))
+    ports = [suggest.Port(n, p, tuple(r)) for n, p, r in plan.protected]
+    by_name = {p.component: p for p in ports}
+    by_name["kubelet"].sources["10.0.0.5"] = suggest.Source("10.0.0.5", 1)
+    listening = {("tcp", 10250), ("tcp", 2379), ("tcp", 6443)}
+    notes = suggest.unobserved_defaults(plan, ports, MARKER, listening, {"10.77.0.1"})
+    # kubelet: the control plane was seen, the API server is the node itself (loopback);
+    # etcd and the API server's sources sent nothing; 9091 etc. do not listen here
+    assert notes == [
+        "etcd-client: etcd-members 10.0.0.0/24 is a nodeward default source but sent nothing "
+        "during audit; the Calico policy denies it",
+        "kube-apiserver: node-cidrs 10.77.0.0/24 is a nodeward default source but sent "
+        "nothing during audit; the Calico policy denies it",
+        "kube-apiserver: control-plane 10.0.0.0/24 is a nodeward default source but sent "
+        "nothing during audit; the Calico policy denies it"]

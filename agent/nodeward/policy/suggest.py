@@ -185,6 +185,32 @@ def counters_by_component(counters: Iterable[Any], marker: str) -> dict[str, int
     return out
 
 
+def unobserved_defaults(plan: Any, ports: Sequence[Port], marker: str,
+                        listening: set[tuple[str, int]], local: set[str]) -> list[str]:
+    """nodeward's default sources (the `<component> from <why>` accepts of the plan: control
+    plane, etcd members, node CIDRs) that no observed source falls in. The Calico policy
+    allows observed sources only, so it would deny these: say so before anyone enforces it
+    (an API server that did not call the kubelet during audit would lose logs/exec)."""
+    seen = {p.component: [ipaddress.ip_address(a) for a in p.sources] for p in ports
+            if any((p.proto, n) in listening for lo, hi in p.ports for n in range(lo, hi + 1))}
+    out = []
+    for r in plan.rules:
+        text = r.comment.removeprefix(f"{marker}: ")
+        comp, sep, why = text.partition(" from ")
+        if r.chain != "input" or r.verdict != "accept" or not sep or not r.match.saddr \
+                or comp not in seen:
+            continue
+        net = ipaddress.ip_network(r.match.saddr)
+        if net.num_addresses == 1 and str(net.network_address) in local:
+            continue  # the node itself: over loopback, which no host policy sees
+        if not any(a.version == net.version and a in net for a in seen[comp]):
+            line = f"{comp}: {why} {net} is a nodeward default source but sent nothing " \
+                   "during audit; the Calico policy denies it"
+            if line not in out:
+                out.append(line)
+    return out
+
+
 # -- report: Calico YAML and nodeward config ----------------------------------------------
 
 
@@ -335,9 +361,17 @@ def cmd_suggest(args: argparse.Namespace, cfg: Config) -> int:
         notes.append(counter_note)
     for p in ports:
         p.counted = counts.get(p.component, 0)
+    listening = {(k.protocol, k.port) for k in snap.sockets}
+    notes += unobserved_defaults(plan, ports, MARKER, listening, local)
     if not any(c for c in counts.values()) and counts:
         notes.append("the audit rules counted nothing yet (was `apply --mode audit` run, "
                      "and has traffic reached the node since?)")
+    if not read_any:
+        for n in notes:
+            print(f"nodeward: suggest: warning: {n}", file=sys.stderr)
+        print("nodeward: suggest: no source of observed traffic could be read; nothing "
+              "written", file=sys.stderr)
+        return EXIT_NOTHING
     observed = sum(len(p.sources) for p in ports)
     header = [f"nodeward suggest, node {snap.node}, {now_rfc3339()}",
               f"from {len(flows)} flow(s) ({'conntrack' if args.conntrack else 'no conntrack'}"
@@ -357,9 +391,6 @@ def cmd_suggest(args: argparse.Namespace, cfg: Config) -> int:
         _write(args.allow_out, allow_config(raw, ports, header))
     for n in notes:
         print(f"nodeward: suggest: warning: {n}", file=sys.stderr)
-    if not read_any:
-        print("nodeward: suggest: no source of observed traffic could be read", file=sys.stderr)
-        return EXIT_NOTHING
     return EXIT_OK
 
 
