@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +127,63 @@ def test_verify_reports_what_pods_really_reach(lab, tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr  # NW530/NW531 are high
     assert "NW530" in r.stdout and "NW531" in r.stdout and "MISMATCH" in r.stdout
     assert f"{POD_B_IP}" in r.stdout
+
+
+def _pod_cgroup(name: str, uid: str) -> Path | None:
+    """A real cgroup whose path names a pod the way the kubelet's cgroupfs driver does
+    (…/kubepods/besteffort/pod<uid>), on cgroup v2 or v1's pids hierarchy."""
+    for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/pids")):
+        if (root / "cgroup.procs").exists() and os.access(root, os.W_OK):
+            leaf = root / name / "kubepods" / "besteffort" / f"pod{uid}"
+            try:
+                leaf.mkdir(parents=True)
+            except OSError:
+                continue
+            return leaf
+    return None
+
+
+def _remove_cgroup(leaf: Path, top: str) -> None:
+    d = leaf
+    while d.name != top:
+        d.rmdir()
+        d = d.parent
+    d.rmdir()
+
+
+def test_discover_finds_a_pod_by_its_cgroup_and_verify_probes_through_proc(lab, tmp_path):
+    uid = "5e1f2c3d-4b5a-4697-8899-aabbccddeeff"
+    t = h.build(lab)
+    top = f"nodeward-test-{lab.prefix}"
+    leaf = _pod_cgroup(top, uid)
+    if leaf is None:
+        pytest.skip("cannot create a cgroup here (no writable cgroup v2 or v1 pids tree)")
+    sleeper = lab.spawn(t.pod, ["sleep", "60"])
+    try:
+        pod_ino = os.stat(f"/run/netns/{t.pod.name}").st_ino
+        pid = sleeper.pid  # `ip netns exec` execs the command in place
+        deadline = time.monotonic() + 5
+        while os.stat(f"/proc/{pid}/ns/net").st_ino != pod_ino:
+            assert time.monotonic() < deadline, "sleep never entered the pod namespace"
+            time.sleep(0.05)
+        (leaf / "cgroup.procs").write_text(str(pid))
+        found = [p for p in discover() if p.source == "cgroup" and uid in p.name]
+        assert [(p.name, p.inode, p.path) for p in found] == [
+            (f"pod {uid}", pod_ino, f"/proc/{pid}/ns/net")]
+        # and verify enters it through /proc/PID/ns/net
+        cfg = h.config_raw(tmp_path, {})
+        r = h.nodeward(lab, t.node, cfg, "verify", "--netns", found[0].path, "--timeout",
+                       str(TIMEOUT), "--format", "json")
+        assert r.returncode == 1, r.stderr  # no policy at all: the pod reaches everything
+        doc = json.loads(r.stdout)
+        kubelet = [c for c in doc["connections"]
+                   if (c["target"], c["port"]) == (h.NODE_IP, 10250)]
+        assert [(c["source"], c["observed"]) for c in kubelet] == [(h.POD_IP, "open")]
+        ids = {(f["id"], f["port"]) for f in doc["findings"]}
+        assert ("NW530", 10250) in ids and ("NW531", 80) in ids
+    finally:
+        lab.stop(sleeper)
+        root = leaf.parents[3]
+        for p in (leaf / "cgroup.procs").read_text().split():
+            (root / "cgroup.procs").write_text(p)
+        _remove_cgroup(leaf, top)
