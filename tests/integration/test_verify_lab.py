@@ -155,10 +155,10 @@ def test_discover_finds_a_pod_by_its_cgroup_and_verify_probes_through_proc(lab, 
     uid = "5e1f2c3d-4b5a-4697-8899-aabbccddeeff"
     t = h.build(lab)
     top = f"nodeward-test-{lab.prefix}"
+    sleeper = lab.spawn(t.pod, ["sleep", "60"])
     leaf = _pod_cgroup(top, uid)
     if leaf is None:
         pytest.skip("cannot create a cgroup here (no writable cgroup v2 or v1 pids tree)")
-    sleeper = lab.spawn(t.pod, ["sleep", "60"])
     try:
         pod_ino = os.stat(f"/run/netns/{t.pod.name}").st_ino
         pid = sleeper.pid  # `ip netns exec` execs the command in place
