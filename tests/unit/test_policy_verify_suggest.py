@@ -240,3 +240,41 @@ def test_default_sources_that_sent_nothing_are_warned_about():
         "nothing during audit; the Calico policy denies it",
         "kube-apiserver: control-plane 10.0.0.0/24 is a nodeward default source but sent "
         "nothing during audit; the Calico policy denies it"]
+
+
+def test_targets_are_listening_components_at_the_addresses_they_answer_on():
+    from nodeward.model import Address, BindScope, Interface, NodeSnapshot, ProcessInfo, Socket
+
+    def sock(name, addr, port, scope, v6only=None):
+        fam = 6 if ":" in addr else 4
+        return Socket("tcp", fam, addr, port, port, 0, process=ProcessInfo(1, name, name),
+                      scope=scope, v6only=v6only)
+
+    snap = NodeSnapshot("n", "t", sockets=(
+        sock("kubelet", "0.0.0.0", 10250, BindScope.WILDCARD),
+        sock("etcd", "10.0.0.1", 2379, BindScope.NODE_PRIVATE),
+        sock("kube-scheduler", "127.0.0.1", 10259, BindScope.LOOPBACK),
+        sock("sshd", "0.0.0.0", 22, BindScope.WILDCARD),
+        sock("kube-apiserver", "::", 6443, BindScope.WILDCARD, v6only=True),
+        sock("node_exporter", "::", 9100, BindScope.WILDCARD, v6only=False),
+        sock("nginx", "0.0.0.0", 10255, BindScope.WILDCARD),  # squats a strict port
+    ), interfaces=(
+        Interface("lo", 1, addresses=(Address("lo", 4, "127.0.0.1", 8),)),
+        Interface("eth0", 2, addresses=(Address("eth0", 4, "10.0.0.1", 24),
+                                        Address("eth0", 6, "fd00::1", 64),
+                                        Address("eth0", 6, "fe80::1", 64))),
+        Interface("tunl0", 3, addresses=(Address("tunl0", 4, "10.244.0.1", 32),)),
+    ))
+    cfg = from_mapping({}, "t")
+    got = [(t.host, t.port, t.kind, t.component)
+           for t in verify.targets_for(snap, cfg, verify_settings.VerifySettings())]
+    assert got == [
+        ("10.0.0.1", 2379, "component", "etcd-client"),
+        ("10.0.0.1", 9100, "component", "node-exporter"),
+        ("10.244.0.1", 9100, "component", "node-exporter"),
+        ("10.0.0.1", 10250, "component", "kubelet"),
+        ("10.244.0.1", 10250, "component", "kubelet"),
+        ("169.254.169.254", 80, "metadata", "metadata")]
+    six = verify.targets_for(snap, cfg, verify_settings.VerifySettings(ipv6=True))
+    assert ("fd00::1", 6443) in {(t.host, t.port) for t in six}
+    assert ("fd00::1", 2379) not in {(t.host, t.port) for t in six}

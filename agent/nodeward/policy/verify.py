@@ -158,9 +158,12 @@ def targets_for(snap: NodeSnapshot, cfg: Config, vs: VerifySettings) -> list[Tar
         comp = ident.component
         if comp is None or comp.max_scope == "any" or ident.unexpected_process:
             continue
-        wildcard = sock.address in ("0.0.0.0", "::")
-        hosts = [a for a in addrs if sock.address == "::" or ":" not in a] if wildcard \
-            else [sock.address]
+        if sock.address == "0.0.0.0":
+            hosts = [a for a in addrs if ":" not in a]
+        elif sock.address == "::":  # dual-stack unless IPV6_V6ONLY
+            hosts = [a for a in addrs if ":" in a or sock.v6only is not True]
+        else:
+            hosts = [sock.address]
         for host in hosts:
             if ":" in host and not vs.ipv6:
                 continue
