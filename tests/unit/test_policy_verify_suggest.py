@@ -278,3 +278,11 @@ def test_targets_are_listening_components_at_the_addresses_they_answer_on():
     six = verify.targets_for(snap, cfg, verify_settings.VerifySettings(ipv6=True))
     assert ("fd00::1", 6443) in {(t.host, t.port) for t in six}
     assert ("fd00::1", 2379) not in {(t.host, t.port) for t in six}
+
+
+def test_suggest_with_an_unknown_allow_component_is_a_one_line_config_error(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("enforce: {allow: {kubelett: [10.0.0.0/8]}}\n")
+    assert cli.main(["--config", str(cfg), "suggest", "--no-conntrack"]) == 2
+    err = capsys.readouterr().err
+    assert "kubelett" in err and err.count("\n") == 1, err

@@ -320,13 +320,17 @@ def cmd_suggest(args: argparse.Namespace, cfg: Config) -> int:
 
     from ..checks import run_checks
     from ..enforce import backends
-    from ..enforce.plan import AUDIT_PREFIX, MARKER, Packet, build_plan, verdict
+    from ..enforce.plan import AUDIT_PREFIX, MARKER, Packet, PlanError, build_plan, verdict
     from ..snapshot import now_rfc3339, take_snapshot
 
     settings = cfg.section("enforce")
     snap = take_snapshot(cfg, firewall=False)
     findings = run_checks(snap, cfg).findings
-    plan = build_plan(snap, cfg.catalog, cfg, settings, findings)
+    try:
+        plan = build_plan(snap, cfg.catalog, cfg, settings, findings)
+    except PlanError as e:
+        print(f"nodeward: suggest: config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     notes: list[str] = []
     flows: list[Flow] = []
     read_any = False
@@ -386,8 +390,12 @@ def cmd_suggest(args: argparse.Namespace, cfg: Config) -> int:
     if args.allow_out:
         raw = None
         if cfg.source and cfg.source != "<defaults>":
-            with open(cfg.source) as f:
-                raw = yaml.safe_load(f) or {}
+            try:
+                with open(cfg.source) as f:
+                    raw = yaml.safe_load(f) or {}
+            except (OSError, yaml.YAMLError) as e:
+                print(f"nodeward: suggest: {cfg.source}: {e}", file=sys.stderr)
+                return EXIT_USAGE
         _write(args.allow_out, allow_config(raw, ports, header))
     for n in notes:
         print(f"nodeward: suggest: warning: {n}", file=sys.stderr)
