@@ -14,6 +14,9 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jsonschema
@@ -126,6 +129,27 @@ def test_suggest_from_audit_then_enforce_admits_exactly_what_was_seen(lab, tmp_p
         "etcd-client": [f"{h.PEER_IP}/32"],
         "kube-apiserver": [f"{h.PEER_IP}/32", f"{OTHER}/32"]}
     assert data["node_cidrs"] == ["10.77.0.0/24"]  # the rest of the config is kept
+
+    # --watch: conntrack events only (no listing): pod B's one connection, made while it
+    # watches, is the only source it can know of
+    events = tmp_path / "events.yaml"
+    w = subprocess.Popen(["ip", "netns", "exec", t.node.name, sys.executable, "-m",
+                          "nodeward", "--config", str(cfg), "suggest", "--no-conntrack",
+                          "--watch", "2", "--calico-out", str(events)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "watching conntrack" in w.stderr.readline()
+        time.sleep(0.3)  # the event subscription is up
+        assert lab.connect(pod_b, h.NODE_IP, 10250, timeout=TIMEOUT)
+        _out, err = w.communicate(timeout=60)
+    finally:
+        if w.poll() is None:
+            w.kill()
+            w.communicate()
+    assert w.returncode == 0, err
+    wpol = list(yaml.safe_load_all(events.read_text()))[1]
+    assert [r["source"]["nets"] for r in wpol["spec"]["ingress"] if "source" in r] == [
+        [f"{POD_B_IP}/32"]]
 
     # Control: the original config in enforce mode blocks the pod and the other peer
     r = h.nodeward(lab, t.node, cfg, "apply", "--mode", "enforce")

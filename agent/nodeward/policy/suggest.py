@@ -74,10 +74,12 @@ class Port:
 
 
 def parse_conntrack(text: str) -> list[Flow]:
-    """`conntrack -L -o extended` lines -> flows (original direction)."""
+    """`conntrack -L -o extended` (or `-E`) lines -> flows (original direction)."""
     out = []
     for line in text.splitlines():
         words = line.split()
+        if words and words[0].startswith("["):  # an event (`conntrack -E`): [NEW] ipv4 ...
+            words = words[1:]
         if len(words) < 4 or words[0] not in ("ipv4", "ipv6") or words[2] not in ("tcp",
                                                                                   "udp"):
             continue
@@ -133,6 +135,42 @@ def read_conntrack(run: Callable[..., subprocess.CompletedProcess] = subprocess.
             continue
         flows += parse_conntrack(r.stdout)
     return flows, notes
+
+
+def watch_conntrack(seconds: float, ready: Callable[[], None] = lambda: None
+                    ) -> tuple[list[Flow], list[str]]:
+    """New flows as conntrack reports them (`conntrack -E -e NEW`) for `seconds`: the way
+    to catch short connections over hours, which `-L` forgets ~120 s after they close."""
+    import selectors
+    import time
+
+    try:
+        p = subprocess.Popen(["conntrack", "-E", "-e", "NEW", "-o", "extended"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except FileNotFoundError:
+        return [], ["conntrack: command not found (install conntrack-tools)"]
+    lines: list[str] = []
+    deadline = time.monotonic() + seconds
+    ready()
+    with selectors.DefaultSelector() as sel:
+        sel.register(p.stdout, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0 and p.poll() is None:
+            if sel.select(left):
+                line = p.stdout.readline()
+                if line:
+                    lines.append(line)
+    p.terminate()
+    try:
+        rest, err = p.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        rest, err = p.communicate()
+    lines += rest.splitlines()
+    notes = []
+    if p.returncode not in (0, -15) and not lines:
+        notes.append(f"conntrack -E: exit {p.returncode}: "
+                     f"{(err.strip() or 'no output').splitlines()[0]}")
+    return parse_conntrack("\n".join(lines)), notes
 
 
 def route_iif(addr: str) -> str:
@@ -339,6 +377,13 @@ def cmd_suggest(args: argparse.Namespace, cfg: Config) -> int:
         flows += got
         notes += ct_notes
         read_any = read_any or len(ct_notes) < 2
+    if args.watch:
+        got, w_notes = watch_conntrack(args.watch, lambda: print(
+            f"nodeward: suggest: watching conntrack for {args.watch:g}s", file=sys.stderr,
+            flush=True))
+        flows += got
+        notes += w_notes
+        read_any = read_any or not w_notes
     for path in args.log or ():
         try:
             text = sys.stdin.read() if path == "-" else open(path).read()  # noqa: SIM115
@@ -379,6 +424,7 @@ def cmd_suggest(args: argparse.Namespace, cfg: Config) -> int:
     observed = sum(len(p.sources) for p in ports)
     header = [f"nodeward suggest, node {snap.node}, {now_rfc3339()}",
               f"from {len(flows)} flow(s) ({'conntrack' if args.conntrack else 'no conntrack'}"
+              f"{f', {args.watch:g}s of conntrack events' if args.watch else ''}"
               f"{', audit log' if args.log else ''}); {observed} source/port pair(s) on "
               f"{sum(1 for p in ports if p.sources)} component(s); {counter_note}",
               *[f"warning: {n}" for n in notes]]
@@ -402,6 +448,16 @@ def cmd_suggest(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in 0-86400")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("suggest", help="Calico HostEndpoint + (Staged)GlobalNetworkPolicy and "
                                        "enforce.allow from what audit mode saw")
@@ -417,5 +473,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--log", action="append", metavar="FILE",
                    help="also read nodeward-audit: lines from this kernel log ('-': stdin)")
     s.add_argument("--no-conntrack", dest="conntrack", action="store_false",
-                   help="do not read conntrack (then --log is the only source)")
+                   help="do not list conntrack's table (then --watch/--log are the sources)")
+    s.add_argument("--watch", type=_seconds, default=0, metavar="S",
+                   help="also collect new flows from conntrack events for S seconds")
     s.set_defaults(handler=cmd_suggest)
