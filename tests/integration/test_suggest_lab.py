@@ -57,15 +57,16 @@ def assert_calico_valid(docs: list[dict]) -> None:
         assert not errors, (doc["kind"], errors[0])
 
 
-def test_suggest_from_audit_then_enforce_admits_exactly_what_was_seen(lab, tmp_path):
-    reason = h.have("nft", "conntrack")
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_suggest_from_audit_then_enforce_admits_exactly_what_was_seen(lab, tmp_path, backend):
+    reason = h.have("nft", "iptables-nft-restore", "conntrack")
     if reason:
         pytest.skip(reason)
     t = h.build(lab)
     pod_b = lab.pod(t.node, f"{POD_B_IP}/24", gateway="10.244.2.1/24", host_if="cali1",
                     role="podb")
     who = {"pod": t.pod, "podb": pod_b, "other": t.outside, "peer": t.peer}
-    cfg = h.config(tmp_path, "nftables", mode="audit")
+    cfg = h.config(tmp_path, backend, mode="audit")
     r = h.nodeward(lab, t.node, cfg, "apply", "--mode", "audit")
     assert r.returncode == 0, r.stderr
 
