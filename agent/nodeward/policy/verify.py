@@ -345,9 +345,9 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
         return EXIT_USAGE
     snap = take_snapshot(cfg, firewall=False)
     result = verify(cfg, snap, pods, vs, discovered)
-    from ..checks import split_suppressed
+    from ..checks import sort_findings, split_suppressed
 
-    kept = split_suppressed(list(result.findings), cfg.suppress)
+    kept = split_suppressed(sort_findings(list(result.findings)), cfg.suppress)
     findings = tuple(kept.findings)
     result = VerifyResult(result.node, result.checks, findings, result.discovered,
                           result.sampled, result.errors)
