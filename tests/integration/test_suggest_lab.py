@@ -166,3 +166,17 @@ def test_suggest_from_audit_then_enforce_admits_exactly_what_was_seen(lab, tmp_p
            for name, port in PROBES}
     assert got == {k: k in seen for k in PROBES}
     assert lab.connect(pod_b, h.NODE_IP, h.SSH, timeout=TIMEOUT)  # not a component: open
+
+    # and verify, reading the same config, proves it from both pods' side: pod A reaches
+    # the kubelet it is allowed, nothing else; pod B nothing; the metadata service neither
+    r = h.nodeward(lab, t.node, allow, "verify", "--netns", t.pod.name, "--netns",
+                   pod_b.name, "--timeout", str(TIMEOUT), "--rate", "200", "--format", "json",
+                   "--fail-on", "low")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["findings"] == []
+    opened = {(c["source"], c["target"], c["port"]) for c in doc["connections"]
+              if c["observed"] == "open"}
+    assert opened == {(h.POD_IP, addr, 10250) for addr in (h.NODE_IP, "10.244.1.1",
+                                                            "10.244.2.1")}
+    assert {c["observed"] for c in doc["connections"] if c["port"] == 80} == {"dropped"}
