@@ -4,6 +4,7 @@ the conntrack / kernel-log parsers, counters, and the Calico YAML against Calico
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -286,3 +287,30 @@ def test_suggest_with_an_unknown_allow_component_is_a_one_line_config_error(tmp_
     assert cli.main(["--config", str(cfg), "suggest", "--no-conntrack"]) == 2
     err = capsys.readouterr().err
     assert "kubelett" in err and err.count("\n") == 1, err
+
+
+REALWORLD = Path(__file__).resolve().parents[2] / ".." / "shared" / "realworld" / "yaml"
+HOST_KINDS = ("HostEndpoint", "GlobalNetworkPolicy", "StagedGlobalNetworkPolicy")
+
+
+def _realworld_host_objects() -> list[dict]:
+    out = []
+    for f in sorted(REALWORLD.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(f.read_text()):
+            if not isinstance(doc, dict):
+                continue
+            items = doc.get("items") or [] if doc.get("kind", "").endswith("List") else [doc]
+            out += [x for x in items if isinstance(x, dict) and x.get("kind") in HOST_KINDS]
+    return out
+
+
+def test_the_schema_check_accepts_real_calico_objects():
+    """The strict CRD check that suggest's YAML passes is no stricter than Calico: every
+    HostEndpoint and GlobalNetworkPolicy from Calico's docs and repo passes it, and each
+    policy passes the staged schema too (same spec)."""
+    objs = _realworld_host_objects()
+    kinds = [o["kind"] for o in objs]
+    assert kinds.count("HostEndpoint") >= 4 and kinds.count("GlobalNetworkPolicy") >= 10
+    assert_calico_valid(objs)
+    assert_calico_valid([{**o, "kind": "StagedGlobalNetworkPolicy"} for o in objs
+                         if o["kind"] == "GlobalNetworkPolicy"])
