@@ -314,3 +314,29 @@ def test_the_schema_check_accepts_real_calico_objects():
     assert_calico_valid(objs)
     assert_calico_valid([{**o, "kind": "StagedGlobalNetworkPolicy"} for o in objs
                          if o["kind"] == "GlobalNetworkPolicy"])
+
+
+def test_read_conntrack_says_whether_anything_was_read():
+    def missing(argv, **kw):
+        raise FileNotFoundError(argv[0])
+
+    def v6_fails(argv, **kw):
+        if "ipv6" in argv:
+            return SimpleNamespace(returncode=1, stdout="", stderr="Operation not permitted\n")
+        return SimpleNamespace(returncode=0, stdout=CONNTRACK.splitlines()[0], stderr="")
+
+    assert suggest.read_conntrack(missing) == (
+        [], ["conntrack: command not found (install conntrack-tools)"], False)
+    flows, notes, ok = suggest.read_conntrack(v6_fails)
+    assert ok and len(flows) == 1
+    assert notes == ["conntrack -f ipv6: exit 1: Operation not permitted"]
+
+
+def test_suggest_with_no_readable_source_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no conntrack (nor anything else) on PATH
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    out = tmp_path / "calico.yaml"
+    rc = cli.main(["--config", str(cfg), "suggest", "--calico-out", str(out)])
+    assert rc == 1 and not out.exists()
+    assert "nothing written" in capsys.readouterr().err

@@ -117,15 +117,17 @@ def parse_audit_log(text: str, prefix: str) -> list[Flow]:
 
 
 def read_conntrack(run: Callable[..., subprocess.CompletedProcess] = subprocess.run
-                   ) -> tuple[list[Flow], list[str]]:
-    """Both families' tables, and a note per one that could not be read."""
+                   ) -> tuple[list[Flow], list[str], bool]:
+    """Both families' tables, a note per one that could not be read, and whether any
+    could."""
     flows, notes = [], []
+    read = False
     for fam in ("ipv4", "ipv6"):
         argv = ["conntrack", "-L", "-f", fam, "-o", "extended"]
         try:
             r = run(argv, capture_output=True, text=True, timeout=30)
         except FileNotFoundError:
-            return flows, ["conntrack: command not found (install conntrack-tools)"]
+            return flows, ["conntrack: command not found (install conntrack-tools)"], False
         except subprocess.TimeoutExpired:
             notes.append(f"conntrack -f {fam}: timed out after 30s")
             continue
@@ -134,7 +136,8 @@ def read_conntrack(run: Callable[..., subprocess.CompletedProcess] = subprocess.
             notes.append(f"conntrack -f {fam}: exit {r.returncode}: {err}")
             continue
         flows += parse_conntrack(r.stdout)
-    return flows, notes
+        read = True
+    return flows, notes, read
 
 
 def watch_conntrack(seconds: float, ready: Callable[[], None] = lambda: None
@@ -373,10 +376,10 @@ def cmd_suggest(args: argparse.Namespace, cfg: Config) -> int:
     flows: list[Flow] = []
     read_any = False
     if args.conntrack:
-        got, ct_notes = read_conntrack()
+        got, ct_notes, ok = read_conntrack()
         flows += got
         notes += ct_notes
-        read_any = read_any or len(ct_notes) < 2
+        read_any = read_any or ok
     if args.watch:
         got, w_notes = watch_conntrack(args.watch, lambda: print(
             f"nodeward: suggest: watching conntrack for {args.watch:g}s", file=sys.stderr,
