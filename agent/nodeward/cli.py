@@ -91,6 +91,8 @@ COMMAND_MODULES = (
     "nodeward.commands.inspect",
     "nodeward.commands.completion",
     "nodeward.commands.audit",
+    "nodeward.policy.verify",
+    "nodeward.policy.suggest",
 )
 
 

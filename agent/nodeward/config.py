@@ -245,6 +245,7 @@ SECTIONS = {
     "enforce": "nodeward.enforce.settings",
     "cluster": "nodeward.cluster_settings",
     "daemon": "nodeward.daemon_settings",
+    "verify": "nodeward.policy.verify_settings",
 }
 
 
