@@ -127,3 +127,114 @@ def test_required_pair_never_hides_a_match(sel, labels):
     everything = any(match(lab) for lab in labels)
     if pair is not None:
         assert any(match(lab) for lab in labels if pair in lab.items()) == everything
+
+
+# -- the per-family / rule-aware checks (proven against a real kernel in tests/realkernel)
+#    held to their plain walks -------------------------------------------------------------
+
+from nodeward.checks.encryption import RouteRule, _chosen, _match, wireguard_findings  # noqa: E402
+from nodeward.collect.wireguard import WgDevice, WgPeer  # noqa: E402
+
+
+def _version(text):
+    try:
+        return ipaddress.ip_network(text.strip("[]"), strict=False).version
+    except ValueError:
+        return None
+
+
+def _host(endpoint):
+    return endpoint.rsplit(":", 1)[0].strip("[]")
+
+
+def plain_match(node, devices, family):
+    """The pre-index _match, verbatim."""
+    key = node.wireguard_public_key_v6 if family == 6 else node.wireguard_public_key
+    for dev in devices:
+        for p in dev.peers:
+            if key and p.public_key == key:
+                return dev, p, True
+    if family == 6 and not key and node.wireguard_public_key:
+        for dev in devices:
+            for p in dev.peers:
+                if p.public_key == node.wireguard_public_key and \
+                        any(_version(a) == 6 for a in p.allowed_ips):
+                    return dev, p, True
+    best = None
+    for dev in devices:
+        for p in dev.peers:
+            if not p.endpoint or _host(p.endpoint) not in node.addresses:
+                continue
+            rank = 2 if any(_version(a) == family for a in p.allowed_ips) else \
+                1 if _version(_host(p.endpoint)) == family else 0
+            if family is not None and rank == 0:
+                continue
+            if best is None or rank > best[0]:
+                best = (rank, dev, p)
+    if best is None:
+        return None
+    return best[1], best[2], not key
+
+
+def plain_chosen(net, routes, tables):
+    """The pre-index _chosen, verbatim."""
+    chosen = []
+    for table, suppress in tables:
+        best = None
+        for r in routes:
+            if r.table != table:
+                continue
+            rn = ipaddress.ip_network(r.destination, strict=False)
+            if rn.version != net.version or rn.prefixlen <= suppress:
+                continue
+            if net.subnet_of(rn):
+                if best is None or rn.prefixlen > best[0]:
+                    best = (rn.prefixlen, r)
+            elif rn.subnet_of(net):
+                chosen.append(r)
+        if best is not None:
+            return [best[1], *chosen]
+    return chosen
+
+
+keys = st.sampled_from(["", "k1", "k2", "k3"])
+addrs = st.sampled_from(["10.0.0.1", "10.0.0.2", "fd00::1", "fd00::2"])
+allowed = st.lists(st.sampled_from(["10.244.1.0/24", "10.244.0.0/16", "fd00:244::/64",
+                                    "0.0.0.0/0"]), max_size=3)
+peer_st = st.builds(lambda k, a, al, port: WgPeer(k, f"[{a}]:{port}" if ":" in a
+                                                  else f"{a}:{port}", tuple(al)),
+                    keys, addrs, allowed, st.sampled_from([51820, 51821]))
+dev_st = st.lists(st.builds(lambda name, ps: WgDevice(name, peers=tuple(ps)),
+                            st.sampled_from(["wireguard.cali", "wg-v6.cali"]),
+                            st.lists(peer_st, max_size=4)), max_size=3)
+node_st = st.builds(lambda k, k6, ad: PeerNode("n", tuple(ad), (), k, k6), keys, keys,
+                    st.lists(addrs, max_size=3))
+
+
+@settings(max_examples=400, deadline=None)
+@given(dev_st, node_st, st.sampled_from([4, 6, None]))
+def test_wireguard_index_equals_plain_match(devices, node, family):
+    want = plain_match(node, devices, family)
+    got = _match(node, devices, family)
+    assert (got and (got[0].name, got[1], got[2])) == (want and (want[0].name, want[1],
+                                                                 want[2]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(route_st, max_size=25), nets4,
+       st.lists(st.tuples(st.sampled_from([254, 1, 7]), st.sampled_from([-1, 0, 16])),
+                min_size=1, max_size=3))
+def test_rule_aware_route_index_equals_plain_walk(routes, cidr, tables):
+    net = ipaddress.ip_network(cidr)
+    assert _chosen(net, routes, tables) == plain_chosen(net, routes, tables)
+
+
+def test_route_rules_order_decides():
+    """Calico's WireGuard table behind its rule wins over main; without the rule, main."""
+    routes = [Route("10.244.2.0/24", "wireguard.cali", 1), Route("10.244.2.0/24", "tunl0")]
+    peers = [PeerNode("n2", ("10.0.0.2",), ("10.244.2.0/24",))]
+    with_rule = [RouteRule(4, 99, 1), RouteRule(4, 32766, 254)]
+    assert route_findings(routes, peers, ["wireguard.cali"], with_rule) == []
+    (f,) = route_findings(routes, peers, ["wireguard.cali"], [RouteRule(4, 32766, 254)])
+    assert f.evidence["interface"] == "tunl0"
+    assert wireguard_findings([], peers, 0)[0].id == "NW401"
