@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import nfquote
 from ..config import ConfigError, parse_cidrs
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -83,7 +84,7 @@ def parse(value: Any, where: str) -> EnforceSettings:
             raise ConfigError(f"{where}.allow: expected a mapping of component name to CIDRs")
         out = {}
         for name, cidrs in allow.items():
-            if not isinstance(name, str) or not name:
+            if not isinstance(name, str) or not nfquote.NAME.match(name):
                 raise ConfigError(f"{where}.allow: {name!r} is not a component name")
             out[name] = parse_cidrs(cidrs, f"{where}.allow.{name}")
         kw["allow"] = out
