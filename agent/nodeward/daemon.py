@@ -72,6 +72,7 @@ class Agent:
         self._stop = False
         self._reload = False
         self.applied_once = False
+        self.rejected: str | None = None  # desired rules a confirm_timeout rolled back
         self._probed: list[Finding] | None = None  # NW601 findings of the last probe round
         self._probe_cycles = 0
         self.sink: HttpSink | None = None
@@ -220,8 +221,29 @@ class Agent:
         from .enforce import cycle
 
         try:
+            recovered = cycle.recover_pending()
+            if recovered:
+                self.log.warning("enforce_rolled_back", reason=recovered)
             prepared = cycle.prepare(self.cfg, snap)
-            changed = prepared.backend.apply(prepared.plan, self.cfg.mode)
+            if prepared.plan.open_ipv6:
+                self.log.warning("ipv6_left_open", paths=list(prepared.plan.open_ipv6))
+            backend, timeout = prepared.backend, prepared.settings.confirm_timeout
+            desired = backend.desired(prepared.plan, self.cfg.mode)
+            if desired == self.rejected:  # rolled back before: not again until it changes
+                return
+            watchdog = None
+            if timeout > 0 and backend.current() != desired:
+                watchdog = cycle.arm_rollback(backend, timeout)
+            changed = backend.apply(prepared.plan, self.cfg.mode)
+            if watchdog is not None:
+                failed = cycle.confirm_or_rollback(backend, prepared.settings, timeout,
+                                                   watchdog)
+                if failed:
+                    self.rejected = desired
+                    self.log.error("enforce_rolled_back", mode=self.cfg.mode,
+                                   backend=backend.name, timeout=timeout,
+                                   failed=[f"{h}:{p}" for h, p in failed])
+                    return
         except Exception as e:  # Refused, PlanError, BackendError, ConfigError
             self.log.error("enforce_failed", mode=self.cfg.mode, error=f"{type(e).__name__}: {e}")
             return

@@ -77,6 +77,7 @@ class Plan:
     rules: tuple[Rule, ...]
     protected: tuple[tuple[str, str, tuple[tuple[int, int], ...]], ...] = ()  # name,proto,ports
     notes: tuple[str, ...] = ()
+    open_ipv6: tuple[str, ...] = ()  # with enforce.ipv6: false, what stays open over IPv6
 
     def chain(self, family: int, chain: str) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.family == family and r.chain == chain)
@@ -162,6 +163,43 @@ def _port_chunks(ports: tuple[tuple[int, int], ...]) -> list[tuple[tuple[int, in
     return chunks
 
 
+def serves_ipv6(snapshot: NodeSnapshot) -> bool:
+    """The node can be reached over IPv6: an IPv6 socket not bound to loopback, or an
+    IPv6 address beyond loopback and link-local on an interface."""
+    if any(s.family == 6 and not ipaddress.ip_address(s.address).is_loopback
+           for s in snapshot.sockets):
+        return True
+    for i in snapshot.interfaces:
+        for a in i.addresses:
+            ip = ipaddress.ip_address(a.address)
+            if a.family == 6 and not (ip.is_loopback or ip.is_link_local):
+                return True
+    return False
+
+
+def families_for(settings: EnforceSettings, snapshot: NodeSnapshot) -> tuple[int, ...]:
+    """Dual-stack by default: IPv6 unless the node does not serve it or the operator said
+    `enforce.ipv6: false`."""
+    if settings.ipv6 is None:
+        return (4, 6) if serves_ipv6(snapshot) else (4,)
+    return (4, 6) if settings.ipv6 else (4,)
+
+
+def open_ipv6_paths(snapshot: NodeSnapshot, protected: Sequence[tuple[Component, str,
+                                                                       tuple[tuple[int, int],
+                                                                             ...]]]) -> list[str]:
+    """Protected components listening on IPv6 beyond loopback: what `ipv6: false` leaves."""
+    out = []
+    for s in snapshot.sockets:
+        if s.family != 6 or ipaddress.ip_address(s.address).is_loopback:
+            continue
+        for comp, proto, ports in protected:
+            if proto == s.protocol and any(lo <= s.port <= hi for lo, hi in ports):
+                out.append(f"{comp.name} {s.protocol}/{s.port} on [{s.address}]")
+                break
+    return sorted(set(out))
+
+
 def check_glob(glob: str) -> str:
     try:
         return nfquote.check_ifglob(glob, "pod_interfaces")
@@ -196,7 +234,7 @@ def _open_to_all(settings: EnforceSettings, cfg: Config) -> list[str]:
 def build_plan(snapshot: NodeSnapshot, catalog: Catalog, cfg: Config,
                settings: EnforceSettings, findings: Sequence[Finding] = ()) -> Plan:
     """The desired rules. Pure: same inputs, same plan."""
-    families = (4, 6) if settings.ipv6 else (4,)
+    families = families_for(settings, snapshot)
     globs = [check_glob(g) for g in cfg.pod_interfaces]
     comps = protected_components(snapshot, catalog, findings)
     known = {c.name for c in catalog.components}
@@ -269,8 +307,9 @@ def build_plan(snapshot: NodeSnapshot, catalog: Catalog, cfg: Config,
                 add("forward", Match(iif=g, daddr=addr), "drop", f"pod {g} to metadata")
             for net in of_family(cfg.pod_cidrs):
                 add("forward", Match(saddr=net, daddr=addr), "drop", f"pod {net} to metadata")
+    open6 = tuple(open_ipv6_paths(snapshot, comps)) if 6 not in families else ()
     return Plan(families, tuple(rules),
-                tuple((c.name, p, ports) for c, p, ports in comps), tuple(notes))
+                tuple((c.name, p, ports) for c, p, ports in comps), tuple(notes), open6)
 
 
 # -- a tiny evaluator over our own rules, for the safety checks ----------------------------

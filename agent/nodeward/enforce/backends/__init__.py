@@ -137,6 +137,20 @@ def _where_ours() -> tuple[str, str | None]:
     return found[0] if found else ("auto", None)
 
 
+def by_name(name: str, families: tuple[int, ...], log_rate: int = 10) -> Backend:
+    """The backend a pending rollback names (Backend.name), without any detection."""
+    if name == "nftables":
+        from .nftables import NftablesBackend
+
+        return NftablesBackend(families, log_rate)
+    if name in ("iptables-nft", "iptables-legacy", "python-iptables"):
+        from .iptables import IptablesBackend  # rollback text is iptables-restore lines
+
+        return IptablesBackend("nft" if name == "iptables-nft" else "legacy", families,
+                               log_rate)
+    raise BackendError(f"unknown backend {name!r}")
+
+
 def every_installed(families: tuple[int, ...], log_rate: int = 10) -> list[Backend]:
     """A backend for each place our objects are (uninstall removes them all in one run)."""
     out: list[Backend] = []
