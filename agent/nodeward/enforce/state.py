@@ -90,6 +90,16 @@ def _read(path: Path) -> dict | None:
 
 # -- journal ---------------------------------------------------------------------------
 
+#: Test hook: seconds to pause between two families, so a lab test can kill an apply
+#: exactly there (unset in production).
+PAUSE_ENV = "NODEWARD_TEST_FAMILY_PAUSE"
+
+
+def between_families() -> None:
+    pause = os.environ.get(PAUSE_ENV)
+    if pause:
+        time.sleep(float(pause))
+
 
 def journal_begin(backend: str, families: tuple[int, ...]) -> None:
     _write(_path("journal"), {"backend": backend, "families": list(families),

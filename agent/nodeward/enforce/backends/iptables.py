@@ -255,7 +255,9 @@ class IptablesBackend:
         with state.writer_lock():
             if len(self.families) > 1:
                 state.journal_begin(self.name, self.families)
-            for f in self.families:
+            for i, f in enumerate(self.families):
+                if i:
+                    state.between_families()
                 changed |= self._apply_family(plan, mode, f)
             state.journal_end()
         return changed

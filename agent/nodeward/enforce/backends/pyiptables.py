@@ -183,7 +183,13 @@ class PyIptablesBackend(IptablesBackend):
         with state.writer_lock():
             if self.current() == self.desired(plan, mode):
                 return False
-            self._write(plan, mode, self.families)
+            if len(self.families) > 1:
+                state.journal_begin(self.name, self.families)
+            for i, f in enumerate(self.families):  # one libiptc commit per family
+                if i:
+                    state.between_families()
+                self._write(plan, mode, (f,))
+            state.journal_end()
         return True
 
     def uninstall(self) -> bool:
