@@ -113,7 +113,7 @@ class PyIptablesBackend(IptablesBackend):
 
     def _rule(self, family: int, r: Rule, verdict: str, mode: str):
         iptc = self.iptc
-        rule = iptc.Rule() if family == 4 else iptc.Rule6()
+        rule = self._new_rule(family)
         add_match(iptc, rule, r.match, r.comment)
         if verdict == "log":
             lim = rule.create_match("limit")
@@ -126,6 +126,17 @@ class PyIptablesBackend(IptablesBackend):
         else:
             rule.create_target({"accept": "RETURN", "drop": "DROP"}[verdict])
         return rule
+
+    def _new_rule(self, family: int):
+        """A libiptc rule that looks for chain targets in the mangle table only: stock
+        python-iptables opens every table to ask "is this a chain?", which instantiates
+        nat, filter, raw and security in the kernel."""
+        iptc = self.iptc
+        base = iptc.Rule if family == 4 else iptc.Rule6
+        table = iptc.Table(iptc.Table.MANGLE) if family == 4 else iptc.Table6(
+            iptc.Table6.MANGLE)
+        cls = type("MangleOnlyRule", (base,), {"tables": property(lambda _self: [table])})
+        return cls()
 
     @staticmethod
     def _is_our_jump(rule) -> bool:
@@ -170,7 +181,7 @@ class PyIptablesBackend(IptablesBackend):
                         else:
                             chain.append_rule(self._rule(f, r, r.verdict, mode))
                 for key, builtin in HOOKED.items():
-                    jump = iptc.Rule() if f == 4 else iptc.Rule6()
+                    jump = self._new_rule(f)
                     jump.create_match("comment").comment = MARKER
                     jump.create_target(IPT_CHAINS[key])
                     iptc.Chain(table, builtin).insert_rule(jump, 0)
