@@ -227,12 +227,11 @@ def foreign_view(snap: dict[str, str], before: dict[str, str] | None = None) -> 
                                                      body["name"]) not in prev_chains \
                 and not foreign_rules.get((body["family"], body["table"], body["name"])):
             continue
-        if prev is not None and kind == "table" and (body["family"],
-                                                     body["name"]) not in prev_tables:
-            if not any(b.get("table") == body["name"] and b.get("family") == body["family"]
-                       for k, b, _t in norm if k == "chain" and (
-                           b["family"], b["table"], b["name"]) in prev_chains):
-                continue
+        new_table = prev is not None and kind == "table" and (
+            body["family"], body["name"]) not in prev_tables
+        if new_table and not any(f == body["family"] and t == body["name"]
+                                 for f, t, _c in foreign_rules):
+            continue  # created by nodeward, holding nothing foreign
         kept.append(f"{kind} {text}")
     out["nft"] = kept
     return out
