@@ -214,6 +214,22 @@ class Agent:
         self.log.info("policy_report_written", name=report["metadata"]["name"],
                       findings=len(result.findings))
 
+    def _recover_rollback(self) -> None:
+        """An apply killed in its confirm window with its watchdog (a cgroup or container
+        kill) left the previous rules and a deadline on disk: honour that promise at start,
+        in every mode (it undoes an unconfirmed change; nothing new is written)."""
+        from .enforce import cycle, state
+
+        if state.pending() is None:
+            return
+        try:
+            done = cycle.recover_pending()
+        except Exception as e:  # BackendError, LockBusy
+            self.log.error("rollback_failed", error=f"{type(e).__name__}: {e}")
+            return
+        if done:
+            self.log.warning("enforce_rolled_back", reason=done)
+
     def enforce(self, snap: NodeSnapshot) -> None:
         """Re-assert the plan every cycle: idempotent when nothing drifted, and the only
         thing that restores a jump Felix or kube-proxy moved or removed. A refusal or a
@@ -272,6 +288,7 @@ class Agent:
         self._start_sink()
         self.log.info("daemon_started", config=self.cfg.source, mode=self.cfg.mode,
                       interval=self.cfg.interval, status_address=self.status.address)
+        self._recover_rollback()
         try:
             while not self._stop:
                 if self._reload:
