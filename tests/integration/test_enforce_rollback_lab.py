@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,7 @@ def _nodeward_pids(lab, ns) -> list[int]:
     out = []
     for pid in lab.sh("ip", "netns", "pids", ns.name).stdout.split():
         try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         if b"nodeward" in cmd and b"apply" in cmd:
