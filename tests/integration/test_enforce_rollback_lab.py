@@ -96,3 +96,26 @@ def test_rollback_survives_killing_everything(lab, tmp_path, backend, kill):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_daemon_honours_confirm_timeout(lab, tmp_path):
+    """`nodeward run` in enforce mode with enforce.confirm_timeout and a health target that
+    never answers: the cycle's apply is rolled back, and later cycles do not retry it."""
+    if h.have("iptables-nft-restore", "nft"):
+        pytest.skip(h.have("iptables-nft-restore", "nft"))
+    node = lab.node("node", f"{h.NODE_IP}/24")
+    peer = lab.node("peer", f"{h.PEER_IP}/24")
+    lab.listen(peer, "kube-apiserver", tcp=[f"{h.PEER_IP}:6443"])
+    before = _state(lab, node, "nftables")
+    cfg = h.config_raw(tmp_path, {
+        "node_cidrs": ["10.77.0.0/24"], "mode": "enforce", "backend": "nftables",
+        "interval": 1, "metrics_address": "127.0.0.1:0",
+        "enforce": {"control_plane": [f"{h.PEER_IP}/32"], "api_server": f"{h.PEER_IP}:6443",
+                    "probes": [f"{h.PEER_IP}:9"], "confirm_timeout": 2}})
+    r = h.nodeward(lab, node, cfg, "run", "--cycles", "4", timeout=60)
+    events = [e for e in (ln for ln in r.stdout.splitlines()) if e.startswith("{")]
+    rolled = [e for e in events if '"enforce_rolled_back"' in e]
+    applied = [e for e in events if '"rules_applied"' in e or '"drift_repaired"' in e]
+    print(f"daemon: {len(rolled)} rollback(s), {len(applied)} kept applies over 4 cycles")
+    assert len(rolled) == 1 and applied == [], r.stdout + r.stderr
+    assert _state(lab, node, "nftables") == before
