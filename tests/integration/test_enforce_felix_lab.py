@@ -54,22 +54,29 @@ def test_felix_insert_mode_no_fight(lab, tmp_path):
         "node_cidrs": ["10.77.0.0/24"], "pod_cidrs": ["10.244.0.0/16"], "mode": "enforce",
         "backend": "iptables", "interval": 1, "metrics_address": "127.0.0.1:0",
         "enforce": {"control_plane": [f"{h.PEER_IP}/32"]}})
-    run = subprocess.Popen(["ip", "netns", "exec", t.node.name, sys.executable, "-m",
-                            "nodeward", "--config", str(cfg), "run", "--cycles", str(CYCLES)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out_path, err_path = tmp_path / "run.out", tmp_path / "run.err"
     probes = blocked = 0
+    run = None
     try:
+        with open(out_path, "w") as out_f, open(err_path, "w") as err_f:  # no pipe to fill
+            run = subprocess.Popen(["ip", "netns", "exec", t.node.name, sys.executable, "-m",
+                                    "nodeward", "--config", str(cfg), "run", "--cycles",
+                                    str(CYCLES)], stdout=out_f, stderr=err_f)
+        deadline = time.monotonic() + 10 + 5 * CYCLES
         time.sleep(3)  # first cycle applied
         while run.poll() is None:
+            assert time.monotonic() < deadline, "nodeward run did not finish"
             probes += 2
             blocked += not lab.connect(t.pod, h.NODE_IP, h.PORTS["kubelet"], timeout=0.3)
             blocked += not lab.connect(t.pod, h.NODE_IP, h.PORTS["etcd"], timeout=0.3)
-        out, err = run.communicate(timeout=30)
+            time.sleep(0.5)
     finally:
         os.killpg(felix.pid, 9)
         felix.wait(5)
-        if run.poll() is None:
+        if run is not None and run.poll() is None:
             run.kill()
+            run.wait(5)
+    out, err = out_path.read_text(), err_path.read_text()
     events = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
     names = [e.get("event") for e in events]
     applied, repaired = names.count("rules_applied"), names.count("drift_repaired")
