@@ -36,7 +36,7 @@ def _skip(backend: str) -> None:
     if backend == "python-iptables":
         reason = reason or h.have_pyiptables()
     if reason:
-        pytest.skip(reason)
+        h.require(reason)
 
 
 def _clean(text: str) -> str:

@@ -46,7 +46,7 @@ def _wait_dad(lab, *namespaces) -> None:
 @pytest.fixture
 def topo(lab):
     if h.have("iptables-nft-restore", "nft"):
-        pytest.skip(h.have("iptables-nft-restore", "nft"))
+        h.require(h.have("iptables-nft-restore", "nft"))
     node = lab.node("node", f"{h.NODE_IP}/24")
     peer = lab.node("peer", f"{h.PEER_IP}/24")
     pod = lab.pod(node, f"{h.POD_IP}/24", gateway="10.244.1.1/24", host_if="cali0")

@@ -40,7 +40,7 @@ def _felix_loop(node, log: str) -> list[str]:
 
 def test_felix_insert_mode_no_fight(lab, tmp_path):
     if h.have("iptables-nft-restore", "nft"):
-        pytest.skip(h.have("iptables-nft-restore", "nft"))
+        h.require(h.have("iptables-nft-restore", "nft"))
     t = h.build(lab)
     h.add_foreign_iptables(lab, t.node, "nft")
     lab.sh("iptables-nft", "-w", "-I", "cali-INPUT", "1", "-i", "cali+", "-j", "ACCEPT",

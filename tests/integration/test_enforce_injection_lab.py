@@ -41,7 +41,7 @@ def _skip(backend: str) -> None:
     if backend == "python-iptables":
         reason = reason or h.have_pyiptables()
     if reason:
-        pytest.skip(reason)
+        h.require(reason)
 
 
 def _node(lab, tmp_path, flavour: str):

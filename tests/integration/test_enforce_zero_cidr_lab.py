@@ -17,7 +17,7 @@ pytestmark = pytest.mark.lab
                                              ("nftables", "nft")])
 def test_zero_cidr_idempotent(lab, tmp_path, backend, flavour):
     if h.have("iptables-nft-restore", "iptables-legacy-restore", "nft"):
-        pytest.skip(h.have("iptables-nft-restore", "iptables-legacy-restore", "nft"))
+        h.require(h.have("iptables-nft-restore", "iptables-legacy-restore", "nft"))
     node = lab.node("node", f"{h.NODE_IP}/24")
     if flavour == "legacy":
         lab.sh("iptables-legacy", "-w", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT", ns=node)

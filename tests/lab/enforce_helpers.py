@@ -235,3 +235,16 @@ def foreign_view(snap: dict[str, str], before: dict[str, str] | None = None) -> 
         kept.append(f"{kind} {text}")
     out["nft"] = kept
     return out
+
+
+def require(reason: str | None) -> None:
+    """Skip with `reason` locally; under CI=true a missing tool is a broken harness: fail."""
+    import os
+
+    import pytest
+
+    if not reason:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI harness broken: {reason}")
+    pytest.skip(reason)
