@@ -56,8 +56,8 @@ def per_rule_pyiptables(plan: Plan) -> float:
     from nodeward.enforce.backends.pyiptables import PyIptablesBackend
 
     helper = PyIptablesBackend.__new__(PyIptablesBackend)
-    helper.iptc, helper.log_rate = iptc, 10
-    table = iptc.Table(iptc.Table.FILTER)
+    helper._iptc, helper.log_rate = iptc, 10
+    table = iptc.Table(iptc.Table.MANGLE)  # where our chains live
     table.refresh()  # python-iptables caches the handle: reopen it in this namespace
     table.autocommit = True
     t0 = time.perf_counter()

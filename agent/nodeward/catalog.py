@@ -123,9 +123,12 @@ def _component_fields(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
             raise CatalogError(f"{where}: unknown key {key!r}")
         here = f"{where}.{key}"
         if key == "name":
-            if not isinstance(value, str) or not value:
-                raise CatalogError(f"{here}: expected a non-empty string")
-            out[key] = value
+            from .nfquote import UnsafeText, check_name
+
+            try:  # names reach rule comments: the one netfilter-text gate checks them
+                out[key] = check_name(value, here)
+            except UnsafeText as e:
+                raise CatalogError(str(e)) from None
         elif key == "ports":
             out[key] = _parse_ports(value, where)
         elif key == "protocols":

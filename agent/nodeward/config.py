@@ -112,9 +112,14 @@ def _str(value: Any, where: str) -> str:
 
 
 def _globs(value: Any, where: str) -> tuple[str, ...]:
+    from . import nfquote
+
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{where}: expected a list of interface name patterns")
-    return tuple(value)
+    try:
+        return tuple(nfquote.check_ifglob(v, where) for v in value)
+    except nfquote.UnsafeText as e:
+        raise ConfigError(str(e)) from None
 
 
 def parse_port_spec(text: Any, where: str) -> tuple[str, int]:

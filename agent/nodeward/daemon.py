@@ -76,6 +76,7 @@ class Agent:
         self._stop = False
         self._reload = False
         self.applied_once = False
+        self.rejected: str | None = None  # desired rules a confirm_timeout rolled back
         self._probed: list[Finding] | None = None  # NW601 findings of the last probe round
         self._probe_cycles = 0
         self.sink: HttpSink | None = None
@@ -310,6 +311,22 @@ class Agent:
         self.log.info("policy_report_written", name=report["metadata"]["name"],
                       findings=len(result.findings))
 
+    def _recover_rollback(self) -> None:
+        """An apply killed in its confirm window with its watchdog (a cgroup or container
+        kill) left the previous rules and a deadline on disk: honour that promise at start,
+        in every mode (it undoes an unconfirmed change; nothing new is written)."""
+        from .enforce import cycle, state
+
+        if state.pending() is None:
+            return
+        try:
+            done = cycle.recover_pending()
+        except Exception as e:  # BackendError, LockBusy
+            self.log.error("rollback_failed", error=f"{type(e).__name__}: {e}")
+            return
+        if done:
+            self.log.warning("enforce_rolled_back", reason=done)
+
     def enforce(self, snap: NodeSnapshot) -> None:
         """Re-assert the plan every cycle: idempotent when nothing drifted, and the only
         thing that restores a jump Felix or kube-proxy moved or removed. A refusal or a
@@ -317,8 +334,29 @@ class Agent:
         from .enforce import cycle
 
         try:
+            recovered = cycle.recover_pending()
+            if recovered:
+                self.log.warning("enforce_rolled_back", reason=recovered)
             prepared = cycle.prepare(self.cfg, snap, derived=self._derived)
-            changed = prepared.backend.apply(prepared.plan, self.cfg.mode)
+            if prepared.plan.open_ipv6:
+                self.log.warning("ipv6_left_open", paths=list(prepared.plan.open_ipv6))
+            backend, timeout = prepared.backend, prepared.settings.confirm_timeout
+            desired = backend.desired(prepared.plan, self.cfg.mode)
+            if desired == self.rejected:  # rolled back before: not again until it changes
+                return
+            watchdog = None
+            if timeout > 0 and backend.current() != desired:
+                watchdog = cycle.arm_rollback(backend, timeout)
+            changed = backend.apply(prepared.plan, self.cfg.mode)
+            if watchdog is not None:
+                failed = cycle.confirm_or_rollback(backend, prepared.settings, timeout,
+                                                   watchdog)
+                if failed:
+                    self.rejected = desired
+                    self.log.error("enforce_rolled_back", mode=self.cfg.mode,
+                                   backend=backend.name, timeout=timeout,
+                                   failed=[f"{h}:{p}" for h, p in failed])
+                    return
         except Exception as e:  # Refused, PlanError, BackendError, ConfigError
             self.log.error("enforce_failed", mode=self.cfg.mode, error=f"{type(e).__name__}: {e}")
             return
@@ -353,6 +391,7 @@ class Agent:
         self._start_sink()
         self.log.info("daemon_started", config=self.cfg.source, mode=self.cfg.mode,
                       interval=self.cfg.interval, status_address=self.status.address)
+        self._recover_rollback()
         try:
             while not self._stop:
                 if self._reload:

@@ -220,8 +220,13 @@ class Finding:
 
     @property
     def key(self) -> tuple:
-        """Identity across scans: used to tell new findings from resolved ones."""
-        return (self.id, self.component, self.protocol, self.address, self.port)
+        """Identity across scans: used to tell new findings from resolved ones. The address
+        family is part of it (the IPv4 and IPv6 NW205 findings carry no address), and so is
+        the scope (one port may be reported for two interfaces or hooks)."""
+        family = (6 if ":" in self.address else 4) if self.address \
+            else self.evidence.get("family", 0)
+        return (self.id, self.component, self.protocol, self.address, self.port, family,
+                self.scope)
 
     def to_dict(self) -> dict[str, Any]:
         return {

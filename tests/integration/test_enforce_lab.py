@@ -104,8 +104,9 @@ def test_enforce_audit_uninstall(lab, tmp_path, backend, flavour):
     if backend == "nftables":
         calico = lab.sh("nft", "list", "table", "ip", "calico-like", ns=t.node).stdout
         assert _strip_counters(calico) == _strip_counters(h.FOREIGN_NFT)
-    else:  # our jump is first in INPUT and FORWARD
-        assert after.split("-A INPUT ", 1)[1].startswith("-m comment --comment nodeward")
+    else:  # our jump is first in mangle INPUT (where Felix and kube-proxy do not insert)
+        mangle = h.save_text(lab, t.node, flavour, "mangle")
+        assert mangle.split("-A INPUT ", 1)[1].startswith("-m comment --comment nodeward")
 
     # A controller removes our jump (or, for nft, a rule of ours): the next cycle restores.
     if backend == "nftables":
@@ -115,8 +116,8 @@ def test_enforce_audit_uninstall(lab, tmp_path, backend, flavour):
         lab.sh("nft", "delete", "rule", "inet", "nodeward", "input", "handle", handle,
                ns=t.node)
     else:
-        lab.sh(h.flavour_cmd(flavour), "-w", "-D", "INPUT", "-m", "comment", "--comment",
-               "nodeward", "-j", "NODEWARD-INPUT", ns=t.node)
+        lab.sh(h.flavour_cmd(flavour), "-w", "-t", "mangle", "-D", "INPUT", "-m", "comment",
+               "--comment", "nodeward", "-j", "NODEWARD-INPUT", ns=t.node)
         lab.sh(h.flavour_cmd(flavour), "-w", "-I", "INPUT", "1", "-j", "cali-INPUT",
                ns=t.node)  # Felix-like: inserted on top
     assert _reach(t, t.peer, h.PORTS["kubelet-readonly"])  # the hole is real
@@ -260,7 +261,12 @@ def test_dead_man_survives_a_killed_apply(lab, tmp_path):
     peer = lab.node("peer", f"{h.PEER_IP}/24")
     lab.listen(peer, "kube-apiserver", tcp=[f"{h.PEER_IP}:6443"])
     h.add_foreign_iptables(lab, node, "nft")
-    before = h.save_text(lab, node, "nft")
+
+    def saved() -> str:
+        return re.sub(r"\[\d+:\d+\]", "", h.save_text(lab, node, "nft")) + _strip_counters(
+            h.nft_ruleset(lab, node))  # the health probes move counters
+
+    before = saved()
     cfg = h.config(tmp_path, "iptables", api_server=f"{h.PEER_IP}:6443",
                    probes=[f"{h.PEER_IP}:9"])
     p = subprocess.Popen(["ip", "netns", "exec", node.name, sys.executable, "-m", "nodeward",
@@ -268,13 +274,13 @@ def test_dead_man_survives_a_killed_apply(lab, tmp_path):
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
-        while "NODEWARD-INPUT" not in h.save_text(lab, node, "nft"):
+        while "NODEWARD-INPUT" not in h.save_text(lab, node, "nft", "mangle"):
             assert time.monotonic() < deadline, "apply never applied"
             time.sleep(0.05)
         os.kill(p.pid, signal.SIGKILL)  # `ip netns exec` execs: this is nodeward itself
         p.wait(5)
         deadline = time.monotonic() + 10
-        while h.save_text(lab, node, "nft") != before:
+        while saved() != before:
             assert time.monotonic() < deadline, "watchdog did not restore the old rules"
             time.sleep(0.05)
     finally:

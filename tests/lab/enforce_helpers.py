@@ -146,3 +146,105 @@ def have_pyiptables() -> str | None:
     except ImportError:
         return "python-iptables not installed"
     return None
+
+
+# -- whole-ruleset snapshots that instantiate nothing ----------------------------------------
+
+SAVES = ("iptables-legacy-save", "ip6tables-legacy-save", "iptables-nft-save",
+         "ip6tables-nft-save")
+_SAVE_COUNTERS = re.compile(r"\[\d+:\d+\]")
+
+
+def full_snapshot(lab: Lab, ns: Netns) -> dict[str, str]:
+    """Every iptables flavour and family, and `nft list ruleset`, counters aside. The save
+    tools run without `-t` (they list only tables that exist: `-t` on a legacy table would
+    create it)."""
+    out = {}
+    for tool in SAVES:
+        text = lab.sh(tool, ns=ns, check=False).stdout
+        out[tool] = _SAVE_COUNTERS.sub("", _STAMP.sub("", text))
+    nft = lab.sh("nft", "list", "ruleset", ns=ns).stdout
+    out["nft list ruleset"] = re.sub(r"counter packets \d+ bytes \d+", "counter", nft)
+    js = lab.sh("nft", "-j", "list", "ruleset", ns=ns).stdout
+    out["nft -j"] = re.sub(r'"counter": \{"packets": \d+, "bytes": \d+\}', '"counter": {}',
+                           js).replace("}}, {", "}},\n{")  # one object a line, for diffs
+    return out
+
+
+def _ours_ipt(line: str) -> bool:
+    return "NODEWARD-" in line
+
+
+def foreign_view(snap: dict[str, str], before: dict[str, str] | None = None) -> dict[str, object]:
+    """The snapshot without nodeward's objects: its chains, its jumps, its inet table, and
+    the tables/base chains it had to create (absent from `before`, empty of foreign rules).
+    What must stay byte-identical while nodeward is installed."""
+    import json
+
+    out: dict[str, object] = {}
+    for tool in SAVES:
+        blocks, cur = [], []
+        for line in snap[tool].splitlines():
+            if not line.strip() or _ours_ipt(line):
+                continue
+            cur.append(line)
+            if line == "COMMIT":
+                blocks.append("\n".join(cur))
+                cur = []
+        kept = []
+        for b in blocks:
+            only_builtin = all(ln.startswith(("*", ":", "COMMIT")) and (
+                not ln.startswith(":") or ln.split()[1] != "-") for ln in b.splitlines())
+            name = b.splitlines()[0]
+            if only_builtin and before is not None and name not in before[tool]:
+                continue  # a table nodeward created (legacy: cannot be removed)
+            kept.append(b)
+        out[tool] = kept
+    items = json.loads(snap["nft -j"]).get("nftables", [])
+    prev = json.loads(before["nft -j"]).get("nftables", []) if before else None
+    prev_chains = {(c["chain"]["family"], c["chain"]["table"], c["chain"]["name"])
+                   for c in prev or [] if "chain" in c}
+    prev_tables = {(t["table"]["family"], t["table"]["name"]) for t in prev or [] if "table" in t}
+    foreign_rules = {}
+    norm = []
+    for it in items:
+        kind, body = next(iter(it.items()))
+        if kind == "metainfo" or not isinstance(body, dict):
+            continue
+        body = {k: v for k, v in body.items() if k != "handle"}
+        if body.get("family") == "inet" and body.get("table", body.get("name")) == "nodeward":
+            continue
+        text = json.dumps(body, sort_keys=True)
+        if "NODEWARD-" in text:
+            continue
+        text = re.sub(r'"counter": \{[^}]*\}', '"counter": {}', text)
+        if kind == "rule":
+            foreign_rules[(body["family"], body["table"], body["chain"])] = True
+        norm.append((kind, body, text))
+    kept = []
+    for kind, body, text in norm:
+        if prev is not None and kind == "chain" and (body["family"], body["table"],
+                                                     body["name"]) not in prev_chains \
+                and not foreign_rules.get((body["family"], body["table"], body["name"])):
+            continue
+        new_table = prev is not None and kind == "table" and (
+            body["family"], body["name"]) not in prev_tables
+        if new_table and not any(f == body["family"] and t == body["name"]
+                                 for f, t, _c in foreign_rules):
+            continue  # created by nodeward, holding nothing foreign
+        kept.append(f"{kind} {text}")
+    out["nft"] = kept
+    return out
+
+
+def require(reason: str | None) -> None:
+    """Skip with `reason` locally; under CI=true a missing tool is a broken harness: fail."""
+    import os
+
+    import pytest
+
+    if not reason:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI harness broken: {reason}")
+    pytest.skip(reason)

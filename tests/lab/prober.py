@@ -63,7 +63,9 @@ def probe(targets: list, timeout: float) -> list[str]:
             s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
         else:
             s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-        rc = s.connect_ex((host, port))
+        addr = (host, port) if "%" not in host else socket.getaddrinfo(  # fe80::1%eth0
+            host, port, socket.AF_INET6, socket.SOCK_STREAM)[0][4]
+        rc = s.connect_ex(addr)
         if rc == 0:
             out[i] = "open"
         elif rc in (errno.EINPROGRESS, errno.EAGAIN):

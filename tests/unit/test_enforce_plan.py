@@ -120,8 +120,8 @@ def test_planner_is_pure_and_ipv6_optional():
 def test_unknown_allow_component_and_bad_glob_are_plan_errors():
     with pytest.raises(PlanError, match="kubelett"):
         plan_of(cfg_of(enforce={"allow": {"kubelett": ["10.0.0.0/8"]}}))
-    with pytest.raises(PlanError, match="pod_interfaces"):
-        plan_of(cfg_of(pod_interfaces=["ca*li"]))
+    with pytest.raises(ConfigError, match="pod_interfaces"):  # refused at load now
+        cfg_of(pod_interfaces=["ca*li"])
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def test_unknown_allow_component_and_bad_glob_are_plan_errors():
 def test_iptables_payload_names_only_our_chains():
     text = render_iptables(plan_of(), 4, "enforce", delete_jumps={"INPUT": 2})
     lines = text.splitlines()
-    assert lines[0] == "*filter" and lines[-1] == "COMMIT"
+    assert lines[0] == "*mangle" and lines[-1] == "COMMIT"
     assert [ln for ln in lines if ln.startswith(":")] == [
         ":NODEWARD-INPUT - [0:0]", ":NODEWARD-FORWARD - [0:0]", ":NODEWARD-POD - [0:0]"]
     for ln in lines:
@@ -180,8 +180,7 @@ def test_nft_transaction_replaces_only_our_table():
 
 
 @pytest.mark.parametrize("text,want", [
-    ("nodeward", "nodeward"), ("a b", '"a b"'), ("x/y", '"x/y"'), ('q"', '"q\\""'),
-    ("", '""')])
+    ("nodeward", "nodeward"), ("a b", '"a b"'), ("x/y", '"x/y"'), ("a:b", '"a:b"')])
 def test_ipt_quote_matches_iptables_save(text, want):
     assert ipt_quote(text) == want
 
@@ -266,3 +265,54 @@ def test_settings_errors_name_the_key(value, msg):
     with pytest.raises(ConfigError) as e:
         settings_mod.parse(value, "c: enforce")
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+# -- issue 18: /0, '*', dual-stack default, finding identity ---------------------------------
+
+
+def test_zero_cidr_renders_as_no_match_and_is_noted():
+    cfg = cfg_of(enforce={"control_plane": [f"{PEER}/32"], "ipv6": True,
+                          "allow": {"kubelet": ["0.0.0.0/0", "::/0"]}})
+    plan = plan_of(cfg)
+    assert any("0.0.0.0/0 lets every IPv4 source reach kubelet" in n for n in plan.notes)
+    v4 = iptables_rule_lines(plan, 4, "enforce")
+    v6 = iptables_rule_lines(plan, 6, "enforce")
+    assert not any("0.0.0.0/0" in ln.split("--comment")[0] for ln in v4)
+    assert not any("::/0" in ln.split("--comment")[0] for ln in v6)
+    assert any('--comment "nodeward: kubelet allow 0.0.0.0/0"' in ln for ln in v4)
+    text = nft_table_text(plan, "enforce")
+    assert "saddr 0.0.0.0/0" not in text and "saddr ::/0" not in text
+    with pytest.raises(PlanError, match="pod_cidrs"):
+        plan_of(cfg_of(pod_cidrs=["0.0.0.0/0"]))
+    with pytest.raises(ConfigError, match="every interface"):
+        cfg_of(pod_interfaces=["*"])
+
+
+def test_dual_stack_default_follows_the_node():
+    v4_only = snap(sock(10250, "kubelet"))
+    assert plan_of(cfg_of(), v4_only).families == (4,)
+    v6 = snap(sock(10250, "kubelet"), Socket("tcp", 6, "::", 10250, 10250, 0,
+                                              process=ProcessInfo(1, "kubelet"),
+                                              scope=BindScope.WILDCARD))
+    assert plan_of(cfg_of(), v6).families == (4, 6)
+    off = cfg_of(enforce={"control_plane": [f"{PEER}/32"], "ipv6": False})
+    plan = plan_of(off, v6)
+    assert plan.families == (4,) and plan.open_ipv6 == ("kubelet tcp/10250 on [::]",)
+    loopback6 = snap(Socket("tcp", 6, "::1", 10250, 10250, 0,
+                            process=ProcessInfo(1, "kubelet"), scope=BindScope.LOOPBACK))
+    assert plan_of(cfg_of(), loopback6).families == (4,)
+    with pytest.raises(ConfigError, match="ipv6"):
+        cfg_of(enforce={"ipv6": 1})
+
+
+def test_finding_key_tells_families_apart():
+    from nodeward.daemon import diff_findings
+    from nodeward.model import Finding, Severity
+
+    f4 = Finding("NW205", Severity.MEDIUM, "t", "r", scope="input", evidence={"family": 4})
+    f6 = Finding("NW205", Severity.MEDIUM, "t", "r", scope="input", evidence={"family": 6})
+    assert f4.key != f6.key
+    opened, resolved, prev = diff_findings({}, [f4, f6])
+    assert len(opened) == 2
+    opened, resolved, _ = diff_findings(prev, [f4])
+    assert opened == [] and resolved == [f6]

@@ -45,6 +45,60 @@ def prepare(cfg: Config, snapshot: NodeSnapshot | None = None,
     return Prepared(settings, plan, backend)
 
 
+def recover_pending() -> str | None:
+    """Put back the rules of an apply that was never confirmed and whose deadline passed
+    or whose process is gone (killed with its cgroup, say). Every writer calls this first:
+    `apply`, `uninstall`, the daemon at start and every cycle. Returns what was done."""
+    from . import state
+
+    p = state.pending()
+    if p is None or not state.due(p):
+        return None
+    backend = backends.by_name(p.backend, p.families, p.log_rate)
+    backend.restore(p.saved)
+    state.disarm()
+    return (f"rolled back an unconfirmed apply (backend {p.backend}, pid {p.pid}): the "
+            "previous rules are restored")
+
+
+def arm_rollback(backend: Any, timeout: float, grace: float = 10.0) -> Any:
+    """Persist the previous state of our objects with a deadline, and fork the detached
+    watchdog (own session) that restores it if we die or hang. Returns the watchdog."""
+    import os
+    import time
+
+    from . import state
+
+    saved = backend.snapshot_all()
+    state.arm(state.Pending(backend.name, tuple(backend.families), saved,
+                            time.time() + timeout + grace, os.getpid(),
+                            getattr(backend, "log_rate", 10)))
+
+    def restore() -> None:
+        if state.pending() is None:  # confirmed (disarmed) just before we died
+            return
+        backend.restore(saved)
+        state.disarm()
+
+    return safety.Watchdog(restore, timeout + grace)
+
+
+def confirm_or_rollback(backend: Any, settings: EnforceSettings, timeout: float,
+                        watchdog: Any = None) -> list[tuple[str, int]]:
+    """Health-check within `timeout`; on failure restore the persisted previous state.
+    Returns the targets that failed (empty: kept)."""
+    from . import state
+
+    failed = safety.confirm(safety.health_targets(settings), timeout)
+    p = state.pending()
+    if failed and p is not None:
+        backend.restore(p.saved)
+    state.disarm()
+    if watchdog is not None:
+        watchdog.dismiss()
+    return failed
+
+
 def apply_once(cfg: Config, mode: str | None = None,
                snapshot: NodeSnapshot | None = None) -> tuple[bool, str]:
     """(changed, backend name). In report mode nothing is done: (False, "")."""

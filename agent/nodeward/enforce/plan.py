@@ -25,6 +25,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .. import nfquote
 from ..catalog import Catalog, Component
 from ..config import Config
 from ..model import Finding, NodeSnapshot
@@ -34,6 +35,12 @@ MARKER = "nodeward"
 AUDIT_PREFIX = "nodeward-audit: "
 IPT_CHAINS = {"input": "NODEWARD-INPUT", "forward": "NODEWARD-FORWARD", "pod": "NODEWARD-POD"}
 HOOKED = {"input": "INPUT", "forward": "FORWARD"}  # our chain -> built-in chain jumping to it
+#: Where our iptables chains live: mangle INPUT/FORWARD run before filter's (priority -150),
+#: DROP is legal there, and neither kube-proxy nor Felix insert into them, so nodeward's
+#: jump at position 1 is never in a position fight with Felix's insert mode in filter.
+IPT_TABLE = "mangle"
+#: Tables earlier versions used; apply and uninstall remove our objects from them too.
+IPT_OLD_TABLES = ("filter",)
 NFT_TABLE = "nodeward"
 NFT_PRIORITY = "filter - 10"
 #: Components with these default sources besides enforce.allow (keys: catalog names).
@@ -70,6 +77,7 @@ class Plan:
     rules: tuple[Rule, ...]
     protected: tuple[tuple[str, str, tuple[tuple[int, int], ...]], ...] = ()  # name,proto,ports
     notes: tuple[str, ...] = ()
+    open_ipv6: tuple[str, ...] = ()  # with enforce.ipv6: false, what stays open over IPv6
 
     def chain(self, family: int, chain: str) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.family == family and r.chain == chain)
@@ -83,8 +91,10 @@ def _fam(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
 
 
 def _cidr_text(net) -> str:
-    n = ipaddress.ip_network(str(net), strict=False)
-    return str(n)
+    """Canonical CIDR text; a /0 becomes "" (no address match: the same rule, and the text
+    iptables-save and nft print back, so a /0 plan does not rewrite every cycle)."""
+    n = nfquote.cidr(net)
+    return "" if n.prefixlen == 0 else str(n)
 
 
 def protected_components(snapshot: NodeSnapshot, catalog: Catalog,
@@ -153,18 +163,78 @@ def _port_chunks(ports: tuple[tuple[int, int], ...]) -> list[tuple[tuple[int, in
     return chunks
 
 
+def serves_ipv6(snapshot: NodeSnapshot) -> bool:
+    """The node can be reached over IPv6: an IPv6 socket not bound to loopback, or an
+    IPv6 address beyond loopback and link-local on an interface."""
+    if any(s.family == 6 and not ipaddress.ip_address(s.address).is_loopback
+           for s in snapshot.sockets):
+        return True
+    for i in snapshot.interfaces:
+        for a in i.addresses:
+            ip = ipaddress.ip_address(a.address)
+            if a.family == 6 and not (ip.is_loopback or ip.is_link_local):
+                return True
+    return False
+
+
+def families_for(settings: EnforceSettings, snapshot: NodeSnapshot) -> tuple[int, ...]:
+    """Dual-stack by default: IPv6 unless the node does not serve it or the operator said
+    `enforce.ipv6: false`."""
+    if settings.ipv6 is None:
+        return (4, 6) if serves_ipv6(snapshot) else (4,)
+    return (4, 6) if settings.ipv6 else (4,)
+
+
+def open_ipv6_paths(snapshot: NodeSnapshot, protected: Sequence[tuple[Component, str,
+                                                                       tuple[tuple[int, int],
+                                                                             ...]]]) -> list[str]:
+    """Protected components listening on IPv6 beyond loopback: what `ipv6: false` leaves."""
+    out = []
+    for s in snapshot.sockets:
+        if s.family != 6 or ipaddress.ip_address(s.address).is_loopback:
+            continue
+        for comp, proto, ports in protected:
+            if proto == s.protocol and any(lo <= s.port <= hi for lo, hi in ports):
+                out.append(f"{comp.name} {s.protocol}/{s.port} on [{s.address}]")
+                break
+    return sorted(set(out))
+
+
 def check_glob(glob: str) -> str:
-    body = glob[:-1] if glob.endswith("*") else glob
-    if not glob or any(ch in body for ch in "*?[]\"' ") or len(body) > 15:
-        raise PlanError(f"pod_interfaces: {glob!r}: only a name or a name ending in '*' "
-                        "can be matched by the firewall")
-    return glob
+    try:
+        return nfquote.check_ifglob(glob, "pod_interfaces")
+    except nfquote.UnsafeText as e:
+        raise PlanError(str(e)) from None
+
+
+def _open_to_all(settings: EnforceSettings, cfg: Config) -> list[str]:
+    """What a /0 in an allow list does, said in the plan (it is legal, and rarely meant)."""
+    notes = []
+    for name, nets in sorted(settings.allow.items()):
+        for n in nets:
+            if n.prefixlen == 0:
+                notes.append(f"enforce.allow.{name}: {n} lets every IPv{n.version} source "
+                             f"reach {name}: nodeward does not protect it over IPv{n.version}")
+    for n in settings.metadata_allow:
+        if n.prefixlen == 0:
+            notes.append(f"enforce.metadata_allow: {n} lets every IPv{n.version} pod reach "
+                         "the metadata service")
+    for key in ("node_cidrs",):
+        for n in getattr(cfg, key):
+            if n.prefixlen == 0:
+                notes.append(f"{key}: {n} makes every IPv{n.version} source a node: "
+                             "components open to nodes are open to everyone")
+    for n in cfg.pod_cidrs:
+        if n.prefixlen == 0:
+            raise PlanError(f"pod_cidrs: {n} makes every source a pod, the control plane "
+                            "included; refusing")
+    return notes
 
 
 def build_plan(snapshot: NodeSnapshot, catalog: Catalog, cfg: Config,
                settings: EnforceSettings, findings: Sequence[Finding] = ()) -> Plan:
     """The desired rules. Pure: same inputs, same plan."""
-    families = (4, 6) if settings.ipv6 else (4,)
+    families = families_for(settings, snapshot)
     globs = [check_glob(g) for g in cfg.pod_interfaces]
     comps = protected_components(snapshot, catalog, findings)
     known = {c.name for c in catalog.components}
@@ -172,7 +242,7 @@ def build_plan(snapshot: NodeSnapshot, catalog: Catalog, cfg: Config,
         if name not in known:
             raise PlanError(f"enforce.allow: {name!r} is not a catalog component")
     rules: list[Rule] = []
-    notes: list[str] = []
+    notes: list[str] = _open_to_all(settings, cfg)
     failsafe = {(p, n) for p, n in cfg.failsafe_ports}
     for comp, proto, ports in comps:
         clash = [f"{proto}/{lo}" for lo, hi in ports for p, n in failsafe
@@ -181,10 +251,14 @@ def build_plan(snapshot: NodeSnapshot, catalog: Catalog, cfg: Config,
             notes.append(f"{comp.name}: failsafe {', '.join(clash)} stays open (failsafe wins)")
     for fam in families:
         def add(chain: str, match: Match, verdict: str, comment: str, fam: int = fam) -> None:
-            rules.append(Rule(fam, chain, match, verdict, f"{MARKER}: {comment}"))
+            rules.append(Rule(fam, chain, match, verdict,
+                              nfquote.comment_text(f"{MARKER}: {comment}")))
 
         def of_family(nets: Iterable) -> list[str]:
             return [_cidr_text(n) for n in nets if _fam(n) == fam]  # noqa: B023
+
+        def label(net: str) -> str:
+            return net or ("0.0.0.0/0" if fam == 4 else "::/0")  # noqa: B023
 
         md = [str(a) for a in settings.metadata_addresses if a.version == fam]
         for proto, port in cfg.failsafe_ports:
@@ -195,10 +269,11 @@ def build_plan(snapshot: NodeSnapshot, catalog: Catalog, cfg: Config,
             for net in of_family(settings.allow.get(comp.name, ())):
                 for chunk in _port_chunks(ports):
                     add("input", Match(proto, chunk, saddr=net), "accept",
-                        f"{comp.name} allow {net}")
+                        f"{comp.name} allow {label(net)}")
         for net in of_family(settings.metadata_allow):
             for addr in md:
-                add("input", Match(saddr=net, daddr=addr), "accept", f"metadata allow {net}")
+                add("input", Match(saddr=net, daddr=addr), "accept",
+                    f"metadata allow {label(net)}")
         for g in globs:
             add("input", Match(iif=g), "goto-pod", f"pod interface {g}")
         for net in of_family(cfg.pod_cidrs):
@@ -225,14 +300,16 @@ def build_plan(snapshot: NodeSnapshot, catalog: Catalog, cfg: Config,
         add("forward", Match(ct=("established", "related")), "accept", "established")
         for net in of_family(settings.metadata_allow):
             for addr in md:
-                add("forward", Match(saddr=net, daddr=addr), "accept", f"metadata allow {net}")
+                add("forward", Match(saddr=net, daddr=addr), "accept",
+                    f"metadata allow {label(net)}")
         for addr in md:
             for g in globs:
                 add("forward", Match(iif=g, daddr=addr), "drop", f"pod {g} to metadata")
             for net in of_family(cfg.pod_cidrs):
                 add("forward", Match(saddr=net, daddr=addr), "drop", f"pod {net} to metadata")
+    open6 = tuple(open_ipv6_paths(snapshot, comps)) if 6 not in families else ()
     return Plan(families, tuple(rules),
-                tuple((c.name, p, ports) for c, p, ports in comps), tuple(notes))
+                tuple((c.name, p, ports) for c, p, ports in comps), tuple(notes), open6)
 
 
 # -- a tiny evaluator over our own rules, for the safety checks ----------------------------
@@ -277,14 +354,9 @@ def verdict(plan: Plan, chain: str, packet: Packet) -> str:
 # -- rendering: iptables-restore ----------------------------------------------------------
 
 
-_NO_QUOTE = set("_-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-
 def ipt_quote(text: str) -> str:
-    """Quote exactly as iptables-save does, so rendered lines compare equal to saved ones."""
-    if text and all(ch in _NO_QUOTE for ch in text):
-        return text
-    return '"' + "".join("\\" + ch if ch in "\"\\'" else ch for ch in text) + '"'
+    """Quote exactly as iptables-save does (through the one quoting layer, nfquote)."""
+    return nfquote.ipt_comment(text)
 
 
 def _ipt_ports(proto: str, ports: tuple[tuple[int, int], ...]) -> str:
@@ -296,7 +368,9 @@ def _ipt_ports(proto: str, ports: tuple[tuple[int, int], ...]) -> str:
 
 
 def _ipt_host(cidr: str, family: int) -> str:
-    net = ipaddress.ip_network(cidr)
+    net = nfquote.cidr(cidr)
+    if net.version != family:
+        raise PlanError(f"{cidr} is not an IPv{family} network")
     return f"{net.network_address}/{net.prefixlen}"
 
 
@@ -308,7 +382,7 @@ def _ipt_match(m: Match, family: int) -> list[str]:
     if m.daddr:
         out.append(f"-d {_ipt_host(m.daddr, family)}")
     if m.iif:
-        out.append(f"-i {m.iif[:-1] + '+' if m.iif.endswith('*') else m.iif}")
+        out.append(f"-i {nfquote.ipt_iface(m.iif)}")
     if m.proto:
         out.append(f"-p {m.proto}")
     if m.ct:
@@ -351,7 +425,7 @@ def render_iptables(plan: Plan, family: int, mode: str, log_rate: int = 10,
     refill them, and the jumps are deleted (`delete_jumps`: how many exist now, per built-in
     chain) and re-inserted at position 1. Nothing else in the table is named."""
     delete_jumps = delete_jumps or {}
-    out = ["*filter"]
+    out = [f"*{IPT_TABLE}"]
     out += [f":{name} - [0:0]" for name in IPT_CHAINS.values()]
     out += iptables_rule_lines(plan, family, mode, log_rate)
     for chain, builtin in HOOKED.items():
@@ -365,7 +439,7 @@ def render_iptables(plan: Plan, family: int, mode: str, log_rate: int = 10,
 
 
 def _nft_addr(cidr: str) -> str:
-    net = ipaddress.ip_network(cidr)
+    net = nfquote.cidr(cidr)
     full = net.prefixlen == net.max_prefixlen
     return str(net.network_address) if full else str(net)
 
@@ -374,7 +448,7 @@ def _nft_match(m: Match, family: int) -> list[str]:
     ipk = "ip" if family == 4 else "ip6"
     out = []
     if m.iif:
-        out.append(f'iifname "{m.iif}"')
+        out.append(f"iifname {nfquote.nft_iface(m.iif)}")
     if not (m.saddr or m.daddr) and m.iif != "lo":
         out.append(f"meta nfproto ipv{family}")
     if m.saddr:
@@ -404,14 +478,14 @@ def nft_rule_lines(plan: Plan, chain: str, mode: str, log_rate: int = 10) -> lis
                     continue
                 seen_lo = True
             head = " ".join(_nft_match(r.match, fam))
-            tail = f'comment "{r.comment}"'
+            tail = f"comment {nfquote.nft_string(r.comment)}"
             if r.verdict == "accept":
                 lines.append(f"{head} counter accept {tail}")
             elif r.verdict == "goto-pod":
                 lines.append(f"{head} counter goto pod {tail}")
             elif mode == "audit":
                 lines.append(f"{head} limit rate {log_rate}/second burst {2 * log_rate} "
-                             f'packets log prefix "{AUDIT_PREFIX}" {tail}')
+                             f"packets log prefix {nfquote.nft_string(AUDIT_PREFIX)} {tail}")
                 lines.append(f"{head} counter accept {tail}")
             else:
                 lines.append(f"{head} counter drop {tail}")

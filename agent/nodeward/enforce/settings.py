@@ -11,7 +11,9 @@
       metadata_allow: [10.244.3.0/24]     # pod CIDRs that may reach the metadata service
       confirm_timeout: 0                  # seconds; >0: roll back unless healthy in time
       probes: [10.0.0.11:10250]           # more HOST:PORT that must connect after apply
-      ipv6: false                         # also manage ip6tables / IPv6 rules
+      ipv6: auto                          # IPv6 rules when the node serves IPv6; false
+                                          #   only on purpose (plan/apply then list every
+                                          #   IPv6 path left open and need --allow-open-ipv6)
       log_rate: 10                        # audit log lines per second (counters count all)
 """
 
@@ -23,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import settings_load
+from .. import nfquote, settings_load
 from ..config import ConfigError, parse_cidrs
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -41,7 +43,7 @@ class EnforceSettings:
     metadata_allow: tuple[IPNetwork, ...] = ()
     confirm_timeout: float = 0.0
     probes: tuple[tuple[IPAddress, int], ...] = ()
-    ipv6: bool = False
+    ipv6: bool | None = None  # None: auto (see plan.families_for)
     log_rate: int = 10
 
     @property
@@ -86,7 +88,7 @@ def parse(value: Any, where: str) -> EnforceSettings:
             raise ConfigError(f"{where}.allow: expected a mapping of component name to CIDRs")
         out = {}
         for name, cidrs in allow.items():
-            if not isinstance(name, str) or not name:
+            if not isinstance(name, str) or not nfquote.NAME.match(name):
                 raise ConfigError(f"{where}.allow: {name!r} is not a component name")
             out[name] = parse_cidrs(cidrs, f"{where}.allow.{name}")
         kw["allow"] = out
@@ -111,9 +113,9 @@ def parse(value: Any, where: str) -> EnforceSettings:
             raise ConfigError(f"{where}.probes: expected a list of HOST:PORT")
         kw["probes"] = tuple(hostport(p, f"{where}.probes") for p in v["probes"])
     if "ipv6" in v:
-        if not isinstance(v["ipv6"], bool):
-            raise ConfigError(f"{where}.ipv6: expected true or false")
-        kw["ipv6"] = v["ipv6"]
+        if not (isinstance(v["ipv6"], bool) or v["ipv6"] == "auto"):
+            raise ConfigError(f"{where}.ipv6: expected auto, true or false")
+        kw["ipv6"] = None if v["ipv6"] == "auto" else v["ipv6"]
     if "log_rate" in v:
         r = v["log_rate"]
         if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 10000:

@@ -75,11 +75,11 @@ def detect_flavour() -> str:
     Like kube-proxy's iptables-wrapper: the flavour holding the kubelet's hint chains, else
     the one with more rules, else the one `iptables` itself points to (alternatives)."""
     for flavour in ("legacy", "nft"):  # kubelet/kube-proxy leave these in their flavour
-        tool = f"iptables-{flavour}-save"
-        if shutil.which(tool):
-            r = subprocess.run([tool, "-t", "mangle"], capture_output=True, text=True)
-            if ":KUBE-IPTABLES-HINT " in r.stdout or ":KUBE-KUBELET-CANARY " in r.stdout:
-                return flavour
+        if not shutil.which(f"iptables-{flavour}-save"):
+            continue
+        text = _iptables_save(flavour, 4, "mangle")
+        if ":KUBE-IPTABLES-HINT " in text or ":KUBE-KUBELET-CANARY " in text:
+            return flavour
     legacy = _rule_count(["iptables-legacy-save"]) + max(0, _rule_count(["ip6tables-legacy-save"]))
     nft = _rule_count(["iptables-nft-save"]) + max(0, _rule_count(["ip6tables-nft-save"]))
     if legacy > nft:
@@ -88,6 +88,16 @@ def detect_flavour() -> str:
         return "nft"
     target = os.path.realpath(shutil.which("iptables") or "")
     return "legacy" if "legacy" in target else "nft"
+
+
+def _iptables_save(flavour: str, family: int, table: str) -> str:
+    """One table's save text, or "" -- without creating it (a legacy `-t` would)."""
+    from .iptables import IptablesBackend
+
+    try:
+        return IptablesBackend(flavour, (family,)).save(family, table=table)
+    except BackendError:
+        return ""
 
 
 def _foreign_nft_tables() -> bool:
@@ -103,20 +113,57 @@ def _foreign_nft_tables() -> bool:
     return False
 
 
-def _where_ours() -> tuple[str, str | None]:
-    """('nftables', None) / ('iptables', flavour) when our objects exist, else ('auto', None)."""
+def installed() -> list[tuple[str, str | None]]:
+    """Every place our objects are now: ('nftables', None) and/or ('iptables', flavour)."""
+    from ..plan import IPT_OLD_TABLES, IPT_TABLE
+
+    out: list[tuple[str, str | None]] = []
     if shutil.which("nft"):
         r = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
         if "table inet nodeward" in r.stdout.splitlines():
-            return "nftables", None
+            out.append(("nftables", None))
     for flavour in ("legacy", "nft"):
-        tool = f"iptables-{flavour}-save"
-        if not shutil.which(tool):
+        if not shutil.which(f"iptables-{flavour}-save"):
             continue
-        r = subprocess.run([tool, "-t", "filter"], capture_output=True, text=True)
-        if ":NODEWARD-INPUT " in r.stdout:
-            return "iptables", flavour
-    return "auto", None
+        if any(":NODEWARD-" in _iptables_save(flavour, fam, table)
+               for fam in (4, 6) for table in (IPT_TABLE, *IPT_OLD_TABLES)):
+            out.append(("iptables", flavour))
+    return out
+
+
+def _where_ours() -> tuple[str, str | None]:
+    """('nftables', None) / ('iptables', flavour) when our objects exist, else ('auto', None)."""
+    found = installed()
+    return found[0] if found else ("auto", None)
+
+
+def by_name(name: str, families: tuple[int, ...], log_rate: int = 10) -> Backend:
+    """The backend a pending rollback names (Backend.name), without any detection."""
+    if name == "nftables":
+        from .nftables import NftablesBackend
+
+        return NftablesBackend(families, log_rate)
+    if name in ("iptables-nft", "iptables-legacy", "python-iptables"):
+        from .iptables import IptablesBackend  # rollback text is iptables-restore lines
+
+        return IptablesBackend("nft" if name == "iptables-nft" else "legacy", families,
+                               log_rate)
+    raise BackendError(f"unknown backend {name!r}")
+
+
+def every_installed(families: tuple[int, ...], log_rate: int = 10) -> list[Backend]:
+    """A backend for each place our objects are (uninstall removes them all in one run)."""
+    out: list[Backend] = []
+    for name, flavour in installed():
+        if name == "nftables":
+            from .nftables import NftablesBackend
+
+            out.append(NftablesBackend(families, log_rate))
+        else:
+            from .iptables import IptablesBackend
+
+            out.append(IptablesBackend(flavour or "nft", families, log_rate))
+    return out
 
 
 def select(name: str, families: tuple[int, ...], log_rate: int = 10) -> Backend:

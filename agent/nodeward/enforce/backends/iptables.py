@@ -2,16 +2,35 @@
 
 Works with both flavours (iptables-nft writes one nf_tables batch, iptables-legacy one
 table replace: either way the kernel sees the old or the new table, never a mix). Only
-NODEWARD-* chains and the `nodeward`-commented jumps to them are named in a payload.
+NODEWARD-* chains and the `nodeward`-commented jumps to them are named in a payload, and
+nfquote checks every payload says nothing else before it runs.
+
+Our chains live in the mangle table (see plan.IPT_TABLE). Reading never instantiates a
+table: a legacy table that is not listed in /proc/net/ip*_tables_names is not read (a
+`-t` on it would create it), and on the nft flavour, what apply had to create (the table,
+the INPUT/FORWARD base chains) is remembered in empty NODEWARD-MADE-* marker chains, so
+uninstall removes exactly that and the ruleset text is what it was before. Legacy tables
+cannot be removed from userspace: a legacy table nodeward instantiated stays (empty,
+policy ACCEPT) until the namespace goes; uninstall says so.
+
+Families are written IPv4 then IPv6 under nodeward's writer lock, with a journal
+(state.py): a death between the two leaves each family whole (old or new), `plan` and
+`status` report it, and the next apply or daemon cycle completes the other.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+from pathlib import Path
 
+from ... import nfquote
 from ..plan import (
     HOOKED,
     IPT_CHAINS,
+    IPT_OLD_TABLES,
+    IPT_TABLE,
     MARKER,
     Plan,
     iptables_rule_lines,
@@ -21,6 +40,10 @@ from ..plan import (
 from . import BackendError, Counter, run
 
 OUR_CHAINS = tuple(IPT_CHAINS.values())
+MADE_PREFIX = "NODEWARD-MADE-"
+MADE_TABLE = MADE_PREFIX + "TABLE"
+MARKERS = (MADE_TABLE, *(MADE_PREFIX + b for b in HOOKED.values()))
+ALL_CHAINS = (*OUR_CHAINS, *MARKERS)
 _COUNTERS = re.compile(r"^\[(\d+):(\d+)\] ")
 _COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
 
@@ -32,7 +55,8 @@ def _is_jump(rule: str) -> bool:
 
 
 def parse_own(save: str) -> tuple[list[str], list[str], dict[str, list[int]]]:
-    """(our chain names, our rule lines, positions (1-based) of our jumps per built-in)."""
+    """(our chain names, our rule lines, positions (1-based) of our jumps per built-in).
+    Marker chains are not in the first list (see markers())."""
     chains, rules, jumps = [], [], {b: [] for b in HOOKED.values()}
     pos: dict[str, int] = {}
     for raw in save.splitlines():
@@ -51,6 +75,11 @@ def parse_own(save: str) -> tuple[list[str], list[str], dict[str, list[int]]]:
     return chains, rules, jumps
 
 
+def markers(save: str) -> list[str]:
+    return [ln[1:].split()[0] for ln in save.splitlines()
+            if ln.startswith(":") and ln[1:].split()[0] in MARKERS]
+
+
 def own_text(chains: list[str], rules: list[str], jumps: dict[str, list[int]]) -> str:
     """Normalised text of our objects, for comparison and diffs."""
     out = [f":{c}" for c in sorted(chains)]
@@ -65,6 +94,21 @@ def by_chain(rules: list[str]) -> list[str]:
     return sorted(rules, key=lambda r: r.split()[1])
 
 
+def removal_lines(save: str, table: str) -> list[str]:
+    """A `*table` block deleting our jumps and chains (markers included), or []."""
+    chains, _rules, jumps = parse_own(save)
+    marks = markers(save)
+    if not chains and not marks and not any(jumps.values()):
+        return []
+    out = [f"*{table}"]
+    for chain, builtin in HOOKED.items():
+        out += [f"-D {builtin} {jump_line(chain)}"] * len(jumps[builtin])
+    out += [f"-F {c}" for c in chains]
+    out += [f"-X {c}" for c in [*chains, *marks]]
+    out.append("COMMIT")
+    return out
+
+
 class IptablesBackend:
     def __init__(self, flavour: str, families: tuple[int, ...] = (4,), log_rate: int = 10):
         if flavour not in ("nft", "legacy"):
@@ -73,12 +117,34 @@ class IptablesBackend:
         self.families = families
         self.log_rate = log_rate
         self.name = f"iptables-{flavour}"
+        self.notes: list[str] = []
 
     def _cmd(self, family: int, tool: str) -> list[str]:
         return [f"{'ip' if family == 4 else 'ip6'}tables-{self.flavour}-{tool}"]
 
-    def save(self, family: int, counters: bool = False) -> str:
-        argv = [*self._cmd(family, "save"), "-t", "filter"]
+    # -- reading, without instantiating anything ---------------------------------------
+    def table_exists(self, family: int, table: str) -> bool:
+        if self.flavour == "legacy":
+            names = Path(f"/proc/net/ip{'6' if family == 6 else ''}_tables_names")
+            try:
+                return table in names.read_text().split()
+            except OSError:
+                return False
+        return table in self._nft_tables(family)
+
+    @staticmethod
+    def _nft_tables(family: int) -> set[str]:
+        if not shutil.which("nft"):
+            return set()
+        r = run(["nft", "list", "tables"], check=False)
+        fam = "ip" if family == 4 else "ip6"
+        return {p[2] for p in (ln.split() for ln in r.stdout.splitlines())
+                if len(p) == 3 and p[1] == fam}
+
+    def save(self, family: int, counters: bool = False, table: str = IPT_TABLE) -> str:
+        if not self.table_exists(family, table):
+            return ""
+        argv = [*self._cmd(family, "save"), "-t", table]
         if counters:
             argv.append("-c")
         r = run(argv, check=False)
@@ -89,7 +155,51 @@ class IptablesBackend:
         return r.stdout
 
     def _restore(self, family: int, payload: str) -> None:
+        nfquote.check_ipt_payload(payload, (IPT_TABLE, *IPT_OLD_TABLES), ALL_CHAINS,
+                                  tuple(HOOKED.values()))
         run([*self._cmd(family, "restore"), "-w", "5", "--noflush"], stdin=payload)
+
+    # -- what apply must create (nft flavour), remembered as marker chains -------------
+    def _nft_chains(self, family: int, table: str) -> dict[str, dict] | None:
+        """Chains of the iptables-nft table `table`, None when it does not exist."""
+        fam = "ip" if family == 4 else "ip6"
+        r = run(["nft", "-j", "list", "table", fam, table], check=False)
+        if r.returncode != 0:
+            return None
+        out: dict[str, dict] = {}
+        for item in json.loads(r.stdout).get("nftables", []):
+            if "chain" in item:
+                out[item["chain"]["name"]] = {**item["chain"], "rules": 0}
+            elif "rule" in item and item["rule"].get("chain") in out:
+                out[item["rule"]["chain"]]["rules"] += 1
+        return out
+
+    def _made(self, family: int) -> list[str]:
+        """Marker chains to declare on a first apply: what this apply is about to create."""
+        if self.flavour != "nft" or not shutil.which("nft"):
+            return []
+        chains = self._nft_chains(family, IPT_TABLE)
+        if chains is None:
+            return list(MARKERS)
+        return [MADE_PREFIX + b for b in HOOKED.values() if b not in chains]
+
+    def _tidy_made(self, family: int, made: list[str]) -> None:
+        """After our chains are gone: delete the empty base chains and table we created."""
+        chains = self._nft_chains(family, IPT_TABLE) if made else None
+        if not chains:
+            return
+        fam = "ip" if family == 4 else "ip6"
+        cmds, left = [], set(chains)
+        for b in HOOKED.values():
+            c = chains.get(b)
+            if MADE_PREFIX + b in made and c and c["rules"] == 0 \
+                    and c.get("policy", "accept") == "accept":
+                cmds.append(f"delete chain {fam} {IPT_TABLE} {b}")
+                left.discard(b)
+        if MADE_TABLE in made and not left:
+            cmds = [f"delete table {fam} {IPT_TABLE}"]
+        if cmds:
+            run(["nft", "-f", "-"], stdin="\n".join(cmds) + "\n")
 
     # -- interface ----------------------------------------------------------------------
     def current(self) -> str:
@@ -103,53 +213,82 @@ class IptablesBackend:
             out.append(f"# ipv{f}\n{own_text(list(OUR_CHAINS), rules, jumps)}")
         return "".join(out)
 
+    def _old_removal(self, family: int) -> list[str]:
+        out = []
+        for table in IPT_OLD_TABLES:
+            out += removal_lines(self.save(family, table=table), table)
+        return out
+
+    def _apply_family(self, plan: Plan, mode: str, f: int) -> bool:
+        save = self.save(f)
+        chains, rules, jumps = parse_own(save)
+        want_rules = iptables_rule_lines(plan, f, mode, self.log_rate)
+        want_jumps = {b: [1] for b in HOOKED.values()}
+        old = self._old_removal(f)
+        if (sorted(chains) == sorted(OUR_CHAINS) and rules == by_chain(want_rules)
+                and jumps == want_jumps and not old):
+            return False
+        made = self._made(f) if not chains else []
+
+        def payload(jumps: dict[str, list[int]]) -> str:
+            text = render_iptables(plan, f, mode, self.log_rate,
+                                   {b: len(p) for b, p in jumps.items()})
+            if made:
+                text = text.replace("COMMIT\n", "".join(f":{m} - [0:0]\n" for m in made)
+                                    + "COMMIT\n")
+            return "\n".join(old) + ("\n" if old else "") + text
+
+        try:
+            self._restore(f, payload(jumps))
+        except BackendError:
+            # Another controller moved or removed a jump between our save and our
+            # restore (the `-D` lines no longer match): read again and retry once.
+            _c, _r, jumps = parse_own(self.save(f))
+            self._restore(f, payload(jumps))
+        return True
+
     def apply(self, plan: Plan, mode: str) -> bool:
         """Replace our chains with the plan's, one transaction per family; no-op if equal."""
+        from .. import state
+
         changed = False
-        for f in self.families:
-            chains, rules, jumps = parse_own(self.save(f))
-            want_rules = iptables_rule_lines(plan, f, mode, self.log_rate)
-            want_jumps = {b: [1] for b in HOOKED.values()}
-            if (sorted(chains) == sorted(OUR_CHAINS) and rules == by_chain(want_rules)
-                    and jumps == want_jumps):
-                continue
-            payload = render_iptables(plan, f, mode, self.log_rate,
-                                      {b: len(p) for b, p in jumps.items()})
-            try:
-                self._restore(f, payload)
-            except BackendError:
-                # Another controller moved or removed a jump between our save and our
-                # restore (the `-D` lines no longer match): read again and retry once.
-                _c, _r, jumps = parse_own(self.save(f))
-                self._restore(f, render_iptables(plan, f, mode, self.log_rate,
-                                                 {b: len(p) for b, p in jumps.items()}))
-            changed = True
+        with state.writer_lock():
+            if len(self.families) > 1:
+                state.journal_begin(self.name, self.families)
+            for i, f in enumerate(self.families):
+                if i:
+                    state.between_families()
+                changed |= self._apply_family(plan, mode, f)
+            state.journal_end()
         return changed
 
-    def _uninstall_payload(self, save: str) -> str | None:
-        chains, _rules, jumps = parse_own(save)
-        if not chains and not any(jumps.values()):
-            return None
-        out = ["*filter"]
-        for chain, builtin in HOOKED.items():
-            out += [f"-D {builtin} {jump_line(chain)}"] * len(jumps[builtin])
-        out += [f"-F {c}" for c in chains]
-        out += [f"-X {c}" for c in chains]
-        out.append("COMMIT")
-        return "\n".join(out) + "\n"
+    def _uninstall_family(self, f: int) -> bool:
+        save = self.save(f)
+        made = markers(save)
+        lines = removal_lines(save, IPT_TABLE) + self._old_removal(f)
+        if not lines:
+            return False
+        self._restore(f, "\n".join(lines) + "\n")
+        if self.flavour == "nft":
+            self._tidy_made(f, made)
+        elif not any(ln.startswith("-A ") for ln in self.save(f).splitlines()):
+            self.notes.append(f"ipv{f}: the legacy {IPT_TABLE} table stays (the kernel "
+                              "cannot remove a legacy table); nodeward's rules are gone")
+        return True
 
     def uninstall(self) -> bool:
+        from .. import state
+
         changed = False
-        for f in self.families if 6 in self.families else (4, 6):
-            try:
-                payload = self._uninstall_payload(self.save(f))
-            except BackendError:
-                if f == 6:
-                    continue
-                raise
-            if payload:
-                self._restore(f, payload)
-                changed = True
+        with state.writer_lock():
+            for f in (4, 6):
+                try:
+                    changed |= self._uninstall_family(f)
+                except BackendError:
+                    if f == 6:
+                        continue
+                    raise
+            state.journal_end()
         return changed
 
     def snapshot_all(self) -> str:
@@ -164,6 +303,8 @@ class IptablesBackend:
 
     def restore(self, saved: str) -> None:
         """Put back what snapshot_all() saw, in one transaction per family."""
+        from .. import state
+
         blocks: dict[int, list[str]] = {}
         fam = 4
         for line in saved.splitlines():
@@ -172,27 +313,31 @@ class IptablesBackend:
                 blocks[fam] = []
             elif line:
                 blocks.setdefault(fam, []).append(line)
-        for f, lines in blocks.items():
-            save = self.save(f)
-            chains_now, _r, jumps_now = parse_own(save)
-            chains = [ln[1:] for ln in lines if ln.startswith(":")]
-            hooked = {ln.split()[1] for ln in lines if ln.startswith("#jump ")}
-            rules = [ln for ln in lines if ln.startswith("-A ")]
-            if not chains:
-                payload = self._uninstall_payload(save)
-                if payload:
-                    self._restore(f, payload)
-                continue
-            out = ["*filter"]
-            out += [f":{c} - [0:0]" for c in sorted(set(chains) | set(chains_now))]
-            out += rules
-            for chain, builtin in HOOKED.items():
-                out += [f"-D {builtin} {jump_line(chain)}"] * len(jumps_now[builtin])
-                if builtin in hooked:
-                    out.append(f"-I {builtin} 1 {jump_line(chain)}")
-            out += [f"-X {c}" for c in sorted(set(chains_now) - set(chains))]
-            out.append("COMMIT")
-            self._restore(f, "\n".join(out) + "\n")
+        with state.writer_lock():
+            for f, lines in blocks.items():
+                save = self.save(f)
+                chains_now, _r, jumps_now = parse_own(save)
+                chains = [ln[1:] for ln in lines if ln.startswith(":")]
+                hooked = {ln.split()[1] for ln in lines if ln.startswith("#jump ")}
+                rules = [ln for ln in lines if ln.startswith("-A ")]
+                if not chains:
+                    made = markers(save)
+                    payload = removal_lines(save, IPT_TABLE)
+                    if payload:
+                        self._restore(f, "\n".join(payload) + "\n")
+                        if self.flavour == "nft":
+                            self._tidy_made(f, made)
+                    continue
+                out = [f"*{IPT_TABLE}"]
+                out += [f":{c} - [0:0]" for c in sorted(set(chains) | set(chains_now))]
+                out += rules
+                for chain, builtin in HOOKED.items():
+                    out += [f"-D {builtin} {jump_line(chain)}"] * len(jumps_now[builtin])
+                    if builtin in hooked:
+                        out.append(f"-I {builtin} 1 {jump_line(chain)}")
+                out += [f"-X {c}" for c in sorted(set(chains_now) - set(chains))]
+                out.append("COMMIT")
+                self._restore(f, "\n".join(out) + "\n")
 
     def status(self) -> list[Counter]:
         out = []

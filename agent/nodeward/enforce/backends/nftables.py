@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 
+from ... import nfquote
 from ..plan import NFT_TABLE, Plan, nft_table_text, render_nft
 from . import BackendError, Counter, run
 
@@ -38,6 +39,7 @@ class NftablesBackend:
         return r.stdout
 
     def _run(self, payload: str) -> None:
+        nfquote.check_nft_payload(payload, NFT_TABLE, ("input", "pod", "forward"))
         run(["nft", "-f", "-"], stdin=payload)
 
     def current(self) -> str:
@@ -47,23 +49,32 @@ class NftablesBackend:
         return nft_table_text(plan, mode, self.log_rate)
 
     def apply(self, plan: Plan, mode: str) -> bool:
-        if self.current() == self.desired(plan, mode):
-            return False
-        self._run(render_nft(plan, mode, self.log_rate))
+        from .. import state
+
+        with state.writer_lock():
+            if self.current() == self.desired(plan, mode):
+                return False
+            self._run(render_nft(plan, mode, self.log_rate))
         return True
 
     def uninstall(self) -> bool:
-        if not self._list():
-            return False
-        self._run(f"delete table inet {NFT_TABLE}\n")
+        from .. import state
+
+        with state.writer_lock():
+            if not self._list():
+                return False
+            self._run(f"delete table inet {NFT_TABLE}\n")
         return True
 
     def snapshot_all(self) -> str:
         return self._list()
 
     def restore(self, saved: str) -> None:
+        from .. import state
+
         head = f"table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n"
-        self._run(head + (saved if saved.strip() else ""))
+        with state.writer_lock():
+            self._run(head + (saved if saved.strip() else ""))
 
     def status(self) -> list[Counter]:
         r = run(["nft", "-j", "list", "table", "inet", NFT_TABLE], check=False)

@@ -13,9 +13,10 @@ import fcntl
 import os
 from contextlib import contextmanager
 
+from ... import nfquote
 from ..plan import HOOKED, IPT_CHAINS, MARKER, Match, Plan, Rule
 from . import BackendError, detect_flavour
-from .iptables import OUR_CHAINS, IptablesBackend
+from .iptables import OUR_CHAINS, IptablesBackend, removal_lines
 
 XTABLES_LOCK = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
 
@@ -60,7 +61,7 @@ def add_match(iptc, rule, m: Match, comment: str) -> None:
     if m.daddr:
         rule.dst = m.daddr
     if m.iif:
-        rule.in_interface = m.iif[:-1] + "+" if m.iif.endswith("*") else m.iif
+        rule.in_interface = nfquote.ipt_iface(m.iif)
     if m.proto:
         rule.protocol = m.proto
     if m.ct:
@@ -75,7 +76,7 @@ def add_match(iptc, rule, m: Match, comment: str) -> None:
             pm = rule.create_match("multiport")
             pm.dports = ",".join(str(lo) if lo == hi else f"{lo}:{hi}" for lo, hi in m.dports)
     c = rule.create_match("comment")
-    c.comment = comment
+    c.comment = nfquote.comment_text(comment)
 
 
 class PyIptablesBackend(IptablesBackend):
@@ -83,29 +84,36 @@ class PyIptablesBackend(IptablesBackend):
     diff and status); writes through libiptc."""
 
     def __init__(self, families: tuple[int, ...] = (4,), log_rate: int = 10):
+        """Reads nothing with libiptc: python-iptables is imported, and a table opened
+        (which instantiates it in the kernel), only when rules are written."""
         super().__init__("legacy", families, log_rate)
         self.name = "python-iptables"
-        self.iptc = _iptc()
+        self._iptc = None
         if detect_flavour() != "legacy":
             raise RefusedBackend(
                 "backend python-iptables: this host's iptables is nft-backed (iptables-nft "
                 "holds the rules); libiptc writes legacy xtables, which would split the "
                 "ruleset in two. Use backend: iptables or nftables")
-        try:
-            self.iptc.Table(self.iptc.Table.FILTER).refresh()
-        except Exception as e:  # libiptc reports a missing kernel table this way
-            raise BackendError(f"backend python-iptables: this kernel has no legacy xtables "
-                               f"filter table ({e})") from None
 
-    def _tables(self):
+    @property
+    def iptc(self):
+        if self._iptc is None:
+            self._iptc = _iptc()
+        return self._iptc
+
+    def _tables(self, families: tuple[int, ...]):
         iptc = self.iptc
-        for f in self.families:
-            yield f, (iptc.Table(iptc.Table.FILTER) if f == 4
-                      else iptc.Table6(iptc.Table6.FILTER))
+        for f in families:
+            try:
+                yield f, (iptc.Table(iptc.Table.MANGLE) if f == 4
+                          else iptc.Table6(iptc.Table6.MANGLE))
+            except Exception as e:  # libiptc reports a missing kernel table this way
+                raise BackendError(f"backend python-iptables: this kernel has no legacy "
+                                   f"xtables mangle table for IPv{f} ({e})") from None
 
     def _rule(self, family: int, r: Rule, verdict: str, mode: str):
         iptc = self.iptc
-        rule = iptc.Rule() if family == 4 else iptc.Rule6()
+        rule = self._new_rule(family)
         add_match(iptc, rule, r.match, r.comment)
         if verdict == "log":
             lim = rule.create_match("limit")
@@ -119,17 +127,32 @@ class PyIptablesBackend(IptablesBackend):
             rule.create_target({"accept": "RETURN", "drop": "DROP"}[verdict])
         return rule
 
+    def _new_rule(self, family: int):
+        """A libiptc rule that looks for chain targets in the mangle table only: stock
+        python-iptables opens every table to ask "is this a chain?", which instantiates
+        nat, filter, raw and security in the kernel."""
+        iptc = self.iptc
+        base = iptc.Rule if family == 4 else iptc.Rule6
+        table = iptc.Table(iptc.Table.MANGLE) if family == 4 else iptc.Table6(
+            iptc.Table6.MANGLE)
+        cls = type("MangleOnlyRule", (base,), {"tables": property(lambda _self: [table])})
+        return cls()
+
     @staticmethod
     def _is_our_jump(rule) -> bool:
         if rule.target.name not in OUR_CHAINS:
             return False
         return any(m.name == "comment" and m.comment == MARKER for m in rule.matches)
 
-    def _write(self, plan: Plan | None, mode: str) -> None:
+    def _write(self, plan: Plan | None, mode: str, families: tuple[int, ...]) -> None:
         """One commit per family: our chains refilled (or removed when plan is None)."""
         iptc = self.iptc
+        for f in families:  # objects an older version left in filter
+            old = removal_lines(self.save(f, table="filter"), "filter")
+            if old:
+                self._restore(f, "\n".join(old) + "\n")
         with xtables_lock():
-            for f, table in self._tables():
+            for f, table in self._tables(families):
                 table.autocommit = False
                 table.refresh()
                 for builtin in HOOKED.values():
@@ -158,7 +181,7 @@ class PyIptablesBackend(IptablesBackend):
                         else:
                             chain.append_rule(self._rule(f, r, r.verdict, mode))
                 for key, builtin in HOOKED.items():
-                    jump = iptc.Rule() if f == 4 else iptc.Rule6()
+                    jump = self._new_rule(f)
                     jump.create_match("comment").comment = MARKER
                     jump.create_target(IPT_CHAINS[key])
                     iptc.Chain(table, builtin).insert_rule(jump, 0)
@@ -166,15 +189,29 @@ class PyIptablesBackend(IptablesBackend):
                 table.autocommit = True
 
     def apply(self, plan: Plan, mode: str) -> bool:
-        if self.current() == self.desired(plan, mode):
-            return False
-        self._write(plan, mode)
+        from .. import state
+
+        with state.writer_lock():
+            if self.current() == self.desired(plan, mode):
+                return False
+            if len(self.families) > 1:
+                state.journal_begin(self.name, self.families)
+            for i, f in enumerate(self.families):  # one libiptc commit per family
+                if i:
+                    state.between_families()
+                self._write(plan, mode, (f,))
+            state.journal_end()
         return True
 
     def uninstall(self) -> bool:
-        if not any(ln.startswith(":") for ln in self.current().splitlines()):
-            return False
-        self._write(None, "enforce")
+        from .. import state
+
+        with state.writer_lock():
+            fams = tuple(f for f in (4, 6) if self.table_exists(f, "mangle")
+                         and ":NODEWARD-" in self.save(f))
+            if not fams:
+                return False
+            self._write(None, "enforce", fams)
         return True
 
     def restore(self, saved: str) -> None:
