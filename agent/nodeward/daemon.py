@@ -20,6 +20,7 @@ from typing import IO, Any
 from . import config as config_mod
 from . import probe
 from .checks import CheckResult, run_checks, with_findings
+from .collect.procs import OwnerMemo
 from .collect.ruleset import ParseCache
 from .daemon_settings import DaemonSettings
 from .model import Finding, NodeSnapshot
@@ -59,6 +60,7 @@ class Agent:
         # Kept for the agent's lifetime: an unchanged ruleset is neither parsed nor
         # evaluated again (a kube-proxy node's 50,000 rules, thousands of sockets).
         self.ruleset_cache = ParseCache()
+        self.owner_memo = OwnerMemo()
         self.reach_memo = ReachMemo()
         self.snapshotter = snapshotter or self._snapshot
         self.log = make_logger(cfg.node_name, out)
@@ -121,7 +123,7 @@ class Agent:
 
     # -- one cycle --------------------------------------------------------------------------
     def _snapshot(self, cfg: config_mod.Config) -> NodeSnapshot:
-        return take_snapshot(cfg, ruleset_cache=self.ruleset_cache)
+        return take_snapshot(cfg, ruleset_cache=self.ruleset_cache, owner_memo=self.owner_memo)
 
     def cycle(self) -> CycleOutcome:
         start = time.perf_counter()

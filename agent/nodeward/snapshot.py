@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from operator import attrgetter
 
 from .collect.addresses import collect_interfaces
-from .collect.procs import attribute
-from .collect.ruleset import ParseCache, RulesetUnavailable, collect_ruleset
+from .collect.procs import OwnerMemo, attribute
+from .collect.ruleset import DEFAULT_MAX_RULES, ParseCache, RulesetUnavailable, collect_ruleset
 from .collect.sockets import collect_sockets
 from .config import Config
 from .gcpause import paused_gc
@@ -29,33 +29,37 @@ def now_rfc3339() -> str:
 
 def take_snapshot(config: Config, force_procfs: bool = False, firewall: bool | None = None,
                   ruleset_cache: ParseCache | None = None,
-                  ruleset: Ruleset | None = None) -> NodeSnapshot:
+                  ruleset: Ruleset | None = None,
+                  owner_memo: OwnerMemo | None = None) -> NodeSnapshot:
     """`firewall` (default: config.firewall) also reads the live ruleset, unless `ruleset`
     is given (a saved dump); a daemon passes one ParseCache for its lifetime so an
-    unchanged ruleset is not parsed again."""
+    unchanged ruleset is not parsed again, and one OwnerMemo so each socket's owner is
+    checked where it was found last cycle instead of walked for again."""
     with paused_gc():
-        snap = _take_snapshot(config, force_procfs)
+        snap = _take_snapshot(config, force_procfs, owner_memo)
         if ruleset is not None:
             snap = replace(snap, ruleset=ruleset, notes=snap.notes + ruleset.notes)
         elif config.firewall if firewall is None else firewall:
-            ruleset, note = read_ruleset(ruleset_cache)
+            ruleset, note = read_ruleset(ruleset_cache, config.firewall_max_rules)
             snap = replace(snap, ruleset=ruleset, notes=snap.notes + note)
         return snap
 
 
-def read_ruleset(cache: ParseCache | None = None) -> tuple[Ruleset | None, tuple[str, ...]]:
+def read_ruleset(cache: ParseCache | None = None, max_rules: int = DEFAULT_MAX_RULES,
+                 ) -> tuple[Ruleset | None, tuple[str, ...]]:
     """The live ruleset and its notes; None (and a note why) when it cannot be read."""
     try:
-        rs = collect_ruleset(cache=cache)
+        rs = collect_ruleset(cache=cache, max_rules=max_rules)
     except (RulesetUnavailable, RulesetParseError) as e:
         return None, (f"firewall not evaluated: {e}",)
     return rs, rs.notes
 
 
-def _take_snapshot(config: Config, force_procfs: bool) -> NodeSnapshot:
+def _take_snapshot(config: Config, force_procfs: bool,
+                   owner_memo: OwnerMemo | None = None) -> NodeSnapshot:
     interfaces = collect_interfaces(config.pod_interfaces)
     raw, source, notes = collect_sockets(force_procfs=force_procfs)
-    procs, proc_notes = attribute(s.inode for s in raw)
+    procs, proc_notes = attribute((s.inode for s in raw), owner_memo)
     by_index = {i.index: i for i in interfaces}
     sockets = []
     scopes: dict[tuple, tuple] = {}  # thousands of sockets, a handful of bind addresses
