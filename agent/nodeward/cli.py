@@ -133,7 +133,8 @@ def cmd_scan(args: argparse.Namespace, cfg: config_mod.Config) -> int:
         err_log.warning("collector_note", note=note)
     out = sys.stdout
     if args.format == "json":
-        out.write(render.to_json(snap, result, cfg.catalog))
+        # indented on a terminal, compact into a pipe or file (programs read those)
+        out.write(render.to_json(snap, result, cfg.catalog, pretty=out.isatty()))
     elif args.format == "jsonl":
         out.write(render.to_jsonl(snap, result))
     elif args.format == "log":

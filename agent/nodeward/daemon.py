@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from . import config as config_mod
 from . import probe
@@ -26,9 +26,11 @@ from .daemon_settings import DaemonSettings
 from .model import Finding, NodeSnapshot
 from .report.logs import finding_fields, log_finding, make_logger
 from .report.metrics import Metrics, StatusServer
-from .report.sink import HttpSink
 from .ruleset.reach import ReachMemo
 from .snapshot import take_snapshot
+
+if TYPE_CHECKING:  # the sink (and requests) load only when one is configured
+    from .report.sink import HttpSink
 
 
 def diff_findings(previous: dict[tuple, Finding],
@@ -89,6 +91,8 @@ class Agent:
             self.sink.close()
             self.sink = None
         if self.settings.sink is not None:
+            from .report.sink import HttpSink
+
             self.sink = HttpSink(self.settings.sink, self.cfg.node_name, self.log,
                                  on_change=self.metrics.sink_changed)
             self.sink.start()

@@ -17,11 +17,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
 import structlog
 import yaml
+
+if TYPE_CHECKING:  # requests (~60 ms to import) loads only when an API is used
+    import requests
 
 log = structlog.get_logger("nodeward.kubeapi")
 
@@ -108,6 +110,8 @@ def from_kubeconfig(path: str | Path, context: str = "", **kw: Any) -> ApiConfig
 
 class KubeApi:
     def __init__(self, cfg: ApiConfig, session: requests.Session | None = None) -> None:
+        import requests
+
         self.cfg = cfg
         self.s = session or requests.Session()
         # Passed on every request too: a session-level `verify` loses to REQUESTS_CA_BUNDLE
@@ -122,6 +126,8 @@ class KubeApi:
 
     def get(self, path: str, params: dict | None = None) -> dict:
         """GET with bounded retries on 5xx and connection errors; 4xx fails at once."""
+        import requests
+
         url = self.cfg.url + path
         attempt = 0
         while True:
@@ -172,6 +178,8 @@ class KubeApi:
     def apply(self, path: str, obj: dict) -> None:
         """Server-side apply (create or update) as field manager `nodeward`. One attempt:
         the caller re-applies the whole object next cycle anyway."""
+        import requests
+
         try:
             r = self.s.patch(self.cfg.url + path, data=json.dumps(obj), verify=self.verify,
                              params={"fieldManager": "nodeward", "force": "true"},

@@ -6,8 +6,6 @@ import fnmatch
 import socket
 from collections.abc import Iterable
 
-from pyroute2 import IPRoute
-
 from ..model import Address, Interface
 
 IFF_UP = 0x1
@@ -18,6 +16,10 @@ def is_pod_facing(name: str, patterns: Iterable[str]) -> bool:
 
 
 def collect_interfaces(pod_patterns: Iterable[str]) -> list[Interface]:
+    # imported here: pyroute2 costs ~50 ms of start-up (its package loads NDB/IPDB too),
+    # which --help, --version and `config check` need not pay
+    from pyroute2 import IPRoute
+
     patterns = tuple(pod_patterns)
     with IPRoute() as ipr:
         links = ipr.get_links()

@@ -39,7 +39,7 @@ def make_logger(node: str, stream: IO[str] | None = None) -> Any:
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
             structlog.processors.format_exc_info,
             _head_first,
-            structlog.processors.JSONRenderer(sort_keys=False, default=str),
+            structlog.processors.JSONRenderer(sort_keys=False, default=str, separators=(",", ":")),
         ],
         wrapper_class=structlog.BoundLogger,
     ).bind(node=node)
