@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..ruleset.iptables import parse_iptables_save
-from ..ruleset.model import IpSet, Ruleset, Table
+from ..ruleset.model import IpSet, Problem, Ruleset, Table
 from ..ruleset.nft import parse_nft_json
 from . import nfgen
 
@@ -64,7 +64,30 @@ TIMEOUT = 30.0
 
 
 class RulesetUnavailable(Exception):
-    """No front-end could be read (tools missing, or not root): nothing to evaluate."""
+    """No front-end could be read (tools missing, or not root): nothing to evaluate.
+    `source` names the command to blame (NW206's evidence)."""
+
+    def __init__(self, message: str, source: str = "ruleset") -> None:
+        super().__init__(message)
+        self.source = source
+
+
+#: CAP_NET_ADMIN's bit in /proc/PID/status CapEff.
+CAP_NET_ADMIN = 12
+
+
+def has_net_admin(status_path: str = "/proc/self/status") -> bool | None:
+    """Whether this process may read netfilter (CAP_NET_ADMIN effective); None when the
+    status file cannot tell. Without it iptables-legacy-save exits 0 with empty output,
+    which must not be read as "no rules"."""
+    try:
+        with open(status_path, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 class FrontendFailed(Exception):
@@ -234,7 +257,9 @@ class _Part:
     digests: tuple[tuple[str, str], ...]  # (cache key, digest), in read order
     answered: int
     holding: tuple[str, ...]
-    problems: tuple[str, ...]
+    problems: tuple[Problem, ...]
+    failed: tuple[str, ...]  # commands that answered nothing (missing, error exit)
+    blank: tuple[str, ...]  # commands that answered with empty output
     rules: int
 
 
@@ -247,27 +272,33 @@ class _Reader:
         self.max_rules = max_rules
         self.rules = 0
         self.answered = 0
-        self.problems: list[str] = []
+        self.problems: list[Problem] = []
         self.digests: list[tuple[str, str]] = []
+        self.failed: list[str] = []
+        self.blank: list[str] = []
 
     def text(self, argv: Sequence[str]) -> str | None:
         try:
             out = self.run(argv)
         except FrontendFailed as e:
             self.answered += 1  # it exists and tried: the stage is partial, not unavailable
-            self.problems.append(f"{e}: its tables are not evaluated")
+            self.problems.append(Problem(argv[0], f"{e}: its tables are not evaluated"))
             return None
-        if out is not None:
+        if out is None:
+            self.failed.append(argv[0])
+        else:
             self.answered += 1
+            if not out.strip():
+                self.blank.append(argv[0])
         return out
 
     def parsed(self, key: str, text: str, parse: Callable[[str], Any], empty: Any,
                count: Callable[[str], int]) -> Any:
         n = count(text)
         if self.rules + n > self.max_rules:
-            self.problems.append(
+            self.problems.append(Problem(key.split()[0], (
                 f"{key}: {n:,} rules would pass the ceiling of {self.max_rules:,} "
-                f"(firewall_max_rules; {self.rules:,} read before it): not evaluated")
+                f"(firewall_max_rules; {self.rules:,} read before it): not evaluated")))
             return empty
         self.rules += n
         one = digest_dump(text)
@@ -318,8 +349,8 @@ def _read_nf(r: _Reader, probes: Probes) -> _Part:
             argv = ["nft", "-s", "-j", "list", "table", family, name]
             text = r.text(argv)
             if text is None:
-                r.problems.append(f"{' '.join(argv)} failed although the table exists: "
-                                  "its rules are not evaluated")
+                r.problems.append(Problem("nft", f"{' '.join(argv)} failed although the "
+                                          "table exists: its rules are not evaluated"))
                 continue
             nft_tables, nft_sets = r.parsed(
                 " ".join(argv), text,
@@ -327,7 +358,7 @@ def _read_nf(r: _Reader, probes: Probes) -> _Part:
             tables.extend(nft_tables)
             sets.update(nft_sets)
     return _Part(tuple(tables), sets, tuple(r.digests), r.answered, holding,
-                 tuple(r.problems), r.rules)
+                 tuple(r.problems), tuple(r.failed), tuple(r.blank), r.rules)
 
 
 def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
@@ -381,6 +412,14 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
     if not part.answered and not r.answered and not part.problems:
         raise RulesetUnavailable("no iptables-save, ip6tables-save or nft answered "
                                  "(missing, or not run as root)")
+    blank = (*part.blank, *r.blank)
+    if {"iptables-nft-save", "nft"} <= set(part.failed) and blank and \
+            part.answered + r.answered == len(blank):
+        # Without CAP_NET_ADMIN iptables-nft-save and nft fail ("Permission denied") while
+        # iptables-legacy-save exits 0 printing nothing: that is "unreadable", not "no rules".
+        raise RulesetUnavailable(
+            f"iptables-nft-save and nft failed and {', '.join(blank)} printed nothing: the "
+            "ruleset is unreadable (no CAP_NET_ADMIN?), not empty", "iptables-nft-save")
     # order as before: iptables-nft, iptables-legacy, native nft
     nft_tables = tuple(t for t in part.tables if t.frontend != "iptables-nft")
     ipt_nft = tuple(t for t in part.tables if t.frontend == "iptables-nft")
@@ -388,18 +427,8 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
     for key, one in (*part.digests, *r.digests):
         digest.update(f"{key}\0{one}\0".encode())
     problems = (*part.problems, *r.problems)
-    return _ruleset(ipt_nft + tuple(legacy) + nft_tables, sets, tuple(notes), problems,
-                    digest.hexdigest())
-
-
-def _ruleset(tables: tuple[Table, ...], sets: dict[str, IpSet], notes: tuple[str, ...],
-             problems: tuple[str, ...], fingerprint: str) -> Ruleset:
-    """A Ruleset carrying the read's problems (the firewall stage's partial reads)."""
-    if "problems" in Ruleset.__dataclass_fields__:
-        return Ruleset(tables, sets, notes, fingerprint, problems=problems)  # type: ignore
-    # until the Ruleset carries problems, they are notes the operator sees
-    return Ruleset(tables, sets, notes + tuple(f"firewall stage partial: {p}"
-                                               for p in problems), fingerprint)
+    return Ruleset(ipt_nft + tuple(legacy) + nft_tables, sets, tuple(notes),
+                   digest.hexdigest(), problems=problems)
 
 
 def read_dump_files(paths: Sequence[str]) -> Ruleset:

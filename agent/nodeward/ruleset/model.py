@@ -74,6 +74,24 @@ class IpSet:
     members: tuple[str, ...]
 
 
+class Problem(NamedTuple):
+    """Why (part of) the ruleset could not be read: each one becomes an NW206 finding
+    ("the firewall could not be evaluated", medium), so it is never a silent note.
+
+    `source` names what failed (a command such as "iptables-nft-save", or a dump file);
+    `line` is the line in it when one is to blame (0: none); `reason` is one line of text.
+    Collectors append one per failed read (timeout, partial output, permission denied).
+    """
+
+    source: str
+    reason: str
+    line: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.reason}" if self.line else \
+            f"{self.source}: {self.reason}"
+
+
 @dataclass(frozen=True)
 class Ruleset:
     tables: tuple[Table, ...] = ()
@@ -82,10 +100,14 @@ class Ruleset:
     #: Digest of the dumps it was parsed from ("" when built another way): equal
     #: fingerprints mean equal rulesets, so verdicts can be reused across scans.
     fingerprint: str = ""
+    #: Reads that failed or were cut short (the ruleset holds what the others gave). Not
+    #: empty: the firewall stage ran partially; each Problem is an NW206 finding, and the
+    #: daemon keeps (stale) rather than resolves the firewall findings of the last full run.
+    problems: tuple[Problem, ...] = ()
 
     def merge(self, other: Ruleset) -> Ruleset:
         return Ruleset(self.tables + other.tables, {**self.sets, **other.sets},
-                       self.notes + other.notes)
+                       self.notes + other.notes, problems=self.problems + other.problems)
 
 
 @dataclass(frozen=True)
