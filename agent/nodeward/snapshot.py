@@ -13,8 +13,13 @@ from operator import attrgetter
 
 from .collect.addresses import collect_interfaces
 from .collect.procs import OwnerMemo, attribute
-from .collect.ruleset import (DEFAULT_MAX_RULES, ParseCache, RulesetUnavailable, collect_ruleset,
-                              has_net_admin)
+from .collect.ruleset import (
+    DEFAULT_MAX_RULES,
+    ParseCache,
+    RulesetUnavailable,
+    collect_ruleset,
+    has_net_admin,
+)
 from .collect.sockets import collect_sockets
 from .config import Config
 from .gcpause import paused_gc

@@ -128,3 +128,24 @@ def test_run_local_is_bounded() -> None:
         run_local(["yes"], max_bytes=1 << 20)
     assert run_local(["echo", "ok"]) == "ok\n"
     assert run_local(["false"]) is None and run_local(["no-such-command-nw"]) is None
+
+
+def test_partial_read_is_an_nw206_finding() -> None:
+    """The ceiling and the timeouts reach the operator as NW206, through the checks."""
+    from nodeward import config
+    from nodeward.checks import run_checks
+    from nodeward.model import NodeSnapshot
+
+    out = {"iptables-nft-save": dump(1000, n=30)}
+
+    def run(argv):
+        if argv[0] == "nft":
+            raise FrontendFailed("nft -s -j list ruleset timed out after 30 s")
+        return out.get(argv[0])
+
+    rs = collect_ruleset(run, max_rules=10)
+    snap = NodeSnapshot("n1", "2026-12-01T00:00:00Z", ruleset=rs)
+    found = [f for f in run_checks(snap, config.Config(node_name="n1")).findings
+             if f.id == "NW206"]
+    text = " ".join(str(f.evidence) for f in found)
+    assert len(found) == 2 and "ceiling of 10" in text and "timed out" in text

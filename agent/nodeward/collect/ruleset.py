@@ -409,12 +409,16 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
                              lambda t: 0))
     if cache is not None:
         cache.rotate()
+    blank = (*part.blank, *r.blank)
+    nf_failed = {"iptables-nft-save", "nft"} <= set(part.failed)
     if not part.answered and not r.answered and not part.problems:
+        if nf_failed:  # the tools are there and refused: not "missing"
+            raise RulesetUnavailable("iptables-nft-save and nft failed and no other front-end "
+                                     "answered: the ruleset is unreadable (no "
+                                     "CAP_NET_ADMIN?), not empty", "iptables-nft-save")
         raise RulesetUnavailable("no iptables-save, ip6tables-save or nft answered "
                                  "(missing, or not run as root)")
-    blank = (*part.blank, *r.blank)
-    if {"iptables-nft-save", "nft"} <= set(part.failed) and blank and \
-            part.answered + r.answered == len(blank):
+    if nf_failed and blank and part.answered + r.answered == len(blank):
         # Without CAP_NET_ADMIN iptables-nft-save and nft fail ("Permission denied") while
         # iptables-legacy-save exits 0 printing nothing: that is "unreadable", not "no rules".
         raise RulesetUnavailable(
