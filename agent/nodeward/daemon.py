@@ -169,7 +169,10 @@ class Agent:
                       duration_ms=round(duration * 1000, 1), socket_source=snap.socket_source,
                       firewall_rules=None if snap.ruleset is None else sum(
                           len(c.rules) for t in snap.ruleset.tables for c in t.chains.values()),
-                      verdicts_reused=self.reach_memo.hits)
+                      verdicts_reused=self.reach_memo.hits,
+                      ruleset_reads=self.ruleset_cache.reads,
+                      ruleset_reads_skipped=self.ruleset_cache.reads_skipped,
+                      owners_verified=self.owner_memo.verified)
         if self.cfg.mode in ("audit", "enforce"):
             self.enforce(snap)
         if self.settings.policy_report and (opened or resolved or self.cycles == 1):
