@@ -51,6 +51,11 @@ def test_superseded_rulesets_are_collected() -> None:
         evaluate(rs, Packet(4, "10.0.0.2", "10.0.0.1", "tcp", port + 5))
     gc.collect()
     assert ref() is None
+    # nor do the parser's shared values keep the old rules' matches
+    from nodeward.ruleset import iptables
+
+    assert not any(m.op == "dport" and m.args == ((1005, 1005),)
+                   for m in iptables._MATCH_CACHE.values())
 
 
 def test_cache_key_ignores_date_lines_and_counters() -> None:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..ruleset.iptables import guess_family, parse_iptables_save
+from ..ruleset.iptables import clear_caches, guess_family, parse_iptables_save
 from ..ruleset.model import IpSet, Problem, Ruleset, Table
 from ..ruleset.nft import parse_nft_json
 from . import nfgen
@@ -111,12 +111,14 @@ class ParseCache:
     """Parsed tables per dump digest, for the dumps seen in the last read only (bounded),
     and the nf_tables part of the last read with the generation id it was read at."""
 
-    __slots__ = ("_last", "_now", "gen", "hits", "nf_part", "reads", "reads_skipped")
+    __slots__ = ("_last", "_now", "gen", "hits", "misses", "nf_part", "reads",
+                 "reads_skipped")
 
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], Any] = {}
         self._now: dict[tuple[str, str], Any] = {}
         self.hits = 0
+        self.misses = 0  # dumps parsed
         self.gen: int | None = None
         self.nf_part: _Part | None = None
         self.reads = 0  # nf_tables reads done
@@ -129,6 +131,7 @@ class ParseCache:
         hit = self._last.get(key, self._now.get(key))
         if hit is None:
             hit = parse(text)
+            self.misses += 1
         else:
             self.hits += 1
         self._now[key] = hit
@@ -371,6 +374,7 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
     if probes is None:
         probes = LIVE if run is run_local else NO_PROBES
     notes: list[str] = []
+    misses = cache.misses if cache is not None else 0
     # nf_tables first: its generation id is read before its dumps, so a write racing the
     # read shows up as a changed id next time (re-read), never as a stale cache.
     gen = probes.generation()
@@ -409,6 +413,8 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
                              lambda t: 0))
     if cache is not None:
         cache.rotate()
+        if cache.misses != misses:  # parsed: drop the parser's values of older rulesets
+            clear_caches()
     blank = (*part.blank, *r.blank)
     nf_failed = {"iptables-nft-save", "nft"} <= set(part.failed)
     if not part.answered and not r.answered and not part.problems:

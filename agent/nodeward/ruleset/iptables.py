@@ -209,6 +209,17 @@ def _module_option(module: str, opt: str, vals: tuple[str, ...], neg: bool) -> M
     return _option_match(module, opt, list(vals), neg)
 
 
+def clear_caches() -> None:
+    """Forget the shared address/match values of earlier parses. The collector calls it
+    after a read that parsed: the live ruleset holds what it uses, and entries of superseded
+    rulesets (a churning node's old endpoints) would otherwise pile up to the caps."""
+    _MATCH_CACHE.clear()
+    _ADDR_CACHE.clear()
+    _module_option.cache_clear()
+    parse_net.cache_clear()
+    parse_ports.cache_clear()
+
+
 def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple[str, Rule]:
     """Tokens of one `-A CHAIN ...` line -> (chain, Rule). Comments are not kept as matches
     (they never decide a packet's fate); they stay in the rule text, which is the evidence.
