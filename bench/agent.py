@@ -8,7 +8,8 @@ iptables-save, nft, ipset) from half a second after start (start-up imports left
 --churn a kube-proxy-like writer rewrites five services' endpoints every 10 s.
 
 Printed per run: RSS first (after the first cycle) / last / peak (VmHWM), the RSS slope per
-hour (least squares over the samples after the second cycle), CPU share, cycle time
+hour (least squares over the samples after the second cycle), CPU share in the steady state
+(after the cold first cycle, which parses everything) and over the whole run, cycle time
 (scan_complete duration_ms: median and max), ruleset reads done and skipped, verdicts reused
 in the last cycle. Targets (issue 17): RSS slope under 1 MB/h and peak under 100 MB with 50k
 rules; CPU under 1% of a core at 30 s with an unchanged ruleset, under 3% with churn.
@@ -103,21 +104,31 @@ def run(args) -> dict:
             time.sleep(0.5)
             cpu0, t0 = cpu_seconds(agent.pid), time.monotonic()
             samples: list[tuple[float, int]] = []
+            done: list[tuple[float, float, int]] = []  # (t, cpu, rss) at each cycle's end
             peak = 0
             end = t0 + args.minutes * 60
+            seen = 0
+            tail = open(logp)  # noqa: SIM115 (closed below)
             while time.monotonic() < end:
                 rss, hwm = rss_kb(agent.pid)
                 peak = max(peak, hwm)
-                samples.append((time.monotonic() - t0, rss))
+                now = time.monotonic() - t0
+                samples.append((now, rss))
+                seen += tail.read().count('"scan_complete"')
+                while len(done) < seen:
+                    done.append((now, cpu_seconds(agent.pid), rss))
                 time.sleep(1)
             cpu1, t1 = cpu_seconds(agent.pid), time.monotonic()
+            tail.close()
             lab.stop(agent)
         evs = events(logp)
     cycles = [e for e in evs if e.get("event") == "scan_complete"]
-    # the samples from the end of the second cycle on (first cycles parse cold)
-    warm_from = args.interval * 1.5 if len(cycles) >= 2 else 0
+    # steady state: from the end of the first (cold: parses everything) cycle on; the RSS
+    # slope from the end of the second on
+    first_t, first_cpu, first_rss = done[0] if done else (0.0, cpu0, samples[0][1])
+    warm_from = done[1][0] if len(done) >= 2 else first_t
     warm = [(t, r) for t, r in samples if t >= warm_from] or samples
-    first = next((r for t, r in samples if t >= min(args.interval * 0.5, 5)), samples[0][1])
+    steady_s = (t1 - t0) - first_t
     durations = [e["duration_ms"] for e in cycles if "duration_ms" in e]
     last = cycles[-1] if cycles else {}
     reused = [e.get("verdicts_reused", 0) for e in cycles]
@@ -126,14 +137,17 @@ def run(args) -> dict:
         "minutes": args.minutes, "listeners": args.listeners,
         "established": args.established, "rules": args.rules, "load_s": round(load_s, 1),
         "cycles": len(cycles), "failed": sum(e.get("event") == "scan_failed" for e in evs),
-        "rss_first_mb": first / 1024, "rss_last_mb": samples[-1][1] / 1024,
+        "rss_first_mb": first_rss / 1024, "rss_last_mb": samples[-1][1] / 1024,
         "rss_peak_mb": peak / 1024, "slope_mb_h": slope_per_hour(warm),
         "cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
+        "cpu_steady_pct": (cpu1 - first_cpu) / steady_s * 100 if steady_s > 0 else None,
+        "first_cycle_s": round(first_t, 1), "first_cycle_cpu_s": round(first_cpu - cpu0, 2),
         "cycle_ms_median": statistics.median(durations) if durations else None,
         "cycle_ms_max": max(durations) if durations else None,
         "firewall_rules": last.get("firewall_rules"),
         "ruleset_reads": last.get("ruleset_reads"),
         "ruleset_reads_skipped": last.get("ruleset_reads_skipped"),
+        "checks_reused": last.get("checks_reused"),
         "verdicts_reused_last": (reused[-1] - reused[-2]) if len(reused) >= 2 else None,
         "sockets": last.get("sockets"),
     }
@@ -153,11 +167,15 @@ def report(r: dict) -> str:
         f"{ok(r['rss_peak_mb'] < TARGET_PEAK_MB)})",
         f"  RSS slope {r['slope_mb_h']:+.2f} MB/h (target < {TARGET_SLOPE_MB_H:g}: "
         f"{ok(abs(r['slope_mb_h']) < TARGET_SLOPE_MB_H)})",
-        f"  CPU {r['cpu_pct']:.2f} % of a core (target < {target_cpu:g}% at 30 s: "
-        f"{ok(r['cpu_pct'] < target_cpu) if r['interval'] >= 30 else 'n/a at this interval'})",
+        f"  CPU steady state (after the cold first cycle) {r['cpu_steady_pct']:.2f} % of a core "
+        f"(target < {target_cpu:g}% at 30 s: "
+        f"{ok(r['cpu_steady_pct'] < target_cpu) if r['interval'] >= 30 else 'n/a'}); whole "
+        f"run {r['cpu_pct']:.2f} % (first cycle {r['first_cycle_cpu_s']} s of CPU, ended at "
+        f"{r['first_cycle_s']} s)",
         f"  cycle median {r['cycle_ms_median']} ms  max {r['cycle_ms_max']} ms; nf_tables "
         f"reads {r['ruleset_reads']} done / {r['ruleset_reads_skipped']} skipped (generation "
-        f"id unchanged); verdicts reused in the last cycle {r['verdicts_reused_last']}",
+        f"id unchanged); verdicts reused in the last cycle {r['verdicts_reused_last']}; "
+        f"check results reused {r['checks_reused']} times",
     ]
     return "\n".join(lines)
 

@@ -63,6 +63,8 @@ class Agent:
         # evaluated again (a kube-proxy node's 50,000 rules, thousands of sockets).
         self.ruleset_cache = ParseCache()
         self.owner_memo = OwnerMemo()
+        self._last_checked: tuple[config_mod.Config, tuple, CheckResult] | None = None
+        self.checks_reused = 0
         self.reach_memo = ReachMemo()
         self.snapshotter = snapshotter or self._snapshot
         self.log = make_logger(cfg.node_name, out)
@@ -132,7 +134,7 @@ class Agent:
     def cycle(self) -> CycleOutcome:
         start = time.perf_counter()
         snap = self.snapshotter(self.cfg)
-        result = run_checks(snap, self.cfg, self.reach_memo)
+        result = self._checked(snap)
         cluster = self.cfg.section("cluster")
         if cluster is not None:  # encryption and Calico checks, as `nodeward scan` runs them
             from .clusterscan import with_cluster
@@ -172,7 +174,8 @@ class Agent:
                       verdicts_reused=self.reach_memo.hits,
                       ruleset_reads=self.ruleset_cache.reads,
                       ruleset_reads_skipped=self.ruleset_cache.reads_skipped,
-                      owners_verified=self.owner_memo.verified)
+                      owners_verified=self.owner_memo.verified,
+                      checks_reused=self.checks_reused)
         if self.cfg.mode in ("audit", "enforce"):
             self.enforce(snap)
         if self.settings.policy_report and (opened or resolved or self.cycles == 1):
@@ -186,6 +189,24 @@ class Agent:
         self.metrics.last_scan.set(time.time())
         self.last_ok = time.time()
         return CycleOutcome(snap, result, opened, resolved, duration)
+
+    def _checked(self, snap: NodeSnapshot) -> CheckResult:
+        """run_checks, or the last cycle's result when its inputs are equal: the checks are
+        pure functions of the snapshot (its time aside) and the config, and a quiet node's
+        cycles see the same sockets, owners, interfaces and ruleset (by fingerprint) again
+        and again. 10,000 sockets: ~5 ms to compare instead of ~150 ms to check."""
+        rs = snap.ruleset
+        key = None if rs is not None and not rs.fingerprint else (
+            snap.sockets, snap.interfaces, snap.notes, snap.ruleset_unavailable,
+            None if rs is None else (rs.fingerprint, rs.problems, rs.notes))
+        last = self._last_checked
+        if key is not None and last is not None and last[0] is self.cfg and last[1] == key:
+            self.checks_reused += 1
+            self.reach_memo.hits += len(self.reach_memo.entries)  # every verdict reused
+            return last[2]
+        result = run_checks(snap, self.cfg, self.reach_memo)
+        self._last_checked = (self.cfg, key, result) if key is not None else None
+        return result
 
     def _with_probes(self, snap: NodeSnapshot, result: CheckResult) -> CheckResult:
         """Every `probe_peers.every` cycles, probe the configured peers' sensitive ports

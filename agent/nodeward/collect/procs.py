@@ -63,17 +63,28 @@ def inode_owners(wanted: Iterable[int], proc: str = "/proc",
     readlink = os.readlink
     if memo is not None:
         memo.verified = 0
+        by_pid: dict[int, list[tuple[int, str]]] = {}
         for inode, (pid, fd) in memo.owners.items():
             if inode in remaining:
-                try:
-                    ok = readlink(f"{proc}/{pid}/fd/{fd}") == f"socket:[{inode}]"
-                except OSError:
-                    ok = False
-                if ok:
-                    owners[inode] = pid
-                    fds[inode] = (pid, fd)
-                    remaining.discard(inode)
-                    memo.verified += 1
+                by_pid.setdefault(pid, []).append((inode, fd))
+        for pid, held in by_pid.items():
+            try:  # one directory open per process, then one readlink per socket in it
+                dfd = os.open(f"{proc}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue  # gone: its sockets are looked for below
+            try:
+                for inode, fd in held:
+                    try:
+                        ok = readlink(fd, dir_fd=dfd) == f"socket:[{inode}]"
+                    except OSError:
+                        ok = False
+                    if ok:
+                        owners[inode] = pid
+                        fds[inode] = (pid, fd)
+                        remaining.discard(inode)
+                memo.verified += sum(1 for inode, _ in held if inode in fds)
+            finally:
+                os.close(dfd)
     # known fd-less (kernel) sockets are not waited for: the walk can stop without them
     pending = remaining - memo.fdless if memo is not None else set(remaining)
     walked_all = False

@@ -160,6 +160,7 @@ class Probes:
     generation: Callable[[], int | None] = lambda: None
     nft_tables: Callable[[], list[tuple[str, str]] | None] = lambda: None
     legacy_tables: Callable[[int], bool | None] = lambda family: None
+    ipsets: Callable[[], bool | None] = lambda: None
 
 
 def legacy_tables_exist(family: int, proc: str = "/proc/thread-self/net") -> bool | None:
@@ -177,7 +178,16 @@ def legacy_tables_exist(family: int, proc: str = "/proc/thread-self/net") -> boo
         return None
 
 
-LIVE = Probes(nfgen.generation_id, nfgen.list_tables, legacy_tables_exist)
+def ipset_loaded(sysfs: str = "/sys/module") -> bool | None:
+    """Whether the kernel has ipset at all (module loaded or built in): without it there
+    are no sets, and `ipset save` (a fork and exec every cycle) is not run."""
+    try:
+        return os.path.isdir(f"{sysfs}/ip_set")
+    except OSError:
+        return None
+
+
+LIVE = Probes(nfgen.generation_id, nfgen.list_tables, legacy_tables_exist, ipset_loaded)
 NO_PROBES = Probes()
 
 
@@ -407,7 +417,7 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
         notes.append("both iptables-legacy and iptables-nft hold rules; a packet must pass "
                      "both (kube-proxy would pick iptables-nft)")
     sets = dict(part.sets)
-    ipset_text = r.text(["ipset", "save"])
+    ipset_text = r.text(["ipset", "save"]) if probes.ipsets() is not False else None
     if ipset_text:
         sets.update(r.parsed("ipset", ipset_text, parse_ipset_save, {},
                              lambda t: 0))
