@@ -49,7 +49,7 @@ class _Out:
 
 class _Ctx:
     __slots__ = ("branches", "hook", "ifaddrs", "local", "max_branches", "set_cache", "sets",
-                 "xt")
+                 "visited", "xt")
 
     def __init__(self, ruleset: Ruleset, local: frozenset[str], max_branches: int,
                  ifaddrs=None) -> None:
@@ -61,6 +61,9 @@ class _Ctx:
         self.set_cache: dict[str, tuple | None] = {}
         self.xt = True  # the table being walked is an iptables one (xt matches), not nft
         self.hook = ""  # the hook being walked
+        #: (frontend, family, table, chain) of every chain walked or jumped to, when the
+        #: caller asks (reach.ReachMemo: a verdict stays valid while those chains do)
+        self.visited: set[tuple[str, str, str, str]] | None = None
 
 
 def _ip(text: str) -> int:
@@ -412,6 +415,8 @@ def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[St
     while frames:
         frame = frames[-1]
         chain: Chain = frame[0]
+        if ctx.visited is not None:
+            ctx.visited.add((fe, table.family, tn, chain.name))
         rules = chain.rules
         idx = frame[1]
         n = len(rules)
@@ -495,6 +500,8 @@ def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[St
                 return [*outs, _Out("reject", p, (*trace, _eff(step, "reject")), reasons, False)]
             if t == "JUMP" or t == "GOTO":
                 target = table.chains.get(arg)
+                if ctx.visited is not None:  # also when missing: its later arrival matters
+                    ctx.visited.add((fe, table.family, tn, arg))
                 hops += 1
                 if target is None or len(frames) >= MAX_DEPTH or hops > MAX_HOPS:
                     why = f"{fe} {tn} {chain.name} #{idx}: " + (
@@ -587,7 +594,8 @@ def hook_chains(ruleset: Ruleset, hook: str, family: int) -> list[tuple[Table, C
 
 
 def evaluate(ruleset: Ruleset, packet: Packet, *, local_addresses=(), path: str = "input",
-             max_branches: int = 256, interface_addresses=None) -> Verdict:
+             max_branches: int = 256, interface_addresses=None,
+             visited: set | None = None) -> Verdict:
     """The verdict for `packet` on `path` ("input": to the host; "forward": through it).
 
     A packet arriving on "lo" was generated on this node: it first takes the OUTPUT path
@@ -595,10 +603,12 @@ def evaluate(ruleset: Ruleset, packet: Packet, *, local_addresses=(), path: str 
     DNAT it away, then loops back through PREROUTING and INPUT with the marks it was given.
     `interface_addresses` (interface -> its addresses in the order `ip addr` lists them)
     lets a REDIRECT be followed: to the incoming interface's first address of the family.
-    Without it a REDIRECT leaves the verdict uncertain."""
+    Without it a REDIRECT leaves the verdict uncertain. `visited`, when given, receives the
+    (frontend, family, table, chain) of every chain the walk entered or jumped to."""
     if path not in PATH_HOOKS:
         raise ValueError(f"path must be input or forward, not {path!r}")
     ctx = _Ctx(ruleset, frozenset(local_addresses), max_branches, interface_addresses)
+    ctx.visited = visited
     final: list[_Out] = []
     if path == "input" and packet.iif == "lo":
         out = replace(packet, iif="", oif="lo")
