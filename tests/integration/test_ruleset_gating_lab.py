@@ -113,3 +113,28 @@ def test_legacy_change_found_by_digest_and_dates_ignored(lab) -> None:
 def restore(ns, cmd: str, text: str) -> None:
     subprocess.run(["ip", "netns", "exec", ns.name, cmd], input=text, text=True, check=True,
                    capture_output=True, timeout=30)
+
+
+def test_native_table_past_the_ceiling_is_not_even_listed(lab) -> None:
+    """The rules of a native table are counted over netlink before nft runs (nft itself
+    needs ~7 KB a rule): past the ceiling the table is a problem, and nft is not run."""
+    ns = lab.netns("ceil")
+    rules = "\n".join(f"add rule inet big c tcp dport {1000 + i} drop" for i in range(40))
+    subprocess.run(["ip", "netns", "exec", ns.name, "nft", "-f", "-"], check=True, text=True,
+                   input="add table inet big\nadd chain inet big c { type filter hook input "
+                         "priority 0; }\n" + rules + "\nadd table inet small\n"
+                         "add chain inet small c\nadd rule inet small c tcp dport 1 drop\n",
+                   capture_output=True, timeout=30)
+    with ThreadPoolExecutor(1, initializer=setns, initargs=(ns.name,)) as pool:
+        assert pool.submit(nfgen.count_rules, "inet", "big").result(timeout=30) == 40
+
+        def read():
+            run = Counting()
+            return collect_ruleset(run, ParseCache(), probes=LIVE, max_rules=30), run.calls
+
+        rs, calls = pool.submit(read).result(timeout=60)
+    assert "nft -s -j list table inet small" in calls
+    assert "nft -s -j list table inet big" not in calls
+    assert [t.name for t in rs.tables] == ["small"]
+    (p,) = rs.problems
+    assert "40 rules would pass the ceiling of 30" in p.reason

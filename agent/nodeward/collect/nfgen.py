@@ -131,3 +131,55 @@ def list_tables(timeout: float = 1.0) -> list[tuple[str, str]] | None:
         except OSError:
             return None
     return out
+
+
+NFT_MSG_NEWRULE = 6
+NFT_MSG_GETRULE = 7
+NFTA_RULE_TABLE = 1
+#: nft family word -> nfgenmsg.nfgen_family
+FAMILY_NUMBERS = {v: k for k, v in FAMILIES.items()}
+
+
+def count_rules(family: str, table: str, timeout: float = 5.0) -> int | None:
+    """How many rules nf_tables table `family table` holds, from a netlink dump the kernel
+    filters by table (messages counted, not decoded: ~30 ms at 50,000 rules). The caller
+    checks it against the rule ceiling before running `nft`, whose own memory grows by ~7 KB
+    a rule for JSON output (370 MB at 50,000). None when it cannot be read."""
+    fam = FAMILY_NUMBERS.get(family)
+    if fam is None:
+        return None
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    except OSError:
+        return None
+    name = table.encode() + b"\0"
+    attr = _NLA.pack(_NLA.size + len(name), NFTA_RULE_TABLE) + name
+    attr += b"\0" * (-len(attr) % 4)
+    body = _NFGEN.pack(fam, 0, 0) + attr
+    seq = 3
+    count = 0
+    with sock:
+        try:
+            sock.settimeout(timeout)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+            sock.bind((0, 0))
+            sock.send(_HDR.pack(_HDR.size + len(body), (NFNL_SUBSYS_NFTABLES << 8)
+                                | NFT_MSG_GETRULE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+            want = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE
+            while True:
+                data = sock.recv(1 << 17)
+                off = 0
+                while off + _HDR.size <= len(data):
+                    length, mtype, _f, mseq, _p = _HDR.unpack_from(data, off)
+                    if length < _HDR.size:
+                        return None
+                    if mtype == NLMSG_DONE:
+                        return count
+                    if mtype == NLMSG_ERROR:
+                        (err,) = struct.unpack_from("=i", data, off + _HDR.size)
+                        return count if not err else None
+                    if mseq == seq and mtype == want:
+                        count += 1
+                    off += (length + 3) & ~3
+        except OSError:
+            return None

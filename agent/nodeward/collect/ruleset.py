@@ -173,6 +173,7 @@ class Probes:
     nft_tables: Callable[[], list[tuple[str, str]] | None] = lambda: None
     legacy_tables: Callable[[int], bool | None] = lambda family: None
     ipsets: Callable[[], bool | None] = lambda: None
+    nft_rules: Callable[[str, str], int | None] = lambda family, table: None
 
 
 def legacy_tables_exist(family: int, proc: str = "/proc/thread-self/net") -> bool | None:
@@ -199,7 +200,8 @@ def ipset_loaded(sysfs: str = "/sys/module") -> bool | None:
         return None
 
 
-LIVE = Probes(nfgen.generation_id, nfgen.list_tables, legacy_tables_exist, ipset_loaded)
+LIVE = Probes(nfgen.generation_id, nfgen.list_tables, legacy_tables_exist, ipset_loaded,
+              nfgen.count_rules)
 NO_PROBES = Probes()
 
 
@@ -371,6 +373,14 @@ def _read_nf(r: _Reader, probes: Probes) -> _Part:
             if (family, name) in owned or family not in ("ip", "ip6", "inet"):
                 continue  # arp/bridge/netdev tables never see a packet to a local socket
             argv = ["nft", "-s", "-j", "list", "table", family, name]
+            n = probes.nft_rules(family, name)
+            if n is not None and r.rules + n > r.max_rules:
+                # counted over netlink first: nft itself would need ~7 KB a rule to list it
+                r.problems.append(Problem("nft", (
+                    f"{' '.join(argv)}: {n:,} rules would pass the ceiling of "
+                    f"{r.max_rules:,} (firewall_max_rules; {r.rules:,} read before it): "
+                    "not read, not evaluated")))
+                continue
             text = r.text(argv)
             if text is None:
                 r.problems.append(Problem("nft", f"{' '.join(argv)} failed although the "
