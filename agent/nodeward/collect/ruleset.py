@@ -510,6 +510,7 @@ def read_dump_files(paths: Sequence[str]) -> Ruleset:
                              "is ip6tables-save output)")
         frontend = "iptables-nft" if "nf_tables" in head or "-nft-save" in head \
             else "iptables-legacy"
-        tables.extend(parse_iptables_save(text, frontend=frontend, family=family, source=path))
+        tables.extend(parse_iptables_save(text, frontend=frontend, family=family, source=path,
+                                          strict=True))
     return Ruleset(tuple(tables), sets, (f"ruleset from {', '.join(paths)}, not the live "
                                          "one", *notes), digest.hexdigest())
