@@ -69,7 +69,7 @@ class Config:
     firewall: bool = True  # evaluate every socket through the live ruleset (NW2xx)
     #: rules read per scan past which the firewall stage stops parsing and reports itself
     #: partial (NW206): memory stays bounded on a runaway ruleset
-    firewall_max_rules: int = 250_000
+    firewall_max_rules: int = 260_000
     sections: Mapping[str, Any] = field(default_factory=dict)
     source: str = "<defaults>"
 

@@ -154,3 +154,20 @@ def test_partial_read_is_an_nw206_finding() -> None:
              if f.id == "NW206"]
     text = " ".join(str(f.evidence) for f in found)
     assert len(found) == 2 and "ceiling of 10" in text and "timed out" in text
+
+
+def test_run_local_lines_mode() -> None:
+    """Lines across read chunks (1 MB) and split UTF-8 sequences come out whole."""
+    code = "import sys; sys.stdout.write(('\u00e9' * 700001 + '\\n') * 3 + 'tail')"
+    got = run_local([sys.executable, "-c", code], lines=True)
+    assert [len(x) for x in got] == [700001, 700001, 700001, 4]
+    assert set(got[1]) == {"\u00e9"} and got[-1] == "tail"
+    assert run_local(["printf", "a\\nb\\n"], lines=True) == ["a", "b"]
+
+
+def test_digest_of_lines_ignores_dates_and_counters() -> None:
+    from nodeward.collect.ruleset import digest_lines
+
+    a = dump(1000).splitlines()
+    b = dump(1000, "Wed Dec  2 10:00:00 2026").replace("[5:300]", "[8:1]").splitlines()
+    assert digest_lines(a) == digest_lines(b) != digest_lines(dump(1001).splitlines())

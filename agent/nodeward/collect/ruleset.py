@@ -22,6 +22,7 @@ ceiling is a *problem* on the Ruleset (the firewall stage is partial), never a s
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import hashlib
 import os
@@ -57,7 +58,7 @@ _COUNTERS = re.compile(r"\n:[^ \n]+ [^ \n]+ (\[\d+:\d+\])")
 #: Default ceiling on the rules of one read (all front-ends together): past it the rest is
 #: not parsed and the stage reports itself partial. 250,000 rules parse within the
 #: DaemonSet's 256 MiB limit; config key `firewall_max_rules`.
-DEFAULT_MAX_RULES = 250_000
+DEFAULT_MAX_RULES = 260_000
 #: Bytes of one command's output past which it is cut (a dump costs ~130 bytes a rule).
 BYTES_PER_RULE = 512
 TIMEOUT = 30.0
@@ -115,6 +116,26 @@ def digest_dump(text: str) -> str:
     return h.hexdigest()
 
 
+_COUNTER_TAIL = re.compile(r" \[\d+:\d+\]$")
+
+
+def digest_lines(lines: Sequence[str]) -> str:
+    """digest_dump for a dump read as lines: comment lines left out, chain counters cut."""
+    h = hashlib.sha256()
+    batch: list[str] = []
+    for line in lines:
+        c = line[:1]
+        if c == "#":
+            continue
+        batch.append(_COUNTER_TAIL.sub("", line) if c == ":" else line)
+        if len(batch) >= 4096:
+            h.update("\n".join(batch).encode())
+            h.update(b"\n")
+            batch.clear()
+    h.update("\n".join(batch).encode())
+    return h.hexdigest()
+
+
 class ParseCache:
     """Parsed tables per dump digest, for the dumps seen in the last read only (bounded),
     and the nf_tables part of the last read with the generation id it was read at."""
@@ -135,7 +156,8 @@ class ParseCache:
     def get(self, cmd: str, text: str, parse: Callable[[str], Any],
             text_digest: str = "") -> Any:
         # keyed by digest, not by the text: a kube-proxy dump is megabytes
-        key = (cmd, text_digest or digest_dump(text))
+        key = (cmd, text_digest or (digest_dump(text) if isinstance(text, str)
+                                    else digest_lines(text)))
         hit = self._last.get(key, self._now.get(key))
         if hit is None:
             # what this command gave last time is superseded: let it go before the new
@@ -206,10 +228,13 @@ NO_PROBES = Probes()
 
 
 def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
-              max_bytes: int = DEFAULT_MAX_RULES * BYTES_PER_RULE) -> str | None:
-    """stdout of a read-only command; None when it is not installed or exits non-zero
-    (not root, module not loaded). Raises FrontendFailed when it times out or its output
-    passes `max_bytes` (killed: the read is bounded in time and memory)."""
+              max_bytes: int = DEFAULT_MAX_RULES * BYTES_PER_RULE,
+              lines: bool = False) -> Any:
+    """stdout of a read-only command (with `lines`: as a list of its lines, which is what
+    the iptables-save parser takes: a 33 MB dump then never exists as one string beside
+    them); None when it is not installed or exits non-zero (not root, module not loaded).
+    Raises FrontendFailed when it times out or its output passes `max_bytes` (killed: the
+    read is bounded in time and memory)."""
     if not shutil.which(argv[0]):
         return None
     try:
@@ -218,7 +243,11 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
     except OSError:
         return None
     assert proc.stdout is not None
-    buf = bytearray()
+    # decoded chunk by chunk: the bytes of a 33 MB dump never exist beside its text
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    parts: list[str] = []
+    carry = ""
+    size = 0
     fd = proc.stdout.fileno()
     deadline = time.monotonic() + timeout
     try:
@@ -232,8 +261,16 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
             chunk = os.read(fd, 1 << 20)
             if not chunk:
                 break
-            buf += chunk
-            if len(buf) > max_bytes:
+            size += len(chunk)
+            piece = decoder.decode(chunk)
+            del chunk
+            if lines:
+                got = (carry + piece).split("\n")
+                carry = got.pop()
+                parts += got
+            else:
+                parts.append(piece)
+            if size > max_bytes:
                 raise FrontendFailed(f"{' '.join(argv)} printed more than "
                                      f"{max_bytes // 2**20} MiB (the rule ceiling)")
         rc = proc.wait(max(0.1, deadline - time.monotonic()))
@@ -248,8 +285,16 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
         proc.stdout.close()
     if rc != 0:
         return None
-    text = buf.decode("utf-8", "replace")
-    del buf
+    if lines:
+        last = carry + decoder.decode(b"", final=True)
+        if last:
+            parts.append(last)
+        return parts
+    parts.append(decoder.decode(b"", final=True))
+    if len(parts) == 1:
+        return parts[0]
+    text = "".join(parts)
+    del parts
     return text
 
 
@@ -304,9 +349,11 @@ class _Reader:
         self.failed: list[str] = []
         self.blank: list[str] = []
 
-    def text(self, argv: Sequence[str]) -> str | None:
+    def text(self, argv: Sequence[str], lines: bool = False) -> Any:
+        """The command's output; with `lines` and the live runner, as a list of lines."""
         try:
-            out = self.run(argv)
+            out = run_local(argv, lines=True) if lines and self.run is run_local else \
+                self.run(argv)
         except FrontendFailed as e:
             self.answered += 1  # it exists and tried: the stage is partial, not unavailable
             self.problems.append(Problem(argv[0], f"{e}: its tables are not evaluated"))
@@ -315,20 +362,21 @@ class _Reader:
             self.failed.append(argv[0])
         else:
             self.answered += 1
-            if not out.strip():
+            if not (out.strip() if isinstance(out, str) else any(x.strip() for x in out)):
                 self.blank.append(argv[0])
         return out
 
     def parsed(self, key: str, text: str, parse: Callable[[str], Any], empty: Any,
                count: Callable[[str], int]) -> Any:
-        n = count(text)
+        n = count(text) if isinstance(text, str) else \
+            sum(1 for x in text if x[:3] == "-A " or x[:1] == "[")
         if self.rules + n > self.max_rules:
             self.problems.append(Problem(key.split()[0], (
                 f"{key}: {n:,} rules would pass the ceiling of {self.max_rules:,} "
                 f"(firewall_max_rules; {self.rules:,} read before it): not evaluated")))
             return empty
         self.rules += n
-        one = digest_dump(text)
+        one = digest_dump(text) if isinstance(text, str) else digest_lines(text)
         self.digests.append((key, one))
         return self.cache.get(key, text, parse, one) if self.cache is not None else parse(text)
 
@@ -345,7 +393,7 @@ def _read_nf(r: _Reader, probes: Probes) -> _Part:
     """iptables-nft and the native nft tables (everything nf_tables holds)."""
     found: list[Table] = []
     for fam, cmd in ((4, "iptables-nft-save"), (6, "ip6tables-nft-save")):
-        text = r.text([cmd])
+        text = r.text([cmd], lines=True)
         if text is None:
             continue
         found.extend(r.parsed(cmd, text, lambda t, f=fam, c=cmd: parse_iptables_save(
@@ -428,7 +476,7 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
     for fam, cmd in ((4, "iptables-legacy-save"), (6, "ip6tables-legacy-save")):
         if probes.legacy_tables(fam) is False:
             continue  # no x_tables table in this namespace: nothing to read (or load)
-        text = r.text([cmd])
+        text = r.text([cmd], lines=True)
         if text is None:
             continue
         legacy.extend(r.parsed(cmd, text, lambda t, f=fam, c=cmd: parse_iptables_save(

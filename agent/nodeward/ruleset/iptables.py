@@ -423,7 +423,8 @@ _WRONG_KIND = (("table ", "this is `nft list ruleset` text: save it with "
                ("create ", "this is `ipset save` output, not a ruleset"))
 
 
-def parse_iptables_save(text: str, *, frontend: str = "iptables-legacy", family: int = 4,
+def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-legacy",
+                        family: int = 4,
                         source: str = "iptables-save", strict: bool = False
                         ) -> tuple[Table, ...]:
     """Parse iptables-save output (`-c` counters accepted). An option it does not know
@@ -437,7 +438,8 @@ def parse_iptables_save(text: str, *, frontend: str = "iptables-legacy", family:
     start = 0
     decl: dict[str, tuple[str | None, int]] = {}
     rules: dict[str, list[Rule]] = {}
-    lines = text.splitlines()
+    # a list of lines is taken as is (the live collector reads a dump that way)
+    lines = text.splitlines() if isinstance(text, str) else text
     lineno = 0
     k = 0
     while k < len(lines):
