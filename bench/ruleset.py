@@ -165,7 +165,10 @@ sys.path.insert(0, {agent!r})
 from nodeward.model import Socket
 from nodeward.ruleset.reach import reachability
 which = {which!r}
+from nodeward.gcpause import paused_gc
 sockets = [Socket("tcp", 4, "0.0.0.0", p, 0, 0) for p in {listen!r}]
+pause = paused_gc()  # as the daemon reads and evaluates (take_snapshot, run_checks)
+pause.__enter__()
 t0 = time.perf_counter()
 if which == "nodeward":
     from nodeward.collect.ruleset import ParseCache, collect_ruleset
