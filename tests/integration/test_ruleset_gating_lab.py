@@ -137,4 +137,4 @@ def test_native_table_past_the_ceiling_is_not_even_listed(lab) -> None:
     assert "nft -s -j list table inet big" not in calls
     assert [t.name for t in rs.tables] == ["small"]
     (p,) = rs.problems
-    assert "40 rules would pass the ceiling of 30" in p.reason
+    assert "at least 31 rules would pass the ceiling of 30" in p.reason  # counting stopped
