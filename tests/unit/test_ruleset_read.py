@@ -171,3 +171,25 @@ def test_digest_of_lines_ignores_dates_and_counters() -> None:
     a = dump(1000).splitlines()
     b = dump(1000, "Wed Dec  2 10:00:00 2026").replace("[5:300]", "[8:1]").splitlines()
     assert digest_lines(a) == digest_lines(b) != digest_lines(dump(1001).splitlines())
+
+
+def test_failed_iptables_nft_save_does_not_turn_its_tables_native() -> None:
+    """When iptables-nft-save times out, nf_tables still lists its tables (ip filter, ip
+    nat): they are not read through nft as native tables (xt compat, ~7 KB of nft memory a
+    rule); a native table of another name still is."""
+    calls = []
+
+    def run(argv):
+        calls.append(" ".join(argv))
+        if argv[0] == "iptables-nft-save":
+            raise FrontendFailed("iptables-nft-save timed out after 30 s")
+        if argv[:5] == ["nft", "-s", "-j", "list", "table"]:
+            return '{"nftables": []}'
+        return None
+
+    probes = Probes(nft_tables=lambda: [("ip", "filter"), ("ip", "nat"), ("inet", "mine")],
+                    legacy_tables=lambda fam: False)
+    rs = collect_ruleset(run, probes=probes)
+    assert "nft -s -j list table inet mine" in calls
+    assert not any(c.startswith("nft -s -j list table ip ") for c in calls)
+    assert any("timed out" in str(p) for p in rs.problems)

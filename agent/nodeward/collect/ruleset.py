@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..ruleset.iptables import clear_caches, guess_family, parse_iptables_save
-from ..ruleset.model import IpSet, Problem, Ruleset, Table
+from ..ruleset.model import IPT_PRIORITY, IpSet, Problem, Ruleset, Table
 from ..ruleset.nft import parse_nft_json
 from . import nfgen
 
@@ -403,6 +403,10 @@ def _read_nf(r: _Reader, probes: Probes, sizes: dict[tuple[str, str], int]) -> _
     holding = ("iptables-nft",) if has_rules(found) else ()
     # iptables-nft's own tables show up in nf_tables too (xt compat); already read above.
     owned = {(t.family, t.name) for t in found}
+    if any(p.source.endswith("iptables-nft-save") for p in r.problems):
+        # iptables-nft-save did not finish: its tables are unknown, and listing them through
+        # nft would read xtables compat rules as native ones (and cost nft ~7 KB a rule)
+        owned |= {(fam, n) for fam in ("ip", "ip6") for n in IPT_PRIORITY}
     tables: list[Table] = list(found)
     sets: dict[str, IpSet] = {}
     listed = probes.nft_tables()
