@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nodeward.collect.ruleset import read_dump_files
 from nodeward.ruleset import Packet, Ruleset, RulesetParseError, evaluate
@@ -204,3 +206,51 @@ def test_comment_with_newline_and_quoted_names_do_not_kill_the_dump():
     assert rules[1].matches[0].args == ('a"b', False)
     assert rules[2].matches[0].args == ("c'd", False)
     assert rules[3].matches[0].args[0] == 's"1'
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) |
+    st.sampled_from(["accept", "drop", "ip", "daddr", "tcp", "dport", "meta", "mark", "@m",
+                     "10.0.0.1", "eth*", "new", "0"]),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
+        st.sampled_from(["match", "op", "left", "right", "payload", "protocol", "field",
+                         "vmap", "key", "data", "set", "concat", "meta", "ct", "&", "|",
+                         "mangle", "value", "jump", "goto", "target", "xt", "name", "type",
+                         "numgen", "mod", "dnat", "addr", "port", "elem", "val", "fib",
+                         "flags", "result", "prefix", "len", "range"]), kids, max_size=3),
+    max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_json, max_size=5), _json)
+def test_nft_json_garbage_never_tracebacks(expr, elem):
+    doc = {"nftables": [
+        {"table": {"family": "inet", "name": "t"}},
+        {"chain": {"family": "inet", "table": "t", "name": "in", "type": "filter",
+                   "hook": "input", "prio": 0, "policy": "accept"}},
+        {"map": {"family": "inet", "table": "t", "name": "m", "type": ["ipv4_addr",
+                 "inet_service"], "map": "verdict", "elem": [elem]}},
+        {"rule": {"family": "inet", "table": "t", "chain": "in", "expr": expr}}]}
+    try:
+        tables, sets = parse_nft_json(json.dumps(doc))
+    except RulesetParseError:
+        return
+    v = evaluate(Ruleset(tables, sets), Packet(4, "10.0.0.2", "10.0.0.1", "tcp", 22,
+                                               iif="eth0"))
+    assert v.action in ("accept", "drop", "reject")
+
+
+def test_one_deeply_nested_nft_rule_is_uncertain_not_the_dump():
+    value = "1"
+    for _ in range(400):
+        value = '{"|": [' + value + ', 1]}'
+    doc = ('{"nftables": [{"table": {"family": "ip", "name": "t"}}, {"chain": {"family": '
+           '"ip", "table": "t", "name": "in", "type": "filter", "hook": "input", "prio": 0, '
+           '"policy": "drop"}}, {"rule": {"family": "ip", "table": "t", "chain": "in", '
+           '"expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": ' + value +
+           '}}]}}, {"rule": {"family": "ip", "table": "t", "chain": "in", "expr": [{"match": '
+           '{"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, '
+           '"right": 22}}, {"accept": null}]}}]}')
+    tables, sets = parse_nft_json(doc)
+    v = evaluate(Ruleset(tables, sets), Packet(4, "10.0.0.2", "10.0.0.1", "tcp", 22))
+    assert not v.certain and any("nested" in r for r in v.reasons)

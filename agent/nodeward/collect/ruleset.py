@@ -451,9 +451,11 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
                     probes: Probes | None = None,
                     max_rules: int = DEFAULT_MAX_RULES) -> Ruleset:
     """The node's ruleset across front-ends, with notes an operator should see and problems
-    (partial reads) the firewall stage must report. Raises RulesetUnavailable when no
-    front-end answered, RulesetParseError on a bad dump. `probes` default to the live
-    kernel when `run` is run_local (same namespace), to none otherwise."""
+    (partial reads, each an NW206 finding) the firewall stage must report. Raises
+    RulesetUnavailable when no front-end answered (or only empty legacy output while the
+    installed nft front-ends failed: no CAP_NET_ADMIN), RulesetParseError on a bad dump.
+    `probes` default to the live kernel when `run` is run_local (same namespace), to none
+    otherwise."""
     if probes is None:
         probes = LIVE if run is run_local else NO_PROBES
     notes: list[str] = []
@@ -501,7 +503,11 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
         if cache.misses != misses:  # parsed: drop the parser's values of older rulesets
             clear_caches()
     blank = (*part.blank, *r.blank)
-    nf_failed = {"iptables-nft-save", "nft"} <= set(part.failed)
+    # refused, not missing: a legacy-only node without the nft tools and without rules is
+    # empty, not unreadable
+    installed = shutil.which if run is run_local else (lambda _cmd: True)
+    nf_failed = {"iptables-nft-save", "nft"} <= set(part.failed) and \
+        bool(installed("iptables-nft-save")) and bool(installed("nft"))
     if not part.answered and not r.answered and not part.problems:
         if nf_failed:  # the tools are there and refused: not "missing"
             raise RulesetUnavailable("iptables-nft-save and nft failed and no other front-end "

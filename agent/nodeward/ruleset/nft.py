@@ -327,6 +327,8 @@ def _match(m: dict, setkey, text: str = "") -> list[Match]:
                 words = tuple({"6": "tcp", "17": "udp", "1": "icmp"}.get(str(w), str(w))
                               for w in words)
                 return [Match("l4proto_any", words, neg, text)]
+        if key == "pkttype" and isinstance(right, str):
+            return [Match("pkttype", (right,), neg, text)]
         if key == "nfproto" and isinstance(right, str):
             return [Match("nfproto", ({"ipv4": 4, "ipv6": 6}.get(right, 0),), neg, text)]
         return unknown
@@ -484,8 +486,13 @@ def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
                 r = item["rule"]
                 key = (r["family"], r["table"], r["chain"])
                 fam, tab = r["family"], r["table"]
-                rules.setdefault(key, []).append(
-                    _rule(r, n, lambda name, fam=fam, tab=tab: f"nft:{fam}:{tab}:{name}"))
+                try:
+                    rule = _rule(r, n, lambda name, fam=fam, tab=tab: f"nft:{fam}:{tab}:{name}")
+                except RecursionError:  # one absurdly nested rule: that rule is unknown
+                    why = "expression nested too deeply"
+                    rule = Rule((Match("unknown", (why,), False, why),), "NFT-nested", "",
+                                f"{fam} {tab} {r['chain']} handle {r.get('handle', '?')}", n)
+                rules.setdefault(key, []).append(rule)
         except RecursionError:
             raise RulesetParseError(source, n, "nested too deeply") from None
         except (KeyError, TypeError, ValueError, AttributeError) as e:
