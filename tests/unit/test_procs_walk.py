@@ -124,3 +124,34 @@ def test_attribute_keeps_process_details_while_the_process_lives() -> None:
             procs.process_info = real
     assert first[inode].pid == os.getpid() and second[inode] is first[inode]
     assert calls == [os.getpid()]
+
+
+def test_exec_is_noticed_by_the_process_memo() -> None:
+    """An exec keeps pid and start time; the memo still reads the process again (comm)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    code = ("import os, socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
+            "s.listen(); os.set_inheritable(s.fileno(), True); print(s.fileno(), "
+            "os.fstat(s.fileno()).st_ino, flush=True); sys.stdin.readline(); "
+            "os.execv('/bin/sleep', ['sleep', '30'])")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        _fd, inode = map(int, child.stdout.readline().split())
+        memo = OwnerMemo()
+        before, _ = attribute([inode], memo)
+        assert before[inode].pid == child.pid and before[inode].comm.startswith("python")
+        child.stdin.write("\n")
+        child.stdin.flush()
+        for _ in range(100):
+            if Path(f"/proc/{child.pid}/comm").read_text().strip() == "sleep":
+                break
+            time.sleep(0.02)
+        after, _ = attribute([inode], memo)
+        assert after[inode].pid == child.pid and after[inode].name == "sleep"
+    finally:
+        child.kill()
+        child.wait()

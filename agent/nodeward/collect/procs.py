@@ -13,7 +13,7 @@ checked with one readlink (the socket is still there: done), and sockets a compl
 found in no process at all (kernel-owned tunnel sockets: VXLAN, WireGuard, Geneve) are not
 waited for again, so they no longer force a walk of every process every cycle. Process
 details are read from /proc directly (name first: comm, then argv[0] only when comm is
-truncated) and kept per (pid, start time) while the process lives.
+truncated) and kept per (pid, start time, comm) while the process lives unchanged.
 """
 
 from __future__ import annotations
@@ -178,15 +178,20 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def _start_time(proc: str, pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (start time in ticks): with the pid, a process identity
-    that survives pid reuse."""
+def _identity(proc: str, pid: int) -> str | None:
+    """Start time (field 22 of /proc/PID/stat, in ticks) and comm from one read: with the
+    pid, what survives pid reuse, and exec too (an exec keeps the pid and the start time
+    but renames the process)."""
     try:
         with open(f"{proc}/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
-    return stat.rsplit(b")", 1)[-1].split()[19].decode()
+    head, _, tail = stat.rpartition(b")")
+    fields = tail.split()
+    if len(fields) < 20:
+        return None
+    return f"{fields[19].decode()}:{head.partition(b'(')[2].decode('utf-8', 'replace')}"
 
 
 def process_info(pid: int, proc: str = "/proc") -> ProcessInfo | None:
@@ -243,9 +248,9 @@ def attribute(inodes: Iterable[int], memo: OwnerMemo | None = None,
             if memo is None:
                 by_pid[pid] = process_info(pid, proc)
             else:
-                start = _start_time(proc, pid)
-                key = (pid, start or "")
-                info = memo.infos[key] if start and key in memo.infos else \
+                ident = _identity(proc, pid)
+                key = (pid, ident or "")
+                info = memo.infos[key] if ident and key in memo.infos else \
                     process_info(pid, proc)
                 by_pid[pid] = kept[key] = info
         info = by_pid[pid]
