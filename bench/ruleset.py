@@ -116,6 +116,9 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=5000)
     ap.add_argument("--rules", type=int, default=50_000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--live", action="append", default=[], metavar="FRONTEND:RULES",
+                    help="also a live case, e.g. nft:200000 or iptables-legacy:250000 "
+                         "(root; loads the rules into a lab namespace)")
     args = ap.parse_args()
     text = kube_proxy_dump(args.services, args.rules, hardened=True)
     sockets = [Socket("tcp", 4, "0.0.0.0", p, 0, 0) for p in LISTEN]
@@ -151,6 +154,94 @@ def main() -> None:
     for r in [x for x in reach if x.socket.port in (22, 2379, 10250, 30001)]:
         print(f"  tcp/{r.socket.port}: " + ", ".join(
             f"{c}={v.action}{'' if v.certain else '?'}" for c, v in r.verdicts.items()))
+    for spec in args.live:
+        frontend, _, n = spec.partition(":")
+        live_case(frontend, int(n or 200_000), alternative=frontend == "nft")
+
+
+LIVE_CASE = r"""
+import json, resource, sys, time
+sys.path.insert(0, {agent!r})
+from nodeward.model import Socket
+from nodeward.ruleset.reach import reachability
+which = {which!r}
+from nodeward.gcpause import paused_gc
+sockets = [Socket("tcp", 4, "0.0.0.0", p, 0, 0) for p in {listen!r}]
+pause = paused_gc()  # as the daemon reads and evaluates (take_snapshot, run_checks)
+pause.__enter__()
+t0 = time.perf_counter()
+if which == "nodeward":
+    from nodeward.collect.ruleset import ParseCache, collect_ruleset
+    rs = collect_ruleset(cache=ParseCache())  # live probes: this process is in the namespace
+    problems = [str(p) for p in rs.problems]
+else:  # the whole ruleset as one JSON document, decoded whole
+    import subprocess
+    from nodeward.ruleset.model import Ruleset
+    from nodeward.ruleset.nft import parse_nft_json
+    out = subprocess.run(["nft", "-s", "-j", "list", "ruleset"], capture_output=True,
+                         text=True, check=True, timeout=600).stdout
+    doc = json.loads(out)
+    tables, sets = parse_nft_json(json.dumps(doc))  # (re-encoded: the parser takes text)
+    del doc, out
+    rs = Ruleset(tables, sets)
+    problems = []
+t1 = time.perf_counter()
+reach = reachability(sockets, rs, node_addresses=["10.0.1.5"], node_cidrs=["10.0.0.0/16"],
+                     pod_cidrs=["10.244.0.0/16"])
+t2 = time.perf_counter()
+print(json.dumps({{"read_parse": t1 - t0, "evaluate": t2 - t1,
+                  "rules": sum(len(c.rules) for t in rs.tables for c in t.chains.values()),
+                  "problems": problems,
+                  "verdicts": sum(len(r.verdicts) for r in reach),
+                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "child_maxrss_mb":
+                      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}))
+"""
+
+
+def live_case(frontend: str, rules: int, alternative: bool = True) -> None:
+    """A live node-scale case (root, a lab namespace): `rules` rules loaded into the kernel
+    on `frontend`, then the daemon's read (live probes, per-table listing, streaming
+    decode), parse and evaluation of the LISTEN ports, in a fresh process so its peak RSS is
+    its own. For native nft also the whole-document alternative (`nft -s -j list ruleset`,
+    json.loads) in the same run, and the ratio."""
+    import json
+    import subprocess
+
+    sys.path.insert(0, str(ROOT))
+    from bench.nodeshape import install_ruleset
+    from tests.lab import Lab, have_netns
+
+    reason = have_netns()
+    if reason:
+        print(f"live {frontend} {rules} rules: skipped: {reason}")
+        return
+    with Lab() as lab:
+        ns = lab.netns("rs")
+        load = install_ruleset(ns, frontend, rules)
+        res = {}
+        for which in ("nodeward", "whole-json") if alternative else ("nodeward",):
+            code = LIVE_CASE.format(agent=str(ROOT / "agent"), which=which, listen=LISTEN)
+            r = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", code],
+                               capture_output=True, text=True, timeout=1800)
+            if r.returncode != 0:
+                res[which] = {"error": r.stderr.strip().splitlines()[-1:]}
+                continue
+            res[which] = json.loads(r.stdout)
+    ours = res["nodeward"]
+    print(f"live {frontend}, {rules:,} rules (loaded in {load:.1f} s): read + parse "
+          f"{ours['read_parse']:.2f} s, evaluate {ours['evaluate']:.3f} s "
+          f"({ours['verdicts']} verdicts), {ours['rules']:,} rules read, peak RSS "
+          f"{ours['maxrss_mb']:.0f} MB (the front-end command's own: "
+          f"{ours['child_maxrss_mb']:.0f} MB), problems: {ours['problems'] or 'none'}")
+    alt = res.get("whole-json")
+    if alt and "error" not in alt:
+        print(f"  vs the whole ruleset as one JSON document decoded whole: read + parse "
+              f"{alt['read_parse']:.2f} s, peak RSS {alt['maxrss_mb']:.0f} MB -> "
+              f"{alt['read_parse'] / ours['read_parse']:.1f}x the time, "
+              f"{alt['maxrss_mb'] / ours['maxrss_mb']:.1f}x the memory")
+    elif alt:
+        print(f"  whole-document alternative failed: {alt['error']}")
 
 
 def _daemon_cycle(text: str, sockets, first_total: float) -> None:
@@ -187,7 +278,6 @@ def _alternatives(text: str, tables, sockets, parse: float, ev: float) -> None:
     shl = time.perf_counter() - t0
     saved = evaluate_module.MIN_RUN
     evaluate_module.MIN_RUN = 10**9
-    evaluate_module._INDEX.clear()
     try:
         t0 = time.perf_counter()
         reachability(sockets, Ruleset(tables), node_addresses=NODE_ADDRS,

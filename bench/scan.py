@@ -1,11 +1,20 @@
-"""Full `nodeward` scan vs psutil.net_connections(kind="inet") on 10,000 listening sockets.
+"""Socket scan vs psutil.net_connections and `ss -ltnup`, in two node shapes.
 
-Builds a network namespace, opens N listening TCP sockets in it (one holder process, so the
-inode map has real work to do), then runs each contender several times in its own fresh
-process inside that namespace and prints best wall time, the ratio and peak RSS.
-Target (issue 2): the scan takes at most a third of psutil's time.
+Shapes (each in its own lab namespace):
+  listeners    10,000 listening TCP sockets in one process
+  established  200 listening sockets in one process, plus 20,000 established connections
+               spread over four proxy-like processes (their fd tables are what an fd walk
+               wades through)
+Contenders, each in a fresh process inside the namespace, best of --rounds:
+  nodeward scan     take_snapshot + run_checks (firewall off: sockets vs sockets; the
+                    ruleset has its own bench), cold as `nodeward scan` runs it
+  daemon cycle      the same socket stage (sock_diag + attribution) in a daemon's steady
+                    state: the OwnerMemo of the previous cycle in hand
+  psutil            psutil.net_connections(kind="inet"), listening ones kept
+  ss -ltnup         iproute2's listing with processes (fork + exec included)
+Targets (issue 17): nodeward scan <= 0.5x psutil in both shapes; daemon cycle <= 0.1x psutil.
 
-    sudo python bench/scan.py [--sockets 10000] [--rounds 5]
+    sudo python bench/scan.py [--rounds 5] [--shape listeners|established|both]
 """
 
 from __future__ import annotations
@@ -20,77 +29,65 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.nodeshape import hold, node_shape  # noqa: E402
 from tests.lab import Lab, have_netns  # noqa: E402
 
-HOLDER = r"""
-import resource, socket, sys, time
-sys.path.insert(0, {root!r})
-from tests.lab.netns import setns
-setns({ns!r})
-n = {n}
-resource.setrlimit(resource.RLIMIT_NOFILE, (n + 1024, n + 1024))
-socks = []
-for i in range(n):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", 20000 + i))
-    s.listen(1)
-    socks.append(s)
-print("ready", flush=True)
-time.sleep(3600)
-"""
-
 CONTENDER = r"""
-import json, resource, sys, time
+import json, resource, subprocess, sys, time
 sys.path.insert(0, {root!r})
+sys.path.insert(0, {agent!r})
 from tests.lab.netns import setns
 setns({ns!r})
 which = {which!r}
-parts = {{}}
-if which == "nodeward":
+extra = {{}}
+if which in ("nodeward", "daemon"):
     from nodeward.config import Config
     from nodeward.snapshot import take_snapshot
     from nodeward.checks import run_checks
     from nodeward.collect import procs, sockets
-    cfg = Config(node_name="bench", firewall=False)  # sockets vs sockets; see bench/ruleset.py
+    cfg = Config(node_name="bench", firewall=False)
+if which == "nodeward":
     def run():
         snap = take_snapshot(cfg)
         run_checks(snap, cfg)
-        # The same two collector steps again, timed alone, to show where the time goes.
-        t0 = time.perf_counter()
+        return sum(1 for s in snap.sockets if s.protocol == "tcp")
+elif which == "daemon":
+    memo = procs.OwnerMemo()
+    take_snapshot(cfg, owner_memo=memo)  # the previous cycle
+    def one():
         raw = sockets.collect_sockets()[0]
-        t1 = time.perf_counter()
-        procs.inode_owners(r.inode for r in raw)
-        parts.update(sock_diag=t1 - t0, fd_walk=time.perf_counter() - t1)
-        return len(snap.sockets)
-else:
+        infos, _ = procs.attribute((r.inode for r in raw), memo)
+        return raw, infos
+    one()
+    def run():
+        raw, infos = one()
+        extra.update(attributed=len(infos), verified=memo.verified)
+        return sum(1 for r in raw if r.protocol == "tcp")
+elif which == "psutil":
     import psutil
     def run():
-        return sum(1 for c in psutil.net_connections(kind="inet") if c.status == "LISTEN")
+        return sum(1 for c in psutil.net_connections(kind="inet")
+                   if c.status == "LISTEN" and c.type == 1)
+else:
+    def run():
+        out = subprocess.run(["ss", "-ltnup"], capture_output=True, text=True,
+                             check=True).stdout
+        return sum(1 for line in out.splitlines() if line.startswith("tcp"))
 t = time.perf_counter()
 count = run()
-elapsed = time.perf_counter() - t - sum(parts.values())
-print(json.dumps({{"elapsed": elapsed, "count": count, "parts": parts,
+elapsed = time.perf_counter() - t
+print(json.dumps({{"elapsed": elapsed, "count": count, "extra": extra,
                   "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
 """
 
-
-def hold_sockets(lab: Lab, role: str, n: int):
-    """A lab namespace with one process holding `n` listening TCP sockets in it."""
-    ns = lab.netns(role)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER.format(root=str(ROOT), ns=ns.name, n=n)],
-        stdout=subprocess.PIPE, text=True, start_new_session=True)
-    lab.procs.append(holder)
-    if "ready" not in holder.stdout.readline():
-        raise RuntimeError("socket holder failed to start")
-    return ns
+NAMES = {"nodeward": "nodeward scan", "daemon": "daemon cycle", "psutil": "psutil",
+         "ss": "ss -ltnup"}
 
 
 def contend(which: str, ns: str, rounds: int) -> dict:
     best: dict | None = None
     for _ in range(rounds):
-        code = CONTENDER.format(root=str(ROOT), ns=ns, which=which)
+        code = CONTENDER.format(root=str(ROOT), agent=str(ROOT / "agent"), ns=ns, which=which)
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True)
         res = json.loads(r.stdout)
@@ -100,32 +97,46 @@ def contend(which: str, ns: str, rounds: int) -> dict:
     return best
 
 
+def shape(lab: Lab, name: str) -> tuple[str, str]:
+    ns = lab.netns(name[:5])
+    if name == "listeners":
+        hold(lab, ns, 10_000, 20000, 0, "listeners")
+        return ns.name, "10,000 listening TCP sockets in one process"
+    node_shape(lab, ns, 200, 20_000)
+    return ns.name, ("208 listening TCP sockets, 20,000 established connections over 4 "
+                     "processes (40,000 fds)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sockets", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--shape", choices=["listeners", "established", "both"], default="both")
     args = ap.parse_args()
     reason = have_netns()
     if reason:
         print(f"bench/scan.py: skipped: {reason}")
         return 0
-    with Lab() as lab:
-        ns = hold_sockets(lab, "bench", args.sockets)
-        ours = contend("nodeward", ns.name, args.rounds)
-        theirs = contend("psutil", ns.name, args.rounds)
-    assert ours["count"] == theirs["count"] == args.sockets, (ours, theirs)
-    ratio = ours["elapsed"] / theirs["elapsed"]
-    print(f"sockets:                       {args.sockets} listening TCP (best of {args.rounds})")
-    print(f"nodeward full scan:            {ours['elapsed'] * 1000:8.1f} ms   "
-          f"peak RSS {ours['maxrss_kb'] / 1024:6.1f} MB")
-    print(f"  of which sock_diag dump:     {ours['parts']['sock_diag'] * 1000:8.1f} ms")
-    print(f"  of which /proc/PID/fd walk:  {ours['parts']['fd_walk'] * 1000:8.1f} ms   "
-          "(one readlink per fd: the only socket->pid map the kernel offers; "
-          "psutil walks it too)")
-    print(f"psutil.net_connections(inet):  {theirs['elapsed'] * 1000:8.1f} ms   "
-          f"peak RSS {theirs['maxrss_kb'] / 1024:6.1f} MB")
-    print(f"ratio nodeward/psutil:         {ratio:8.3f}   "
-          f"(target <= 0.333: {'met' if ratio <= 1 / 3 else 'MISSED'})")
+    shapes = ["listeners", "established"] if args.shape == "both" else [args.shape]
+    for name in shapes:
+        with Lab() as lab:
+            ns, what = shape(lab, name)
+            res = {w: contend(w, ns, args.rounds) for w in NAMES}
+        counts = {w: r["count"] for w, r in res.items()}
+        assert len(set(counts.values())) == 1, counts
+        ps = res["psutil"]["elapsed"]
+        print(f"shape {name}: {what} (best of {args.rounds} fresh processes each)")
+        for w, label in NAMES.items():
+            r = res[w]
+            print(f"  {label:<15} {r['elapsed'] * 1000:8.1f} ms  {r['elapsed'] / ps:6.3f}x "
+                  f"psutil  peak RSS {r['maxrss_kb'] / 1024:6.1f} MB")
+        scan, daemon, ss = (res[w]["elapsed"] for w in ("nodeward", "daemon", "ss"))
+        print(f"  nodeward scan / psutil {scan / ps:.3f} (target <= 0.5: "
+              f"{'met' if scan / ps <= 0.5 else 'MISSED'}); nodeward scan / ss "
+              f"{scan / ss:.3f}")
+        print(f"  daemon cycle / psutil {daemon / ps:.3f} (target <= 0.1: "
+              f"{'met' if daemon / ps <= 0.1 else 'MISSED'}); daemon cycle / ss "
+              f"{daemon / ss:.3f}; sockets confirmed at their remembered fd: "
+              f"{res['daemon']['extra'].get('verified')}")
     return 0
 
 

@@ -204,7 +204,9 @@ def _terminal(args: argparse.Namespace) -> tuple[int | None, bool]:
 def _report(args: argparse.Namespace, cfg: config_mod.Config, snap, result,
             threshold: Severity) -> str:
     if args.format == "json":
-        return render.to_json(snap, result, cfg.catalog)
+        # indented on a terminal, compact into a pipe or file (programs read those)
+        pretty = not args.output and sys.stdout.isatty()
+        return render.to_json(snap, result, cfg.catalog, pretty=pretty)
     if args.format == "jsonl":
         return render.to_jsonl(snap, result)
     if args.format == "sarif":

@@ -80,6 +80,9 @@ class Config:
     metrics_address: str = "127.0.0.1:9737"
     firewall: bool = True  # evaluate every socket through the live ruleset (NW2xx)
     auth_probe: bool = True  # probe components' sockets on loopback (nodeward.collect.auth)
+    #: rules read per scan past which the firewall stage stops parsing and reports itself
+    #: partial (NW206): memory stays bounded on a runaway ruleset
+    firewall_max_rules: int = 260_000
     sections: Mapping[str, Any] = field(default_factory=dict)
     source: str = "<defaults>"
 
@@ -205,6 +208,12 @@ def _bool(value: Any, where: str) -> bool:
     return value
 
 
+def _count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: expected a whole number >= 1")
+    return value
+
+
 def _hostport(value: Any, where: str) -> str:
     if not isinstance(value, str) or ":" not in value:
         raise ConfigError(f"{where}: expected HOST:PORT, e.g. 127.0.0.1:9737")
@@ -240,6 +249,7 @@ PARSERS = {
     "metrics_address": _hostport,
     "firewall": _bool,
     "auth_probe": _bool,
+    "firewall_max_rules": _count,
 }
 
 

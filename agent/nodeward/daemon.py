@@ -16,20 +16,23 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from . import config as config_mod
 from . import probe
 from .checks import CheckResult, run_checks, with_findings
 from .collect.auth import ProbeCache
+from .collect.procs import OwnerMemo
 from .collect.ruleset import ParseCache
 from .daemon_settings import DaemonSettings
 from .model import Finding, NodeSnapshot
 from .report.logs import finding_fields, log_finding, make_logger, route_module_logs
 from .report.metrics import Metrics, StatusServer, StatusServerError
-from .report.sink import HttpSink
 from .ruleset.reach import ReachMemo
 from .snapshot import take_snapshot
+
+if TYPE_CHECKING:  # the sink (and requests) load only when one is configured
+    from .report.sink import HttpSink
 
 
 def diff_findings(previous: dict[tuple, Finding],
@@ -61,6 +64,9 @@ class Agent:
         # Kept for the agent's lifetime: an unchanged ruleset is neither parsed nor
         # evaluated again (a kube-proxy node's 50,000 rules, thousands of sockets).
         self.ruleset_cache = ParseCache()
+        self.owner_memo = OwnerMemo()
+        self._last_checked: tuple[config_mod.Config, tuple, CheckResult] | None = None
+        self.checks_reused = 0
         self.reach_memo = ReachMemo()
         self.auth_cache = ProbeCache()  # rate limit: one auth probe per socket per 10 min
         self.snapshotter = snapshotter or self._snapshot
@@ -96,6 +102,8 @@ class Agent:
             self.sink.close()
             self.sink = None
         if self.settings.sink is not None:
+            from .report.sink import HttpSink
+
             self.sink = HttpSink(self.settings.sink, self.cfg.node_name, self.log,
                                  on_change=self.metrics.sink_changed)
             self.sink.start()
@@ -176,7 +184,7 @@ class Agent:
     # -- one cycle --------------------------------------------------------------------------
     def _snapshot(self, cfg: config_mod.Config) -> NodeSnapshot:
         return take_snapshot(cfg, ruleset_cache=self.ruleset_cache, auth_probe=cfg.auth_probe,
-                             auth_cache=self.auth_cache)
+                             auth_cache=self.auth_cache, owner_memo=self.owner_memo)
 
     def cycle(self) -> CycleOutcome:
         start = time.perf_counter()
@@ -192,7 +200,7 @@ class Agent:
             self._peers = tuple((n.name, n.addresses) for n in snap.cluster.view.peers
                                 if n.addresses)
             self._derived = snap.cluster.derived
-        result = run_checks(snap, self.cfg, self.reach_memo)
+        result = self._checked(snap)
         result = self._with_probes(snap, result)
         # a firewall stage that failed resolves nothing: its last findings stay, stale
         from .checks.firewall import stage_problems, stale_findings
@@ -224,7 +232,11 @@ class Agent:
                       duration_ms=round(duration * 1000, 1), socket_source=snap.socket_source,
                       firewall_rules=None if snap.ruleset is None else sum(
                           len(c.rules) for t in snap.ruleset.tables for c in t.chains.values()),
-                      verdicts_reused=self.reach_memo.hits)
+                      verdicts_reused=self.reach_memo.hits,
+                      ruleset_reads=self.ruleset_cache.reads,
+                      ruleset_reads_skipped=self.ruleset_cache.reads_skipped,
+                      owners_verified=self.owner_memo.verified,
+                      checks_reused=self.checks_reused)
         if self.cfg.mode in ("audit", "enforce"):
             self.enforce(snap)
         if self.settings.policy_report and (opened or resolved or self.cycles == 1):
@@ -268,6 +280,32 @@ class Agent:
             self.watcher.stop()
             self.watcher = None
             self._watch_key = None
+
+    def _checked(self, snap: NodeSnapshot) -> CheckResult:
+        """run_checks, or the last cycle's result when its inputs are equal: the checks are
+        pure functions of the snapshot (its time aside) and the config, and a quiet node's
+        cycles see the same sockets, owners, interfaces and ruleset (by fingerprint) again
+        and again. 10,000 sockets: ~5 ms to compare instead of ~150 ms to check."""
+        rs, cs = snap.ruleset, snap.cluster
+        # the cluster's facts count only as the watcher's change counters (a view read
+        # afresh each cycle, from files or a LIST, is never taken as unchanged)
+        cluster_key = None if cs is None else (
+            None if self.watcher is None else (
+                self.watcher.generation(), cs.wireguard, cs.xfrm_states, cs.xfrm_policies,
+                cs.routes, cs.rules, cs.listening))
+        key = None if (rs is not None and not rs.fingerprint) or (
+            cs is not None and cluster_key is None) else (
+            snap.sockets, snap.interfaces, snap.notes, snap.ruleset_unavailable,
+            None if rs is None else (rs.fingerprint, rs.problems, rs.notes),
+            snap.auth, cluster_key)
+        last = self._last_checked
+        if key is not None and last is not None and last[0] is self.cfg and last[1] == key:
+            self.checks_reused += 1
+            self.reach_memo.hits += len(self.reach_memo.entries)  # every verdict reused
+            return last[2]
+        result = run_checks(snap, self.cfg, self.reach_memo)
+        self._last_checked = (self.cfg, key, result) if key is not None else None
+        return result
 
     def _with_probes(self, snap: NodeSnapshot, result: CheckResult) -> CheckResult:
         """Every `probe_peers.every` cycles, probe the configured peers' sensitive ports

@@ -17,12 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
 import structlog
 
 from . import settings_load
+
+if TYPE_CHECKING:  # requests (~60 ms to import) loads only when an API is used
+    import requests
 
 log = structlog.get_logger("nodeward.kubeapi")
 
@@ -163,6 +165,8 @@ _USERINFO = re.compile(r"(\w+://)[^/@\s]*@")
 
 class KubeApi:
     def __init__(self, cfg: ApiConfig, session: requests.Session | None = None) -> None:
+        import requests
+
         self.cfg = cfg
         self.s = session or requests.Session()
         # Passed on every request too: a session-level `verify` loses to REQUESTS_CA_BUNDLE
@@ -177,6 +181,8 @@ class KubeApi:
 
     def get(self, path: str, params: dict | None = None) -> dict:
         """GET with bounded retries on 5xx and connection errors; 4xx fails at once."""
+        import requests
+
         url = self.cfg.url + path
         attempt = 0
         while True:
@@ -256,6 +262,8 @@ class KubeApi:
         """Watch events after `resource_version` (one JSON object per line of a chunked
         stream), with bookmarks, until the server ends the watch (`timeoutSeconds`) or
         `stop` (a threading.Event) is set. A broken stream raises ApiUnavailable."""
+        import requests
+
         params = {"watch": "1", "resourceVersion": resource_version,
                   "allowWatchBookmarks": "true", "timeoutSeconds": str(int(timeout_s))}
         try:
@@ -264,7 +272,8 @@ class KubeApi:
             r = self.s.get(self.cfg.url + path, params=params, verify=self.verify,
                            stream=True, timeout=(self.cfg.connect_timeout, timeout_s + 30))
         except requests.RequestException as e:
-            raise ApiUnavailable(f"WATCH {path}: {type(e).__name__}: {e}") from None
+            raise ApiUnavailable(
+                f"WATCH {path}: {type(e).__name__}: {scrub(str(e), self.cfg)}") from None
         with contextlib.closing(r):
             if r.status_code == 404:
                 raise NotFound(path)
@@ -293,11 +302,14 @@ class KubeApi:
                                              f"{obj.get('code')} {obj.get('reason', '')}")
                     yield event
             except requests.RequestException as e:
-                raise ApiUnavailable(f"WATCH {path}: {type(e).__name__}: {e}") from None
+                raise ApiUnavailable(
+                f"WATCH {path}: {type(e).__name__}: {scrub(str(e), self.cfg)}") from None
 
     def apply(self, path: str, obj: dict) -> None:
         """Server-side apply (create or update) as field manager `nodeward`. One attempt:
         the caller re-applies the whole object next cycle anyway."""
+        import requests
+
         try:
             r = self.s.patch(self.cfg.url + path, data=json.dumps(obj), verify=self.verify,
                              params={"fieldManager": "nodeward", "force": "true"},

@@ -14,8 +14,14 @@ from typing import Any
 
 from .collect.addresses import collect_interfaces
 from .collect.auth import ProbeCache, collect_auth
-from .collect.procs import attribute
-from .collect.ruleset import ParseCache, RulesetUnavailable, collect_ruleset, has_net_admin
+from .collect.procs import OwnerMemo, attribute
+from .collect.ruleset import (
+    DEFAULT_MAX_RULES,
+    ParseCache,
+    RulesetUnavailable,
+    collect_ruleset,
+    has_net_admin,
+)
 from .collect.sockets import collect_sockets
 from .config import Config
 from .gcpause import paused_gc
@@ -32,15 +38,18 @@ def now_rfc3339() -> str:
 def take_snapshot(config: Config, force_procfs: bool = False, firewall: bool | None = None,
                   ruleset_cache: ParseCache | None = None,
                   ruleset: Ruleset | None = None, auth_probe: bool = False,
-                  auth_cache: ProbeCache | None = None) -> NodeSnapshot:
+                  auth_cache: ProbeCache | None = None,
+                  owner_memo: OwnerMemo | None = None) -> NodeSnapshot:
     """`firewall` (default: config.firewall) also reads the live ruleset, unless `ruleset`
     is given (a saved dump); a daemon passes one ParseCache for its lifetime so an
-    unchanged ruleset is not parsed again. `auth_probe` (scan and daemon pass
-    config.auth_probe; enforcement commands leave it off: they need no authentication
-    evidence and must not add traffic) probes component sockets on loopback; a daemon's
-    ProbeCache probes a socket at most once per ProbeCache.every seconds."""
+    unchanged ruleset is not parsed again, and one OwnerMemo so each socket's owner is
+    checked where it was found last cycle instead of walked for again. `auth_probe` (scan
+    and daemon pass config.auth_probe; enforcement commands leave it off: they need no
+    authentication evidence and must not add traffic) probes component sockets on
+    loopback; a daemon's ProbeCache probes a socket at most once per ProbeCache.every
+    seconds."""
     with paused_gc():
-        snap = _take_snapshot(config, force_procfs)
+        snap = _take_snapshot(config, force_procfs, owner_memo)
         auth, auth_notes = collect_auth(snap.sockets, config.catalog,
                                         probe_sockets=auth_probe, cache=auth_cache,
                                         identities=snap.identities)
@@ -48,7 +57,8 @@ def take_snapshot(config: Config, force_procfs: bool = False, firewall: bool | N
         if ruleset is not None:
             snap = replace(snap, ruleset=ruleset, notes=snap.notes + ruleset.notes)
         elif config.firewall if firewall is None else firewall:
-            ruleset, problems = read_ruleset(ruleset_cache)
+            ruleset, problems = read_ruleset(ruleset_cache,
+                                             max_rules=config.firewall_max_rules)
             notes = ruleset.notes if ruleset is not None else \
                 tuple(f"firewall not evaluated: {p}" for p in problems)
             snap = replace(snap, ruleset=ruleset, notes=snap.notes + notes,
@@ -69,7 +79,8 @@ def add_cluster(snap: NodeSnapshot, settings: Any, view: Any = None) -> NodeSnap
 
 
 def read_ruleset(cache: ParseCache | None = None,
-                 net_admin: bool | None = None) -> tuple[Ruleset | None, tuple[Problem, ...]]:
+                 net_admin: bool | None = None, max_rules: int = DEFAULT_MAX_RULES,
+                 ) -> tuple[Ruleset | None, tuple[Problem, ...]]:
     """The live ruleset, or None and why (Problems, each an NW206 finding) when it cannot
     be read. `net_admin` (default: this process's CapEff) False: not even tried, since
     without CAP_NET_ADMIN some front-ends print an empty ruleset instead of failing."""
@@ -79,7 +90,7 @@ def read_ruleset(cache: ParseCache | None = None,
         return None, (Problem("ruleset", "no CAP_NET_ADMIN: netfilter cannot be read (run "
                                          "as root or grant CAP_NET_ADMIN)"),)
     try:
-        rs = collect_ruleset(cache=cache)
+        rs = collect_ruleset(cache=cache, max_rules=max_rules)
     except RulesetUnavailable as e:
         return None, (Problem(e.source, str(e)),)
     except RulesetParseError as e:
@@ -87,10 +98,11 @@ def read_ruleset(cache: ParseCache | None = None,
     return rs, ()
 
 
-def _take_snapshot(config: Config, force_procfs: bool) -> NodeSnapshot:
+def _take_snapshot(config: Config, force_procfs: bool,
+                   owner_memo: OwnerMemo | None = None) -> NodeSnapshot:
     interfaces = collect_interfaces(config.pod_interfaces)
     raw, source, notes = collect_sockets(force_procfs=force_procfs)
-    procs, proc_notes = attribute(s.inode for s in raw)
+    procs, proc_notes = attribute((s.inode for s in raw), owner_memo)
     by_index = {i.index: i for i in interfaces}
     sockets = []
     scopes: dict[tuple, tuple] = {}  # thousands of sockets, a handful of bind addresses

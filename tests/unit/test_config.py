@@ -61,7 +61,10 @@ def test_env_overrides_node_name(tmp_path, monkeypatch):
     ("pod_cidrs: 10.0.0.0/8", "{p}: pod_cidrs: expected a list of CIDRs"),
     ("colour: blue", "{p}: colour: unknown key (known: node_name, node_cidrs, pod_cidrs, "
      "pod_interfaces, failsafe_ports, mode, backend, suppress, catalog, interval, "
-     "metrics_address, firewall, auth_probe, enforce, cluster, daemon, verify)"),
+     "metrics_address, firewall, auth_probe, firewall_max_rules, enforce, cluster, daemon, "
+     "verify)"),
+    ("firewall_max_rules: 0", "{p}: firewall_max_rules: expected a whole number >= 1"),
+    ("firewall_max_rules: true", "{p}: firewall_max_rules: expected a whole number >= 1"),
     ("mode: destroy", "{p}: mode: 'destroy' is not one of report|audit|enforce"),
     ("backend: pf", "{p}: backend: 'pf' is not one of auto|iptables|nftables|python-iptables"),
     ("failsafe_ports: [ssh]", "{p}: failsafe_ports: 'ssh' is not a port like 'tcp/22'"),

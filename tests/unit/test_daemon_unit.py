@@ -68,3 +68,30 @@ def test_cycle_logs_opened_resolved_and_full_report():
     assert names.count("finding_opened") == 2 and names.count("finding_resolved") == 2
     assert names.count("finding") == 2  # full report on cycle 2
     assert all(list(e)[:4] == ["timestamp", "level", "event", "node"] for e in events)
+
+
+def test_unchanged_snapshot_reuses_the_check_result():
+    """Checks are pure: equal inputs (time aside) give the last result back without running
+    them; any change (a socket, the ruleset fingerprint, a reload) runs them again."""
+    from nodeward.ruleset import Ruleset
+    from nodeward.ruleset.iptables import parse_iptables_save
+
+    kubelet = ProcessInfo(pid=7, name="kubelet", comm="kubelet")
+    ro = Socket("tcp", 4, "0.0.0.0", 10255, 1, 0, process=kubelet, scope=BindScope.WILDCARD)
+    tables = parse_iptables_save("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n")
+    a, b = Ruleset(tables, fingerprint="a"), Ruleset(tables, fingerprint="b")
+    plan = iter([((ro,), a, "t1"), ((ro,), a, "t2"), ((ro,), b, "t3"), ((), b, "t4"),
+                 ((), Ruleset(tables), "t5"), ((), Ruleset(tables), "t6")])
+
+    def snapshotter(cfg):
+        socks, rs, at = next(plan)
+        return NodeSnapshot("n1", at, sockets=socks, ruleset=rs)
+
+    agent = Agent(None, config.from_mapping({"node_name": "n1"}, "t"), io.StringIO(),
+                  snapshotter=snapshotter)
+    results = [agent.cycle().result for _ in range(6)]
+    assert results[1] is results[0] and agent.checks_reused == 1
+    assert results[2] is not results[1] and results[3] is not results[2]
+    assert results[5] is not results[4]  # no fingerprint: never reused
+    assert agent.checks_reused == 1
+    assert [f.id for f in results[1].findings] == [f.id for f in results[0].findings]

@@ -49,7 +49,7 @@ def _processors(node: str) -> list[Any]:
         structlog.processors.format_exc_info,
         _head_first,
         _redact,
-        structlog.processors.JSONRenderer(sort_keys=False, default=str),
+        structlog.processors.JSONRenderer(sort_keys=False, default=str, separators=(",", ":")),
     ]
 
 

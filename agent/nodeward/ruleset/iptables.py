@@ -206,6 +206,17 @@ def _module_option(module: str, opt: str, vals: tuple[str, ...], neg: bool) -> M
     return _option_match(module, opt, list(vals), neg)
 
 
+def clear_caches() -> None:
+    """Forget the shared address/match values of earlier parses. The collector calls it
+    after a read that parsed: the live ruleset holds what it uses, and entries of superseded
+    rulesets (a churning node's old endpoints) would otherwise pile up to the caps."""
+    _MATCH_CACHE.clear()
+    _ADDR_CACHE.clear()
+    _module_option.cache_clear()
+    parse_net.cache_clear()
+    parse_ports.cache_clear()
+
+
 def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple[str, Rule]:
     """Tokens of one `-A CHAIN ...` line -> (chain, Rule). Comments are not kept as matches
     (they never decide a packet's fate); they stay in the rule text, which is the evidence.
@@ -412,7 +423,8 @@ _WRONG_KIND = (("table ", "this is `nft list ruleset` text: save it with "
                ("create ", "this is `ipset save` output, not a ruleset"))
 
 
-def parse_iptables_save(text: str, *, frontend: str = "iptables-legacy", family: int = 4,
+def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-legacy",
+                        family: int = 4,
                         source: str = "iptables-save", strict: bool = False
                         ) -> tuple[Table, ...]:
     """Parse iptables-save output (`-c` counters accepted). An option it does not know
@@ -426,7 +438,8 @@ def parse_iptables_save(text: str, *, frontend: str = "iptables-legacy", family:
     start = 0
     decl: dict[str, tuple[str | None, int]] = {}
     rules: dict[str, list[Rule]] = {}
-    lines = text.splitlines()
+    # a list of lines is taken as is (the live collector reads a dump that way)
+    lines = text.splitlines() if isinstance(text, str) else text
     lineno = 0
     k = 0
     while k < len(lines):

@@ -9,7 +9,7 @@ evaluator then follows both outcomes) rather than being dropped.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from .errors import RulesetParseError
 from .iptables import parse_net
@@ -389,6 +389,48 @@ def _mark_value(e) -> tuple[str, int, int] | None:
     return None
 
 
+_DECODER = json.JSONDecoder()
+_WS = " \t\n\r"
+
+
+def _stream_items(text: str) -> Iterator[object] | None:
+    """The elements of `{"nftables": [...]}` decoded one at a time (None when the text is
+    not laid out that way: the caller decodes it whole). nft prints 21 MB of JSON at 50,000
+    rules; decoded whole that is ~200 MB of dicts alive at once, one by one it is one rule's."""
+    head = text.lstrip(_WS)
+    if not head.startswith('{"nftables":'):
+        return None
+    pos = text.find("[", text.index('"nftables":'))
+    if pos < 0 or text[text.index('"nftables":') + 11:pos].strip(_WS):
+        return None
+
+    def gen() -> Iterator[object]:
+        i = pos + 1
+        end = len(text)
+        first = True
+        while True:
+            while i < end and text[i] in _WS:
+                i += 1
+            if i < end and text[i] == "]":
+                i += 1
+                while i < end and text[i] in _WS:
+                    i += 1
+                if text[i:].rstrip(_WS) != "}":
+                    raise ValueError("unexpected text after the nftables list")
+                return
+            if not first:
+                if i >= end or text[i] != ",":
+                    raise ValueError(f"',' expected at character {i}")
+                i += 1
+                while i < end and text[i] in _WS:
+                    i += 1
+            item, i = _DECODER.raw_decode(text, i)
+            first = False
+            yield item
+
+    return gen()
+
+
 def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
                    skip: Iterable[tuple[str, str]] = ()) -> tuple[tuple[Table, ...],
                                                                  dict[str, IpSet]]:
@@ -399,20 +441,32 @@ def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
         raise RulesetParseError(source, 1, "this is nft text: save it with "
                                            "`nft -j list ruleset` (JSON) instead")
     try:
-        doc = json.loads(text)
-        items = doc["nftables"]
+        items = _stream_items(text)
+        if items is None:
+            doc = json.loads(text)
+            items = doc["nftables"]
     except RecursionError:
         raise RulesetParseError(source, 1, "not nft JSON: nested too deeply") from None
     except (ValueError, KeyError, TypeError) as e:
         raise RulesetParseError(source, 1, f"not nft JSON: {e}") from None
-    if not isinstance(items, list):
+    if not isinstance(items, list | Iterator):
         raise RulesetParseError(source, 1, "not nft JSON: 'nftables' is not a list")
     skip = set(skip)
     chains: dict[tuple, dict] = {}
     rules: dict[tuple, list[Rule]] = {}
     tables: list[tuple[str, str]] = []
     sets: dict[str, IpSet] = {}
-    for n, item in enumerate(items, 1):
+    n = 0
+    while True:
+        n += 1
+        try:
+            item = next(items) if isinstance(items, Iterator) else items[n - 1]
+        except (StopIteration, IndexError):
+            break
+        except RecursionError:
+            raise RulesetParseError(source, n, "nested too deeply") from None
+        except ValueError as e:
+            raise RulesetParseError(source, n, f"not nft JSON: {e}") from None
         if not isinstance(item, dict):
             raise RulesetParseError(source, n, "object expected")
         try:

@@ -37,17 +37,42 @@ _RANK = {"accept": 2, "reject": 1, "drop": 0}
 
 
 class ReachMemo:
-    """Verdicts from the previous scan, reused while the ruleset (by fingerprint) and the
-    probe parameters are unchanged: a daemon re-evaluating 10,000 sockets every cycle
-    against an unchanged kube-proxy ruleset would otherwise redo identical work. Holds the
-    entries of the last scan only, so closed sockets drop out."""
+    """Verdicts from the previous scan, reused while the probe parameters are unchanged and
+    either the ruleset is (by fingerprint) or every chain the socket's evaluations walked
+    is: a kube-proxy endpoint change rewrites a few KUBE-SEP chains, and re-evaluating
+    10,000 sockets for it would cost seconds. Each entry keeps the (frontend, family, table,
+    chain) keys its walks entered or jumped to; the memo keeps a signature per chain (rule
+    texts, policy, hook, priority) of the ruleset it was computed on, the base-chain layout
+    and the sets. Holds the entries of the last scan only, so closed sockets drop out."""
 
-    __slots__ = ("entries", "hits", "key")
+    __slots__ = ("chains", "entries", "fingerprint", "hits", "key", "layout", "reevaluated",
+                 "sets")
 
     def __init__(self) -> None:
         self.key: tuple = ()
-        self.entries: dict[tuple, tuple[dict, dict]] = {}
+        self.entries: dict[tuple, tuple[tuple[dict, dict], frozenset]] = {}
         self.hits = 0
+        self.reevaluated = 0  # sockets evaluated again because a chain they walked changed
+        self.fingerprint = ""
+        self.chains: dict[tuple, int] = {}
+        self.layout: tuple = ()
+        self.sets: dict = {}
+
+
+def chain_signatures(ruleset: Ruleset) -> tuple[dict[tuple, int], tuple]:
+    """(chain key -> signature, base-chain layout). A rule's text is its whole meaning (its
+    line number is not: an earlier insertion shifts it); str hashes are cached, so this
+    costs a few ms at 50,000 rules."""
+    sigs: dict[tuple, int] = {}
+    layout = []
+    for table in ruleset.tables:
+        for name, c in table.chains.items():
+            sigs[(table.frontend, table.family, table.name, name)] = hash(
+                (tuple(r.text for r in c.rules), c.policy, c.hook, c.priority))
+            if c.hook is not None:
+                layout.append((table.frontend, table.family, table.name, name, c.hook,
+                               c.priority))
+    return sigs, tuple(layout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,25 +153,41 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
                        *(a for addrs in (interface_addresses or {}).values() for a in addrs)))
     out = []
     shared: dict[tuple, tuple[dict, dict]] = {}
-    old: dict[tuple, tuple[dict, dict]] = {}
-    new: dict[tuple, tuple[dict, dict]] = {}
+    old: dict[tuple, tuple[tuple[dict, dict], frozenset]] = {}
+    new: dict[tuple, tuple[tuple[dict, dict], frozenset]] = {}
+    changed: set | None = None  # chain keys that differ from the memo's ruleset
     if memo is not None and ruleset.fingerprint:
-        key = (ruleset.fingerprint, tuple(node_addresses), tuple(sorted(extra.items())),
+        key = (tuple(node_addresses), tuple(sorted(extra.items())),
                tuple(sorted((k, tuple(v)) for k, v in (interface_addresses or {}).items())),
                tuple(sorted((k, tuple(v)) for k, v in (interface_networks or {}).items())),
                tuple(node_cidrs),
                tuple(pod_cidrs), tuple(pod_interfaces), node_interface)
-        if memo.key == key:
+        if memo.fingerprint == ruleset.fingerprint:
+            sigs, layout = memo.chains, memo.layout
+            changed = set()
+        else:
+            sigs, layout = chain_signatures(ruleset)
+            if memo.key == key and layout == memo.layout and ruleset.sets == memo.sets:
+                changed = {k for k in sigs.keys() | memo.chains.keys()
+                           if sigs.get(k) != memo.chains.get(k)}
+        if memo.key == key and changed is not None:
             old = memo.entries
-        memo.key, memo.entries = key, new
+        memo.key, memo.entries, memo.fingerprint = key, new, ruleset.fingerprint
+        memo.chains, memo.layout, memo.sets = sigs, layout, ruleset.sets
     for s in sockets:
         skey = (s.protocol, s.family, s.address, s.port, s.interface, s.v6only)
-        hit = old.get(skey) or new.get(skey)
+        hit = new.get(skey)
+        if hit is None:
+            hit = old.get(skey)
+            if hit is not None and changed and not hit[1].isdisjoint(changed):
+                hit = None  # a chain its walks went through changed: evaluate again
+                memo.reevaluated += 1  # type: ignore[union-attr]
         if hit is not None:
             new[skey] = hit
             memo.hits += 1  # type: ignore[union-attr]  # old/new are empty without a memo
-            out.append(Reach(s, *hit))
+            out.append(Reach(s, *hit[0]))
             continue
+        walked: set | None = set() if memo is not None and ruleset.fingerprint else None
         ip = ipaddress.ip_address(s.address)
         # A dual-stack [::] socket (v6only off) also takes IPv4 connections, which pass the
         # IPv4 ruleset: both families are asked.
@@ -178,14 +219,14 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
                     v = evaluate(ruleset, Packet(fam, sa, dst, s.protocol, s.port, iif=iif),
                                  local_addresses=local, path="input",
                                  interface_addresses=interface_addresses,
-                                 interface_networks=interface_networks)
+                                 interface_networks=interface_networks, visited=walked)
                     if best is None or _RANK[v.action] > _RANK[best.action]:
                         best, where[cls] = v, dst
             if best is not None:
                 verdicts[cls] = best
         pair = (verdicts, where)
         pair = shared.setdefault(tuple((c, v, where.get(c)) for c, v in verdicts.items()), pair)
-        if memo is not None and ruleset.fingerprint:
-            new[skey] = pair
+        if walked is not None:
+            new[skey] = (pair, frozenset(walked))
         out.append(Reach(s, *pair))
     return out
