@@ -55,7 +55,7 @@ def read_ruleset(cache: ParseCache | None = None) -> tuple[Ruleset | None, tuple
 def _take_snapshot(config: Config, force_procfs: bool) -> NodeSnapshot:
     interfaces = collect_interfaces(config.pod_interfaces)
     raw, source, notes = collect_sockets(force_procfs=force_procfs)
-    procs, proc_notes = attribute(s.inode for s in raw)
+    procs, proc_notes, gaps = attribute(s.inode for s in raw)
     by_index = {i.index: i for i in interfaces}
     sockets = []
     scopes: dict[tuple, tuple] = {}  # thousands of sockets, a handful of bind addresses
@@ -76,4 +76,5 @@ def _take_snapshot(config: Config, force_procfs: bool) -> NodeSnapshot:
     return NodeSnapshot(
         node=config.node_name, scanned_at=now_rfc3339(), sockets=tuple(sockets),
         interfaces=tuple(interfaces), socket_source=source, notes=tuple(notes + proc_notes),
+        attribution=gaps,
     )

@@ -3,9 +3,11 @@
 The inode -> pid map is built once per scan by walking /proc/PID/fd, the only place the
 kernel exposes socket ownership. Pids are walked in ascending order and the walk stops as
 soon as every wanted inode is found, so a socket shared by a parent and its forked workers
-is attributed to the parent (the lowest pid). Reading other users' fd directories needs
-CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH; without it those sockets stay unattributed and the
-scan says how many.
+is attributed to the parent (the lowest pid). Listing the fd directory of another user's
+process needs CAP_DAC_READ_SEARCH; reading its links (readlink /proc/PID/fd/N, the kernel's
+ptrace access check) needs CAP_SYS_PTRACE when the process is another user's or holds
+capabilities we lack. Each refusal is counted by kind (AttributionGaps), never swallowed:
+the checks turn sockets left unattributed that way into finding NW109.
 """
 
 from __future__ import annotations
@@ -16,23 +18,24 @@ from collections.abc import Iterable
 
 import psutil
 
-from ..model import ProcessInfo
+from ..model import AttributionGaps, ProcessInfo
 
 _CONTAINER_RE = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?$")
 _POD_RE = re.compile(
     r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
 
 
-def inode_owners(wanted: Iterable[int], proc: str = "/proc") -> tuple[dict[int, int], int]:
+def inode_owners(wanted: Iterable[int],
+                 proc: str = "/proc") -> tuple[dict[int, int], AttributionGaps]:
     """Map each wanted socket inode to the lowest pid holding it.
 
-    Returns (map, number of processes whose fds could not be read).
+    Returns (map, the processes whose fds could not be read, by refusal).
     """
     remaining = {i for i in wanted if i}
     owners: dict[int, int] = {}
-    denied = 0
+    denied = links_denied = 0
     if not remaining:
-        return owners, denied
+        return owners, AttributionGaps()
     pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
     readlink = os.readlink
     for pid in pids:
@@ -49,8 +52,12 @@ def inode_owners(wanted: Iterable[int], proc: str = "/proc") -> tuple[dict[int, 
             for name in os.listdir(dfd):
                 try:
                     target = readlink(name, dir_fd=dfd)
+                except PermissionError:
+                    # The ptrace check is per process: every other link is refused too.
+                    links_denied += 1
+                    break
                 except OSError:
-                    continue
+                    continue  # fd closed meanwhile
                 if target[:8] == "socket:[":  # "socket:[12345]"
                     inode = int(target[8:-1])
                     if inode in remaining:
@@ -62,7 +69,8 @@ def inode_owners(wanted: Iterable[int], proc: str = "/proc") -> tuple[dict[int, 
             os.close(dfd)
         if not remaining:
             break
-    return owners, denied
+    return owners, AttributionGaps(fd_dir_denied=denied, fd_link_denied=links_denied,
+                                   unresolved=len(remaining))
 
 
 def container_ids(cgroup_text: str) -> tuple[str, str, str]:
@@ -120,9 +128,11 @@ def process_info(pid: int, proc: str = "/proc") -> ProcessInfo | None:
                        cgroup=cgroup, container_id=cid, pod_uid=pod)
 
 
-def attribute(inodes: Iterable[int]) -> tuple[dict[int, ProcessInfo], list[str]]:
-    """inode -> ProcessInfo for every socket inode we can attribute, plus notes."""
-    owners, denied = inode_owners(inodes)
+def attribute(inodes: Iterable[int]
+              ) -> tuple[dict[int, ProcessInfo], list[str], AttributionGaps]:
+    """inode -> ProcessInfo for every socket inode we can attribute, notes, and what the
+    walk was refused."""
+    owners, gaps = inode_owners(inodes)
     infos: dict[int, ProcessInfo] = {}
     by_pid: dict[int, ProcessInfo | None] = {}
     for inode, pid in owners.items():
@@ -132,7 +142,7 @@ def attribute(inodes: Iterable[int]) -> tuple[dict[int, ProcessInfo], list[str]]
         if info is not None:
             infos[inode] = info
     notes = []
-    if denied:
-        notes.append(f"could not read the fds of {denied} processes (needs CAP_SYS_PTRACE or "
-                     "CAP_DAC_READ_SEARCH): their sockets are unattributed")
-    return infos, notes
+    if gaps.denied:
+        notes.append(f"could not read the fds of {gaps.denied} processes "
+                     f"({gaps.missing_text()}): {gaps.unresolved} sockets are unattributed")
+    return infos, notes, gaps
