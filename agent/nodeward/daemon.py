@@ -133,6 +133,11 @@ class Agent:
 
             snap, result = with_cluster(snap, result, cluster, self.cfg.suppress)
         result = self._with_probes(snap, result)
+        # a firewall stage that failed resolves nothing: its last findings stay, stale
+        from .checks.firewall import stage_problems, stale_findings
+
+        result = with_findings(result, stale_findings(
+            self.previous.values(), result.findings, stage_problems(snap)), self.cfg.suppress)
         opened, resolved, self.previous = diff_findings(self.previous, result.findings)
         duration = time.perf_counter() - start
         self.cycles += 1

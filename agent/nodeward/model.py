@@ -177,6 +177,9 @@ class NodeSnapshot:
     #: The live netfilter ruleset (nodeward.ruleset.model.Ruleset), or None when it was not
     #: read (disabled, or unreadable: then a note says why).
     ruleset: Any = field(default=None, compare=False, hash=False)
+    #: Why the firewall stage had no ruleset at all (nodeward.ruleset.model.Problem values;
+    #: empty when it was read or not wanted): each is an NW206 finding.
+    ruleset_unavailable: tuple[Any, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     #: What the socket -> process walk was refused (collect.procs); NW109 when it matters.
     attribution: AttributionGaps = field(default_factory=AttributionGaps)

@@ -13,13 +13,13 @@ from operator import attrgetter
 
 from .collect.addresses import collect_interfaces
 from .collect.procs import attribute
-from .collect.ruleset import ParseCache, RulesetUnavailable, collect_ruleset
+from .collect.ruleset import ParseCache, RulesetUnavailable, collect_ruleset, has_net_admin
 from .collect.sockets import collect_sockets
 from .config import Config
 from .gcpause import paused_gc
 from .model import NodeSnapshot, Socket
 from .ruleset.errors import RulesetParseError
-from .ruleset.model import Ruleset
+from .ruleset.model import Problem, Ruleset
 from .scope import classify
 
 
@@ -38,18 +38,31 @@ def take_snapshot(config: Config, force_procfs: bool = False, firewall: bool | N
         if ruleset is not None:
             snap = replace(snap, ruleset=ruleset, notes=snap.notes + ruleset.notes)
         elif config.firewall if firewall is None else firewall:
-            ruleset, note = read_ruleset(ruleset_cache)
-            snap = replace(snap, ruleset=ruleset, notes=snap.notes + note)
+            ruleset, problems = read_ruleset(ruleset_cache)
+            notes = ruleset.notes if ruleset is not None else \
+                tuple(f"firewall not evaluated: {p}" for p in problems)
+            snap = replace(snap, ruleset=ruleset, notes=snap.notes + notes,
+                           ruleset_unavailable=problems)
         return snap
 
 
-def read_ruleset(cache: ParseCache | None = None) -> tuple[Ruleset | None, tuple[str, ...]]:
-    """The live ruleset and its notes; None (and a note why) when it cannot be read."""
+def read_ruleset(cache: ParseCache | None = None,
+                 net_admin: bool | None = None) -> tuple[Ruleset | None, tuple[Problem, ...]]:
+    """The live ruleset, or None and why (Problems, each an NW206 finding) when it cannot
+    be read. `net_admin` (default: this process's CapEff) False: not even tried, since
+    without CAP_NET_ADMIN some front-ends print an empty ruleset instead of failing."""
+    if net_admin is None:
+        net_admin = has_net_admin()
+    if net_admin is False:
+        return None, (Problem("ruleset", "no CAP_NET_ADMIN: netfilter cannot be read (run "
+                                         "as root or grant CAP_NET_ADMIN)"),)
     try:
         rs = collect_ruleset(cache=cache)
-    except (RulesetUnavailable, RulesetParseError) as e:
-        return None, (f"firewall not evaluated: {e}",)
-    return rs, rs.notes
+    except RulesetUnavailable as e:
+        return None, (Problem(e.source, str(e)),)
+    except RulesetParseError as e:
+        return None, (Problem(e.source, e.message, e.line),)
+    return rs, ()
 
 
 def _take_snapshot(config: Config, force_procfs: bool) -> NodeSnapshot:

@@ -75,7 +75,7 @@ def test_calico_dump_paths():
     rs = Ruleset(tables)
     chains = tables[0].chains
     assert chains["cali-INPUT"].rules[1].target == "GOTO"
-    assert chains["cali-INPUT"].rules[2].matches[0].op == "unknown"  # -m mark kept
+    assert chains["cali-INPUT"].rules[2].matches[0].op == "mark"  # -m mark modelled
     kw = {"local_addresses": ["10.0.1.5"], "path": "input"}
     # pod on a known workload interface: dispatch -> fw chain falls through (RETURN on
     # goto chain returns to INPUT's caller level) -> kubelet port dropped in wl-to-host
@@ -85,7 +85,7 @@ def test_calico_dump_paths():
     # unknown workload interface: dispatch drops
     v = evaluate(rs, Packet(4, "10.244.1.7", "10.0.1.5", "tcp", 22, iif="cali9999"), **kw)
     assert v.action == "drop" and v.trace[-1].chain == "cali-from-wl-dispatch"
-    # host traffic: the -m mark rule is undecidable, both branches accept -> certain accept
+    # host traffic: mark 0 (nothing set it), on to the host endpoint chain: accept
     v = evaluate(rs, Packet(4, "10.0.1.9", "10.0.1.5", "tcp", 22, iif="eth0"), **kw)
     assert v.action == "accept" and v.certain
 
@@ -145,15 +145,10 @@ def test_docker_dump_forward_and_dnat():
 
 @pytest.mark.parametrize(("text", "line", "needle"), [
     ("-A INPUT -j ACCEPT\n", 1, "outside a table"),
-    ("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s 10.0.0.300 -j DROP\nCOMMIT\n", 3, "10.0.0.300"),
     ("*filter\n:INPUT ACCEPT [0:0]\n-A NOPE -j DROP\nCOMMIT\n", 3, "undeclared chain"),
-    ("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -m tcp --dport 99999 -j DROP\nCOMMIT\n", 3,
-     "port"),
     ("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"x -j DROP\nCOMMIT\n", 3,
      "quote"),
     ("*filter\n:INPUT MAYBE [0:0]\nCOMMIT\n", 2, "bad policy"),
-    ("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -s\nCOMMIT\n", 3, "needs"),
-    ("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT ! -j DROP extra\nCOMMIT\n", 3, ""),
     ("*filter\n:INPUT ACCEPT [0:0]\n", 2, "no COMMIT"),
     ("*filter\nhello world\nCOMMIT\n", 2, "unrecognised"),
 ])
@@ -162,6 +157,24 @@ def test_malformed_names_the_line(text, line, needle):
         parse_iptables_save(text, source="dump.txt")
     assert e.value.line == line and str(e.value).startswith(f"dump.txt:{line}: ")
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(("rule", "needle"), [
+    ("-A INPUT -s 10.0.0.300 -j DROP", "10.0.0.300"),
+    ("-A INPUT -p tcp -m tcp --dport 99999 -j DROP", "port"),
+    ("-A INPUT -s", "needs"),
+    ("-A INPUT ! -j DROP extra", "'!' before a target"),
+])
+def test_one_unreadable_rule_is_uncertain_not_the_whole_dump(rule, needle):
+    text = f"*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p udp -j DROP\n{rule}\nCOMMIT\n"
+    (table,) = parse_iptables_save(text, source="dump.txt")
+    bad = table.chains["INPUT"].rules[1]
+    assert bad.line == 4 and needle in bad.matches[0].text
+    v = evaluate(Ruleset((table,)), Packet(4, "10.0.0.2", "10.0.0.1", "tcp", 22, iif="eth0"))
+    assert not v.certain and any(needle in r and "#2" in r for r in v.reasons)
+    # the rule before it still decides what it matches
+    v = evaluate(Ruleset((table,)), Packet(4, "10.0.0.2", "10.0.0.1", "udp", 53, iif="eth0"))
+    assert v.action == "drop" and v.certain
 
 
 @settings(max_examples=300, deadline=None)

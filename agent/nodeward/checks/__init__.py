@@ -61,5 +61,10 @@ def run_checks(snapshot: NodeSnapshot, config: Config,
             fw = analyse(snapshot, config, snapshot.ruleset, memo)
             findings = mitigate(findings, fw.reach, config.catalog) + list(fw.findings)
             reach = fw.reach
+        if snapshot.ruleset_unavailable or (snapshot.ruleset is not None
+                                            and snapshot.ruleset.problems):
+            from .firewall import problem_findings
+
+            findings += problem_findings(snapshot)  # NW206
     result = split_suppressed(sort_findings(findings), config.suppress)
     return dataclasses.replace(result, reach=reach)

@@ -11,12 +11,13 @@ evidence; when the firewall leaves the path open, the evidence says which rules 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..catalog import Catalog
 from ..config import Config
 from ..model import Finding, NodeSnapshot, Severity, Socket
-from ..ruleset.model import Ruleset
+from ..ruleset.model import Problem, Ruleset
 from ..ruleset.reach import Reach, ReachMemo, reachability
 from ..scope import has_pod_interfaces
 from .reachability import ALLOWED, Role, evidence, findings
@@ -78,6 +79,53 @@ def analyse(snap: NodeSnapshot, cfg: Config, ruleset: Ruleset,
                      node_interface=node_if,
                      pods=bool(cfg.pod_cidrs) or has_pod_interfaces(snap.interfaces))
     return ReachResult(tuple(reach), tuple(found))
+
+
+#: Findings the firewall stage produces: while it cannot run (or runs on part of the
+#: ruleset) the daemon keeps their last state, marked stale, instead of resolving them.
+STAGE_IDS = frozenset({"NW201", "NW202", "NW203", "NW204", "NW205"})
+
+
+def stage_problems(snap: NodeSnapshot) -> tuple[Problem, ...]:
+    """Why the firewall stage could not run (no ruleset) or ran on part of the ruleset."""
+    if snap.ruleset is not None:
+        return tuple(snap.ruleset.problems)
+    return tuple(snap.ruleset_unavailable)
+
+
+def problem_findings(snap: NodeSnapshot) -> list[Finding]:
+    """NW206 per failed read: an operator must see that the NW2xx verdicts are missing
+    (or built on part of the ruleset), never a silent note. One per source (command or
+    file), the source as its component so a suppression can name it."""
+    partial = snap.ruleset is not None
+    by_source: dict[str, list[Problem]] = {}
+    for p in stage_problems(snap):
+        by_source.setdefault(p.source, []).append(p)
+    out = []
+    for source, probs in by_source.items():
+        first = probs[0]
+        what = "only partly evaluated" if partial else "could not be evaluated"
+        out.append(Finding(
+            "NW206", Severity.MEDIUM, f"the firewall {what}: {source}: {first.reason}",
+            "Make the ruleset readable by nodeward (root or CAP_NET_ADMIN, the iptables/nft "
+            "tools installed) or fix the rule named in the evidence; until then the NW2xx "
+            "findings are missing or stale.", component=source, scope="firewall",
+            evidence={"source": source, "partial": partial,
+                      "problems": [{"reason": p.reason, "line": p.line} for p in probs]}))
+    return out
+
+
+def stale_findings(previous: Iterable[Finding], current: Iterable[Finding],
+                   problems: Sequence[Problem]) -> list[Finding]:
+    """The firewall-stage findings of the last cycle that this cycle lacks, when this
+    cycle's stage failed or ran partially (`problems`): kept, marked stale, rather than
+    resolved (a ruleset nobody could read closed nothing). Empty when the stage ran."""
+    if not problems:
+        return []
+    now = {f.key for f in current}
+    why = "; ".join(str(p) for p in problems)
+    return [dataclasses.replace(f, evidence={**f.evidence, "stale": why})
+            for f in previous if f.id in STAGE_IDS and f.key not in now]
 
 
 #: Bind-scope findings and the source classes whose path they are about (None: every

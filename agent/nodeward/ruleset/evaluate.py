@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import ipaddress
 from bisect import bisect_left
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .iptables import parse_net
 from .model import Chain, Match, Packet, Rule, Ruleset, Step, Table, Verdict
 
-PATH_HOOKS = {"input": ("prerouting", "input"), "forward": ("prerouting", "forward")}
+PATH_HOOKS = {"input": ("prerouting", "input"),
+              "forward": ("prerouting", "forward", "postrouting")}
+#: A locally generated packet (the loopback class: iif "lo") first leaves through these,
+#: then loops back through "input"'s.
+LOCAL_OUT_HOOKS = ("output", "postrouting")
 NON_TERMINATING = frozenset({"LOG", "NFLOG", "ULOG", "MARK", "CONNMARK", "CLASSIFY", "TCPMSS",
                              "DSCP", "TOS", "TTL", "HL", "TRACE", "AUDIT", "CHECKSUM", "SET",
                              "CONNSECMARK", "SECMARK", "IDLETIMER", "LED", "TEE", "COUNTER",
@@ -26,6 +30,10 @@ NON_TERMINATING = frozenset({"LOG", "NFLOG", "ULOG", "MARK", "CONNMARK", "CLASSI
 NAT_ACCEPT = frozenset({"SNAT", "MASQUERADE", "NETMAP"})
 KNOWN_ADDRTYPES = frozenset({"LOCAL", "UNICAST", "MULTICAST", "BROADCAST"})
 MAX_DEPTH = 64
+#: Jumps and gotos followed in one walk: the kernel refuses loops, a saved dump may not
+#: (A goto B, B goto A), and gotos do not deepen the stack.
+MAX_HOPS = 4096
+MASK32 = 0xFFFFFFFF
 #: NF_IP_PRI_CONNTRACK (and IPv6's): chains hooked earlier see packets not yet tracked.
 CONNTRACK_PRIORITY = -200
 
@@ -40,7 +48,8 @@ class _Out:
 
 
 class _Ctx:
-    __slots__ = ("branches", "ifaddrs", "local", "max_branches", "set_cache", "sets", "xt")
+    __slots__ = ("branches", "hook", "ifaddrs", "local", "max_branches", "set_cache", "sets",
+                 "xt")
 
     def __init__(self, ruleset: Ruleset, local: frozenset[str], max_branches: int,
                  ifaddrs=None) -> None:
@@ -51,6 +60,7 @@ class _Ctx:
         self.branches = 0
         self.set_cache: dict[str, tuple | None] = {}
         self.xt = True  # the table being walked is an iptables one (xt matches), not nft
+        self.hook = ""  # the hook being walked
 
 
 def _ip(text: str) -> int:
@@ -162,9 +172,111 @@ def _match(ctx: _Ctx, m: Match, p: Packet, si: int, di: int) -> bool | None:
         r = p.family == a[0]
     elif op == "l4proto_any":  # nft: "meta l4proto {tcp, udp}"
         r = p.protocol in a
+    elif op == "mark":  # (register, mask, value): (reg & mask) == value
+        r = ((p.mark if a[0] == "mark" else p.ctmark) & a[1]) == a[2]
+    elif op == "pkttype":  # the probes are unicast to the node (or multicast/broadcast)
+        kind = _addrtype(ctx, p.dst, p.family)
+        r = {"MULTICAST": "multicast", "BROADCAST": "broadcast"}.get(kind, "unicast") == \
+            {"host": "unicast"}.get(a[0], a[0])
+    elif op == "local_socket":  # -m owner --socket-exists: a local process sent it
+        if ctx.hook not in ("output", "postrouting"):
+            return None
+        r = True
+    elif op == "lookup":  # nft: a key (maybe concatenated) in a named set
+        found = _lookup(ctx, a[0], a[1], p)
+        if found is None:
+            return None
+        r = found >= 0
     else:
         return None
     return r != m.negate
+
+
+_NOVAL = object()
+
+
+def _field(ctx: _Ctx, sel: str, p: Packet):
+    """The packet's value of an nft key selector (as model.IpSet.elements hold them), None
+    when it cannot be known, _NOVAL when the packet has no such field (no match)."""
+    if sel in ("ip saddr", "ip daddr", "ip6 saddr", "ip6 daddr"):
+        if (sel[:3] == "ip6") != (p.family == 6):
+            return _NOVAL
+        return (p.family, _ip(p.src if sel.endswith("saddr") else p.dst))
+    if sel in ("th dport", "th sport", "tcp dport", "tcp sport", "udp dport", "udp sport",
+               "sctp dport", "sctp sport"):
+        proto = sel.split()[0]
+        if p.protocol not in PORT_PROTOS or (proto != "th" and proto != p.protocol):
+            return _NOVAL
+        return p.dport if sel.endswith("dport") else p.sport
+    if sel == "meta l4proto" or sel == "ip protocol" or sel == "ip6 nexthdr":
+        return p.protocol
+    if sel == "meta iifname" or sel == "meta oifname":
+        name = p.iif if sel == "meta iifname" else p.oif
+        return name or None
+    if sel == "meta mark":
+        return p.mark
+    if sel == "ct mark":
+        return p.ctmark
+    if sel == "ct state":
+        return p.ctstate.lower()
+    if sel == "fib daddr type":
+        return _addrtype(ctx, p.dst, p.family).lower()
+    if sel == "meta nfproto":
+        return "ipv4" if p.family == 4 else "ipv6"
+    return None
+
+
+def _key(ctx: _Ctx, sels: tuple[str, ...], p: Packet):
+    out = []
+    for sel in sels:
+        v = _field(ctx, sel, p)
+        if v is None or v is _NOVAL:
+            return v
+        out.append(v)
+    return tuple(out)
+
+
+def _lookup(ctx: _Ctx, sels: tuple[str, ...], name, p: Packet) -> int | None:
+    """Index of the first element of set/map `name` (a key into ruleset.sets, or an inline
+    IpSet) whose key holds the packet's key; -1 when none; None when undecidable."""
+    s = ctx.sets.get(name) if isinstance(name, str) else name
+    if s is None or not s.keyed:
+        return None
+    key = _key(ctx, sels, p)
+    if key is _NOVAL:
+        return -1
+    if key is None:
+        return None
+    exact = s.exact
+    if exact is not None:
+        return exact.get(key, -1)
+    try:
+        for i, (ranges, _) in enumerate(s.elements):
+            if all(lo <= v <= hi for v, (lo, hi) in zip(key, ranges)):
+                return i
+    except TypeError:  # a field of another kind than the set's: not understood
+        return None
+    return -1
+
+
+def _apply(effects: tuple, p: Packet) -> Packet:
+    """A rule's mark changes (model.Rule.effects) applied to the packet."""
+    mark, ct = p.mark, p.ctmark
+    for e in effects:
+        kind, dst, src, k1, k2 = e
+        sv = mark if src == "mark" else ct
+        if kind == "set":
+            v = (sv & k1) ^ k2
+        else:
+            dv = mark if dst == "mark" else ct
+            v = (dv & ~k1 & MASK32) ^ (sv & k2)
+        if dst == "mark":
+            mark = v
+        else:
+            ct = v
+    if mark == p.mark and ct == p.ctmark:
+        return p
+    return replace(p, mark=mark, ctmark=ct)
 
 
 _INDEX: dict[int, tuple] = {}
@@ -250,9 +362,7 @@ def _dnat(p: Packet, arg: str) -> Packet | None:
         return None
     try:
         ipaddress.ip_address(host or p.dst)
-        return Packet(p.family, p.src, host or p.dst, p.protocol,
-                      int(port) if port else p.dport, p.sport, p.iif, p.oif, p.ctstate,
-                      p.tcp_flags)
+        return replace(p, dst=host or p.dst, dport=int(port) if port else p.dport)
     except ValueError:
         return None
 
@@ -271,18 +381,33 @@ def _redirect(ctx: _Ctx, p: Packet, arg: str) -> Packet | str | None:
         cands = [a for a in addrs if ":" in a and ipaddress.IPv6Address(a).is_link_local == link]
     if not cands:
         return "drop"
-    return Packet(p.family, p.src, cands[0], p.protocol, int(arg) if arg else p.dport, p.sport,
-                  p.iif, p.oif, p.ctstate, p.tcp_flags)
+    return replace(p, dst=cands[0], dport=int(arg) if arg else p.dport)
+
+
+def _vmap_verdicts(ctx: _Ctx, rule: Rule, p: Packet) -> list[str] | None:
+    """The verdict(s) of an nft verdict-map rule for this packet: one when the key is
+    known ([] when no element holds it: the rule does not match), every distinct verdict of
+    the map plus "" (no element) when the key cannot be known, None when the map is not."""
+    sels, name = rule.vmap
+    s = ctx.sets.get(name) if isinstance(name, str) else name
+    if s is None or not s.keyed:
+        return None
+    i = _lookup(ctx, sels, s, p)
+    if i is None:
+        return [*dict.fromkeys(v for _, v in s.elements), ""]
+    return [s.elements[i][1]] if i >= 0 else []
 
 
 def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[Step, ...],
-         reasons: tuple[str, ...]) -> list[_Out]:
-    """Walk from the frame stack [[chain, next_index], ...] to a verdict for this base chain."""
+         reasons: tuple[str, ...], pick: str | None = None) -> list[_Out]:
+    """Walk from the frame stack [[chain, next_index], ...] to a verdict for this base chain.
+    `pick`: the verdict the first rule (a verdict map) takes, when forking over a map."""
     si, di = _ip(p.src), _ip(p.dst)
     outs: list[_Out] = []
     fe, tn = table.frontend, table.name
     ctx.xt = fe != "nft"
     base: Chain = frames[0][0]
+    hops = 0
     while frames:
         frame = frames[-1]
         chain: Chain = frame[0]
@@ -290,7 +415,7 @@ def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[St
         idx = frame[1]
         n = len(rules)
         jumped = False
-        index = _chain_index(chain) if n >= MIN_RUN else None
+        index = _chain_index(chain) if n >= MIN_RUN and pick is None else None
         while idx < n:
             if index is not None and index[0][idx] >= 0:
                 end, kind, mp = index[1][index[0][idx]]
@@ -305,7 +430,11 @@ def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[St
                 idx = cands[j]
             rule = rules[idx]
             idx += 1
-            ok, why = _rule_matches(ctx, rule, p, si, di, fe)
+            picking = pick is not None
+            if picking:
+                ok, why = True, ""
+            else:
+                ok, why = _rule_matches(ctx, rule, p, si, di, fe)
             if ok is False:
                 continue
             if ok is None:
@@ -320,7 +449,43 @@ def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[St
                 outs.extend(_run(ctx, table, alt, p, trace, (*reasons, reason)))
                 reasons = (*reasons, reason)
             t = rule.target
+            arg = rule.arg
             step = Step(fe, tn, chain.name, idx, rule.text, "")
+            if rule.effects and not picking:
+                p = _apply(rule.effects, p)
+            if t == "VMAP":
+                if pick is not None:
+                    got: list[str] | None = [pick]
+                    pick = None
+                else:
+                    got = _vmap_verdicts(ctx, rule, p)
+                if got is None:
+                    why = f"{fe} {tn} {chain.name} #{idx}: verdict map not understood"
+                    return [*outs, _Out("accept", p, (*trace, _eff(step, "vmap")),
+                                        (*reasons, why), True)]
+                if not got or got[0] in ("", "CONTINUE"):
+                    if len(got) > 1:
+                        got = got[1:]
+                    else:
+                        continue
+                if len(got) > 1:  # key undecidable (numgen, ...): every element's verdict
+                    reason = f"{fe} {tn} {chain.name} #{idx}: map key cannot be evaluated"
+                    for alt_v in got[1:]:
+                        ctx.branches += 1
+                        if ctx.branches > ctx.max_branches:
+                            return [*outs, _Out("accept", p, trace, (
+                                *reasons, reason,
+                                "too many undecidable rules to follow every case"), True)]
+                        alt = [list(f) for f in frames]
+                        alt[-1][1] = idx - 1
+                        if alt_v in ("", "CONTINUE"):
+                            alt[-1][1] = idx
+                            outs.extend(_run(ctx, table, alt, p, trace, (*reasons, reason)))
+                        else:
+                            outs.extend(_run(ctx, table, alt, p, trace, (*reasons, reason),
+                                             pick=alt_v))
+                    reasons = (*reasons, reason)
+                t, _, arg = got[0].partition(" ")
             if t == "ACCEPT" or t in NAT_ACCEPT:
                 return [*outs, _Out("accept", p, (*trace, _eff(step, "accept")), reasons, False)]
             if t == "DROP":
@@ -328,9 +493,12 @@ def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[St
             if t == "REJECT":
                 return [*outs, _Out("reject", p, (*trace, _eff(step, "reject")), reasons, False)]
             if t == "JUMP" or t == "GOTO":
-                target = table.chains.get(rule.arg)
-                if target is None or len(frames) >= MAX_DEPTH:
-                    why = f"{fe} {tn} {chain.name} #{idx}: jump to missing/too deep {rule.arg}"
+                target = table.chains.get(arg)
+                hops += 1
+                if target is None or len(frames) >= MAX_DEPTH or hops > MAX_HOPS:
+                    why = f"{fe} {tn} {chain.name} #{idx}: " + (
+                        f"jump to missing chain {arg}" if target is None else
+                        f"jumps to {arg} nest or loop too deep")
                     return [*outs, _Out("accept", p, trace, (*reasons, why), True)]
                 trace = (*trace, _eff(step, t.lower()))
                 if t == "JUMP":
@@ -355,20 +523,30 @@ def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[St
                     # bound the connection the later ones are not consulted.
                     trace = (*trace, _eff(step, "no-nat"))
                     continue
-                q = _dnat(p, rule.arg) if t == "DNAT" else _redirect(ctx, p, rule.arg)
+                q = _dnat(p, arg) if t == "DNAT" else _redirect(ctx, p, arg)
                 if q == "drop":  # REDIRECT and the interface has no address to redirect to
                     return [*outs, _Out("drop", p, (*trace, _eff(step, "drop")), reasons,
                                         False)]
                 if q is None:
-                    why = f"{fe} {tn} {chain.name} #{idx}: {t} {rule.arg} not followed"
+                    why = f"{fe} {tn} {chain.name} #{idx}: {t} {arg} not followed"
                     return [*outs, _Out("accept", p, (*trace, _eff(step, t.lower())),
                                         (*reasons, why), True)]
                 return [*outs, _Out("accept", q, (*trace, _eff(step, "dnat")), reasons, False)]
-            if (t == "NOTRACK" or (t == "CT" and rule.arg == "--notrack")) and p.iif != "lo":
+            if t == "TPROXY":
+                # diverted to a local (transparent) socket on --on-port (0: the same port):
+                # another port's packet never reaches the socket asked about
+                port = int(arg or 0) or p.dport
+                if port == p.dport:
+                    why = f"{fe} {tn} {chain.name} #{idx}: TPROXY to the same port: the " \
+                          "socket answering may be the proxy's"
+                    return [*outs, _Out("accept", p, (*trace, _eff(step, "tproxy")),
+                                        (*reasons, why), True)]
+                return [*outs, _Out("drop", p, (*trace, _eff(step, f"tproxy to :{port}")),
+                                    reasons, False)]
+            if (t == "NOTRACK" or (t == "CT" and arg == "--notrack")) and p.iif != "lo":
                 # Looped-back packets were tracked on the way out (OUTPUT); the kernel's CT
                 # target leaves a packet that already has a conntrack entry alone.
-                p = Packet(p.family, p.src, p.dst, p.protocol, p.dport, p.sport, p.iif, p.oif,
-                           "UNTRACKED", p.tcp_flags)
+                p = _with_state(p, "UNTRACKED")
                 trace = (*trace, _eff(step, "notrack"))
                 continue
             if t in NON_TERMINATING:
@@ -411,21 +589,41 @@ def evaluate(ruleset: Ruleset, packet: Packet, *, local_addresses=(), path: str 
              max_branches: int = 256, interface_addresses=None) -> Verdict:
     """The verdict for `packet` on `path` ("input": to the host; "forward": through it).
 
+    A packet arriving on "lo" was generated on this node: it first takes the OUTPUT path
+    (raw, mangle, nat, filter OUTPUT, then POSTROUTING) out to lo, where nat OUTPUT may
+    DNAT it away, then loops back through PREROUTING and INPUT with the marks it was given.
     `interface_addresses` (interface -> its addresses in the order `ip addr` lists them)
     lets a REDIRECT be followed: to the incoming interface's first address of the family.
     Without it a REDIRECT leaves the verdict uncertain."""
     if path not in PATH_HOOKS:
         raise ValueError(f"path must be input or forward, not {path!r}")
     ctx = _Ctx(ruleset, frozenset(local_addresses), max_branches, interface_addresses)
-    live = [_Out("accept", packet, (), (), False)]
     final: list[_Out] = []
-    for hook in PATH_HOOKS[path]:
-        for table, chain in hook_chains(ruleset, hook, packet.family):
-            # Before conntrack (raw, priority -300) an arriving packet has no entry yet: ct
-            # state matches see INVALID (UNTRACKED once a NOTRACK ran). Looped-back packets
-            # got theirs on the way out (OUTPUT), so they keep their state.
-            pre_ct = hook == "prerouting" and chain.priority < CONNTRACK_PRIORITY and \
-                packet.iif != "lo"
+    if path == "input" and packet.iif == "lo":
+        out = replace(packet, iif="", oif="lo")
+        live = _hooks(ctx, ruleset, LOCAL_OUT_HOOKS, [_Out("accept", out, (), (), False)],
+                      final, path, out)
+        live = [_Out(o.action, replace(o.pkt, iif="lo", oif=""), o.trace, o.reasons,
+                     o.forced) for o in live]
+    else:
+        live = [_Out("accept", packet, (), (), False)]
+    live = _hooks(ctx, ruleset, PATH_HOOKS[path], live, final, path, packet)
+    final.extend(live)
+    return _combine(final)
+
+
+def _hooks(ctx: _Ctx, ruleset: Ruleset, hooks: tuple[str, ...], live: list[_Out],
+           final: list[_Out], path: str, orig: Packet) -> list[_Out]:
+    """Every base chain of `hooks` in order over the live outcomes; the ones that end
+    (drop, reject, rerouted) go to `final`; the ones still accepted are returned."""
+    for hook in hooks:
+        ctx.hook = hook
+        for table, chain in hook_chains(ruleset, hook, orig.family):
+            # Before conntrack (raw, priority -300) a packet has no entry yet: ct state
+            # matches see INVALID (UNTRACKED once a NOTRACK ran). Looped-back packets got
+            # theirs on the way out (OUTPUT), so they keep their state.
+            pre_ct = hook in ("prerouting", "output") and \
+                chain.priority < CONNTRACK_PRIORITY and orig.iif != "lo"
             nxt = []
             for o in live:
                 pkt = o.pkt
@@ -439,17 +637,15 @@ def evaluate(ruleset: Ruleset, packet: Packet, *, local_addresses=(), path: str 
                     r = _Out(r.action, out_pkt, r.trace, r.reasons, forced)
                     (nxt if r.action == "accept" else final).append(r)
             live = nxt
-        if hook == "prerouting":
-            routed = [_reroute(o, packet, path, ctx) for o in live]
+        if hook in ("prerouting", "output"):
+            routed = [_reroute(o, orig, path, ctx) for o in live]
             live = [o for o in routed if o.action == "accept"]
             final.extend(o for o in routed if o.action != "accept")
-    final.extend(live)
-    return _combine(final)
+    return live
 
 
 def _with_state(p: Packet, state: str) -> Packet:
-    return Packet(p.family, p.src, p.dst, p.protocol, p.dport, p.sport, p.iif, p.oif, state,
-                  p.tcp_flags)
+    return replace(p, ctstate=state)
 
 
 def _reroute(o: _Out, orig: Packet, path: str, ctx: _Ctx) -> _Out:

@@ -8,7 +8,6 @@ become `Match(op="unknown")`, which the evaluator treats as "may match".
 from __future__ import annotations
 
 import ipaddress
-import shlex
 from functools import lru_cache
 from socket import AF_INET, inet_pton
 
@@ -18,15 +17,16 @@ from .model import IPT_HOOKS, IPT_PRIORITY, Chain, Match, Rule, Table
 BUILTIN_TARGETS = frozenset({"ACCEPT", "DROP", "RETURN", "QUEUE"})
 PROTO_NAMES = {"6": "tcp", "17": "udp", "1": "icmp", "58": "ipv6-icmp", "icmpv6": "ipv6-icmp",
                "132": "sctp", "0": "all", "all": "all"}
-#: Options that take no value (flags), by name; all others take exactly one value unless
-#: listed in TWO_VALUES.
-FLAG_OPTIONS = frozenset({"--syn", "--notrack", "--limit-iface-in", "--limit-iface-out",
-                          "--physdev-is-bridged", "--physdev-is-in", "--physdev-is-out",
-                          "--log-uid", "--log-tcp-sequence", "--log-tcp-options",
-                          "--log-ip-options", "--random", "--random-fully", "--persistent",
-                          "--return-nomatch", "--rcheck", "--update", "--set", "--remove",
-                          "--rsource", "--rdest", "-f", "--fragment", "--queue-bypass"})
+#: Options that take two values; a flag takes none and any other option the words up to the
+#: next option, so an option this module has never seen (a flag or not) is read whole and
+#: only that rule becomes uncertain.
 TWO_VALUES = frozenset({"--tcp-flags", "--match-set", "--set-mark-set"})
+#: Options that never change whether a rule matches the first packet of a connection.
+NO_EFFECT = frozenset({("set", "--update-counters"), ("set", "--update-subcounters"),
+                       ("conntrack", "--ctdir"), ("nfacct", "--nfacct-name"),
+                       # nomatch entries make the set's members undecidable already
+                       ("set", "--return-nomatch")})
+MASK32 = 0xFFFFFFFF
 
 
 @lru_cache(maxsize=65536)
@@ -63,27 +63,52 @@ def parse_ports(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+class Unterminated(ValueError):
+    """A quoted word that does not end on this line (a comment holding a newline)."""
+
+
 def tokenize(line: str) -> list[str]:
-    """Split like the shell would, cheaply for the common cases iptables-save prints."""
-    if '"' not in line and "'" not in line:
+    """Split the way iptables-save quotes: only a word that *starts* with `"` is quoted
+    (comments, log prefixes), with `\\"`, `\\'` and `\\\\` escaped inside; any other quote is a
+    literal character (interface and ipset names are printed unquoted, `a"b`, `c'd`).
+    Raises Unterminated when a quoted word runs past the end of the line."""
+    if '"' not in line:
         return line.split()
-    if "\\" not in line and "'" not in line:
-        parts = line.split('"')
-        if len(parts) == 3:  # one quoted word: the usual --comment
-            out = parts[0].split()
-            out.append(parts[1])
-            out += parts[2].split()
-            return out
-        if len(parts) % 2 == 0:
-            raise ValueError("unterminated quote")
-        out: list[str] = []
-        for i, part in enumerate(parts):
-            if i % 2:
-                out.append(part)
+    out: list[str] = []
+    i, n = 0, len(line)
+    while i < n:
+        while i < n and line[i] in " \t":
+            i += 1
+        if i >= n:
+            break
+        if line[i] != '"':
+            j = i
+            while j < n and line[j] not in " \t":
+                j += 1
+            out.append(line[i:j])
+            i = j
+            continue
+        i += 1
+        buf: list[str] = []
+        while True:
+            if i >= n:
+                raise Unterminated("unterminated quote")
+            c = line[i]
+            if c == "\\" and i + 1 < n and line[i + 1] in "\"'\\":
+                buf.append(line[i + 1])
+                i += 2
+            elif c == '"':
+                i += 1
+                break
             else:
-                out.extend(part.split())
-        return out
-    return shlex.split(line)
+                buf.append(c)
+                i += 1
+        word = "".join(buf)
+        while i < n and line[i] not in " \t":  # "abc"def: one word, as a shell would
+            word += line[i]
+            i += 1
+        out.append(word)
+    return out
 
 
 _MATCH_CACHE: dict[tuple, Match] = {}
@@ -127,7 +152,31 @@ def _option_match(module: str, opt: str, vals: list[str], neg: bool) -> Match:
     if module == "tcp" and opt == "--syn":
         return _m("tcpflags", (frozenset({"SYN", "RST", "ACK", "FIN"}), frozenset({"SYN"})),
                   neg, text)
+    if module in ("mark", "connmark") and opt == "--mark" and len(vals) == 1:
+        value, mask = _value_mask(v)
+        return _m("mark", ("mark" if module == "mark" else "ct", mask, value & mask), neg, text)
+    if module == "iprange" and opt in ("--src-range", "--dst-range") and len(vals) == 1:
+        a, _, b = v.partition("-")
+        lo, hi = parse_net(a), parse_net(b or a)
+        if lo[0] != hi[0]:
+            raise ValueError(f"bad range {v!r}")
+        return _m("src" if opt == "--src-range" else "dst", (lo[0], lo[1], hi[2]), neg, text)
+    if module == "pkttype" and opt == "--pkt-type" and len(vals) == 1:
+        return _m("pkttype", (v.lower(),), neg, text)
+    if module == "owner" and opt == "--socket-exists":
+        return _m("local_socket", (), neg, text)
+    if (module, opt) in NO_EFFECT:
+        return _m("comment", (text,), False, text)
     return _m("unknown", (f"-m {module} {text}",), neg, f"-m {module} {text}")
+
+
+def _value_mask(text: str) -> tuple[int, int]:
+    """'0x4000/0x4000' -> (value, mask); no mask: all 32 bits."""
+    a, sep, b = text.partition("/")
+    value, mask = int(a, 0), int(b, 0) if sep else MASK32
+    if not (0 <= value <= MASK32 and 0 <= mask <= MASK32):
+        raise ValueError(f"bad mark {text!r}")
+    return value, mask
 
 
 #: Token -> what parse_rule does with it; everything else starting with "-" is a module
@@ -162,12 +211,16 @@ def _module_option(module: str, opt: str, vals: tuple[str, ...], neg: bool) -> M
 
 def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple[str, Rule]:
     """Tokens of one `-A CHAIN ...` line -> (chain, Rule). Comments are not kept as matches
-    (they never decide a packet's fate); they stay in the rule text, which is the evidence."""
+    (they never decide a packet's fate); they stay in the rule text, which is the evidence.
+    Options of a module this parser does not model are kept, one unknown Match per `-m`,
+    naming them. Raises ValueError on a rule it cannot read at all."""
     chain = tokens[1]
     matches: list[Match] = []
     target = ""
     arg = ""
+    effects: tuple = ()
     module = ""
+    unknown: list[str] = []  # unmodelled options of the current -m, for one Match
     neg = False
     i, n = 2, len(tokens)
     kinds = _KIND
@@ -186,19 +239,30 @@ def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple
                     raise ValueError(f"option {t} needs a value")
                 i += 1
                 continue
-            if t in FLAG_OPTIONS:
-                vals: tuple[str, ...] = ()
-            else:
-                k = 2 if t in TWO_VALUES else 1
-                if i + k > n:
-                    raise ValueError(f"option {t} needs {k} value(s)" if i < n else
+            if t in ("-c", "--set-counters"):  # iptables-restore's per-rule counters
+                i += 2
+                continue
+            if t in TWO_VALUES:
+                if i + 2 > n:
+                    raise ValueError(f"option {t} needs 2 value(s)" if i < n else
                                      f"option {t} needs a value")
-                vals = tuple(tokens[i:i + k])
-                i += k
+                vals: tuple[str, ...] = (tokens[i], tokens[i + 1])
+                i += 2
+            else:  # the words up to the next option: none for a flag
+                j = i
+                while j < n and (tokens[j][:1] != "-" or len(tokens[j]) == 1) and \
+                        tokens[j] != "!":
+                    j += 1
+                vals = tuple(tokens[i:j])
+                i = j
             if not module and t in ("-f", "--fragment"):
                 matches.append(_m("unknown", (t,), neg, ("! " if neg else "") + t))
             else:
-                matches.append(_module_option(module, t, vals, neg))
+                m = _module_option(module, t, vals, neg)
+                if m.op == "unknown":
+                    unknown.append(m.text[len(module) + 4:])
+                else:
+                    matches.append(m)
             neg = False
             continue
         if i >= n:
@@ -216,7 +280,7 @@ def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple
                 target, arg = "JUMP", v
             else:
                 target = v
-                arg = _target_arg(v, tokens[i:])
+                arg, effects = _target_options(v, tokens[i:])
                 i = n
         elif kind <= 7:
             matches.append(_addr_match(t, v, neg))
@@ -226,57 +290,159 @@ def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple
             if p != "all" or neg:
                 matches.append(_m("proto", (p,), neg, ("! " if neg else "") + f"-p {v}"))
         else:
+            if unknown:
+                matches.append(_unknown(module, unknown))
+                unknown = []
             module = v
             if neg:
                 raise ValueError("'!' before -m")
         neg = False
     if neg:
         raise ValueError("dangling '!'")
-    return chain, Rule(tuple(matches), target, arg, line, lineno)
+    if unknown:
+        matches.append(_unknown(module, unknown))
+    return chain, Rule(tuple(matches), target, arg, line, lineno, effects)
 
 
-def _target_arg(name: str, rest: list[str]) -> str:
-    """The one target option the evaluator needs (DNAT destination, REDIRECT ports)."""
-    for j, t in enumerate(rest[:-1]):
-        if t in ("--to-destination", "--to-ports", "--to", "--reject-with"):
-            return rest[j + 1]
-    if "--notrack" in rest:
-        return "--notrack"
-    return ""
+def _unknown(module: str, options: list[str]) -> Match:
+    text = f"-m {module} {' '.join(options)}"
+    return _m("unknown", (text,), False, text)
+
+
+def unreadable_rule(tokens: list[str], line: str, lineno: int, why: str) -> Rule:
+    """A rule this parser cannot read: it may match anything, with its target when one can
+    be told (`-j X` / `-g X`), else an unmodelled one (the verdict is then uncertain)."""
+    m = Match("unknown", (why,), False, f"unreadable rule ({why})")
+    target, arg = "UNREADABLE", ""
+    for j, t in enumerate(tokens[:-1]):
+        if t in ("-j", "--jump", "-g", "--goto"):
+            v = tokens[j + 1]
+            if t in ("-g", "--goto"):
+                target, arg = "GOTO", v
+            elif v in ("ACCEPT", "DROP", "REJECT", "RETURN"):
+                target = v
+            else:
+                target, arg = "UNREADABLE", v
+            break
+    return Rule((m,), target, arg, line, lineno)
+
+
+def _target_options(name: str, rest: list[str]) -> tuple[str, tuple]:
+    """The target options the evaluator needs: (arg, effects). arg: the DNAT destination,
+    REDIRECT/TPROXY ports, REJECT type; effects: mark changes (see model.Rule)."""
+    opts: dict[str, str] = {}
+    for j, t in enumerate(rest):
+        if t.startswith("--"):
+            nxt = rest[j + 1] if j + 1 < len(rest) else ""
+            opts[t] = nxt if nxt[:2] != "--" else ""
+    if name == "MARK":
+        for o, how in (("--set-xmark", "x"), ("--set-mark", "s"), ("--or-mark", "o"),
+                       ("--and-mark", "a"), ("--xor-mark", "^")):
+            if o in opts:
+                return "", (_mark_effect("mark", how, opts[o]),)
+        raise ValueError("MARK without a mark option")
+    if name == "CONNMARK":
+        for o, how in (("--set-xmark", "x"), ("--set-mark", "s"), ("--or-mark", "o"),
+                       ("--and-mark", "a"), ("--xor-mark", "^")):
+            if o in opts:
+                return "", (_mark_effect("ct", how, opts[o]),)
+        nf = int(opts.get("--nfmask") or opts.get("--mask") or "0xffffffff", 0)
+        ct = int(opts.get("--ctmask") or opts.get("--mask") or "0xffffffff", 0)
+        if "--save-mark" in opts:  # ctmark = (ctmark & ~ctmask) ^ (mark & nfmask)
+            return "", (("mix", "ct", "mark", ct, nf),)
+        if "--restore-mark" in opts:  # mark = (mark & ~nfmask) ^ (ctmark & ctmask)
+            return "", (("mix", "mark", "ct", nf, ct),)
+        raise ValueError("CONNMARK without a mark option")
+    if name == "TPROXY":
+        port = opts.get("--on-port", "0")
+        effects = ()
+        if "--tproxy-mark" in opts:
+            effects = (_mark_effect("mark", "x", opts["--tproxy-mark"]),)
+        return f"{int(port)}", effects
+    for o in ("--to-destination", "--to-ports", "--to", "--reject-with"):
+        if opts.get(o):
+            return opts[o], ()
+    if "--notrack" in opts:
+        return "--notrack", ()
+    return "", ()
+
+
+def _mark_effect(reg: str, how: str, text: str) -> tuple:
+    """A MARK/CONNMARK option as ("set", reg, reg, keep, xor): reg = (reg & keep) ^ xor,
+    the kernel's xt_MARK form (libxt_MARK turns every option into --set-xmark value/mask:
+    reg = (reg & ~mask) ^ value)."""
+    if how == "x":
+        value, mask = _value_mask(text)
+    elif how == "s":
+        value, mask = _value_mask(text)
+        mask |= value
+    else:
+        bits = int(text, 0) & MASK32
+        value, mask = {"o": (bits, bits), "a": (0, ~bits & MASK32), "^": (bits, 0)}[how]
+    return ("set", reg, reg, ~mask & MASK32, value)
+
+
+#: Dumps of the wrong kind, told by their first meaningful line: the fix in one line.
+_WRONG_KIND = (("table ", "this is `nft list ruleset` text: save it with "
+                          "`nft -j list ruleset` (JSON) instead"),
+               ("-P ", "this is `iptables -S` output: use `iptables-save` instead"),
+               ("-N ", "this is `iptables -S` output: use `iptables-save` instead"),
+               ("flush ruleset", "this is an `nft -f` script: load it and save it with "
+                                 "`nft -j list ruleset`"),
+               ("create ", "this is `ipset save` output, not a ruleset"))
 
 
 def parse_iptables_save(text: str, *, frontend: str = "iptables-legacy", family: int = 4,
                         source: str = "iptables-save") -> tuple[Table, ...]:
-    """Parse iptables-save output. Raises RulesetParseError naming the line."""
+    """Parse iptables-save output (`-c` counters accepted). A rule it cannot read becomes
+    an uncertain rule (see unreadable_rule), never the whole dump's failure; the structure
+    (tables, chains, COMMIT) must be right. Raises RulesetParseError naming the line."""
     fam = "ip" if family == 4 else "ip6"
     tables: list[Table] = []
     tname: str | None = None
     start = 0
     decl: dict[str, tuple[str | None, int]] = {}
     rules: dict[str, list[Rule]] = {}
+    lines = text.splitlines()
     lineno = 0
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    k = 0
+    while k < len(lines):
+        raw = lines[k]
+        k += 1
+        lineno = k
         line = raw.strip()
         if not line or line[0] == "#":
             continue
         c = line[0]
+        if c == "[" and line.find("] -", 1, 48) > 0:  # `iptables-save -c`: [packets:bytes]
+            line = line[line.index("]") + 1:].lstrip()
+            c = "-"
         if c == "-":
             if tname is None:
-                raise RulesetParseError(source, lineno, "rule outside a table (no '*table')")
-            try:
-                tokens = tokenize(line)
-            except ValueError as e:
-                raise RulesetParseError(source, lineno, str(e)) from None
+                raise RulesetParseError(source, lineno, _kind_hint(line) or
+                                        "rule outside a table (no '*table')")
+            while True:
+                try:
+                    tokens = tokenize(line)
+                    break
+                except Unterminated:
+                    # a comment holding a newline: iptables-save prints it as is
+                    if k >= len(lines) or k - lineno >= 64:
+                        raise RulesetParseError(source, lineno,
+                                                "unterminated quote") from None
+                    line = f"{line}\n{lines[k]}"
+                    k += 1
             if tokens[0] not in ("-A", "--append") or len(tokens) < 2:
-                raise RulesetParseError(source, lineno, f"expected '-A CHAIN ...', got "
-                                                        f"{tokens[0]!r}")
+                raise RulesetParseError(source, lineno, _kind_hint(line) or
+                                        f"expected '-A CHAIN ...', got {tokens[0]!r}")
             if tokens[1] not in rules:
                 raise RulesetParseError(source, lineno, f"rule for undeclared chain "
                                                         f"{tokens[1]!r} in table {tname}")
             try:
                 chain, rule = parse_rule(tokens, rules, line, lineno)
             except (ValueError, IndexError) as e:
-                raise RulesetParseError(source, lineno, str(e) or "malformed rule") from None
+                chain, rule = tokens[1], unreadable_rule(tokens, line, lineno,
+                                                         str(e) or "malformed rule")
             rules[chain].append(rule)
         elif c == ":":
             if tname is None:
@@ -303,10 +469,35 @@ def parse_iptables_save(text: str, *, frontend: str = "iptables-legacy", family:
             tables.append(_table(frontend, fam, tname, decl, rules))
             tname = None
         else:
-            raise RulesetParseError(source, lineno, f"unrecognised line {line[:60]!r}")
+            raise RulesetParseError(source, lineno, (_kind_hint(line) if tname is None
+                                                     else "") or
+                                    f"unrecognised line {line[:60]!r}")
     if tname is not None:
         raise RulesetParseError(source, lineno, f"table {tname} (line {start}) has no COMMIT")
     return tuple(tables)
+
+
+def _kind_hint(line: str) -> str:
+    for prefix, hint in _WRONG_KIND:
+        if line.startswith(prefix):
+            return hint
+    return ""
+
+
+def guess_family(text: str) -> int:
+    """4 or 6 for an iptables-save text without a header that says: the family of the
+    first address in it (0: none)."""
+    import re
+
+    for m in re.finditer(r" ! ?-[sd] (\S+)| -[sd] (\S+)|--to-destination (\S+)", text):
+        addr = (m.group(1) or m.group(2) or m.group(3)).split("/")[0]
+        if ":" in addr.strip("[]").split("]")[0] and addr.count(":") >= 2:
+            return 6
+        if addr[:1].isdigit() and "." in addr:
+            return 4
+    if "icmp6" in text or "ipv6-icmp" in text or "icmpv6" in text:
+        return 6
+    return 0
 
 
 def _table(frontend: str, fam: str, name: str, decl: dict, rules: dict) -> Table:

@@ -32,9 +32,16 @@ class Match(NamedTuple):
 class Rule(NamedTuple):
     matches: tuple[Match, ...]
     target: str  # ACCEPT DROP REJECT RETURN LOG JUMP GOTO DNAT REDIRECT NOTRACK "" (none)...
-    arg: str = ""  # chain for JUMP/GOTO, destination for DNAT, ports for REDIRECT
+    arg: str = ""  # chain for JUMP/GOTO, destination for DNAT, ports for REDIRECT/TPROXY
     text: str = ""
     line: int = 0
+    #: Mark changes applied when the rule matches, before its target, in order:
+    #: ("set", dst, src, keep, xor): dst = (src & keep) ^ xor;
+    #: ("mix", dst, src, keep, take): dst = (dst & ~keep) ^ (src & take);
+    #: dst/src are "mark" (the packet mark) or "ct" (the connection's mark).
+    effects: tuple[tuple, ...] = ()
+    #: nft verdict map: (key selectors, set name) when the target is "VMAP"
+    vmap: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -69,9 +76,45 @@ class Table:
 
 @dataclass(frozen=True)
 class IpSet:
+    """An ipset, or an nft set/map. `members` (text) for address sets; `elements` for nft
+    sets and maps of any key: per element its key (one (lo, hi) pair per concatenated
+    field, comparable with the packet's value of that field) and, for a verdict map, its
+    verdict ("ACCEPT", "JUMP chain", ...). `keyed` says the fields' kinds."""
+
     name: str
     type: str  # hash:ip, hash:net, ...
     members: tuple[str, ...]
+    elements: tuple[tuple[tuple, str], ...] = ()
+    keyed: tuple[str, ...] = ()
+
+    @cached_property
+    def exact(self) -> dict[tuple, int] | None:
+        """key -> first element index when every element key is exact (no prefixes or
+        ranges): a kube-proxy service map of thousands is then one dict lookup."""
+        out: dict[tuple, int] = {}
+        for i, (key, _) in enumerate(self.elements):
+            if any(lo != hi for lo, hi in key):
+                return None
+            out.setdefault(tuple(lo for lo, _ in key), i)
+        return out
+
+
+class Problem(NamedTuple):
+    """Why (part of) the ruleset could not be read: each one becomes an NW206 finding
+    ("the firewall could not be evaluated", medium), so it is never a silent note.
+
+    `source` names what failed (a command such as "iptables-nft-save", or a dump file);
+    `line` is the line in it when one is to blame (0: none); `reason` is one line of text.
+    Collectors append one per failed read (timeout, partial output, permission denied).
+    """
+
+    source: str
+    reason: str
+    line: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.reason}" if self.line else \
+            f"{self.source}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -82,10 +125,14 @@ class Ruleset:
     #: Digest of the dumps it was parsed from ("" when built another way): equal
     #: fingerprints mean equal rulesets, so verdicts can be reused across scans.
     fingerprint: str = ""
+    #: Reads that failed or were cut short (the ruleset holds what the others gave). Not
+    #: empty: the firewall stage ran partially; each Problem is an NW206 finding, and the
+    #: daemon keeps (stale) rather than resolves the firewall findings of the last full run.
+    problems: tuple[Problem, ...] = ()
 
     def merge(self, other: Ruleset) -> Ruleset:
         return Ruleset(self.tables + other.tables, {**self.sets, **other.sets},
-                       self.notes + other.notes)
+                       self.notes + other.notes, problems=self.problems + other.problems)
 
 
 @dataclass(frozen=True)
@@ -102,6 +149,10 @@ class Packet:
     oif: str = ""  # known on the forward path only
     ctstate: str = "NEW"
     tcp_flags: frozenset[str] = frozenset({"SYN"})
+    #: Packet mark and conntrack mark: 0 for the first packet of a new connection until a
+    #: rule on its path sets them.
+    mark: int = 0
+    ctmark: int = 0
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,116 @@ def _words(right) -> tuple | None:
     return None
 
 
+MASK32 = 0xFFFFFFFF
+
+
+def _selector(left) -> str | None:
+    """A key expression nft can look up in a set/map -> the evaluator's selector name
+    (see evaluate._field); None when not modelled."""
+    if not isinstance(left, dict):
+        return None
+    if "payload" in left:
+        pl = left["payload"]
+        return f"{pl.get('protocol')} {pl.get('field')}"
+    if "meta" in left:
+        return f"meta {left['meta'].get('key')}"
+    if "ct" in left and "dir" not in left["ct"]:
+        return f"ct {left['ct'].get('key')}"
+    if "fib" in left and left["fib"].get("result") == "type" and \
+            left["fib"].get("flags") == ["daddr"]:
+        return "fib daddr type"
+    return None
+
+
+def _selectors(key) -> tuple[str, ...] | None:
+    parts = key["concat"] if isinstance(key, dict) and "concat" in key else [key]
+    out = []
+    for k in parts:
+        sel = _selector(k)
+        if sel is None:
+            return None
+        out.append(sel)
+    return tuple(out)
+
+
+_ADDR_SELS = ("saddr", "daddr")
+_PROTO_NUM = {"6": "tcp", "17": "udp", "1": "icmp", "58": "ipv6-icmp", "132": "sctp",
+              "icmpv6": "ipv6-icmp"}
+
+
+def _component(sel: str, val) -> tuple:
+    """One element key part -> (lo, hi), comparable with evaluate._field's value."""
+    if isinstance(val, dict) and "elem" in val:
+        val = val["elem"]["val"]
+    if sel.endswith(_ADDR_SELS):
+        ver, lo, hi = _nets(val)[0]
+        return ((ver, lo), (ver, hi))
+    if isinstance(val, dict) and "range" in val:
+        a, b = val["range"]
+        if sel.endswith(_ADDR_SELS):
+            raise ValueError("address range")
+        return (a, b)
+    if isinstance(val, bool):
+        raise ValueError(f"bad key {val!r}")
+    if isinstance(val, int):
+        if sel in ("meta l4proto", "ip protocol", "ip6 nexthdr"):
+            p = _PROTO_NUM.get(str(val), str(val))
+            return (p, p)
+        return (val, val)
+    if isinstance(val, str):
+        if sel in ("meta iifname", "meta oifname") and val.endswith("*") and \
+                not val.endswith("\\*"):
+            return (val[:-1], val[:-1] + "\U0010ffff")
+        if sel in ("meta l4proto", "ip protocol", "ip6 nexthdr"):
+            val = _PROTO_NUM.get(val, val)
+        return (val, val)
+    raise ValueError(f"key {json.dumps(val)[:60]} not understood")
+
+
+def _key_parts(sels: tuple[str, ...], val) -> tuple:
+    if isinstance(val, dict) and "elem" in val:
+        val = val["elem"]["val"]
+    parts = val["concat"] if isinstance(val, dict) and "concat" in val else [val]
+    if len(parts) != len(sels):
+        raise ValueError("key does not have the map's fields")
+    return tuple(_component(sel, v) for sel, v in zip(sels, parts))
+
+
+def verdict_text(v) -> str:
+    """A map's verdict -> "ACCEPT", "DROP", "JUMP chain", "GOTO chain", "CONTINUE"..."""
+    if isinstance(v, dict) and len(v) == 1:
+        (k, arg), = v.items()
+        if k in ("jump", "goto") and isinstance(arg, dict):
+            return f"{k.upper()} {arg['target']}"
+        if k in ("accept", "drop", "reject", "return", "continue"):
+            return k.upper()
+    raise ValueError(f"verdict {json.dumps(v)[:60]} not understood")
+
+
+_SET_KINDS = {"ipv4_addr": "ip daddr", "ipv6_addr": "ip6 daddr", "inet_service": "th dport",
+              "inet_proto": "meta l4proto", "ifname": "meta iifname", "mark": "meta mark",
+              "ct_state": "ct state"}
+
+
+def _elements(s: dict, sels: tuple[str, ...] | None, verdicts: bool) -> tuple:
+    """A set's/map's elements as (key, verdict) with keys for the given selectors (the
+    set's own type decides how each key part reads)."""
+    types = s.get("type")
+    types = types if isinstance(types, list) else [types]
+    kinds = tuple(_SET_KINDS.get(t, t) for t in types)
+    sels = sels or kinds
+    out = []
+    for el in s.get("elem", []) or []:
+        if verdicts:
+            if not (isinstance(el, list) and len(el) == 2):
+                raise ValueError("map element is not [key, verdict]")
+            key, data = el
+            out.append((_key_parts(kinds, key), verdict_text(data)))
+        else:
+            out.append((_key_parts(kinds, el), ""))
+    return tuple(out)
+
+
 #: An `ip ...` / `ip6 ...` header match only ever matches its own family: in an inet table
 #: nft puts a "meta nfproto" check before it, which the JSON listing leaves out. Without it
 #: `ip6 saddr != X` would match every IPv4 packet, where the kernel matches none.
@@ -93,7 +203,18 @@ def _match(m: dict, setkey) -> list[Match]:
             d = "src" if left["payload"]["field"] == "saddr" else "dst"
             return [*_FAMILY_DEP.get(left["payload"].get("protocol"), ()),
                     Match("set", (setkey(right[1:]), (d,)), neg, text)]
+        sels = _selectors(left)
+        if sels is not None:
+            return [Match("lookup", (sels, setkey(right[1:])), neg, text)]
         return unknown
+    reg = _mark_reg(left)
+    if reg is not None and isinstance(right, int) and not isinstance(right, bool):
+        return [Match("mark", (reg, MASK32, right & MASK32), neg, text)]
+    if "&" in left and isinstance(left["&"], list) and len(left["&"]) == 2 and \
+            _mark_reg(left["&"][0]) is not None and isinstance(left["&"][1], int) and \
+            isinstance(right, int):
+        mask = left["&"][1] & MASK32
+        return [Match("mark", (_mark_reg(left["&"][0]), mask, right & mask), neg, text)]
     if "&" in left and isinstance(left["&"], list) and len(left["&"]) == 2:
         pl, mask = left["&"]
         if isinstance(pl, dict) and pl.get("payload", {}).get("field") == "flags" and \
@@ -165,13 +286,56 @@ def _match(m: dict, setkey) -> list[Match]:
     return unknown
 
 
+def _mark_reg(e) -> str | None:
+    """`meta mark` -> "mark", `ct mark` -> "ct"."""
+    if isinstance(e, dict):
+        if e.get("meta", {}).get("key") == "mark" if isinstance(e.get("meta"), dict) else False:
+            return "mark"
+        if isinstance(e.get("ct"), dict) and e["ct"].get("key") == "mark" and \
+                "dir" not in e["ct"]:
+            return "ct"
+    return None
+
+
+def _mark_value(e) -> tuple[str, int, int] | None:
+    """A mark expression as (source register, keep, xor): value = (src & keep) ^ xor;
+    a constant has keep 0. None when not of that form."""
+    if isinstance(e, int) and not isinstance(e, bool):
+        return ("mark", 0, e & MASK32)
+    reg = _mark_reg(e)
+    if reg is not None:
+        return (reg, MASK32, 0)
+    if isinstance(e, dict) and len(e) == 1:
+        (op, args), = e.items()
+        if op in ("&", "|", "^") and isinstance(args, list) and len(args) == 2 and \
+                isinstance(args[1], int):
+            inner = _mark_value(args[0])
+            if inner is None:
+                return None
+            src, keep, xor = inner
+            v = args[1] & MASK32
+            if op == "&":
+                return (src, keep & v, xor & v)
+            if op == "|":
+                return (src, keep & ~v & MASK32, (xor & ~v & MASK32) ^ v)
+            return (src, keep, xor ^ v)
+    return None
+
+
 def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
                    skip: Iterable[tuple[str, str]] = ()) -> tuple[tuple[Table, ...],
                                                                  dict[str, IpSet]]:
     """Tables (minus `skip` (family, name) pairs) and named sets (keyed "nft:fam:table:name")."""
+    stripped = text.lstrip()
+    if stripped.startswith(("table ", "flush ruleset", "add table", "#!")) or \
+            stripped.startswith("define "):
+        raise RulesetParseError(source, 1, "this is nft text: save it with "
+                                           "`nft -j list ruleset` (JSON) instead")
     try:
         doc = json.loads(text)
         items = doc["nftables"]
+    except RecursionError:
+        raise RulesetParseError(source, 1, "not nft JSON: nested too deeply") from None
     except (ValueError, KeyError, TypeError) as e:
         raise RulesetParseError(source, 1, f"not nft JSON: {e}") from None
     if not isinstance(items, list):
@@ -193,26 +357,18 @@ def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
                 c = item["chain"]
                 chains[(c["family"], c["table"], c["name"])] = (c, n)
                 rules.setdefault((c["family"], c["table"], c["name"]), [])
-            elif "set" in item:
-                s = item["set"]
-                members = []
-                for el in s.get("elem", []):
-                    nets = _nets(el if not isinstance(el, dict) or "elem" not in el
-                                 else el["elem"]["val"])
-                    if nets is None:
-                        members = None
-                        break
-                    members.extend(f"{_txt(v)}" for v in nets)
-                typ = "hash:net" if s.get("type") in ("ipv4_addr", "ipv6_addr") and \
-                    members is not None else f"nft:{s.get('type')}"
+            elif "set" in item or "map" in item:
+                s = item.get("set") or item["map"]
                 key = f"nft:{s['family']}:{s['table']}:{s['name']}"
-                sets[key] = IpSet(key, typ, tuple(members or ()))
+                sets[key] = _set(s, key, "map" in item)
             elif "rule" in item:
                 r = item["rule"]
                 key = (r["family"], r["table"], r["chain"])
                 fam, tab = r["family"], r["table"]
                 rules.setdefault(key, []).append(
                     _rule(r, n, lambda name, fam=fam, tab=tab: f"nft:{fam}:{tab}:{name}"))
+        except RecursionError:
+            raise RulesetParseError(source, n, "nested too deeply") from None
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise RulesetParseError(source, n, f"malformed {next(iter(item), '?')}: {e}") \
                 from None
@@ -233,6 +389,33 @@ def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
     return tuple(out), sets
 
 
+def _set(s: dict, key: str, is_map: bool) -> IpSet:
+    """An nft set or map. Address sets keep their members as text (like an ipset); every
+    set and verdict map also gets its elements keyed for evaluate._lookup. A map of other
+    data (not verdicts) or an element not understood leaves it without keys (undecidable)."""
+    members: list[str] | None = []
+    if not is_map:
+        for el in s.get("elem", []) or []:
+            nets = _nets(el if not isinstance(el, dict) or "elem" not in el
+                         else el["elem"]["val"]) if members is not None else None
+            if nets is None:
+                members = None
+                break
+            members.extend(f"{_txt(v)}" for v in nets)
+    typ = "hash:net" if s.get("type") in ("ipv4_addr", "ipv6_addr") and not is_map and \
+        members is not None else f"nft:{s.get('type')}"
+    elements: tuple = ()
+    keyed: tuple = ()
+    if not is_map or s.get("map") == "verdict":
+        try:
+            elements = _elements(s, None, is_map)
+            types = s.get("type")
+            keyed = tuple(types if isinstance(types, list) else [types])
+        except (ValueError, TypeError, KeyError, IndexError):
+            elements, keyed = (), ()
+    return IpSet(key, typ, tuple(members or ()), elements, keyed)
+
+
 def _txt(net: tuple) -> str:
     import ipaddress
 
@@ -245,6 +428,8 @@ def _txt(net: tuple) -> str:
 def _rule(r: dict, n: int, setkey) -> Rule:
     matches: list[Match] = []
     target, arg = "", ""
+    effects: list[tuple] = []
+    vmap: tuple = ()
     for e in r.get("expr", []):
         (k, v), = e.items()
         if k == "match":
@@ -259,8 +444,50 @@ def _rule(r: dict, n: int, setkey) -> Rule:
         elif k in ("jump", "goto"):
             target, arg = k.upper(), v["target"]
             break
+        elif k == "vmap":
+            sels = _selectors(v.get("key"))
+            data = v.get("data")
+            target = "VMAP"
+            if sels is None and "numgen" not in (v.get("key") or {}):
+                target = "NFT-vmap"  # a key the evaluator cannot read
+            elif isinstance(data, str) and data.startswith("@"):
+                vmap = (sels or ("numgen",), setkey(data[1:]))
+            elif isinstance(data, dict) and "set" in data:
+                inline = {"type": _inline_types(sels), "elem": data["set"]}
+                try:
+                    els = tuple((_key_parts(sels or ("numgen",), key), verdict_text(val))
+                                for key, val in data["set"])
+                    vmap = (sels or ("numgen",), IpSet("anonymous", "nft:vmap", (), els,
+                                                      tuple(inline["type"])))
+                except (ValueError, TypeError, KeyError, IndexError):
+                    target = "NFT-vmap"
+            else:
+                target = "NFT-vmap"
+            break
         elif k == "notrack":
             target = "NOTRACK"  # non-terminating; a later verdict in the rule overrides it
+        elif k == "mangle" and isinstance(v, dict) and _mark_reg(v.get("key")) is not None:
+            val = _mark_value(v.get("value"))
+            if val is None:
+                target = "NFT-mangle"
+                break
+            src, keep, xor = val
+            dst = _mark_reg(v["key"])
+            effects.append(("set", dst, src if keep else dst, keep, xor))
+        elif k == "xt" and isinstance(v, dict):
+            # iptables-nft wrote a match/target nft cannot show: its options are not in
+            # the listing, so a match may or may not hold (comments always do)
+            name = v.get("name", "?")
+            if v.get("type") == "match":
+                if name != "comment":
+                    text = f"xt match {name} (options not in the nft listing)"
+                    matches.append(Match("unknown", (text,), False, text))
+            elif v.get("type") == "target" and name in ("MASQUERADE", "SNAT"):
+                target = "MASQUERADE"
+                break
+            else:
+                target = f"XT-{name}"
+                break
         elif k == "dnat" and isinstance(v, dict) and isinstance(v.get("addr"), str):
             target = "DNAT"
             addr = v["addr"]
@@ -277,6 +504,9 @@ def _rule(r: dict, n: int, setkey) -> Rule:
             arg = f"{port['range'][0]}-{port['range'][1]}" if isinstance(port, dict) and \
                 "range" in port else str(port)
             break
+        elif k == "tproxy" and isinstance(v, dict):
+            target, arg = "TPROXY", str(v.get("port", 0))
+            break
         elif k in ("masquerade", "snat"):
             target = "MASQUERADE"
             break
@@ -290,4 +520,8 @@ def _rule(r: dict, n: int, setkey) -> Rule:
             break
     text = f"{r['family']} {r['table']} {r['chain']} handle {r.get('handle', '?')}: " + \
         json.dumps(r.get("expr", []), separators=(",", ":"))[:300]
-    return Rule(tuple(matches), target, arg, text, n)
+    return Rule(tuple(matches), target, arg, text, n, tuple(effects), vmap)
+
+
+def _inline_types(sels) -> list[str]:
+    return list(sels or ("numgen",))
