@@ -143,6 +143,37 @@ class Podman:
                                f"{r.stderr[-3000:]}")
         return r
 
+    def start(self, *args: str) -> str:
+        """`podman run -d ARGS`: the container id. Foreground `podman run` is not used: on
+        some hosts conmon's exit file never appears and podman waits its 20 s conmon
+        timeout after every container, although the exit code is known at once."""
+        return self("run", "-d", *args).stdout.strip().splitlines()[-1]
+
+    def state(self, cid: str) -> tuple[str, int]:
+        out = self("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", cid)
+        status, code = out.stdout.split()
+        return status, int(code)
+
+    def finish(self, cid: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        """Wait for the container to end; its exit code, stdout and stderr; removed."""
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                status, code = self.state(cid)
+                if status in ("exited", "stopped"):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"container {cid[:12]} still {status} after {timeout}s")
+                time.sleep(0.1)
+            logs = self("logs", cid)
+            return subprocess.CompletedProcess(["podman", "run", cid], code, logs.stdout,
+                                               logs.stderr)
+        finally:
+            self("rm", "-f", "-t", "0", cid, check=False)
+
+    def run(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return self.finish(self.start(*args), timeout)
+
     def has_image(self, name: str) -> bool:
         return self("image", "exists", name, check=False).returncode == 0
 

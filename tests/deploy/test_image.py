@@ -34,7 +34,9 @@ IMAGE_BASE = ["python3", "python3-venv", "python-is-python3", "ca-certificates"]
 SYS_PY = "/usr/bin/python3"
 NOBODY = 65534
 NODE = "image-node"
-ROOT_PORT, USER_PORT, DROPPED_PORT = 2379, 9100, 9100
+ROOT_PORT, USER_PORT = 2379, 9100
+# An iptables-nft rule drops USER_PORT, an iptables-legacy one ROOT_PORT (off-node sources).
+DROPPED_PORT, LEGACY_PORT = USER_PORT, ROOT_PORT
 LISTENER = ("import socket, sys, time\n"
             "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
             "s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(); print('ready', flush=True)\n"
@@ -84,7 +86,7 @@ def podman_run_flags(netns: str, host_paths: dict[str, Path], config_dir: Path,
     # RuntimeDefault is podman's default seccomp profile too: no flag, and no override.
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    flags = ["--rm", "--name", f"nw-{netns}", "--hostname", NODE]
+    flags = ["--name", f"nw-{netns}", "--hostname", NODE]
     # hostNetwork: the test namespace plays the host's network namespace.
     assert spec["hostNetwork"] is True
     flags += ["--network", f"ns:/run/netns/{netns}"]
@@ -155,7 +157,8 @@ def image():
 @pytest.fixture(scope="module")
 def node(module_lab, tmp_path_factory):
     """A node namespace (with a pod behind it) holding a root listener with full
-    capabilities and one of user nobody, and an iptables rule dropping one port."""
+    capabilities and one of user nobody, an iptables-nft and an iptables-legacy rule
+    dropping one port each."""
     lab = module_lab
     ns = lab.node("img", "10.77.0.1/24")
     lab.pod(ns, "10.244.1.2/24", "10.244.1.1/24", host_if="calii1")
@@ -163,8 +166,9 @@ def node(module_lab, tmp_path_factory):
     user = lab.spawn(ns, ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
                           "--clear-groups", SYS_PY, "-c", LISTENER, str(USER_PORT)],
                      wait_for="ready")
-    lab.run(ns, ["iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(DROPPED_PORT),
-                 "!", "-s", "127.0.0.0/8", "-j", "DROP"])
+    for iptables, port in (("iptables-nft", DROPPED_PORT), ("iptables-legacy", LEGACY_PORT)):
+        lab.run(ns, [iptables, "-A", "INPUT", "-p", "tcp", "--dport", str(port),
+                     "!", "-s", "127.0.0.0/8", "-j", "DROP"])
     tmp = tmp_path_factory.mktemp("img")
     return {"lab": lab, "ns": ns, "root": root, "user": user, "tmp": tmp}
 
@@ -196,8 +200,7 @@ def scan(image, node, drop: str | None = None) -> dict:
     flags, command = podman_run_flags(node["ns"].name, host_paths(node["tmp"]), cfg, drop)
     # The container's command with `scan --format json` for `run`: same flags otherwise.
     assert command[-1] == "run"
-    r = pm("run", *flags, tag, *command[:-1], "scan", "--format", "json", check=False,
-           timeout=180)
+    r = pm.run(*flags, tag, *command[:-1], "scan", "--format", "json")
     assert r.returncode in (0, 1), r.stderr
     return json.loads(r.stdout)
 
@@ -221,7 +224,7 @@ def test_image_is_built_lean_and_labelled(image):
     assert len(labels["org.opencontainers.image.revision"]) == 40
     assert info["Config"]["Entrypoint"] == ["nodeward"]
     # No compiler, no pip, the firewall tools present, python-iptables importable.
-    r = pm("run", "--rm", "--entrypoint", "sh", tag, "-c",
+    r = pm.run("--entrypoint", "sh", tag, "-c",
            "for c in gcc cc pip pip3 apt-get iptables-legacy-save iptables-nft-save nft ip; "
            "do command -v $c >/dev/null && echo HAVE $c; done; "
            "ls /var/lib/apt/lists | grep -v -e lock -e partial | wc -l; "
@@ -251,13 +254,13 @@ def test_full_capabilities_attribute_every_socket_and_read_the_firewall(image, n
     assert user["pid"] == node["user"].pid and user["uid"] == NOBODY, user
     assert all(s["pid"] for s in doc["sockets"]), doc["sockets"]
     assert [f for f in doc["findings"] if f["id"] in ("NW109", "NW206")] == []
-    # The firewall was read: the DROP rule decides the dropped port for off-node sources.
+    # The firewall was read, both flavours: each DROP rule decides its port.
     assert doc["firewall_evaluated"] is True
-    fw = socks[DROPPED_PORT]["firewall"]
-    assert fw is not None, socks[DROPPED_PORT]
-    assert fw["node"]["action"] == "drop" and fw["loopback"]["action"] == "accept", fw
-    assert "DROP" in fw["node"]["decided_by"], fw
-    assert socks[ROOT_PORT]["firewall"]["node"]["action"] == "accept"
+    for port in (DROPPED_PORT, LEGACY_PORT):
+        fw = socks[port]["firewall"]
+        assert fw is not None, socks[port]
+        assert fw["node"]["action"] == "drop" and fw["loopback"]["action"] == "accept", fw
+        assert "DROP" in fw["node"]["decided_by"], fw
 
 
 # Without SYS_PTRACE the fd links of the root process (more capabilities than the agent)
@@ -284,38 +287,50 @@ def test_without_net_admin_the_firewall_is_not_mistaken_for_empty(image, node):
     # iptables-nft-save and nft fail; iptables-legacy-save answers an empty ruleset with exit
     # 0. Reading that as "no rules" would call the dropped port reachable.
     fw = by_port(doc)[DROPPED_PORT]["firewall"]
-    assert "NW206" in ids or (doc["firewall_evaluated"] is False and fw is None), (ids, doc)
-    assert not (fw and fw["node"]["action"] == "accept"), fw
+    (nw206,) = [f for f in doc["findings"] if f["id"] == "NW206"]
+    assert nw206["severity"] == "medium" and "CAP_NET_ADMIN" in nw206["title"], nw206
+    assert doc["firewall_evaluated"] is False and fw is None, (ids, fw)
+    # What still works without NET_ADMIN: attribution.
+    assert all(s["pid"] for s in doc["sockets"]), doc["sockets"]
 
 
-def test_without_net_raw(image, node):
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap, collect/ruleset.py (i16/i17): without NET_RAW iptables-legacy-save fails "
+    "(exit 1, 'Permission denied') while iptables-nft-save and nft answer, and the failed "
+    "front-end is dropped silently: no Problem, no NW206, the legacy DROP reads as accept"))
+def test_without_net_raw_the_legacy_tables_are_not_silently_skipped(image, node):
     doc = scan(image, node, drop="NET_RAW")
-    print(json.dumps({k: doc[k] for k in ("notes", "firewall_evaluated")}),
-          [f["id"] for f in doc["findings"]])
+    ids = {f["id"] for f in doc["findings"]}
+    fw = by_port(doc)[LEGACY_PORT]["firewall"]
+    # What still works without NET_RAW: attribution and the nft-side rule.
+    assert by_port(doc)[DROPPED_PORT]["firewall"]["node"]["action"] == "drop"
+    assert all(s["pid"] for s in doc["sockets"]), doc["sockets"]
+    assert "NW206" in ids or fw["node"]["action"] != "accept", (ids, fw)
 
 
 def test_daemon_runs_in_audit_mode_with_nftables(image, node):
+    """`nodeward run` (the DaemonSet's command) in audit mode: the probe's /healthz answers
+    200, the audit table is in the namespace's kernel ruleset, SIGTERM (podman stop, as
+    the kubelet stops a pod) exits 0."""
     pm, tag = image
     lab, ns = node["lab"], node["ns"]
     port = configmap_config()["metrics_address"].rsplit(":", 1)[1]
     cfg = write_config(node["tmp"], "run", mode="audit", backend="nftables", interval=2)
     flags, command = podman_run_flags(ns.name, host_paths(node["tmp"]), cfg)
-    name = flags[flags.index("--name") + 1]
-    proc = subprocess.Popen(["podman", "run", *flags, tag, *command], env=pm.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cid = pm.start(*flags, tag, *command)
     try:
         status = 0
         deadline = time.monotonic() + 60
         probe = ("import urllib.request,sys\n"
                  f"r=urllib.request.urlopen('http://127.0.0.1:{port}/healthz',timeout=3)\n"
                  "print(r.status)\n")
-        while time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline and pm.state(cid)[0] == "running":
             r = lab.run(ns, [SYS_PY, "-c", probe], check=False)
             if r.returncode == 0:
                 status = int(r.stdout.strip())
                 break
             time.sleep(0.5)
-        assert status == 200, f"rc={proc.poll()}"
+        assert status == 200, pm.state(cid)
         # The audit table is in the namespace's kernel ruleset, put there by the container.
         deadline = time.monotonic() + 30
         table = ""
@@ -325,16 +340,12 @@ def test_daemon_runs_in_audit_mode_with_nftables(image, node):
                 break
             time.sleep(0.5)
         assert "nodeward-audit" in table, table
+        pm("stop", "-t", "20", cid, timeout=60)
     finally:
-        pm("stop", "-t", "10", name, check=False, timeout=60)
-        try:
-            out, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
+        r = pm.finish(cid, timeout=60)
         lab.run(ns, ["nft", "delete", "table", "inet", "nodeward"], check=False)
-    events = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-    assert proc.returncode == 0, err[-2000:]
+    events = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    assert r.returncode == 0, r.stderr[-2000:]
     applied = [e for e in events if e["event"] == "rules_applied"]
     assert applied and applied[0]["backend"] == "nftables" and applied[0]["rules"] > 0, events
     assert any(e["event"] == "scan_complete" and e["node"] == NODE for e in events), events
