@@ -152,6 +152,8 @@ def image():
         yield pm, tag
     finally:
         pm("rmi", "-f", tag, check=False)  # the tag; cached layers stay for the next run
+        # ...but not forever: layers of builds older than a day go.
+        pm("image", "prune", "-f", "--filter", "until=24h", check=False)
 
 
 @pytest.fixture(scope="module")
