@@ -24,13 +24,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.harness import REPO, Podman, dockerfile_base, host_ca_mount, need, rootfs_tar
+from tests.deploy.harness import (
+    IMAGE_BASE,
+    REPO,
+    Podman,
+    dockerfile_base,
+    host_ca_mount,
+    need,
+    rootfs_tar,
+)
 
 pytestmark = pytest.mark.lab
 
 DOCKERFILE = REPO / "kubernetes" / "Dockerfile"
 K8S = REPO / "kubernetes"
-IMAGE_BASE = ["python3", "python3-venv", "python-is-python3", "ca-certificates"]
 SYS_PY = "/usr/bin/python3"
 NOBODY = 65534
 NODE = "image-node"
@@ -138,7 +145,7 @@ def image():
     need("podman", "mmdebstrap", "runc", "setpriv")
     pm = Podman()
     t0 = time.monotonic()
-    tar = rootfs_tar("image-base", IMAGE_BASE)
+    tar = rootfs_tar(*IMAGE_BASE)
     pm.import_base(tar, dockerfile_base(DOCKERFILE))
     t1 = time.monotonic()
     tag = f"localhost/nodeward-test:{os.getpid()}"

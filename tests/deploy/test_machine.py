@@ -25,12 +25,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.harness import REPO, Machine, extract, need, project_wheels, rootfs_tar
+from tests.deploy.harness import MACHINE, REPO, Machine, extract, need, project_wheels, rootfs_tar
 
 pytestmark = pytest.mark.lab
 
-MACHINE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "iptables", "nftables", "iproute2",
-                    "python3", "python3-venv"]
 ANSIBLE_VENV = "/opt/ansible"
 PORT = 9737
 # The playbook's output: "ok=5 changed=3 unreachable=0 failed=0 ..."
@@ -44,7 +42,7 @@ def machine(module_lab):
     ns = lab.node("sd", "10.77.0.1/24")
     lab.pod(ns, "10.244.1.2/24", "10.244.1.1/24", host_if="calis1")
     t0 = time.monotonic()
-    tar = rootfs_tar("systemd-machine", MACHINE_PACKAGES)
+    tar = rootfs_tar(*MACHINE)
     work = Path(tempfile.mkdtemp(prefix="nw-machine-", dir="/var/tmp"))
     m = None
     try:
