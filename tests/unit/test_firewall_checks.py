@@ -129,3 +129,22 @@ def test_reports_show_verdicts_per_socket():
     doc = render.document(off, run_checks(off, CFG), CFG.catalog)
     assert doc["firewall_evaluated"] is False and doc["sockets"][0]["firewall"] is None
     assert "REACHABLE FROM" not in render.to_table(off, run_checks(off, CFG), CFG.catalog)
+
+
+def test_nw205_follows_jumps_and_gotos_from_input():
+    """A port filtered in a chain INPUT jumps (or goes) to is covered; one filtered in a
+    chain nothing on INPUT reaches is not."""
+    from nodeward.checks.reachability import _policy_findings
+
+    def nw205(rules: str) -> list[str]:
+        rs = Ruleset(parse_iptables_save(
+            "*filter\n:INPUT ACCEPT [0:0]\n:A - [0:0]\n:B - [0:0]\n:ORPHAN - [0:0]\n"
+            f"{rules}COMMIT\n"))
+        got = _policy_findings(rs, [("tcp", 10250, 4), ("tcp", 2379, 4)])
+        return got[0].evidence["uncovered"] if got else []
+
+    assert nw205("-A INPUT -j A\n-A A -g B\n-A B -p tcp -m tcp --dport 10250 -j DROP\n"
+                 "-A ORPHAN -p tcp -m tcp --dport 2379 -j DROP\n") == ["tcp/2379"]
+    assert nw205("-A INPUT -p tcp -m multiport --dports 2379,10250 -j DROP\n") == []
+    assert nw205("-A ORPHAN -p tcp -m tcp --dport 10250 -j DROP\n") == ["tcp/10250",
+                                                                          "tcp/2379"]

@@ -73,7 +73,10 @@ def analyse(snap: NodeSnapshot, cfg: Config, ruleset: Ruleset,
                          pod_interfaces=[*concrete, *pod_ifs], node_interface=node_if,
                          memo=memo, pod_gateways=gateways, link_local=link_local,
                          interface_addresses={i.name: [a.address for a in i.addresses]
-                                              for i in snap.interfaces})
+                                              for i in snap.interfaces},
+                         interface_networks={i.name: [f"{a.address}/{a.prefixlen}"
+                                                      for a in i.addresses]
+                                             for i in snap.interfaces})
     found = findings(reach, ruleset, roles(snap, cfg.catalog),
                      pod_cidrs=[str(n) for n in cfg.pod_cidrs], pod_interface=pod_if,
                      node_interface=node_if,

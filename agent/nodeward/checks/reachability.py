@@ -7,7 +7,8 @@ node-level bypass paths. Pure: reach results and each socket's role in.
     NW203  pods reach an unidentified host service through the node's own stack (the
            bypass NetworkPolicy does not cover); identified components are NW201's
     NW204  pods reach the cloud metadata endpoint through FORWARD
-    NW205  INPUT policy ACCEPT and no rule covers the sensitive ports
+    NW205  INPUT policy ACCEPT and no rule covers the sensitive ports (rules of every
+           chain INPUT jumps or goes to, and the port keys of its verdict maps, count)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from ..model import Finding, Severity, Socket
 from ..ruleset.evaluate import evaluate, hook_chains
-from ..ruleset.model import Packet, Ruleset, Verdict
+from ..ruleset.model import Chain, Packet, Rule, Ruleset, Table, Verdict
 from ..ruleset.reach import CLASSES, Reach
 
 METADATA = (("169.254.169.254", 4), ("fd00:ec2::254", 6))
@@ -132,9 +133,10 @@ def _policy_findings(ruleset: Ruleset,
         chains = hook_chains(ruleset, "input", fam)
         if any((c.policy or "ACCEPT") != "ACCEPT" for _, c in chains):
             continue
+        rules = [rule for t, c in chains for rule in reachable_rules(t, c, ruleset)]
+        ports = [rng for rule in rules for rng in _rule_ports(rule, ruleset)]
         covered = {(p, port) for p, port in sensitive
-                   if any(m.op in ("dport", "port") and any(lo <= port <= hi for lo, hi in m.args)
-                          for _, c in chains for rule in c.rules for m in rule.matches)}
+                   if any(lo <= port <= hi for lo, hi in ports)}
         missing = [f"{p}/{port}" for p, port in sensitive if (p, port) not in covered]
         if missing:
             what = "INPUT policy ACCEPT" if chains else "no INPUT chain at all"
@@ -145,4 +147,49 @@ def _policy_findings(ruleset: Ruleset,
                 evidence={"family": fam, "uncovered": missing,
                           "input_chains": [f"{t.frontend} {t.name} {c.name}"
                                            for t, c in chains]}))
+    return out
+
+
+def reachable_rules(table: Table, chain: Chain, ruleset: Ruleset) -> list[Rule]:
+    """Every rule of `chain` and of the chains it jumps or goes to (directly, through an
+    nft verdict map, or further down), each chain once: what a packet on that hook can
+    meet."""
+    out: list[Rule] = []
+    seen = {chain.name}
+    todo = [chain]
+    while todo:
+        c = todo.pop()
+        for rule in c.rules:
+            out.append(rule)
+            targets = [rule.arg] if rule.target in ("JUMP", "GOTO") else []
+            if rule.target == "VMAP" and rule.vmap:
+                m = rule.vmap[1]
+                m = ruleset.sets.get(m) if isinstance(m, str) else m
+                for _, verdict in (m.elements if m is not None else ()):
+                    kind, _, name = verdict.partition(" ")
+                    if kind in ("JUMP", "GOTO"):
+                        targets.append(name)
+            for name in targets:
+                nxt = table.chains.get(name)
+                if nxt is not None and name not in seen:
+                    seen.add(name)
+                    todo.append(nxt)
+    return out
+
+
+def _rule_ports(rule: Rule, ruleset: Ruleset) -> list[tuple[int, int]]:
+    """Destination port ranges a rule names: its port matches, and the port fields of the
+    set or map it looks up by destination port."""
+    out = [rng for m in rule.matches if m.op in ("dport", "port") for rng in m.args]
+    lookups = [(m.args[0], m.args[1]) for m in rule.matches if m.op == "lookup"]
+    if rule.target == "VMAP" and rule.vmap:
+        lookups.append(rule.vmap)
+    for sels, name in lookups:
+        if not any(sel.endswith("dport") for sel in sels):
+            continue
+        m = ruleset.sets.get(name) if isinstance(name, str) else name
+        for key, _ in (m.elements if m is not None else ()):
+            for sel, (lo, hi) in zip(sels, key, strict=False):
+                if sel.endswith("dport") and isinstance(lo, int):
+                    out.append((lo, hi))
     return out

@@ -125,7 +125,10 @@ def parse_ipset_save(text: str) -> dict[str, IpSet]:
 
 def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None) -> Ruleset:
     """The node's ruleset across front-ends, with notes an operator should see. Raises
-    RulesetUnavailable when no front-end answered, RulesetParseError on a bad dump."""
+    RulesetUnavailable when no front-end answered (or only empty legacy output while the
+    installed nft front-ends failed: no CAP_NET_ADMIN), RulesetParseError on a bad dump.
+    A read that failed or was cut short while others answered belongs in the Ruleset's
+    `problems` (model.Problem): each is an NW206 finding."""
     tables: list[Table] = []
     notes: list[str] = []
     holding: list[str] = []
@@ -164,8 +167,9 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None) ->
         answered += 1
     else:
         failed.append("nft")
+    installed = shutil.which if run is run_local else (lambda _cmd: True)
     if "iptables-nft-save" in failed and "nft" in failed and blank and \
-            answered == len(blank):
+            answered == len(blank) and installed("iptables-nft-save") and installed("nft"):
         # Without CAP_NET_ADMIN iptables-nft-save and nft fail ("Permission denied") while
         # iptables-legacy-save exits 0 printing nothing: that is "unreadable", not "no rules".
         raise RulesetUnavailable(
@@ -229,6 +233,7 @@ def read_dump_files(paths: Sequence[str]) -> Ruleset:
                              "is ip6tables-save output)")
         frontend = "iptables-nft" if "nf_tables" in head or "-nft-save" in head \
             else "iptables-legacy"
-        tables.extend(parse_iptables_save(text, frontend=frontend, family=family, source=path))
+        tables.extend(parse_iptables_save(text, frontend=frontend, family=family, source=path,
+                                          strict=True))
     return Ruleset(tuple(tables), sets, (f"ruleset from {', '.join(paths)}, not the live "
                                          "one", *notes), digest.hexdigest())

@@ -48,11 +48,13 @@ class _Out:
 
 
 class _Ctx:
-    __slots__ = ("branches", "hook", "ifaddrs", "local", "max_branches", "set_cache", "sets",
-                 "xt")
+    __slots__ = ("branches", "hook", "ifaddrs", "local", "max_branches", "networks",
+                 "set_cache", "sets", "xt")
 
     def __init__(self, ruleset: Ruleset, local: frozenset[str], max_branches: int,
-                 ifaddrs=None) -> None:
+                 ifaddrs=None, networks=None) -> None:
+        #: interface -> its connected networks as (version, first, last), or None
+        self.networks = networks
         self.sets = ruleset.sets
         self.local = local
         self.ifaddrs = ifaddrs
@@ -182,6 +184,17 @@ def _match(ctx: _Ctx, m: Match, p: Packet, si: int, di: int) -> bool | None:
         if ctx.hook not in ("output", "postrouting"):
             return None
         r = True
+    elif op == "owner":  # -m owner --uid-owner/--gid-owner lo[-hi]: local senders only
+        if ctx.hook not in ("output", "postrouting"):
+            return None
+        who = p.uid if a[0] == "uid" else p.gid
+        if who is None:
+            return None
+        r = a[1] <= who <= a[2]
+    elif op == "rpfilter":  # (loose, accept_local): holds when the reverse path passes
+        r = _rpfilter(ctx, p, a[0], a[1])
+        if r is None:
+            return None
     elif op == "lookup":  # nft: a key (maybe concatenated) in a named set
         found = _lookup(ctx, a[0], a[1], p)
         if found is None:
@@ -193,6 +206,28 @@ def _match(ctx: _Ctx, m: Match, p: Packet, si: int, di: int) -> bool | None:
 
 
 _NOVAL = object()
+
+
+def _rpfilter(ctx: _Ctx, p: Packet, loose: bool, accept_local: bool) -> bool | None:
+    """Reverse path check (xt_rpfilter, nft `fib saddr . iif oif`): is the source routed
+    back through the interface it came in on (loose: through any)? Loopback always
+    passes; a local source only with accept-local. Known from the interfaces' own networks
+    (connected routes); a source on none of them depends on other routes: None."""
+    if p.iif == "lo":
+        return True
+    if _addrtype(ctx, p.src, p.family) == "LOCAL":
+        return accept_local
+    if ctx.networks is None:
+        return None
+    si = _ip(p.src)
+    best, where = -1, ""
+    for ifname, nets in ctx.networks.items():
+        for ver, lo, hi in nets:  # the most specific connected route wins
+            if ver == p.family and lo <= si <= hi and (best < 0 or hi - lo < best):
+                best, where = hi - lo, ifname
+    if not where:
+        return None
+    return loose or where == p.iif
 
 
 def _field(ctx: _Ctx, sel: str, p: Packet):
@@ -245,16 +280,16 @@ def _lookup(ctx: _Ctx, sels: tuple[str, ...], name, p: Packet) -> int | None:
     key = _key(ctx, sels, p)
     if key is _NOVAL:
         return -1
-    if key is None:
+    if key is None or len(key) != len(s.keyed):
         return None
     exact = s.exact
     if exact is not None:
         return exact.get(key, -1)
     try:
         for i, (ranges, _) in enumerate(s.elements):
-            if all(lo <= v <= hi for v, (lo, hi) in zip(key, ranges)):
+            if all(lo <= v <= hi for v, (lo, hi) in zip(key, ranges, strict=True)):
                 return i
-    except TypeError:  # a field of another kind than the set's: not understood
+    except (TypeError, ValueError):  # a field of another kind than the set's: not understood
         return None
     return -1
 
@@ -394,7 +429,13 @@ def _vmap_verdicts(ctx: _Ctx, rule: Rule, p: Packet) -> list[str] | None:
         return None
     i = _lookup(ctx, sels, s, p)
     if i is None:
-        return [*dict.fromkeys(v for _, v in s.elements), ""]
+        every = [*dict.fromkeys(v for _, v in s.elements)]
+        if sels[0].startswith("numgen "):  # numgen OFFSET MOD: covered values need no ""
+            _, off, mod = sels[0].split()
+            have = {k[0][0] for k, _ in s.elements if k[0][0] == k[0][1]}
+            if have >= set(range(int(off), int(off) + int(mod))):
+                return every
+        return [*every, ""]
     return [s.elements[i][1]] if i >= 0 else []
 
 
@@ -586,7 +627,8 @@ def hook_chains(ruleset: Ruleset, hook: str, family: int) -> list[tuple[Table, C
 
 
 def evaluate(ruleset: Ruleset, packet: Packet, *, local_addresses=(), path: str = "input",
-             max_branches: int = 256, interface_addresses=None) -> Verdict:
+             max_branches: int = 256, interface_addresses=None,
+             interface_networks=None) -> Verdict:
     """The verdict for `packet` on `path` ("input": to the host; "forward": through it).
 
     A packet arriving on "lo" was generated on this node: it first takes the OUTPUT path
@@ -594,10 +636,12 @@ def evaluate(ruleset: Ruleset, packet: Packet, *, local_addresses=(), path: str 
     DNAT it away, then loops back through PREROUTING and INPUT with the marks it was given.
     `interface_addresses` (interface -> its addresses in the order `ip addr` lists them)
     lets a REDIRECT be followed: to the incoming interface's first address of the family.
-    Without it a REDIRECT leaves the verdict uncertain."""
+    Without it a REDIRECT leaves the verdict uncertain. `interface_networks` (interface ->
+    its networks, "10.0.0.1/24") decides reverse path filters for on-link sources."""
     if path not in PATH_HOOKS:
         raise ValueError(f"path must be input or forward, not {path!r}")
-    ctx = _Ctx(ruleset, frozenset(local_addresses), max_branches, interface_addresses)
+    nets = None if interface_networks is None else _networks(interface_networks)
+    ctx = _Ctx(ruleset, frozenset(local_addresses), max_branches, interface_addresses, nets)
     final: list[_Out] = []
     if path == "input" and packet.iif == "lo":
         out = replace(packet, iif="", oif="lo")
@@ -610,6 +654,10 @@ def evaluate(ruleset: Ruleset, packet: Packet, *, local_addresses=(), path: str 
     live = _hooks(ctx, ruleset, PATH_HOOKS[path], live, final, path, packet)
     final.extend(live)
     return _combine(final)
+
+
+def _networks(by_if) -> dict[str, tuple]:
+    return {i: tuple(parse_net(n) for n in nets) for i, nets in by_if.items()}
 
 
 def _hooks(ctx: _Ctx, ruleset: Ruleset, hooks: tuple[str, ...], live: list[_Out],
@@ -649,14 +697,17 @@ def _with_state(p: Packet, state: str) -> Packet:
 
 
 def _reroute(o: _Out, orig: Packet, path: str, ctx: _Ctx) -> _Out:
-    """After PREROUTING: a DNAT that moved the destination off (or onto) the node changes
-    the path; such packets do not reach the socket being asked about."""
+    """After PREROUTING (or OUTPUT, for a local packet): a DNAT that moved the destination
+    off (or onto) the node changes the path; such packets do not reach the socket being
+    asked about (certainly: the kernel routes them elsewhere; whether that answers is
+    another host's business)."""
     if o.pkt.dst == orig.dst and o.pkt.dport == orig.dport:
         return o
     local = _addrtype(ctx, o.pkt.dst, o.pkt.family) == "LOCAL"
     if path == "input" and not local:
-        why = f"DNAT to {o.pkt.dst}:{o.pkt.dport}: forwarded, does not reach the local socket"
-        return _Out("drop", o.pkt, o.trace, (*o.reasons, why), True)
+        why = f"DNAT to {o.pkt.dst}:{o.pkt.dport}: routed away, does not reach the local " \
+              "socket"
+        return _Out("drop", o.pkt, o.trace, (*o.reasons, why), o.forced)
     if path == "forward" and local:
         why = f"DNAT to local {o.pkt.dst}:{o.pkt.dport}: delivered to the node, not forwarded"
         return _Out("drop", o.pkt, o.trace, (*o.reasons, why), True)

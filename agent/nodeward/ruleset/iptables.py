@@ -8,6 +8,7 @@ become `Match(op="unknown")`, which the evaluator treats as "may match".
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from socket import AF_INET, inet_pton
 
@@ -27,6 +28,8 @@ NO_EFFECT = frozenset({("set", "--update-counters"), ("set", "--update-subcounte
                        # nomatch entries make the set's members undecidable already
                        ("set", "--return-nomatch")})
 MASK32 = 0xFFFFFFFF
+#: Targets whose options the evaluator acts on (so they are checked, not skipped).
+INTERPRETED = frozenset({"MARK", "CONNMARK", "TPROXY", "DNAT", "REDIRECT"})
 
 
 @lru_cache(maxsize=65536)
@@ -67,6 +70,10 @@ class Unterminated(ValueError):
     """A quoted word that does not end on this line (a comment holding a newline)."""
 
 
+_WORD = re.compile(r'"((?:[^"\\]|\\.)*)"(\S*)|(\S+)')
+_UNESCAPE = re.compile(r'\\(["\'\\])')
+
+
 def tokenize(line: str) -> list[str]:
     """Split the way iptables-save quotes: only a word that *starts* with `"` is quoted
     (comments, log prefixes), with `\\"`, `\\'` and `\\\\` escaped inside; any other quote is a
@@ -74,40 +81,22 @@ def tokenize(line: str) -> list[str]:
     Raises Unterminated when a quoted word runs past the end of the line."""
     if '"' not in line:
         return line.split()
-    out: list[str] = []
-    i, n = 0, len(line)
-    while i < n:
-        while i < n and line[i] in " \t":
-            i += 1
-        if i >= n:
-            break
-        if line[i] != '"':
-            j = i
-            while j < n and line[j] not in " \t":
-                j += 1
-            out.append(line[i:j])
-            i = j
-            continue
-        i += 1
-        buf: list[str] = []
-        while True:
-            if i >= n:
+    if "\\" not in line:
+        parts = line.split('"')
+        if len(parts) == 3 and (not parts[0] or parts[0][-1] in " \t") and \
+                (not parts[2] or parts[2][0] in " \t"):  # one quoted word: the usual comment
+            out = parts[0].split()
+            out.append(parts[1])
+            out += parts[2].split()
+            return out
+    out = []
+    for quoted, tail, word in _WORD.findall(line):
+        if word:
+            if word[0] == '"':
                 raise Unterminated("unterminated quote")
-            c = line[i]
-            if c == "\\" and i + 1 < n and line[i + 1] in "\"'\\":
-                buf.append(line[i + 1])
-                i += 2
-            elif c == '"':
-                i += 1
-                break
-            else:
-                buf.append(c)
-                i += 1
-        word = "".join(buf)
-        while i < n and line[i] not in " \t":  # "abc"def: one word, as a shell would
-            word += line[i]
-            i += 1
-        out.append(word)
+            out.append(word)
+        else:
+            out.append(_UNESCAPE.sub(r"\1", quoted) + tail)
     return out
 
 
@@ -165,6 +154,14 @@ def _option_match(module: str, opt: str, vals: list[str], neg: bool) -> Match:
         return _m("pkttype", (v.lower(),), neg, text)
     if module == "owner" and opt == "--socket-exists":
         return _m("local_socket", (), neg, text)
+    if module == "owner" and opt in ("--uid-owner", "--gid-owner") and len(vals) == 1 and \
+            all(x.isdigit() for x in v.split("-", 1)):
+        lo, _, hi = v.partition("-")
+        return _m("owner", ("uid" if opt == "--uid-owner" else "gid", int(lo), int(hi or lo)),
+                  neg, text)
+    if module == "rpfilter" and opt in ("--loose", "--validmark", "--accept-local",
+                                        "--invert"):
+        return _m("rpfilter_opt", (opt,), False, text)
     if (module, opt) in NO_EFFECT:
         return _m("comment", (text,), False, text)
     return _m("unknown", (f"-m {module} {text}",), neg, f"-m {module} {text}")
@@ -221,6 +218,7 @@ def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple
     effects: tuple = ()
     module = ""
     unknown: list[str] = []  # unmodelled options of the current -m, for one Match
+    rpfilter = False
     neg = False
     i, n = 2, len(tokens)
     kinds = _KIND
@@ -289,6 +287,8 @@ def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple
             p = PROTO_NAMES.get(v, v)
             if p != "all" or neg:
                 matches.append(_m("proto", (p,), neg, ("! " if neg else "") + f"-p {v}"))
+            if not module and not neg:
+                module = p  # iptables loads the protocol's match implicitly: -p tcp --dport
         else:
             if unknown:
                 matches.append(_unknown(module, unknown))
@@ -296,12 +296,28 @@ def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple
             module = v
             if neg:
                 raise ValueError("'!' before -m")
+            if v == "rpfilter":  # the check itself, even without an option
+                matches.append(_m("rpfilter_opt", ("",), False, ""))
+                rpfilter = True
         neg = False
     if neg:
         raise ValueError("dangling '!'")
     if unknown:
         matches.append(_unknown(module, unknown))
+    if rpfilter:
+        matches = _rpfilter(matches)
     return chain, Rule(tuple(matches), target, arg, line, lineno, effects)
+
+
+def _rpfilter(matches: list[Match]) -> list[Match]:
+    """`-m rpfilter [--loose] [--validmark] [--accept-local] [--invert]` as one Match:
+    ("rpfilter", (loose, accept_local)), negated for --invert (the match holds when the
+    reverse path check passes)."""
+    opts = {m.args[0] for m in matches if m.op == "rpfilter_opt"} - {""}
+    text = " ".join(["-m rpfilter", *sorted(opts)])
+    rest = [m for m in matches if m.op != "rpfilter_opt"]
+    return [*rest, _m("rpfilter", ("--loose" in opts, "--accept-local" in opts),
+                      "--invert" in opts, text)]
 
 
 def _unknown(module: str, options: list[str]) -> Match:
@@ -335,6 +351,10 @@ def _target_options(name: str, rest: list[str]) -> tuple[str, tuple]:
         if t.startswith("--"):
             nxt = rest[j + 1] if j + 1 < len(rest) else ""
             opts[t] = nxt if nxt[:2] != "--" else ""
+        elif name in INTERPRETED and (j == 0 or not rest[j - 1].startswith("--")):
+            # options of the targets read here take one value at most: a stray word
+            # (a pasted dump broken mid-token) is not a rule iptables would load
+            raise ValueError(f"unexpected {t!r} after -j {name}")
     if name == "MARK":
         for o, how in (("--set-xmark", "x"), ("--set-mark", "s"), ("--or-mark", "o"),
                        ("--and-mark", "a"), ("--xor-mark", "^")):
@@ -393,9 +413,12 @@ _WRONG_KIND = (("table ", "this is `nft list ruleset` text: save it with "
 
 
 def parse_iptables_save(text: str, *, frontend: str = "iptables-legacy", family: int = 4,
-                        source: str = "iptables-save") -> tuple[Table, ...]:
-    """Parse iptables-save output (`-c` counters accepted). A rule it cannot read becomes
-    an uncertain rule (see unreadable_rule), never the whole dump's failure; the structure
+                        source: str = "iptables-save", strict: bool = False
+                        ) -> tuple[Table, ...]:
+    """Parse iptables-save output (`-c` counters accepted). An option it does not know
+    makes that rule uncertain; a rule it cannot read at all (a value the kernel would
+    refuse) does too (see unreadable_rule), never the whole dump's failure, unless
+    `strict` (a file an operator handed over: tell them the line instead). The structure
     (tables, chains, COMMIT) must be right. Raises RulesetParseError naming the line."""
     fam = "ip" if family == 4 else "ip6"
     tables: list[Table] = []
@@ -441,6 +464,9 @@ def parse_iptables_save(text: str, *, frontend: str = "iptables-legacy", family:
             try:
                 chain, rule = parse_rule(tokens, rules, line, lineno)
             except (ValueError, IndexError) as e:
+                if strict:
+                    raise RulesetParseError(source, lineno, str(e) or "malformed rule") \
+                        from None
                 chain, rule = tokens[1], unreadable_rule(tokens, line, lineno,
                                                          str(e) or "malformed rule")
             rules[chain].append(rule)

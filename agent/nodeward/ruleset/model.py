@@ -153,6 +153,10 @@ class Packet:
     #: rule on its path sets them.
     mark: int = 0
     ctmark: int = 0
+    #: Owner of the sending socket, for a locally generated packet (-m owner); None when
+    #: not known (the verdict is then uncertain where a rule asks).
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(frozen=True)

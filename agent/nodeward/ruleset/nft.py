@@ -140,7 +140,7 @@ def _key_parts(sels: tuple[str, ...], val) -> tuple:
     parts = val["concat"] if isinstance(val, dict) and "concat" in val else [val]
     if len(parts) != len(sels):
         raise ValueError("key does not have the map's fields")
-    return tuple(_component(sel, v) for sel, v in zip(sels, parts))
+    return tuple(_component(sel, v) for sel, v in zip(sels, parts, strict=True))
 
 
 def verdict_text(v) -> str:
@@ -188,10 +188,70 @@ _FAMILY_DEP = {"ip": (Match("nfproto", (4,), False, "meta nfproto ipv4"),),
 _TCP = Match("proto", ("tcp",), False, "meta l4proto tcp")
 
 
-def _match(m: dict, setkey) -> list[Match]:
+_VERBS = ("accept", "drop", "return", "continue", "notrack", "counter", "masquerade")
+
+
+def show(e, limit: int = 200) -> str:
+    """An nft JSON expression in nft's own syntax (`ip daddr 10.0.0.1`, `meta mark & 0x4`,
+    `tcp dport { 22, 80 }`): the evidence an operator reads, and far cheaper than
+    serialising JSON for every rule of a 30,000-rule ruleset."""
+    out = _show(e)
+    return out if len(out) <= limit else out[:limit - 3] + "..."
+
+
+def _show(e) -> str:
+    if isinstance(e, bool):
+        return str(e).lower()
+    if isinstance(e, (str, int, float)):
+        return str(e)
+    if e is None:
+        return ""
+    if isinstance(e, list):
+        if len(e) > 8:
+            return "{ " + ", ".join(_show(x) for x in e[:8]) + f", ... ({len(e)}) }}"
+        return "{ " + ", ".join(_show(x) for x in e) + " }"
+    if not isinstance(e, dict) or len(e) != 1:
+        return json.dumps(e, separators=(",", ":"))
+    k = next(iter(e))
+    v = e[k]
+    if k in _VERBS:
+        return k
+    if isinstance(v, dict):
+        if k == "payload":
+            return f"{v.get('protocol')} {v.get('field')}"
+        if k in ("meta", "ct"):
+            return f"{k} {v.get('key')}"
+        if k == "prefix":
+            return f"{v.get('addr')}/{v.get('len')}"
+        if k == "match" and "left" in v:
+            op = v.get("op", "==")
+            return f"{_show(v['left'])} {'' if op in ('==', 'in') else op + ' '}" \
+                   f"{_show(v.get('right'))}"
+        if k in ("jump", "goto"):
+            return f"{k} {v.get('target')}"
+        if k == "vmap":
+            return f"{_show(v.get('key'))} vmap {_show(v.get('data'))}"
+        if k == "mangle":
+            return f"{_show(v.get('key'))} set {_show(v.get('value'))}"
+        if k == "dnat" and "addr" in v:
+            return f"dnat to {v['addr']}" + (f":{v['port']}" if "port" in v else "")
+        if k == "elem" and "val" in v:
+            return _show(v["val"])
+    if isinstance(v, list):
+        if k in ("set", "concat") or k in ("&", "|", "^"):
+            if k == "set":
+                return _show(v)
+            sep = " . " if k == "concat" else f" {k} "
+            return sep.join(_show(x) for x in v)
+        if k == "range" and len(v) == 2:
+            return f"{_show(v[0])}-{_show(v[1])}"
+    return json.dumps(e, separators=(",", ":"))
+
+
+def _match(m: dict, setkey, text: str = "") -> list[Match]:
     """One nft match expression -> Matches (may be two: "tcp dport" implies l4proto tcp)."""
     op, left, right = m.get("op", "=="), m.get("left"), m.get("right")
-    text = json.dumps(m, separators=(",", ":"))
+    text = text or show({"match": m})
     if op not in ("==", "!=", "in"):
         return [Match("unknown", (text,), False, text)]
     neg = op == "!="
@@ -267,6 +327,8 @@ def _match(m: dict, setkey) -> list[Match]:
                 words = tuple({"6": "tcp", "17": "udp", "1": "icmp"}.get(str(w), str(w))
                               for w in words)
                 return [Match("l4proto_any", words, neg, text)]
+        if key == "pkttype" and isinstance(right, str):
+            return [Match("pkttype", (right,), neg, text)]
         if key == "nfproto" and isinstance(right, str):
             return [Match("nfproto", ({"ipv4": 4, "ipv6": 6}.get(right, 0),), neg, text)]
         return unknown
@@ -275,6 +337,11 @@ def _match(m: dict, setkey) -> list[Match]:
         if words:
             return [Match("ctstate", tuple(w.upper() for w in words), neg, text)]
         return unknown
+    if "fib" in left and left["fib"].get("result") == "oif" and \
+            "saddr" in left["fib"].get("flags", []) and right in (0, "0", False, "missing"):
+        # reverse path filter: `fib saddr [. mark] [. iif] oif != 0` holds when it passes
+        flags = left["fib"]["flags"]
+        return [Match("rpfilter", ("iif" not in flags, False), op != "!=", text)]
     if "fib" in left and left["fib"].get("result") == "type":
         flags = left["fib"].get("flags", [])
         words = _words(right)
@@ -365,8 +432,13 @@ def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
                 r = item["rule"]
                 key = (r["family"], r["table"], r["chain"])
                 fam, tab = r["family"], r["table"]
-                rules.setdefault(key, []).append(
-                    _rule(r, n, lambda name, fam=fam, tab=tab: f"nft:{fam}:{tab}:{name}"))
+                try:
+                    rule = _rule(r, n, lambda name, fam=fam, tab=tab: f"nft:{fam}:{tab}:{name}")
+                except RecursionError:  # one absurdly nested rule: that rule is unknown
+                    why = "expression nested too deeply"
+                    rule = Rule((Match("unknown", (why,), False, why),), "NFT-nested", "",
+                                f"{fam} {tab} {r['chain']} handle {r.get('handle', '?')}", n)
+                rules.setdefault(key, []).append(rule)
         except RecursionError:
             raise RulesetParseError(source, n, "nested too deeply") from None
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -430,10 +502,12 @@ def _rule(r: dict, n: int, setkey) -> Rule:
     target, arg = "", ""
     effects: list[tuple] = []
     vmap: tuple = ()
+    shown: list[str] = []
     for e in r.get("expr", []):
         (k, v), = e.items()
+        shown.append(show(e, 120))
         if k == "match":
-            matches.extend(_match(v, setkey))
+            matches.extend(_match(v, setkey, shown[-1]))
         elif k in _VERDICTS:
             target = _VERDICTS[k]
             if k == "reject" and isinstance(v, dict) and v.get("type") == "tcp reset":
@@ -448,17 +522,20 @@ def _rule(r: dict, n: int, setkey) -> Rule:
             sels = _selectors(v.get("key"))
             data = v.get("data")
             target = "VMAP"
-            if sels is None and "numgen" not in (v.get("key") or {}):
+            ng = (v.get("key") or {}).get("numgen") if isinstance(v.get("key"), dict) else None
+            if isinstance(ng, dict) and isinstance(ng.get("mod"), int):
+                # random/incremental load balancing: every value below mod (+ offset)
+                sels = (f"numgen {ng.get('offset', 0)} {ng['mod']}",)
+            if sels is None:
                 target = "NFT-vmap"  # a key the evaluator cannot read
             elif isinstance(data, str) and data.startswith("@"):
-                vmap = (sels or ("numgen",), setkey(data[1:]))
+                vmap = (sels, setkey(data[1:]))
             elif isinstance(data, dict) and "set" in data:
                 inline = {"type": _inline_types(sels), "elem": data["set"]}
                 try:
-                    els = tuple((_key_parts(sels or ("numgen",), key), verdict_text(val))
+                    els = tuple((_key_parts(sels, key), verdict_text(val))
                                 for key, val in data["set"])
-                    vmap = (sels or ("numgen",), IpSet("anonymous", "nft:vmap", (), els,
-                                                      tuple(inline["type"])))
+                    vmap = (sels, IpSet("anonymous", "nft:vmap", (), els, tuple(inline["type"])))
                 except (ValueError, TypeError, KeyError, IndexError):
                     target = "NFT-vmap"
             else:
@@ -511,15 +588,17 @@ def _rule(r: dict, n: int, setkey) -> Rule:
             target = "MASQUERADE"
             break
         elif k in ("limit", "quota"):
-            text = json.dumps(e, separators=(",", ":"))
+            text = show(e)
             matches.append(Match("unknown", (text,), False, text))
         elif k in _NONTERM:
             continue
         else:
             target = f"NFT-{k}"
             break
+    expr = r.get("expr", [])
+    shown += [show(e, 120) for e in expr[len(shown):]]  # after the verdict: rarely any
     text = f"{r['family']} {r['table']} {r['chain']} handle {r.get('handle', '?')}: " + \
-        json.dumps(r.get("expr", []), separators=(",", ":"))[:300]
+        " ".join(shown)[:300]
     return Rule(tuple(matches), target, arg, text, n, tuple(effects), vmap)
 
 

@@ -2,7 +2,9 @@
 connection attempt from loopback, the node network, the pod network and anywhere else.
 
 One representative probe packet per class (documented so a verdict can be reproduced):
-  loopback  src 127.0.0.1 (::1), iif "lo", dst the bind address (127.0.0.1 for wildcards)
+  loopback  src 127.0.0.1 (::1), iif "lo", dst the bind address (127.0.0.1 for wildcards;
+            from the bind address itself when it is not a loopback one); a local packet
+            takes the OUTPUT path first (see evaluate)
   node      src = first address of the first node CIDR + 10 (a peer node), iif the node
             interface, dst each node address the socket answers on
   pod       src = first pod CIDR address + 10, iif the first concrete pod-facing interface
@@ -107,6 +109,7 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
                  pod_gateways: Sequence[str] = (),
                  link_local: Mapping[str, Sequence[str]] | None = None,
                  interface_addresses: Mapping[str, Sequence[str]] | None = None,
+                 interface_networks: Mapping[str, Sequence[str]] | None = None,
                  ) -> list[Reach]:
     """Per socket, per source class, the firewall Verdict for a new connection.
     `pod_gateways` are the node's addresses on pod-facing interfaces: local (addrtype
@@ -115,7 +118,8 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
     classes arrive on: on-link neighbours (and pods, over their veth) reach an IPv6
     wildcard socket there even when the node has no other IPv6 address.
     `interface_addresses` (interface -> addresses, `ip addr` order) lets the evaluator
-    follow a REDIRECT instead of calling it uncertain."""
+    follow a REDIRECT instead of calling it uncertain; `interface_networks` (interface ->
+    "addr/prefixlen") decides reverse path filters for on-link sources."""
     link_local = link_local or {}
     extra = {"node": tuple(link_local.get("node", ())),
              "pod": (*pod_gateways, *link_local.get("pod", ()))}
@@ -129,6 +133,7 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
     if memo is not None and ruleset.fingerprint:
         key = (ruleset.fingerprint, tuple(node_addresses), tuple(sorted(extra.items())),
                tuple(sorted((k, tuple(v)) for k, v in (interface_addresses or {}).items())),
+               tuple(sorted((k, tuple(v)) for k, v in (interface_networks or {}).items())),
                tuple(node_cidrs),
                tuple(pod_cidrs), tuple(pod_interfaces), node_interface)
         if memo.key == key:
@@ -168,9 +173,12 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
                 for dst in cand:
                     # a link-local destination is reached from the neighbour's own fe80::
                     sa = "fe80::10" if dst.startswith("fe80") and cls != "loopback" else src
+                    if cls == "loopback" and not ipaddress.ip_address(dst).is_loopback:
+                        sa = dst  # a local connect to a node address leaves from it
                     v = evaluate(ruleset, Packet(fam, sa, dst, s.protocol, s.port, iif=iif),
                                  local_addresses=local, path="input",
-                                 interface_addresses=interface_addresses)
+                                 interface_addresses=interface_addresses,
+                                 interface_networks=interface_networks)
                     if best is None or _RANK[v.action] > _RANK[best.action]:
                         best, where[cls] = v, dst
             if best is not None:
