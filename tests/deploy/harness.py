@@ -29,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -251,10 +252,11 @@ class Machine:
     proc: subprocess.Popen | None = None
     leader: int = 0
     log: Path | None = None
+    _console: Any = None
 
     def boot(self, timeout: float = 90, binds: tuple[str, ...] = ()) -> None:
         self.log = self.tree.parent / f"{self.name}.console"
-        out = open(self.log, "w")  # noqa: SIM115 (closed with the process)
+        out = self._console = open(self.log, "w")  # noqa: SIM115 (closed in stop)
         argv = ["systemd-nspawn", "-q", "-b", "-D", str(self.tree), "--register=no",
                 "--keep-unit", f"--network-namespace-path=/run/netns/{self.netns}",
                 "--capability=CAP_NET_ADMIN", f"--machine={self.name}",
@@ -311,13 +313,20 @@ class Machine:
         return r
 
     def stop(self) -> None:
+        try:
+            self._poweroff()
+        finally:
+            if self._console is not None:
+                self._console.close()
+
+    def _poweroff(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        # The tree is thrown away: no orderly shutdown, the container's init reboots at once
-        # (nspawn then exits); SIGKILL if even that hangs.
+        # The tree is thrown away: no orderly shutdown. SIGKILL to the container's init ends
+        # every process of its PID namespace at once, and nspawn then exits.
         if self.leader:
-            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-                self.sh("systemctl", "poweroff", "--force", "--force", check=False, timeout=10)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.leader, signal.SIGKILL)
         try:
             self.proc.wait(15)
         except subprocess.TimeoutExpired:

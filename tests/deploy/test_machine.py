@@ -58,7 +58,7 @@ def machine(module_lab):
              "/srv/wheels", "ansible-core", timeout=300)
         print(f"\nmachine: tree+wheels {t1 - t0:.1f}s, boot {t2 - t1:.1f}s, "
               f"ansible venv {time.monotonic() - t2:.1f}s")
-        yield {"m": m, "lab": lab, "ns": ns, "runs": []}
+        yield {"m": m, "lab": lab, "ns": ns}
     finally:
         if m is not None:
             m.stop()
@@ -144,10 +144,17 @@ def kernel_ruleset(lab, ns) -> str:
 
 # -- tests (in file order: the first converges the machine the others look at) -------------
 
-def test_ansible_converges_enables_and_health_checks(machine):
+@pytest.fixture(scope="module")
+def converged(machine):
+    """The machine after the first site.yml run (its output and recap)."""
+    machine["first"] = playbook(machine["m"])
+    return machine
+
+
+def test_ansible_converges_enables_and_health_checks(converged):
+    machine = converged
     m = machine["m"]
-    out, (_ok, changed, unreachable, failed) = playbook(m)
-    machine["runs"].append(out)
+    out, (_ok, changed, unreachable, failed) = machine["first"]
     assert failed == 0 and unreachable == 0 and changed > 0
     # The tasks that need systemd as PID 1 really ran (not skipped).
     for task in ("Enable and start the agent", "Wait for the daemon's /healthz",
@@ -160,7 +167,8 @@ def test_ansible_converges_enables_and_health_checks(machine):
     assert healthz(machine["lab"], machine["ns"]) == 200
 
 
-def test_second_ansible_run_changes_nothing(machine):
+def test_second_ansible_run_changes_nothing(converged):
+    machine = converged
     m = machine["m"]
     pid = show(m, "nodeward.service", "MainPID")["MainPID"]
     out, (_ok, changed, _unreachable, failed) = playbook(m)
@@ -170,7 +178,8 @@ def test_second_ansible_run_changes_nothing(machine):
     assert healthz(machine["lab"], machine["ns"]) == 200
 
 
-def test_unit_runs_under_its_sandbox_and_applies_audit_rules_with_nftables(machine):
+def test_unit_runs_under_its_sandbox_and_applies_audit_rules_with_nftables(converged):
+    machine = converged
     m, lab, ns = machine["m"], machine["lab"], machine["ns"]
     props = show(m, "nodeward.service", "ActiveState", "SubState", "NoNewPrivileges",
                  "ProtectSystem", "CapabilityBoundingSet", "MainPID")
@@ -191,7 +200,8 @@ def test_unit_runs_under_its_sandbox_and_applies_audit_rules_with_nftables(machi
     assert healthz(lab, ns) == 200
 
 
-def test_reload_keeps_it_running(machine):
+def test_reload_keeps_it_running(converged):
+    machine = converged
     m = machine["m"]
     pid = show(m, "nodeward.service", "MainPID")["MainPID"]
     m.sh("systemctl", "reload", "nodeward.service")
@@ -202,7 +212,8 @@ def test_reload_keeps_it_running(machine):
     assert healthz(machine["lab"], machine["ns"]) == 200
 
 
-def test_audit_rules_with_iptables(machine):
+def test_audit_rules_with_iptables(converged):
+    machine = converged
     m, lab, ns = machine["m"], machine["lab"], machine["ns"]
     m.sh("systemctl", "stop", "nodeward.service")
     m.sh("/opt/nodeward/venv/bin/nodeward", "--config", "/etc/nodeward/config.yaml",
@@ -229,7 +240,8 @@ def test_audit_rules_with_iptables(machine):
     assert healthz(lab, ns) == 200
 
 
-def test_broken_config_stops_the_unit_without_a_restart_loop(machine):
+def test_broken_config_stops_the_unit_without_a_restart_loop(converged):
+    machine = converged
     m = machine["m"]
     m.sh("sh", "-c", "cp /etc/nodeward/config.yaml /root/config.good && "
          "echo 'no_such_key: 1' >> /etc/nodeward/config.yaml")
@@ -253,7 +265,8 @@ def test_broken_config_stops_the_unit_without_a_restart_loop(machine):
     wait(lambda: healthz(machine["lab"], machine["ns"]) == 200, 30, "healthy again")
 
 
-def test_scan_timer_and_oneshot_service(machine):
+def test_scan_timer_and_oneshot_service(converged):
+    machine = converged
     m = machine["m"]
     m.sh("systemctl", "enable", "--now", "nodeward-scan.timer")
     timer = show(m, "nodeward-scan.timer", "ActiveState", "UnitFileState")
