@@ -254,6 +254,32 @@ def test_daemonset_flags_are_read_not_retyped(tmp_path):
     assert "--read-only" in flags and "no-new-privileges" in flags and "host" in flags
 
 
+def test_the_runtime_applies_the_security_context(image, node):
+    """What the container process really gets from those flags: exactly the four
+    capabilities, no_new_privs, a seccomp filter (RuntimeDefault), uid 0, a read-only root
+    and a writable in-memory /tmp."""
+    pm, tag = image
+    flags, _ = podman_run_flags(node["ns"].name, host_paths(node["tmp"]), node["tmp"])
+    at = flags.index("--entrypoint")
+    flags[at + 1] = "sh"
+    r = pm.run(*flags, tag, "-c",
+               "grep -E '^(Uid|CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; "
+               "touch /probe 2>/dev/null && echo ROOT-WRITABLE; "
+               "touch /tmp/probe && echo TMP-WRITABLE; grep ' /tmp ' /proc/mounts")
+    status = dict(ln.split(":", 1) for ln in r.stdout.splitlines() if ":" in ln
+                  and not ln.startswith("tmpfs"))
+    _, c = daemonset()
+    want = 0
+    for cap in c["securityContext"]["capabilities"]["add"]:
+        want |= 1 << {"NET_ADMIN": 12, "NET_RAW": 13, "SYS_PTRACE": 19,
+                      "DAC_READ_SEARCH": 2}[cap]
+    assert int(status["CapEff"], 16) == want and int(status["CapBnd"], 16) == want, status
+    assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2", status
+    assert status["Uid"].split()[0] == "0"
+    assert "ROOT-WRITABLE" not in r.stdout and "TMP-WRITABLE" in r.stdout, r.stdout
+    assert "tmpfs /tmp tmpfs" in r.stdout, r.stdout
+
+
 def test_full_capabilities_attribute_every_socket_and_read_the_firewall(image, node):
     doc = scan(image, node)
     socks = by_port(doc)
