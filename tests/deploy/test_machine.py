@@ -265,14 +265,39 @@ def test_broken_config_stops_the_unit_without_a_restart_loop(converged):
     wait(lambda: healthz(machine["lab"], machine["ns"]) == 200, 30, "healthy again")
 
 
-def test_scan_timer_and_oneshot_service(converged):
+LISTENER = ("import socket, sys, time\n"
+            "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            "s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(); time.sleep(600)\n")
+
+
+def test_scan_timer_and_oneshot_service_attribute_under_the_sandbox(converged):
+    """The timer is enabled; its one-shot scan, under the same sandbox (ProtectProc,
+    bounding set, no_new_privs), attributes a root service's and a nobody service's
+    sockets (etcd's and the kubelet read-only port: findings name their pids) and has no
+    NW109/NW206."""
     machine = converged
     m = machine["m"]
     m.sh("systemctl", "enable", "--now", "nodeward-scan.timer")
     timer = show(m, "nodeward-scan.timer", "ActiveState", "UnitFileState")
     assert timer == {"ActiveState": "active", "UnitFileState": "enabled"}, timer
-    m.sh("systemctl", "start", "nodeward-scan.service", timeout=300)
-    svc = show(m, "nodeward-scan.service", "Result", "ExecMainStatus")
-    assert svc["Result"] == "success" and svc["ExecMainStatus"] in ("0", "1"), svc
-    findings = journal(m, "nodeward-scan.service")
-    assert findings and all("id" in f and f["node"] == "sd-node" for f in findings), findings
+    pids = {}
+    for unit, user, port in (("nw-root-listener", "root", 2379),
+                             ("nw-user-listener", "nobody", 10255)):
+        m.sh("systemd-run", f"--unit={unit}", "-p", f"User={user}", "python3", "-c", LISTENER,
+             str(port))
+        pids[port] = int(wait(lambda u=unit: show(m, f"{u}.service", "MainPID")["MainPID"]
+                              not in ("", "0") and show(m, f"{u}.service", "MainPID")["MainPID"],
+                              10, unit))
+    wait(lambda: all(f":{p} " in m.sh("ss", "-Hltn").stdout for p in pids), 10, "listening")
+    try:
+        m.sh("systemctl", "start", "nodeward-scan.service", timeout=300)
+        svc = show(m, "nodeward-scan.service", "Result", "ExecMainStatus")
+        assert svc["Result"] == "success" and svc["ExecMainStatus"] in ("0", "1"), svc
+        findings = journal(m, "nodeward-scan.service")
+        assert findings and all("id" in f and f["node"] == "sd-node" for f in findings)
+        assert not {f["id"] for f in findings} & {"NW109", "NW206"}, findings
+        for port, pid in pids.items():
+            assert {f["pid"] for f in findings if f.get("port") == port} == {pid}, (port, pid,
+                                                                                   findings)
+    finally:
+        m.sh("systemctl", "stop", "nw-root-listener", "nw-user-listener", check=False)
