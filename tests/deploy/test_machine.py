@@ -178,6 +178,26 @@ def test_second_ansible_run_changes_nothing(converged):
     assert healthz(machine["lab"], machine["ns"]) == 200
 
 
+def test_a_config_change_alone_reloads_not_restarts(converged):
+    """The role's reload path: only the config changed, so the handler reloads (SIGHUP)
+    the running agent, which picks the new config up, same pid."""
+    machine = converged
+    m = machine["m"]
+    pid = show(m, "nodeward.service", "MainPID")["MainPID"]
+    cursor = m.sh("journalctl", "-u", "nodeward.service", "-n", "0", "--show-cursor",
+                  "--no-pager").stdout.strip().rsplit("cursor: ", 1)[-1]
+    out, (_ok, changed, _unreachable, failed) = playbook(m, nodeward_interval=3)
+    # Two changes: the config file and the reload handler.
+    assert failed == 0 and changed == 2, out[-4000:]
+    assert "RUNNING HANDLER [nodeward : Reload nodeward]" in out
+    assert "RUNNING HANDLER [nodeward : Restart nodeward]" not in out
+    wait(lambda: [e for e in journal(m, "nodeward.service", cursor)
+                  if e.get("event") == "config_reloaded"], 20, "config_reloaded")
+    assert show(m, "nodeward.service", "ActiveState", "MainPID") == {
+        "ActiveState": "active", "MainPID": pid}
+    assert yaml.safe_load(m.sh("cat", "/etc/nodeward/config.yaml").stdout)["interval"] == 3
+
+
 def test_unit_runs_under_its_sandbox_and_applies_audit_rules_with_nftables(converged):
     machine = converged
     m, lab, ns = machine["m"], machine["lab"], machine["ns"]
