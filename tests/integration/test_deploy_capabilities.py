@@ -4,7 +4,8 @@ SYS_PTRACE, DAC_READ_SEARCH) is what socket-to-process attribution needs, measur
 no_new_privs (as in the pod: allowPrivilegeEscalation false), against two listeners, one
 root process with full capabilities (like kubelet/etcd) and one owned by nobody (like a
 non-root hostNetwork pod). Only the full set attributes both; each of SYS_PTRACE and
-DAC_READ_SEARCH alone misses one of them. Then the daemon is run the way the pod runs it
+DAC_READ_SEARCH alone misses one of them, and the scan says which capability it lacked
+(NW109). Then the daemon is run the way the pod runs it
 (read-only root, tmpfs /tmp, those capabilities, no_new_privs) and must pass its probe."""
 
 from __future__ import annotations
