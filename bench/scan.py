@@ -56,7 +56,7 @@ elif which == "daemon":
     take_snapshot(cfg, owner_memo=memo)  # the previous cycle
     def one():
         raw = sockets.collect_sockets()[0]
-        infos, _ = procs.attribute((r.inode for r in raw), memo)
+        infos, _, _ = procs.attribute((r.inode for r in raw), memo)
         return raw, infos
     one()
     def run():

@@ -7,11 +7,13 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3 python3-venv python3-pip iproute2 iptables nftables ipset conntrack
               wireguard-tools wireguard-go etcd-server procps openssl systemd ca-certificates ruby
-              util-linux prometheus nfacct qemu-system-x86 busybox-static kmod rsyslog)
+              util-linux prometheus nfacct qemu-system-x86 busybox-static kmod rsyslog
+              podman buildah runc mmdebstrap systemd-container)
 # Each command stands for its package; apt runs only when one is missing.
 NEEDED_COMMANDS=(python3 ip iptables-legacy nft ipset conntrack wg wireguard-go etcd ps
                  openssl systemd-analyze ruby setpriv unshare promtool nfacct
-                 qemu-system-x86_64 busybox depmod rsyslogd)
+                 qemu-system-x86_64 busybox depmod rsyslogd podman buildah runc
+                 mmdebstrap systemd-nspawn nsenter)
 missing=0
 for c in "${NEEDED_COMMANDS[@]}"; do command -v "$c" >/dev/null 2>&1 || missing=1; done
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing=1

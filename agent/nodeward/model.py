@@ -163,6 +163,36 @@ class AuthEvidence:
 
 
 @dataclass(frozen=True)
+class AttributionGaps:
+    """Processes whose sockets the fd walk could not see, by refusal: listing the fd
+    directory of another user's process needs CAP_DAC_READ_SEARCH; reading its fd links
+    needs CAP_SYS_PTRACE (the kernel's ptrace access check). `unresolved`: wanted socket
+    inodes no readable process held."""
+
+    fd_dir_denied: int = 0
+    fd_link_denied: int = 0
+    unresolved: int = 0
+
+    @property
+    def denied(self) -> int:
+        return self.fd_dir_denied + self.fd_link_denied
+
+    def missing(self) -> tuple[str, ...]:
+        """The capabilities whose absence the refusals show."""
+        return ((("CAP_DAC_READ_SEARCH",) if self.fd_dir_denied else ())
+                + (("CAP_SYS_PTRACE",) if self.fd_link_denied else ()))
+
+    def missing_text(self) -> str:
+        parts = []
+        if self.fd_dir_denied:
+            parts.append(f"{self.fd_dir_denied} fd directories not listable: needs "
+                         "CAP_DAC_READ_SEARCH")
+        if self.fd_link_denied:
+            parts.append(f"{self.fd_link_denied} with fd links refused: needs CAP_SYS_PTRACE")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
 class NodeSnapshot:
     """Everything the checks may look at. Later stages add fields with defaults."""
 
@@ -201,6 +231,8 @@ class NodeSnapshot:
     #: of components the catalog knows how to judge (nodeward.collect.auth).
     auth: dict[tuple[str, str, int], AuthEvidence] = field(default_factory=dict,
                                                            compare=False, hash=False)
+    #: What the socket -> process walk was refused (collect.procs); NW109 when it matters.
+    attribution: AttributionGaps = field(default_factory=AttributionGaps)
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ def _take_snapshot(config: Config, force_procfs: bool,
                    owner_memo: OwnerMemo | None = None) -> NodeSnapshot:
     interfaces = collect_interfaces(config.pod_interfaces)
     raw, source, notes = collect_sockets(force_procfs=force_procfs)
-    procs, proc_notes = attribute((s.inode for s in raw), owner_memo)
+    procs, proc_notes, gaps = attribute((s.inode for s in raw), owner_memo)
     by_index = {i.index: i for i in interfaces}
     sockets = []
     scopes: dict[tuple, tuple] = {}  # thousands of sockets, a handful of bind addresses
@@ -125,4 +125,5 @@ def _take_snapshot(config: Config, force_procfs: bool,
         node=config.node_name, scanned_at=now_rfc3339(), sockets=tuple(sockets),
         interfaces=tuple(interfaces), socket_source=source, notes=tuple(notes + proc_notes),
         identities={s: catalog.identify(s.protocol, s.port, s.process) for s in sockets},
+        attribution=gaps,
     )

@@ -29,10 +29,20 @@ UNITS = ("nodeward.service", "nodeward-scan.service", "nodeward-scan.timer")
 
 
 def copy_deploy_tree(dest: Path) -> Path:
-    """ansible/ and systemd/ side by side (the role's files/systemd links to ../systemd)."""
+    """ansible/ alone: the role carries its own unit files (no link out of it)."""
     shutil.copytree(REPO / "ansible", dest / "ansible", symlinks=True)
-    shutil.copytree(REPO / "systemd", dest / "systemd")
     return dest / "ansible"
+
+
+def test_role_is_self_contained_and_its_units_are_the_shipped_ones():
+    """The role's files/systemd are copies of systemd/ (a role installed from Galaxy or a
+    tarball has no ../systemd to follow), byte for byte, and nothing in it links out."""
+    role = REPO / "ansible" / "roles" / "nodeward"
+    links = [p for p in role.rglob("*") if p.is_symlink()]
+    assert links == []
+    for name in UNITS:
+        assert (role / "files" / "systemd" / name).read_bytes() == \
+            (REPO / "systemd" / name).read_bytes(), name
 
 
 def env_for(tmp: Path) -> dict[str, str]:

@@ -5,6 +5,7 @@ the security properties the deployment promises."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -197,8 +198,12 @@ def test_namespace_allows_the_privileged_pod_security_level():
 
 
 def test_dockerfile():
+    """Text-level only; tests/deploy/test_image.py builds and runs it."""
     text = (K8S / "Dockerfile").read_text()
-    assert "FROM python:3.11-slim-bookworm" in text
+    # Both stages from one pinned (dated) Debian base: the venv built in the first one
+    # links to the second one's /usr/bin/python3.
+    assert re.search(r"^ARG BASE=docker\.io/library/debian:bookworm-\d{8}-slim$", text, re.M)
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["${BASE}", "${BASE}"]
     for pkg in ("iptables", "nftables", "ipset", "iproute2", "conntrack"):
         assert f" {pkg}" in text
     assert "rm -rf /var/lib/apt/lists/*" in text
@@ -207,8 +212,8 @@ def test_dockerfile():
     # from a copy of exactly these paths.
     copied = [ln.split()[1:-1] for ln in text.splitlines()
               if ln.startswith("COPY") and "--from" not in ln]
-    assert sorted(p for group in copied for p in group) == ["README.md", "agent",
-                                                            "pyproject.toml"]
+    assert sorted(p for group in copied for p in group) == [
+        "README.md", "agent", "kubernetes/constraints.txt", "pyproject.toml"]
 
 
 def test_manifests_are_tidy_yaml():

@@ -42,7 +42,7 @@ def test_kernel_sockets_no_longer_defeat_the_early_stop(tmp_path, monkeypatch) -
     proc = fake_proc(tmp_path, {10: big, 20: {"3": 111, "4": 0}})
     memo = OwnerMemo()
     owners, denied = inode_owners([111, 999], proc, memo)
-    assert owners == {111: 20} and denied == 0
+    assert owners == {111: 20} and denied.denied == 0
     assert memo.fdless == {999} and memo.full_walks == 1  # had to read everything once
     # next cycle: a new socket in the small process; 999 is not waited for
     os.symlink("socket:[112]", tmp_path / "20" / "fd" / "5")
@@ -118,8 +118,8 @@ def test_attribute_keeps_process_details_while_the_process_lives() -> None:
         inode = os.fstat(s.fileno()).st_ino
         procs.process_info = counted
         try:
-            first, _ = attribute([inode], memo)
-            second, _ = attribute([inode], memo)
+            first, _, _ = attribute([inode], memo)
+            second, _, _ = attribute([inode], memo)
         finally:
             procs.process_info = real
     assert first[inode].pid == os.getpid() and second[inode] is first[inode]
@@ -142,7 +142,7 @@ def test_exec_is_noticed_by_the_process_memo() -> None:
     try:
         _fd, inode = map(int, child.stdout.readline().split())
         memo = OwnerMemo()
-        before, _ = attribute([inode], memo)
+        before, _, _ = attribute([inode], memo)
         assert before[inode].pid == child.pid and before[inode].comm.startswith("python")
         child.stdin.write("\n")
         child.stdin.flush()
@@ -150,7 +150,7 @@ def test_exec_is_noticed_by_the_process_memo() -> None:
             if Path(f"/proc/{child.pid}/comm").read_text().strip() == "sleep":
                 break
             time.sleep(0.02)
-        after, _ = attribute([inode], memo)
+        after, _, _ = attribute([inode], memo)
         assert after[inode].pid == child.pid and after[inode].name == "sleep"
     finally:
         child.kill()

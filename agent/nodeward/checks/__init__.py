@@ -9,6 +9,7 @@ from ..config import Config, Suppression
 from ..gcpause import paused_gc
 from ..model import Finding, NodeSnapshot
 from ..ruleset.reach import ReachMemo
+from .attribution import attribution_findings
 from .exposure import exposure_findings, with_auth
 
 
@@ -54,6 +55,7 @@ def run_checks(snapshot: NodeSnapshot, config: Config,
     reach: tuple = ()
     with paused_gc():
         findings = exposure_findings(snapshot, config.catalog)
+        findings += attribution_findings(snapshot)
         if snapshot.ruleset is not None:
             from .firewall import analyse, mitigate
 

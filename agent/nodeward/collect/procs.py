@@ -5,8 +5,10 @@ socket ownership. The walk stops as soon as every wanted inode is found; it goes
 processes of this network namespace first (where its sockets live) and, within each group,
 small processes (few fds) before large ones, so the fd tables of a proxy holding 20,000
 connections are read last if at all. Reading other users' fd directories needs
-CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH; without it those sockets stay unattributed and the
-scan says how many.
+CAP_DAC_READ_SEARCH (listing another user's fd directory) and reading its links needs
+CAP_SYS_PTRACE (the kernel's ptrace access check); each refusal is counted by kind
+(AttributionGaps), never swallowed: the checks turn sockets left unattributed that way
+into finding NW109.
 
 A daemon keeps an OwnerMemo across cycles: each socket's pid and fd from the last cycle are
 checked with one readlink (the socket is still there: done), and sockets a complete walk
@@ -22,7 +24,7 @@ import os
 import re
 from collections.abc import Iterable
 
-from ..model import ProcessInfo
+from ..model import AttributionGaps, ProcessInfo
 from ..redact import redact_argv
 
 _CONTAINER_RE = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?$")
@@ -51,16 +53,16 @@ def _netns_of(proc: str, pid: int | str) -> int:
 
 
 def inode_owners(wanted: Iterable[int], proc: str = "/proc",
-                 memo: OwnerMemo | None = None) -> tuple[dict[int, int], int]:
+                 memo: OwnerMemo | None = None) -> tuple[dict[int, int], AttributionGaps]:
     """Map each wanted socket inode to a pid holding it (the first found; with a memo, the
     one found before while it still holds it).
 
-    Returns (map, number of processes whose fds could not be read).
+    Returns (map, the processes whose fds could not be read, by refusal).
     """
     remaining = {i for i in wanted if i}
     owners: dict[int, int] = {}
     fds: dict[int, tuple[int, str]] = {}
-    denied = 0
+    denied = links_denied = 0
     readlink = os.readlink
     if memo is not None:
         memo.verified = 0
@@ -94,7 +96,8 @@ def inode_owners(wanted: Iterable[int], proc: str = "/proc",
         pids = [int(p) for p in os.listdir(proc) if p.isdigit()]
         ns = {p: _netns_of(proc, p) for p in pids}
         for group in ([p for p in pids if ns[p] == own], [p for p in pids if ns[p] != own]):
-            denied += _walk(proc, group, remaining, pending, owners, fds)
+            d, ld = _walk(proc, group, remaining, pending, owners, fds)
+            denied, links_denied = denied + d, links_denied + ld
             if not pending:
                 break
         else:
@@ -106,16 +109,18 @@ def inode_owners(wanted: Iterable[int], proc: str = "/proc",
             memo.full_walks += 1
         else:
             memo.fdless &= remaining
-    return owners, denied
+    return owners, AttributionGaps(fd_dir_denied=denied, fd_link_denied=links_denied,
+                                   unresolved=len(remaining))
 
 
 def _walk(proc: str, pids: list[int], remaining: set[int], pending: set[int],
-          owners: dict[int, int], fds: dict[int, tuple[int, str]]) -> int:
-    """Read the fds of `pids`, small fd tables first, until `pending` is empty. Returns the
-    number of processes whose fds could not be read."""
+          owners: dict[int, int], fds: dict[int, tuple[int, str]]) -> tuple[int, int]:
+    """Read the fds of `pids`, small fd tables first, until `pending` is empty. Returns
+    (processes whose fd directory could not be listed, processes whose fd links were
+    refused)."""
     readlink = os.readlink
     sizes: list[tuple[int, int, list[str]]] = []
-    denied = 0
+    denied = links_denied = 0
     for pid in pids:
         try:
             names = os.listdir(f"{proc}/{pid}/fd")
@@ -132,12 +137,18 @@ def _walk(proc: str, pids: list[int], remaining: set[int], pending: set[int],
         # per fd instead of four, which halves the cost of the walk.
         try:
             dfd = os.open(f"{proc}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY)
+        except PermissionError:
+            denied += 1
+            continue
         except OSError:
             continue  # exited since
         try:
             for name in names:
                 try:
                     target = readlink(name, dir_fd=dfd)
+                except PermissionError:  # ptrace access check: the rest will fail too
+                    links_denied += 1
+                    break
                 except OSError:
                     continue
                 if target[:8] == "socket:[":  # "socket:[12345]"
@@ -151,7 +162,7 @@ def _walk(proc: str, pids: list[int], remaining: set[int], pending: set[int],
             os.close(dfd)
         if not pending:
             break
-    return denied
+    return denied, links_denied
 
 
 def container_ids(cgroup_text: str) -> tuple[str, str, str]:
@@ -237,10 +248,12 @@ def process_info(pid: int, proc: str = "/proc") -> ProcessInfo | None:
 
 
 def attribute(inodes: Iterable[int], memo: OwnerMemo | None = None,
-              proc: str = "/proc") -> tuple[dict[int, ProcessInfo], list[str]]:
-    """inode -> ProcessInfo for every socket inode we can attribute, plus notes. With a
-    memo (a daemon), owners and process details carry over from the last cycle."""
-    owners, denied = inode_owners(inodes, proc, memo)
+              proc: str = "/proc"
+              ) -> tuple[dict[int, ProcessInfo], list[str], AttributionGaps]:
+    """inode -> ProcessInfo for every socket inode we can attribute, notes, and what the
+    walk was refused. With a memo (a daemon), owners and process details carry over from
+    the last cycle."""
+    owners, gaps = inode_owners(inodes, proc, memo)
     infos: dict[int, ProcessInfo] = {}
     by_pid: dict[int, ProcessInfo | None] = {}
     kept: dict[tuple[int, str], ProcessInfo | None] = {}
@@ -260,7 +273,7 @@ def attribute(inodes: Iterable[int], memo: OwnerMemo | None = None,
     if memo is not None:
         memo.infos = kept  # processes gone (or without sockets now) drop out
     notes = []
-    if denied:
-        notes.append(f"could not read the fds of {denied} processes (needs CAP_SYS_PTRACE or "
-                     "CAP_DAC_READ_SEARCH): their sockets are unattributed")
-    return infos, notes
+    if gaps.denied:
+        notes.append(f"could not read the fds of {gaps.denied} processes "
+                     f"({gaps.missing_text()}): {gaps.unresolved} sockets are unattributed")
+    return infos, notes, gaps
