@@ -188,7 +188,8 @@ def host_paths(tmp: Path) -> dict[str, Path]:
     lock = Path("/run/xtables.lock")
     lock.touch(exist_ok=True)
     paths = {"/run/xtables.lock": lock}
-    for name, path in (("wireguard", "/var/run/wireguard"), ("state", "/var/lib/nodeward")):
+    for name, path in (("wireguard", "/var/run/wireguard"), ("state", "/var/lib/nodeward"),
+                       ("run", "/run/nodeward")):
         d = tmp / name
         d.mkdir(exist_ok=True)
         paths[path] = d

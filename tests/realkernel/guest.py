@@ -84,7 +84,8 @@ class Guest:
                 "-append", "console=ttyS0 panic=-1 loglevel=4 mitigations=off "
                            "rdinit=/init",
                 "-virtfs", f"local,path=/,mount_tag=hostroot,readonly=on,{share}",
-                "-virtfs", f"local,path={self.share},mount_tag=results,{share}"]
+                "-virtfs", f"local,path={self.share},mount_tag=results,{share}",
+                "-virtfs", f"local,path={ROOT},mount_tag=repo,readonly=on,{share}"]
 
     def start(self, timeout: float = 180.0) -> None:
         if not shutil.which(QEMU):

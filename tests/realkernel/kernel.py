@@ -24,6 +24,8 @@ CACHE = Path(os.environ.get("NODEWARD_REALKERNEL_CACHE", "/var/cache/nodeward-re
 BUSYBOX = Path("/bin/busybox")
 _PKG = re.compile(r"^linux-image-(6\.1\.0-(\d+)-amd64) ")
 #: initramfs modules (their dependencies are added from modules.dep)
+#: the checkout: shared into the guest at the same path
+REPO = Path(__file__).resolve().parents[2]
 BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 
@@ -182,6 +184,10 @@ $B mount -t overlay overlay -o lowerdir=/ro,upperdir=/rw/u,workdir=/rw/w /newroo
 N=/newroot
 $B mount -t tmpfs -o mode=0755 run $N/run
 $B mount -t tmpfs -o mode=1777 tmp $N/tmp
+# the checkout (and its venv) from its own share: wherever it lives (CI may clone it under
+# /tmp, which the tmpfs above hides), the guest sees it at the same path
+$B mkdir -p $N@ROOT@
+$B mount -t 9p -o $O,ro,cache=loose repo $N@ROOT@ || echo "nwinit: 9p repo failed"
 $B mkdir -p $N/nwlab $N/lib/modules/@VERSION@
 $B mount -t 9p -o $O,cache=none results $N/nwlab || echo "nwinit: 9p results failed"
 $B mount --bind $N@MODULES@ $N/lib/modules/@VERSION@
@@ -229,7 +235,8 @@ def build_initramfs(kernel: Kernel, out: Path) -> Path:
     if not _is_static(busybox):
         raise HarnessError(f"{BUSYBOX} is dynamically linked: needs busybox-static")
     mods = module_order(kernel.modules)
-    init = INIT.replace("@VERSION@", kernel.version).replace("@MODULES@", str(kernel.modules))
+    init = INIT.replace("@VERSION@", kernel.version).replace("@MODULES@", str(kernel.modules)) \
+        .replace("@ROOT@", str(REPO))
     entries: list[tuple[str, int, bytes]] = [("bin", 0o40755, b""), ("dev", 0o40755, b""),
                                          ("dev/console", 0o20600, b"")]
     dirs = sorted({str(p) for m in mods for p in Path(m).parents if str(p) != "."})
