@@ -248,7 +248,7 @@ def test_daemonset_flags_are_read_not_retyped(tmp_path):
     """The translation covers what the pod sets (and would fail on a field it does not
     know); spot-check it against the manifest's own values."""
     stand_ins = {"/run/xtables.lock": tmp_path / "lock", "/var/run/wireguard": tmp_path,
-                 "/var/lib/nodeward": tmp_path}
+                 "/var/lib/nodeward": tmp_path, "/run/nodeward": tmp_path}
     flags, command = podman_run_flags("x", stand_ins, tmp_path)
     _, c = daemonset()
     assert command == c["command"][1:]

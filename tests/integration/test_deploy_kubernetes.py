@@ -135,7 +135,10 @@ def test_volumes_and_mounts():
     assert {m["name"] for m in c["volumeMounts"]} == set(volumes)
     host_paths = {v["hostPath"]["path"] for v in volumes.values() if "hostPath" in v}
     # No host root, /proc, /sys or /lib/modules: hostPID gives /proc, nothing else needed.
-    assert host_paths == {"/run/xtables.lock", "/var/run/wireguard", "/var/lib/nodeward"}
+    # /run/nodeward: enforcement's writer lock and pending-rollback journal, so a restarted
+    # container can finish a rollback its predecessor armed
+    assert host_paths == {"/run/xtables.lock", "/var/run/wireguard", "/var/lib/nodeward",
+                          "/run/nodeward"}
     assert mounts["/var/run/wireguard"]["readOnly"] is True
     assert mounts["/etc/nodeward"]["readOnly"] is True
     tmp = volumes[mounts["/tmp"]["name"]]
