@@ -56,6 +56,7 @@ def test_report_applied_then_api_failure_logged(tmp_path):
     token = tmp_path / "token"
     token.write_text("tok\n")
     api = Api()
+    agent = None
     try:
         out = io.StringIO()
         agent = agent_for(api.url, str(token), out)
@@ -78,4 +79,6 @@ def test_report_applied_then_api_failure_logged(tmp_path):
         assert events.count("policy_report_written") == 1
         assert "policy_report_failed" in events
     finally:
+        if agent is not None:
+            agent._stop_watcher()  # its watch threads must not outlive the test
         api.close()

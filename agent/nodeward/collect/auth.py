@@ -435,7 +435,7 @@ def _judged(catalog: Catalog, sock: Socket,
 
 
 def collect_auth(sockets: Iterable[Socket], catalog: Catalog, *, probe_sockets: bool = True,
-                 timeout: float = 0.5, cache: ProbeCache | None = None,
+                 timeout: float = 1.0, cache: ProbeCache | None = None,
                  proc: str = "/proc", workers: int = 8,
                  identities: Mapping[Socket, Any] | None = None,
                  ) -> tuple[dict[tuple[str, str, int], AuthEvidence], list[str]]:
