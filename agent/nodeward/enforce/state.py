@@ -49,6 +49,20 @@ def _path(kind: str) -> Path:
     return run_dir() / f"{kind}-{_netns_id()}.json"
 
 
+def flock_within(fd: int, timeout: float, poll: float) -> bool:
+    """Take an exclusive flock on `fd`, trying every `poll` seconds; False when it stayed
+    held for `timeout` seconds (the xtables lock and nodeward's own writer lock alike)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(poll)
+
+
 @contextmanager
 def writer_lock(timeout: float = 30.0) -> Iterator[None]:
     """nodeward's own lock around every read-modify-write of netfilter (per namespace)."""
@@ -56,16 +70,8 @@ def writer_lock(timeout: float = 30.0) -> Iterator[None]:
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(d / f"lock-{_netns_id()}", os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LockBusy(f"another nodeward writer held {d}/lock for "
-                                   f"{timeout:g}s") from None
-                time.sleep(0.02)
+        if not flock_within(fd, timeout, 0.02):
+            raise LockBusy(f"another nodeward writer held {d}/lock for {timeout:g}s")
         yield
     finally:
         os.close(fd)  # releases the flock

@@ -9,12 +9,12 @@ kube-proxy write is not lost in the read-modify-write.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from contextlib import contextmanager
 
 from ... import nfquote
 from ..plan import HOOKED, IPT_CHAINS, MARKER, Match, Plan, Rule
+from ..state import flock_within
 from . import BackendError, detect_flavour
 from .iptables import OUR_CHAINS, IptablesBackend, removal_lines
 
@@ -27,20 +27,10 @@ class RefusedBackend(BackendError):
 
 @contextmanager
 def xtables_lock(timeout: float = 5.0):
-    import time
-
     fd = os.open(XTABLES_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise BackendError(f"xtables lock {XTABLES_LOCK} busy for {timeout:g}s") \
-                        from None
-                time.sleep(0.05)
+        if not flock_within(fd, timeout, 0.05):
+            raise BackendError(f"xtables lock {XTABLES_LOCK} busy for {timeout:g}s")
         yield
     finally:
         os.close(fd)
