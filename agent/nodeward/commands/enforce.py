@@ -11,6 +11,7 @@ import difflib
 import sys
 
 from ..config import Config, ConfigError
+from . import seconds_arg
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 
@@ -220,16 +221,6 @@ def cmd_uninstall(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in 0-3600")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="show the diff between the live rules and the plan")
     p.add_argument("--mode", choices=["report", "audit", "enforce"], default=None)
@@ -239,7 +230,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("apply", help="apply the plan (audit or enforce) atomically")
     a.add_argument("--mode", choices=["audit", "enforce"], default=None,
                    help="default: the config's mode (report refuses)")
-    a.add_argument("--confirm-timeout", type=_seconds, default=None, metavar="N",
+    a.add_argument("--confirm-timeout", type=seconds_arg(3600), default=None, metavar="N",
                    help="roll back unless the API server and probes connect within N s")
     a.add_argument("--allow-open-ipv6", action="store_true",
                    help="with enforce.ipv6: false, apply IPv4 only and leave IPv6 open")

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..commands import seconds_arg
 from ..config import Config
 
 EXIT_OK, EXIT_NOTHING, EXIT_USAGE = 0, 1, 2
@@ -451,16 +452,6 @@ def cmd_suggest(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in 0-86400")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("suggest", help="Calico HostEndpoint + (Staged)GlobalNetworkPolicy and "
                                        "enforce.allow from what audit mode saw")
@@ -477,6 +468,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also read nodeward-audit: lines from this kernel log ('-': stdin)")
     s.add_argument("--no-conntrack", dest="conntrack", action="store_false",
                    help="do not list conntrack's table (then --watch/--log are the sources)")
-    s.add_argument("--watch", type=_seconds, default=0, metavar="S",
+    s.add_argument("--watch", type=seconds_arg(86400), default=0, metavar="S",
                    help="also collect new flows from conntrack events for S seconds")
     s.set_defaults(handler=cmd_suggest)
