@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,19 @@ class Config:
 
 
 # -- field parsers: each takes (value, where) and raises ConfigError ----------------------
+
+
+def section_mapping(value: Any, where: str, keys: Sequence[str]) -> Mapping[str, Any]:
+    """A nested section's value: absent is empty; anything but a mapping, or a key not in
+    `keys`, is the one-line error."""
+    v = value if value is not None else {}
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"{where}: expected a mapping")
+    unknown = set(v) - set(keys)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} "
+                          f"(known: {', '.join(keys)})")
+    return v
 
 
 def parse_cidrs(value: Any, where: str) -> tuple[IPNetwork, ...]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import nfquote, settings_load
-from ..config import ConfigError, parse_cidrs
+from ..config import ConfigError, parse_cidrs, section_mapping
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -71,13 +71,7 @@ def hostport(value: Any, where: str) -> tuple[IPAddress, int]:
 
 
 def parse(value: Any, where: str) -> EnforceSettings:
-    v = value if value is not None else {}
-    if not isinstance(v, Mapping):
-        raise ConfigError(f"{where}: expected a mapping")
-    unknown = set(v) - set(KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} "
-                          f"(known: {', '.join(KEYS)})")
+    v = section_mapping(value, where, KEYS)
     kw: dict[str, Any] = {}
     for key in ("control_plane", "etcd_members", "metadata_allow"):
         if key in v:

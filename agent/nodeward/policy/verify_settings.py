@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..config import ConfigError
+from ..config import ConfigError, section_mapping
 
 
 @dataclass(frozen=True)
@@ -64,13 +63,7 @@ def _number(key: str, value: Any, label: str) -> float:
 
 
 def parse(value: Any, where: str) -> VerifySettings:
-    v = value if value is not None else {}
-    if not isinstance(v, Mapping):
-        raise ConfigError(f"{where}: expected a mapping")
-    unknown = set(v) - set(KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} "
-                          f"(known: {', '.join(KEYS)})")
+    v = section_mapping(value, where, KEYS)
     kw: dict[str, Any] = {}
     for key in ("metadata", "expect_open", "expect_blocked"):
         if key in v:
