@@ -160,9 +160,12 @@ def test_configmap_is_a_valid_agent_config_and_probes_reach_it():
     assert cfg.mode == "report"
     c = container()
     assert c["command"][-1] == "run" and "/etc/nodeward/config.yaml" in c["command"]
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    # liveness must not restart the agent for a collector outage (/healthz is 503 while
+    # delivery stalls; /livez is the agent's own loop: tests/integration/test_sink_faults.py)
+    paths = {"startupProbe": "/livez", "livenessProbe": "/livez", "readinessProbe": "/healthz"}
+    for probe, path in paths.items():
         get = c[probe]["httpGet"]
-        assert (get["host"], str(get["port"]), get["path"]) == (host, port, "/healthz")
+        assert (get["host"], str(get["port"]), get["path"]) == (host, port, path)
 
 
 def test_unknown_config_key_would_be_rejected():
