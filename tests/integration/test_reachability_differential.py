@@ -401,13 +401,11 @@ def _ipv6_reason(lab, namespaces) -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def topo(module_lab):
-    for tool in ("iptables-legacy-restore", "iptables-nft-restore", "ip6tables-legacy-restore",
-                 "ip6tables-nft-restore", "nft", "ipset", "conntrack"):
-        if not shutil.which(tool):
-            pytest.skip(f"needs {tool}")
-    lab = module_lab
+def build_topology(lab, node_ports) -> tuple[str, str, str, str]:
+    """node (two IPv4 and two IPv6 addresses, the pod's gateway on cali0), peer, out (the
+    metadata address on its lo, routed from node) and pod, with TCP acceptors and UDP echo
+    servers on node_ports (node) and OUT_PORTS (out). Skips when IPv6 does not work.
+    Shared with the real-corpus differential, which probes the same shape."""
     node = lab.node("node", f"{NODE}/24")
     lab.addr(node, "eth0", f"{NODE2}/24")
     peer = lab.node("peer", f"{PEER}/24")
@@ -437,16 +435,27 @@ def topo(module_lab):
     # TCP on the wildcards; UDP echo on each address, so a reply leaves from the address
     # the probe was sent to (a connected UDP socket ignores replies from any other).
     lab.spawn(node, [sys.executable, str(ACCEPTOR),
-                     *(f"{a}:{p}" for p in NODE_PORTS for a in ("0.0.0.0", "[::]"))],
+                     *(f"{a}:{p}" for p in node_ports for a in ("0.0.0.0", "[::]"))],
               wait_for="ready")
     lab.spawn(out, [sys.executable, str(ACCEPTOR),
                     *(f"{a}:{p}" for p in OUT_PORTS for a in ("0.0.0.0", "[::]"))],
               wait_for="ready")
-    lab.spawn(node, [sys.executable, str(ECHO), *(f"[{a}]:{p}" for p in NODE_PORTS
+    lab.spawn(node, [sys.executable, str(ECHO), *(f"[{a}]:{p}" for p in node_ports
                                                    for a in LOCAL)], wait_for="ready")
     lab.spawn(out, [sys.executable, str(ECHO), *(f"[{a}]:{p}" for p in OUT_PORTS
                                                   for a in (OUT, META, OUT6, META6))],
               wait_for="ready")
+    return node, peer, out, pod
+
+
+@pytest.fixture(scope="module")
+def topo(module_lab):
+    for tool in ("iptables-legacy-restore", "iptables-nft-restore", "ip6tables-legacy-restore",
+                 "ip6tables-nft-restore", "nft", "ipset", "conntrack"):
+        if not shutil.which(tool):
+            pytest.skip(f"needs {tool}")
+    lab = module_lab
+    node, peer, out, pod = build_topology(lab, NODE_PORTS)
     for fam in (4, 6):
         for name, members in NFT_SETS[fam].items():
             lab.sh("ipset", "create", name, "hash:net" if "/" in members else "hash:ip",

@@ -25,7 +25,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -34,8 +33,6 @@ import pytest
 from nodeward.collect.ruleset import collect_ruleset
 from nodeward.ruleset import Packet, evaluate
 from tests.integration.test_reachability_differential import (
-    ACCEPTOR,
-    ECHO,
     EMPTY,
     KIND,
     LOCAL,
@@ -55,8 +52,8 @@ from tests.integration.test_reachability_differential import (
     PODGW6,
     REPLY,
     Prober,
-    _ipv6_reason,
     _restore,
+    build_topology,
 )
 from tests.lab import realworld as rw
 
@@ -173,41 +170,8 @@ def topo(module_lab):
     corpus = _corpus()
     texts = {path: path.read_text() for _, path, _ in corpus}
     extra = sorted({p for t in texts.values() for p in _ports(t)})
-    node = lab.node("node", f"{NODE}/24")
-    lab.addr(node, "eth0", f"{NODE2}/24")
-    peer = lab.node("peer", f"{PEER}/24")
-    out = lab.node("out", f"{OUT}/24")
-    lab.addr(out, "lo", f"{META}/32")
-    pod = lab.pod(node, f"{POD}/24", gateway=f"{PODGW}/24", host_if="cali0")
-    lab.route(node, f"{META}/32", OUT)
-    lab.route(out, "10.244.1.0/24", NODE2)
-    for ns, ifname, cidr in ((node, "eth0", f"{NODE6}/64"), (node, "eth0", f"{NODE2_6}/64"),
-                             (node, "cali0", f"{PODGW6}/64"), (pod, "eth0", f"{POD6}/64"),
-                             (peer, "eth0", f"{PEER6}/64"), (out, "eth0", f"{OUT6}/64"),
-                             (out, "lo", f"{META6}/128")):
-        lab.addr(ns, ifname, cidr)
-    lab.sh("ip", "-6", "route", "add", "default", "via", PODGW6, ns=pod)
-    lab.route(node, f"{META6}/128", OUT6)
-    lab.route(out, "fd44:1::/64", NODE2_6)
-    lab.sysctl(node, "net.ipv6.conf.all.forwarding", "1")
-    for key, value in (("net.ipv4.icmp_ratelimit", "0"), ("net.ipv4.icmp_msgs_per_sec", "1000000"),
-                       ("net.ipv4.icmp_msgs_burst", "1000000"), ("net.ipv6.icmp.ratelimit", "0")):
-        lab.sysctl(node, key, value)
-    v6_reason = _ipv6_reason(lab, (node, peer, out, pod))
-    if v6_reason:
-        pytest.skip(v6_reason)
     ports = (*LAB_PORTS, *extra)
-    lab.spawn(node, [sys.executable, str(ACCEPTOR),
-                     *(f"{a}:{p}" for p in ports for a in ("0.0.0.0", "[::]"))],
-              wait_for="ready")
-    lab.spawn(out, [sys.executable, str(ACCEPTOR),
-                    *(f"{a}:{p}" for p in OUT_PORTS for a in ("0.0.0.0", "[::]"))],
-              wait_for="ready")
-    lab.spawn(node, [sys.executable, str(ECHO), *(f"[{a}]:{p}" for p in ports
-                                                   for a in LOCAL)], wait_for="ready")
-    lab.spawn(out, [sys.executable, str(ECHO), *(f"[{a}]:{p}" for p in OUT_PORTS
-                                                  for a in (OUT, META, OUT6, META6))],
-              wait_for="ready")
+    node, peer, out, pod = build_topology(lab, ports)
     # the objects the dumps name (iptables-restore refuses a rule naming a missing one)
     for _, path, fam in corpus:
         for cmd in rw.ipt_objects(texts[path], fam or 4):

@@ -4,76 +4,22 @@ every event arrives, none twice after dedup by event_id, and the spool stays bou
 from __future__ import annotations
 
 import io
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from nodeward.daemon_settings import SinkSettings
 from nodeward.report.logs import make_logger
 from nodeward.report.sink import HttpSink, Spool
-
-
-class Collector:
-    """Answers 503 while `down`, else 200; records every event it accepted, in order."""
-
-    def __init__(self, token: str = "s3cret") -> None:
-        self.down = True
-        self.accepted: list[dict] = []
-        self.requests = 0
-        self.bad_auth = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.requests += 1
-                if self.headers.get("Authorization") != f"Bearer {token}":
-                    outer.bad_auth += 1
-                    code = 401
-                elif outer.down:
-                    code = 503
-                else:
-                    outer.accepted.extend(json.loads(body)["events"])
-                    code = 200
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *a) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/findings"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from tests.lab.collector import Collector, events, wait
 
 
 @pytest.fixture
 def collector():
-    c = Collector()
+    c = Collector(token="s3cret")
+    c.down = True
     yield c
     c.close()
-
-
-def wait(pred, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
-def events(n: int, start: int = 0) -> list[dict]:
-    return [{"event": "finding_opened", "finding_id": "NW101", "seq": i}
-            for i in range(start, start + n)]
 
 
 def test_outage_then_recovery_delivers_everything_once(collector, tmp_path):
@@ -90,7 +36,7 @@ def test_outage_then_recovery_delivers_everything_once(collector, tmp_path):
         for k in range(10):  # 10 cycles of 25 events while the collector is down
             sink.submit(events(25, k * 25))
             time.sleep(0.05)
-        assert collector.requests > 0 and not collector.accepted
+        assert collector.posts > 0 and not collector.accepted
         assert sink.spool.events == 250
         assert sum(p.stat().st_size for p in spool_dir.iterdir()) <= settings.spool_max_bytes
         collector.down = False
@@ -118,7 +64,7 @@ def test_spool_survives_restart_and_resends_same_ids(collector, tmp_path):
     assert restarted.spool.events == 5
     restarted.start()
     try:
-        wait(lambda: collector.requests > 0, 10)
+        wait(lambda: collector.posts > 0, 10)
         time.sleep(0.3)
     finally:
         restarted.close()
