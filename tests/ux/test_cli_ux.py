@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from nodeward import cli, findings
+from nodeward import config as config_mod
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / "agent" / "nodeward"
@@ -60,6 +61,17 @@ def test_version_flag_matches_the_installed_distribution(capsys):
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == importlib.metadata.version("nodeward")
     assert cli.main(["--version", "scan"]) == 0  # like --help: wins over the command
+
+
+def test_config_check_accepts_the_systemd_example(capsys):
+    """systemd/config.yaml as shipped: cluster checks through a kubeconfig, SSH the only
+    failsafe (the kubelet and the API server are what enforcement must close to pods)."""
+    p = ROOT / "systemd" / "config.yaml"
+    assert cli.main(["config", "check", "--config", str(p)]) == 0
+    assert capsys.readouterr().out.startswith(f"{p}: ok (mode report;")
+    cfg = config_mod.load(str(p))
+    assert cfg.failsafe_ports == (("tcp", 22),)
+    assert cfg.section("cluster").kubeconfig == "/etc/nodeward/kubeconfig"
 
 
 def test_config_check_accepts_the_shipped_configmap(tmp_path, capsys):
