@@ -234,12 +234,18 @@ class NodeName(Kind):
 
 
 class Url(Kind):
-    """An http(s) URL; never echoed (it may carry credentials)."""
+    """An http(s) URL; never echoed (it may carry credentials); shown without user info,
+    query or fragment. `empty`: "" is allowed (the default applies)."""
 
     what = "an http(s) URL"
     bad = ("ftp://x", "https://:99999/x", 5)
 
+    def __init__(self, empty: bool = False) -> None:
+        self.empty = empty
+
     def parse(self, value: Any, where: str) -> str:
+        if self.empty and value == "":
+            return value
         parsed = urlparse(value) if isinstance(value, str) else None
         try:
             port_ok = parsed is not None and (parsed.port is None or parsed.port > 0)
@@ -249,6 +255,13 @@ class Url(Kind):
                 or not port_ok or not value.isascii() or any(c in value for c in " \r\n\t"):
             raise Error(f"{where}: expected an http(s) URL")
         return value
+
+    def show(self, value: Any) -> Any:
+        if not value:
+            return value
+        u = urlparse(value)
+        host = f"[{u.hostname}]" if ":" in (u.hostname or "") else u.hostname
+        return f"{u.scheme}://{host}{':' + str(u.port) if u.port else ''}{u.path}"
 
 
 class Name(Kind):
@@ -306,7 +319,7 @@ class MapOf(Kind):
 
     def __init__(self, key: Kind, value: Kind, cap: int, expected: str) -> None:
         self.key, self.value, self.cap, self.expected = key, value, cap, expected
-        self.what = f"mapping of {key.what} to {value.what}, at most {cap}"
+        self.what = f"mapping of {key.what} to ({value.what}), at most {cap} entries"
         self.bad = (["x"], {"kube let": []}, {f"c{i}": [] for i in range(cap + 1)})
 
     def parse(self, value: Any, where: str) -> dict:
@@ -353,7 +366,7 @@ class Section(Kind):
         self.name, self.keys, self.doc = name, tuple(keys), doc
         self.by_name = {k.name: k for k in self.keys}
         self.none, self.null_is_none, self.top, self.expected = none, null_is_none, top, expected
-        self.what = "mapping"
+        self.what = "{" + ", ".join(k.name + ("" if k.required else "?") for k in self.keys) + "}"
         self.bad = ("x", ["x"], {"no_such_key": 1})
         self._build, self.flatten = build, tuple(flatten)
         fields = [f for k in self.keys

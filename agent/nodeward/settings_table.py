@@ -152,7 +152,7 @@ ENFORCE = Section("EnforceSettings", [
     methods={"etcd_sources": property(_etcd_sources)})
 
 KUBERNETES = Section("kubernetes", [
-    Key("api_url", Str(), "", "API server URL", default_doc="in-cluster"),
+    Key("api_url", Url(empty=True), "", "API server URL", default_doc="in-cluster"),
     Key("kubeconfig", Str(), "", "kubeconfig file (inline *-data live in memfds)"),
     Key("token_file", Str(), "", "bearer token file", default_doc="the service account's"),
     Key("ca_file", Str(), "", "CA bundle; TLS is always verified",
