@@ -50,7 +50,7 @@ ENCRYPTION_MODES = ("wireguard", "ipsec", "none")
 
 #: List caps: far above any real config, far below what makes a rule set explode (each
 #: interface pattern or CIDR is a rule or two per family and protected port).
-CIDRS, FEW, PORTS, RULES, NODES = 4096, 16, 64, 1024, 10_000
+CIDRS, FEW, PORTS, RULES, NODES = 4096, 16, 64, 1024, 5000
 
 SECONDS = "of seconds"
 
