@@ -98,6 +98,17 @@ def test_every_refused_value_is_exit_2_one_line_naming_the_key(tmp_path, capsys,
     assert not wrong, wrong[:5]
 
 
+def test_every_list_and_number_is_bounded():
+    """No key takes an unbounded list or number: the caps the refusals above probe."""
+    from nodeward.settings_schema import MapOf, Num
+
+    for _, k, shown in _keys():
+        if isinstance(k.kind, ListOf | MapOf):
+            assert 1 <= k.kind.cap <= 5000, shown
+        if isinstance(k.kind, Num):
+            assert k.kind.hi <= 1e9, shown
+
+
 def test_each_base_entry_alone_is_valid(tmp_path, capsys):
     """So the refusals above are the bad value's, not the scaffolding's."""
     for container in BASES:
