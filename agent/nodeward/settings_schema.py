@@ -170,13 +170,14 @@ class PortNumber(Kind):
 class HostPort(Kind):
     """'10.0.0.1:6443' or '[fd00::1]:6443'. An IP address, never a name (a name would be
     resolved by whoever connects). `result`: "pair" (address, port), "text" ('10.0.0.1', port)
-    or "raw" (the string as given)."""
+    or "raw" (the string as given). `any_port`: port 0 (the kernel picks one) is allowed."""
 
     what = "HOST:PORT with an IP address"
-    bad = ("localhost:80", "10.0.0.1", "10.0.0.1:0", "10.0.0.1:٩٧", 5)
 
-    def __init__(self, result: str = "pair") -> None:
-        self.result = result
+    def __init__(self, result: str = "pair", any_port: bool = False) -> None:
+        self.result, self.any_port = result, any_port
+        self.bad = ("localhost:80", "10.0.0.1", "10.0.0.1:٩٧", "10.0.0.1:65536", 5) + (
+            () if any_port else ("10.0.0.1:0",))
 
     def parse(self, value: Any, where: str) -> Any:
         if not isinstance(value, str) or ":" not in value:
@@ -184,8 +185,9 @@ class HostPort(Kind):
                         "(e.g. 10.0.0.1:6443)")
         host, _, port = value.rpartition(":")
         number = settings_load.port(port)
-        if not number:
-            raise Error(f"{where}: {_short(value)!r} has no valid port (1-65535)")
+        if number is None or (number == 0 and not self.any_port):
+            low = 0 if self.any_port else 1
+            raise Error(f"{where}: {_short(value)!r} has no valid port ({low}-65535)")
         try:
             addr = ipaddress.ip_address(host.strip("[]"))
         except ValueError:

@@ -266,8 +266,9 @@ TOP = Section("Config", [
         "components to add, or to override field by field by name",
         default_doc="the shipped catalog", factory=catalog_mod.load_default),
     Key("interval", Num(1, 86400, unit=SECONDS), 60.0, "daemon scan interval"),
-    Key("metrics_address", HostPort("raw"), "127.0.0.1:9737",
-        "daemon /healthz and /metrics address (a restart applies a change)"),
+    Key("metrics_address", HostPort("raw", any_port=True), "127.0.0.1:9737",
+        "daemon /healthz and /metrics address (port 0: any free port; a restart applies a "
+        "change)"),
     Key("firewall", Bool(), True, "evaluate every socket through the live ruleset (NW2xx)"),
     Key("auth_probe", Bool(), True, "probe components' sockets on a local address without "
         "credentials for their authentication evidence"),
