@@ -110,34 +110,32 @@ class Cidr(Kind):
     """An IP network; `text`: kept as the string given (peer pod CIDRs)."""
 
     what = "CIDRs"
-    bad = ("10.0.0.0/33", 7)
+    bad: tuple[Any, ...] = ("10.0.0.0/33", 7)
+    problem = "is not a valid CIDR"
 
     def __init__(self, text: bool = False) -> None:
         self.text = text
 
+    def make(self, text: str) -> Any:
+        return ipaddress.ip_network(text, strict=False)
+
     def parse(self, value: Any, where: str) -> Any:
         try:
-            net = ipaddress.ip_network(str(value), strict=False)
+            parsed = self.make(str(value))
         except ValueError:
-            raise Error(f"{where}: {_short(value)!r} is not a valid CIDR") from None
-        return str(value) if self.text else net
+            raise Error(f"{where}: {_short(value)!r} {self.problem}") from None
+        return str(value) if self.text else parsed
 
 
-class Ip(Kind):
+class Ip(Cidr):
     """An IP address; `text`: kept as the string given."""
 
     what = "IP addresses"
-    bad = ("db.local", 7)
+    bad = ("db.local", "10.0.0.0/8", 7)
+    problem = "is not an IP address"
 
-    def __init__(self, text: bool = False) -> None:
-        self.text = text
-
-    def parse(self, value: Any, where: str) -> Any:
-        try:
-            addr = ipaddress.ip_address(str(value))
-        except ValueError:
-            raise Error(f"{where}: {_short(value)!r} is not an IP address") from None
-        return str(value) if self.text else addr
+    def make(self, text: str) -> Any:
+        return ipaddress.ip_address(text)
 
 
 class PortSpec(Kind):
