@@ -38,6 +38,8 @@ def _inline(value: Any) -> str:
 
 
 def default_text(key: Key) -> str:
+    if key.required:
+        return "(required)"
     if key.default_doc:
         return key.default_doc
     if isinstance(key.kind, Section):
@@ -58,8 +60,6 @@ def _sections(section: Section, path: str) -> Iterator[tuple[str, Section]]:
 
 def _meaning(key: Key) -> str:
     text = key.doc
-    if key.required:
-        text += " (required)"
     if key.derived:
         text += f"; *derived* from {key.derived_from} when unset"
     return text

@@ -39,7 +39,7 @@ class Kind:
     def show(self, value: Any) -> Any:
         if isinstance(value, tuple | list):
             return [self.show(v) for v in value]
-        return value if value is None or isinstance(value, bool | int | float) else str(value)
+        return value if value is None or type(value) in (bool, int, float) else str(value)
 
 
 class Bool(Kind):
@@ -294,11 +294,11 @@ class ListOf(Kind):
     """A list of `item`, at most `cap` long (a 170,000-entry `pod_interfaces` once made
     340,000 rules). Scalar items are named by the list's key, mapping items by key[n]."""
 
-    def __init__(self, item: Kind, cap: int, expected: str = "", nonempty: bool = False
-                 ) -> None:
-        self.item, self.cap, self.nonempty = item, cap, nonempty
+    def __init__(self, item: Kind, cap: int, expected: str = "", nonempty: bool = False,
+                 into: Callable[[Any], Any] = tuple, noun: str = "") -> None:
+        self.item, self.cap, self.nonempty, self.into = item, cap, nonempty, into
         self.expected = expected or f"expected a list of {item.what}"
-        self.what = f"list of {item.what}, at most {cap}"
+        self.what = f"list of {noun or item.what}, at most {cap}"
         self.bad = ("x", {"a": 1}, ["x"] * (cap + 1)) + (([],) if nonempty else ())
 
     def parse(self, value: Any, where: str) -> tuple:
@@ -307,11 +307,12 @@ class ListOf(Kind):
         if len(value) > self.cap:
             raise Error(f"{where}: {len(value)} entries, more than the limit of {self.cap}")
         if isinstance(self.item, Section):
-            return tuple(self.item.parse(v, f"{where}[{n}]") for n, v in enumerate(value))
-        return tuple(self.item.parse(v, where) for v in value)
+            return self.into(self.item.parse(v, f"{where}[{n}]") for n, v in enumerate(value))
+        return self.into(self.item.parse(v, where) for v in value)
 
     def show(self, value: Any) -> Any:
-        return [self.item.show(v) for v in value]
+        shown = [self.item.show(v) for v in value]
+        return sorted(shown) if isinstance(value, frozenset) else shown
 
 
 class MapOf(Kind):

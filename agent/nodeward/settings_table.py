@@ -75,17 +75,24 @@ def _reason(value: Any, where: str) -> str:
     return value.strip()
 
 
-def _catalog(value: Any, where: str) -> catalog_mod.Catalog:
-    if isinstance(value, list) and len(value) > 1000:
-        raise ConfigError(f"{where}: {len(value)} entries, more than the limit of 1000")
-    try:
-        return catalog_mod.Catalog.from_entries(value, where, catalog_mod.load_default())
-    except catalog_mod.CatalogError as e:
-        raise ConfigError(str(e)) from None
+class _CatalogEntries(ListOf):
+    """Entries merged into the shipped catalog, field by field by name
+    (catalog.Catalog.from_entries; each entry is catalog.ENTRY)."""
 
+    def __init__(self) -> None:
+        super().__init__(catalog_mod.ENTRY, 1000, "expected a list of components")
 
-def _show_catalog(cat: catalog_mod.Catalog) -> str:
-    return f"{len(cat.components)} components"
+    def parse(self, value: Any, where: str) -> catalog_mod.Catalog:
+        if isinstance(value, list) and len(value) > self.cap:
+            raise ConfigError(f"{where}: {len(value)} entries, more than the limit of "
+                              f"{self.cap}")
+        try:
+            return catalog_mod.Catalog.from_entries(value, where, catalog_mod.load_default())
+        except catalog_mod.CatalogError as e:
+            raise ConfigError(str(e)) from None
+
+    def show(self, value: Any) -> Any:
+        return f"{len(value.components)} components"
 
 
 def _peer_node(kw: dict) -> Any:
@@ -260,9 +267,7 @@ TOP = Section("Config", [
     Key("suppress", ListOf(SUPPRESSION, 1000,
                            "expected a list of {id, port?, component?, reason}"), (),
         "accepted findings: they leave the exit status and are listed under `suppressed`"),
-    Key("catalog", Custom(_catalog, "list of components (fields as in catalog.yaml)",
-                          ("x", [{"name": "x"}], [{"name": "kubelet", "ports": [70000]}]),
-                          _show_catalog), None,
+    Key("catalog", _CatalogEntries(), None,
         "components to add, or to override field by field by name",
         default_doc="the shipped catalog", factory=catalog_mod.load_default),
     Key("interval", Num(1, 86400, unit=SECONDS), 60.0, "daemon scan interval"),

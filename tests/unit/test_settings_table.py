@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: A valid entry for each list of mappings (and the sink, whose url is required), so a bad
 #: value of one of its keys is refused for that key alone.
 BASES = {"suppress[]": {"id": "NW101", "reason": "accepted"},
+         "catalog[]": {"name": "my-agent", "ports": [9100]},
          "cluster.peers[]": {"name": "peer-1"},
          "daemon.probe_peers.peers[]": {"name": "peer-1", "addresses": ["10.0.0.2"]},
          "daemon.sink": {"url": "https://collector.example/v1"}}
@@ -218,7 +219,7 @@ def test_every_key_is_documented():
         assert k.doc and k.kind.what, shown
     text = settings_docs.text()
     assert "enforce.log_rate  (integer, 1 to 10000; default 10)" in text
-    assert "daemon.sink.url  (an http(s) URL; default none)" in text
+    assert "daemon.sink.url  (an http(s) URL; default (required))" in text
 
 
 def test_derived_keys_agree_with_derive():
