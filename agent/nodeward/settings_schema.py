@@ -361,7 +361,7 @@ class Section(Kind):
 
     def __init__(self, name: str, keys: Sequence[Key], doc: str = "", *, none: bool = False,
                  null_is_none: bool = False, top: bool = False,
-                 expected: str = "expected a mapping", extra: Sequence[tuple] = (),
+                 expected: str = "expected a mapping",
                  methods: Mapping[str, Any] | None = None, flatten: Sequence[str] = (),
                  build: Callable[[dict], Any] | None = None) -> None:
         self.name, self.keys, self.doc = name, tuple(keys), doc
@@ -372,7 +372,7 @@ class Section(Kind):
         self._build, self.flatten = build, tuple(flatten)
         fields = [f for k in self.keys
                   for f in (k.kind.keys if k.name in self.flatten else (k,))]
-        self.cls = None if build else dataclass_of(name, fields, extra, methods or {})
+        self.cls = None if build else dataclass_of(name, fields, (), methods or {})
 
     def child(self, where: str, key: str) -> str:
         return f"{where}: {key}" if self.top else f"{where}.{key}"
@@ -384,7 +384,7 @@ class Section(Kind):
                 return None
         if not isinstance(value, Mapping):
             raise Error(f"{where}: {self.expected}")
-        unknown = sorted(str(k) for k in value if k not in self.by_name)
+        unknown = sorted(_key_text(k) for k in value if k not in self.by_name)
         if unknown:
             known = ", ".join(self.by_name)
             raise Error(f"{self.child(where, unknown[0])}: unknown key (known: {known})")
@@ -420,17 +420,6 @@ class Section(Kind):
                 out[k.name] = k.kind.show(getattr(value, k.name))
         return out
 
-    def walk(self, prefix: str = "") -> list[tuple[str, Key]]:
-        """(dotted path, Key) of every key, nested sections' keys after their own."""
-        out = []
-        for k in self.keys:
-            path = f"{prefix}{k.name}"
-            out.append((path, k))
-            inner = k.kind.item if isinstance(k.kind, ListOf) else k.kind
-            if isinstance(inner, Section):
-                out += inner.walk(f"{path}[]." if inner is not k.kind else f"{path}.")
-        return out
-
 
 def dataclass_of(name: str, keys: Sequence[Key], extra: Sequence[tuple],
                methods: Mapping[str, Any]) -> type:
@@ -446,6 +435,13 @@ def dataclass_of(name: str, keys: Sequence[Key], extra: Sequence[tuple],
                                      namespace=dict(methods))
     cls.__module__ = "nodeward.settings_table"  # where it is defined (and pickled from)
     return cls
+
+
+def _key_text(key: Any) -> str:
+    """An unknown key as a message names it: as typed when short and printable, else quoted
+    and cut (a key with a newline must not make the message two lines)."""
+    text = str(key)
+    return text if text.isprintable() and len(text) <= 64 else repr(text)[:64]
 
 
 def _n(x: float) -> str:

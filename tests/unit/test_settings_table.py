@@ -154,6 +154,16 @@ def test_pod_interfaces_cap(tmp_path, capsys, n, rc):
                                            f"{n} entries, more than the limit of 256\n")
 
 
+@pytest.mark.parametrize("key", ["a\nb", "x" * 1000, "\u202e"])
+def test_unknown_keys_are_named_on_one_short_line(tmp_path, capsys, key):
+    p = tmp_path / "c.yaml"
+    p.write_text(json.dumps({"daemon": {key: 1}}))
+    assert cli.main(["config", "check", "--config", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"nodeward: config error: {p}: daemon.") and err.count("\n") == 1
+    assert len(err) < 400 and err[:-1].isprintable(), err
+
+
 def test_the_console_script_refuses_the_same_way(tmp_path):
     """A few cases through the installed `nodeward` executable, not cli.main."""
     exe = shutil.which("nodeward", path=str(Path(sys.executable).parent))
