@@ -297,6 +297,13 @@ def test_config_check_offline_shows_derived_values(tmp_path, capsys, monkeypatch
     assert not any("etcd_members" in x for x in lines if "derived" in x)  # config wins
 
 
+def test_config_check_offline_needs_a_directory(tmp_path, capsys):
+    assert cli.main(["config", "check", "--config", "/dev/null", "--offline",
+                     str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nodeward: ") and "not a directory" in err and err.count("\n") == 1
+
+
 def test_config_check_never_echoes_url_credentials(tmp_path, capsys):
     p = tmp_path / "c.yaml"
     p.write_text("daemon: {sink: {url: 'https://user:s3cret@c.example/x?token=t0k'}}\n"

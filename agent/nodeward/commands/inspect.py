@@ -33,8 +33,14 @@ def cmd_config_check(args: argparse.Namespace, cfg: Config) -> int:
     for path, value in settings_docs.set_keys(raw, cfg):
         lines.append(f"  set      {path}: {settings_docs.shown(value)}")
     if args.offline:
+        import os
+
+        from ..cli import UsageError
         from ..collect.cluster import load_offline
         from ..derive import derive
+
+        if not os.path.isdir(args.offline):
+            raise UsageError(f"config check: --offline {args.offline}: not a directory")
 
         cluster = cfg.section("cluster")
         view = load_offline((cluster and cluster.node_name) or cfg.node_name, args.offline)
