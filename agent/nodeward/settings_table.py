@@ -35,6 +35,7 @@ from .settings_schema import (
     Section,
     Str,
     Url,
+    dataclass_of,
 )
 
 #: Interfaces that face pods in the common CNIs (Calico, flannel, Cilium, Weave, Docker,
@@ -296,8 +297,6 @@ def _section(self: Any, key: str) -> Any:
 
 
 def _config_class() -> type:
-    from .settings_schema import dataclass_of
-
     keys = [k for k in TOP.keys if k.name not in SECTIONS]
     return dataclass_of("Config", keys, [
         ("sections", Any, field(default_factory=dict)),
