@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Any
 
 from . import settings_load
+from . import settings_schema as ss
 from .model import SCOPE_RANK, BindScope, ProcessInfo, Severity
 
 #: Widest acceptable bind per `max_scope` value, on the SCOPE_RANK scale.
@@ -79,12 +80,13 @@ class Identification:
 
 
 NO_MATCH = Identification(None)
-_FIELD_NAMES = {f.name for f in fields(Component)}
 
 
 def _parse_ports(value: Any, where: str) -> tuple[tuple[int, int], ...]:
     if not isinstance(value, list) or not value:
-        raise CatalogError(f"{where}.ports: expected a non-empty list of ports or ranges")
+        raise CatalogError(f"{where}: expected a non-empty list of ports or ranges")
+    if len(value) > 64:
+        raise CatalogError(f"{where}: {len(value)} entries, more than the limit of 64")
     out = []
     for item in value:
         try:
@@ -100,74 +102,80 @@ def _parse_ports(value: Any, where: str) -> tuple[tuple[int, int], ...]:
             else:
                 raise ValueError
         except ValueError:
-            raise CatalogError(f"{where}.ports: {item!r} is not a port or a range") from None
+            raise CatalogError(f"{where}: {item!r} is not a port or a range") from None
         if not (1 <= lo <= hi <= 65535):
-            raise CatalogError(f"{where}.ports: {item!r} is outside 1-65535")
+            raise CatalogError(f"{where}: {item!r} is outside 1-65535")
         out.append((lo, hi))
     return tuple(out)
 
 
-def _str_list(value: Any, where: str) -> frozenset[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise CatalogError(f"{where}: expected a list of strings")
-    return frozenset(value)
+def _name(value: Any, where: str) -> str:
+    from .nfquote import UnsafeText, check_name
+
+    try:  # names reach rule comments: the one netfilter-text gate checks them
+        return check_name(value, where)
+    except UnsafeText as e:
+        raise CatalogError(str(e)) from None
 
 
-def _component_fields(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Validate one raw entry into Component keyword arguments (only the keys given)."""
-    if not isinstance(raw, Mapping):
-        raise CatalogError(f"{where}: expected a mapping")
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in _FIELD_NAMES:
-            raise CatalogError(f"{where}: unknown key {key!r}")
-        here = f"{where}.{key}"
-        if key == "name":
-            from .nfquote import UnsafeText, check_name
+def _severity(value: Any, where: str) -> Severity:
+    try:
+        return Severity.parse(str(value))
+    except ValueError as e:
+        raise CatalogError(f"{where}: {e}") from None
 
-            try:  # names reach rule comments: the one netfilter-text gate checks them
-                out[key] = check_name(value, here)
-            except UnsafeText as e:
-                raise CatalogError(str(e)) from None
-        elif key == "ports":
-            out[key] = _parse_ports(value, where)
-        elif key == "protocols":
-            protos = _str_list(value, here)
-            bad = protos - set(PROTOCOLS)
-            if bad or not protos:
-                raise CatalogError(f"{here}: expected a list of tcp/udp, got {sorted(bad)}")
-            out[key] = protos
-        elif key == "processes":
-            out[key] = _str_list(value, here)
-        elif key == "severity":
-            try:
-                out[key] = Severity.parse(str(value))
-            except ValueError as e:
-                raise CatalogError(f"{here}: {e}") from None
-        elif key == "max_scope":
-            if value not in MAX_SCOPE_RANK:
-                raise CatalogError(f"{here}: expected one of {'|'.join(MAX_SCOPE_RANK)}, "
-                                   f"got {value!r}")
-            out[key] = value
-        elif key == "auth_rule":
-            if value not in AUTH_RULES:
-                raise CatalogError(f"{here}: expected one of {'|'.join(AUTH_RULES)}, "
-                                   f"got {value!r}")
-            out[key] = value
-        elif key == "probe_path":
-            if (not isinstance(value, str) or not value.startswith("/") or len(value) > 64
-                    or not set(value) <= _PROBE_PATH_CHARS):
-                raise CatalogError(f"{here}: expected a plain path like /healthz")
-            out[key] = value
-        elif key in ("strict", "primary", "auth", "always"):
-            if not isinstance(value, bool):
-                raise CatalogError(f"{here}: expected true or false")
-            out[key] = value
-        else:  # description, remediation
-            if not isinstance(value, str):
-                raise CatalogError(f"{here}: expected a string")
-            out[key] = " ".join(value.split())
-    return out
+
+def _probe_path(value: Any, where: str) -> str:
+    if (not isinstance(value, str) or not value.startswith("/") or len(value) > 64
+            or not set(value) <= _PROBE_PATH_CHARS):
+        raise CatalogError(f"{where}: expected a plain path like /healthz")
+    return value
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise CatalogError(f"{where}: expected a string")
+    return " ".join(value.split())
+
+
+def _show_ports(ports: Any) -> Any:
+    return [lo if lo == hi else f"{lo}-{hi}" for lo, hi in ports]
+
+
+_D = {f.name: f.default for f in fields(Component)}
+#: One catalog entry (catalog.yaml's and the config's `catalog:`): only the keys given, so
+#: an entry naming a known component overrides just those fields.
+ENTRY = ss.Section("catalog entry", [
+    ss.Key("name", ss.Custom(_name, "a component name", ("kube let", 5)), "",
+           "the component (an existing name overrides it field by field)", required=True,
+           missing="required (the component to add or override)"),
+    ss.Key("ports", ss.Custom(_parse_ports, "list of ports or ranges like 30000-32767, at "
+                                            "most 64", ("80", [], [70000], ["2-1"]),
+                              _show_ports), None, "its ports (required for a new component)"),
+    ss.Key("protocols", ss.ListOf(ss.Choice(PROTOCOLS), 2, nonempty=True, into=frozenset,
+                                  expected="expected a non-empty list of tcp/udp"),
+           _D["protocols"], "transport protocols"),
+    ss.Key("processes", ss.ListOf(ss.Str(), 64, "expected a list of strings", into=frozenset,
+                                  noun="process names"),
+           _D["processes"], "process names (comm) that are this component"),
+    ss.Key("strict", ss.Bool(), _D["strict"], "another process on its port is suspect"),
+    ss.Key("primary", ss.Bool(), _D["primary"], "the process's main component (identifies "
+           "it on a non-default port)"),
+    ss.Key("severity", ss.Custom(_severity, "info | low | medium | high | critical",
+                                 ("huge", 5)), _D["severity"], "severity of an exposure"),
+    ss.Key("auth", ss.Bool(), _D["auth"], "it authenticates clients"),
+    ss.Key("max_scope", ss.Choice(tuple(MAX_SCOPE_RANK)), _D["max_scope"],
+           "the widest bind it should have"),
+    ss.Key("always", ss.Bool(), _D["always"], "an exposure whatever the bind"),
+    ss.Key("description", ss.Custom(_text, "text", (5,)), _D["description"], "what it is"),
+    ss.Key("remediation", ss.Custom(_text, "text", (5,)), _D["remediation"], "how to fix an "
+           "exposure"),
+    ss.Key("auth_rule", ss.Choice(AUTH_RULES), _D["auth_rule"], "how its authentication is "
+           "read from its process", default_doc="none"),
+    ss.Key("probe_path", ss.Custom(_probe_path, "a plain path like /healthz",
+                                   ("healthz", "/a b", 5)), _D["probe_path"],
+           "read-only path GET without credentials on loopback", default_doc="none"),
+], "A component of the port catalog (fields as in catalog.yaml).", build=dict)
 
 
 @dataclass(frozen=True)
@@ -185,10 +193,11 @@ class Catalog:
             raise CatalogError(f"{source}: expected a list of components")
         for n, raw in enumerate(entries):
             where = f"{source}[{n}]"
-            kw = _component_fields(raw, where)
-            name = kw.get("name")
-            if not name:
-                raise CatalogError(f"{where}: missing 'name'")
+            try:
+                kw = ENTRY.parse(raw, where)
+            except settings_load.SettingsError as e:
+                raise CatalogError(str(e)) from None
+            name = kw["name"]
             if name in index:
                 comps[index[name]] = replace(comps[index[name]], **kw)
             else:
@@ -252,6 +261,7 @@ class Catalog:
         return NO_MATCH  # e.g. any web server on 8080
 
 
+@functools.cache
 def load_default() -> Catalog:
     """The shipped catalog; cached because it is immutable and read on every config load."""
     text = resources.files("nodeward").joinpath("catalog.yaml").read_text()

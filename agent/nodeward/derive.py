@@ -136,24 +136,33 @@ def derive(view: ClusterView, *, encryption: str = "",
                    control_plane=tuple(cp), etcd_members=tuple(etcd), sources=sources)
 
 
+def fills(cfg: Any, derived: Derived) -> list[tuple[str, Any, Any]]:
+    """(section, "" for the top level; settings_table Key; value) of every key the settings
+    table marks `derived` that the config leaves at its default and the view supplies."""
+    from .settings_table import filled_keys
+
+    out = []
+    for section, key in filled_keys():
+        target = cfg.section(section) if section else cfg
+        value = getattr(derived, key.derived)
+        if target is not None and value and getattr(target, key.name) == key.default:
+            out.append((section, key, value))
+    return out
+
+
 def with_derived(cfg: Any, derived: Derived | None) -> Any:
-    """The Config with what the cluster implies filled into the keys the config left
-    unset: `node_cidrs` (every node's addresses), `pod_cidrs`, and the enforce section's
-    `control_plane` and `etcd_members`. Set keys are never changed (explicit config
-    wins). Pure: a new Config, the old one untouched."""
+    """The Config with what the cluster implies filled into the keys the config left at
+    their defaults (`fills`: node_cidrs from every node's addresses, pod_cidrs,
+    enforce.control_plane and enforce.etcd_members). Set keys are never changed (explicit
+    config wins). Pure: a new Config, the old one untouched."""
     if derived is None:
         return cfg
     changes: dict[str, Any] = {}
-    if not cfg.node_cidrs and derived.node_addresses:
-        changes["node_cidrs"] = derived.node_addresses
-    if not cfg.pod_cidrs and derived.pod_cidrs:
-        changes["pod_cidrs"] = derived.pod_cidrs
-    enforce = cfg.section("enforce")
-    fill: dict[str, Any] = {}
-    if not enforce.control_plane and derived.control_plane:
-        fill["control_plane"] = derived.control_plane
-    if enforce.etcd_members is None and derived.etcd_members:
-        fill["etcd_members"] = derived.etcd_members
-    if fill:
-        changes["sections"] = {**cfg.sections, "enforce": dataclasses.replace(enforce, **fill)}
+    sections: dict[str, dict[str, Any]] = {}
+    for section, key, value in fills(cfg, derived):
+        (sections.setdefault(section, {}) if section else changes)[key.name] = value
+    if sections:
+        changes["sections"] = {**cfg.sections, **{
+            name: dataclasses.replace(cfg.section(name), **fill)
+            for name, fill in sections.items()}}
     return dataclasses.replace(cfg, **changes) if changes else cfg

@@ -90,11 +90,13 @@ def test_override_and_extend():
     ([{"name": "x", "ports": [1], "severity": "huge"}],
      "cfg[0].severity: unknown severity 'huge' (expected info|low|medium|high|critical)"),
     ([{"name": "x", "ports": [1], "max_scope": "planet"}],
-     "cfg[0].max_scope: expected one of loopback|node-private|node|any, got 'planet'"),
-    ([{"name": "x", "ports": [1], "colour": "red"}], "cfg[0]: unknown key 'colour'"),
-    ([{"ports": [1]}], "cfg[0]: missing 'name'"),
+     "cfg[0].max_scope: 'planet' is not one of loopback|node-private|node|any"),
+    ([{"name": "x", "ports": [1], "colour": "red"}],
+     "cfg[0].colour: unknown key (known: name, ports, protocols, processes, strict, primary, "
+     "severity, auth, max_scope, always, description, remediation, auth_rule, probe_path)"),
+    ([{"ports": [1]}], "cfg[0].name: required (the component to add or override)"),
     ([{"name": "x", "ports": [1], "protocols": ["sctp"]}],
-     "cfg[0].protocols: expected a list of tcp/udp, got ['sctp']"),
+     "cfg[0].protocols: 'sctp' is not one of tcp|udp"),
 ])
 def test_catalog_errors_are_one_clear_line(entries, message):
     with pytest.raises(CatalogError) as e:

@@ -63,8 +63,10 @@ def test_env_overrides_node_name(tmp_path, monkeypatch):
      "pod_interfaces, failsafe_ports, mode, backend, suppress, catalog, interval, "
      "metrics_address, firewall, auth_probe, firewall_max_rules, enforce, cluster, daemon, "
      "verify)"),
-    ("firewall_max_rules: 0", "{p}: firewall_max_rules: expected a whole number >= 1"),
-    ("firewall_max_rules: true", "{p}: firewall_max_rules: expected a whole number >= 1"),
+    ("firewall_max_rules: 0", "{p}: firewall_max_rules: expected an integer between 1 and "
+     "10000000, got 0"),
+    ("firewall_max_rules: true", "{p}: firewall_max_rules: expected an integer between 1 and "
+     "10000000, got True"),
     ("mode: destroy", "{p}: mode: 'destroy' is not one of report|audit|enforce"),
     ("backend: pf", "{p}: backend: 'pf' is not one of auto|iptables|nftables|python-iptables"),
     ("failsafe_ports: [ssh]", "{p}: failsafe_ports: 'ssh' is not a port like 'tcp/22'"),
@@ -73,8 +75,8 @@ def test_env_overrides_node_name(tmp_path, monkeypatch):
     ("suppress: [{id: NW101}]", "{p}: suppress[0].reason: required: say why this finding "
      "is accepted"),
     ("suppress: [{reason: x}]", "{p}: suppress[0].id: required (a finding ID such as NW101)"),
-    ("suppress: [{id: NW101, reason: x, until: 2027}]", "{p}: suppress[0]: unknown key "
-     "'until'"),
+    ("suppress: [{id: NW101, reason: x, until: 2027}]", "{p}: suppress[0].until: unknown "
+     "key (known: id, reason, port, component)"),
     ("suppress: [{id: NW101, reason: x, port: http}]", "{p}: suppress[0].port: 'http' is not "
      "a port number"),
     ("catalog: [{name: x}]", "{p}: catalog[0]: new component 'x' needs 'ports'"),

@@ -40,7 +40,8 @@ def test_settings_defaults_and_full():
      "d.full_report_every: expected an integer between 1 and 1000000000, got 0"),
     ({"probe_peers": {"ports": ["10250"]}}, "d.probe_peers.ports: '10250' is not a port like "
      "'tcp/22'"),
-    ({"bogus": 1}, "d: unknown key 'bogus'"),
+    ({"bogus": 1}, "d.bogus: unknown key (known: full_report_every, sink, probe_peers, "
+                    "policy_report)"),
 ])
 def test_settings_errors(value, message):
     with pytest.raises(ConfigError) as e:

@@ -258,7 +258,7 @@ def test_settings_parse():
     ({"confirm_timeout": -1}, "c: enforce.confirm_timeout"),
     ({"probes": ["10.0.0.1"]}, "c: enforce.probes"),
     ({"ipv6": "yes"}, "c: enforce.ipv6"),
-    ({"colour": 1}, "c: enforce: unknown key 'colour'"),
+    ({"colour": 1}, "c: enforce.colour: unknown key (known: control_plane, "),
     ("x", "c: enforce: expected a mapping"),
 ])
 def test_settings_errors_name_the_key(value, msg):

@@ -79,8 +79,11 @@ def test_config_check_accepts_the_shipped_configmap(tmp_path, capsys):
     p = tmp_path / "config.yaml"
     p.write_text(cm["data"]["config.yaml"])
     assert cli.main(["config", "check", "--config", str(p)]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith(f"{p}: ok (mode report;") and out.count("\n") == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{p}: ok (mode report;")
+    # then each key the file sets, as parsed, and a pointer to the defaults
+    assert "  set      failsafe_ports: [tcp/22]" in lines and "  set      cluster: {}" in lines
+    assert lines[-1].startswith("  default  every other key")
 
 
 @pytest.mark.parametrize(("text", "error"), [

@@ -27,10 +27,9 @@ from ..kubeapi import (
     in_cluster,
     read_token,
 )
+from ..settings_table import ClusterSettings
 
 log = structlog.get_logger("nodeward.cluster")
-
-ENCRYPTION_MODES = ("wireguard", "ipsec", "none")
 
 #: kind -> (API paths tried in order: Calico CRD shape, then the v3 aggregated API)
 CALICO_KINDS = {
@@ -47,87 +46,6 @@ CALICO_KINDS = {
     "GlobalNetworkPolicy": ("/apis/crd.projectcalico.org/v1/globalnetworkpolicies",
                             "/apis/projectcalico.org/v3/globalnetworkpolicies"),
 }
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    """Config keys: `kubernetes: {api_url, kubeconfig, token_file, ca_file, timeout,
-    retries}`, `encryption`, `peers`, `offline_dir`, `node_name`."""
-
-    api_url: str = ""
-    kubeconfig: str = ""
-    token_file: str = ""
-    ca_file: str = ""
-    timeout: float = 5.0
-    retries: int = 2
-    #: wireguard | ipsec | none: what inter-node links must use; "" (unset): what the
-    #: cluster announces (FelixConfiguration wireguardEnabled, ...), see nodeward.derive
-    encryption: str = ""
-    peers: tuple[PeerNode, ...] = ()
-    offline_dir: str = ""
-    node_name: str = ""  # default: the snapshot's node name
-    use_api: bool = True  # False: static peers only, no cluster
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> ClusterSettings:
-        d = dict(d or {})
-        k = d.pop("kubernetes", None) or {}
-        if not isinstance(k, dict):
-            raise ValueError("kubernetes: expected a mapping")
-        kw: dict[str, Any] = {}
-        for key in ("api_url", "kubeconfig", "token_file", "ca_file"):
-            if key in k:
-                if not isinstance(k[key], str):
-                    raise ValueError(f"kubernetes.{key}: expected a string")
-                kw[key] = k.pop(key)
-        if "timeout" in k:
-            t = k.pop("timeout")
-            if isinstance(t, bool) or not isinstance(t, (int, float)) \
-                    or not 0 < t <= 3600:  # NaN fails both comparisons
-                raise ValueError("kubernetes.timeout: expected seconds, more than 0 and "
-                                 "at most 3600")
-            kw["timeout"] = float(t)
-        if "retries" in k:
-            r = k.pop("retries")
-            if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= 10:
-                raise ValueError("kubernetes.retries: expected an integer 0..10")
-            kw["retries"] = r
-        if k:
-            raise ValueError(f"kubernetes.{sorted(k)[0]}: unknown key")
-        if "encryption" in d:
-            e = d.pop("encryption")
-            if e not in ENCRYPTION_MODES:
-                raise ValueError(f"encryption: expected one of {'|'.join(ENCRYPTION_MODES)}")
-            kw["encryption"] = e
-        if "peers" in d:
-            kw["peers"] = tuple(_peer(p, i) for i, p in enumerate(d.pop("peers") or []))
-        for key in ("offline_dir", "node_name"):
-            if key in d:
-                if not isinstance(d[key], str):
-                    raise ValueError(f"{key}: expected a string")
-                kw[key] = d.pop(key)
-        if "use_api" in d:
-            if not isinstance(d["use_api"], bool):
-                raise ValueError("use_api: expected true or false")
-            kw["use_api"] = d.pop("use_api")
-        if d:
-            raise ValueError(f"{sorted(d)[0]}: unknown key")
-        return cls(**kw)
-
-
-def _peer(p: Any, i: int) -> PeerNode:
-    if not isinstance(p, dict) or not isinstance(p.get("name"), str):
-        raise ValueError(f"peers[{i}].name: expected a string")
-    for key in ("addresses", "pod_cidrs"):
-        v = p.get(key, [])
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise ValueError(f"peers[{i}].{key}: expected a list of strings")
-    extra = set(p) - {"name", "addresses", "pod_cidrs", "wireguard_public_key",
-                      "wireguard_public_key_v6"}
-    if extra:
-        raise ValueError(f"peers[{i}].{sorted(extra)[0]}: unknown key")
-    return PeerNode(p["name"], tuple(p.get("addresses", [])), tuple(p.get("pod_cidrs", [])),
-                    p.get("wireguard_public_key", ""), p.get("wireguard_public_key_v6", ""))
 
 
 @dataclass(frozen=True)

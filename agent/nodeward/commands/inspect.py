@@ -17,14 +17,46 @@ from ..config import Config
 
 
 def cmd_config_check(args: argparse.Namespace, cfg: Config) -> int:
-    """The config already loaded (the CLI exits 2 with the one-line error otherwise): say
-    what it holds, so a deploy step can gate on exit 0 and log the summary."""
+    """The config already loaded through the settings table (the CLI exits 2 with the
+    one-line error otherwise): a summary line a deploy step can gate on and log, then each
+    key the file sets, and with --offline DIR what that cluster view derives for the keys
+    it leaves unset."""
+    from .. import settings_docs, settings_load
+
     parts = [f"mode {cfg.mode}", f"backend {cfg.backend}",
              f"{len(cfg.suppress)} suppression(s)",
              f"{len(_changed(cfg.catalog))} catalog override(s)"]
     if cfg.sections:
         parts.append("sections " + ", ".join(sorted(cfg.sections)))
-    print(f"{cfg.source}: ok ({'; '.join(parts)})")
+    lines = [f"{cfg.source}: ok ({'; '.join(parts)})"]
+    raw = settings_load.load_file(cfg.source) if cfg.source != "<defaults>" else {}
+    for path, value in settings_docs.set_keys(raw, cfg):
+        lines.append(f"  set      {path}: {settings_docs.shown(value)}")
+    if args.offline:
+        import os
+
+        from ..cli import UsageError
+        from ..collect.cluster import load_offline
+        from ..derive import derive
+
+        if not os.path.isdir(args.offline):
+            raise UsageError(f"config check: --offline {args.offline}: not a directory")
+
+        cluster = cfg.section("cluster")
+        view = load_offline((cluster and cluster.node_name) or cfg.node_name, args.offline)
+        derived = derive(view, encryption=cluster.encryption if cluster else "")
+        for path, value, source in settings_docs.derived_keys(cfg, derived):
+            lines.append(f"  derived  {path}: {settings_docs.shown(value)} (from {source})")
+        lines += [f"  unknown  {reason}" for reason in view.unknown]
+    lines.append("  default  every other key (`nodeward config keys` lists them)")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_config_keys(args: argparse.Namespace, cfg: Config | None) -> int:
+    from .. import settings_docs
+
+    sys.stdout.write(settings_docs.markdown() if args.markdown else settings_docs.text())
     return 0
 
 
@@ -101,7 +133,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                             parser_class=type(c))
     check = csub.add_parser("check", help="load and validate the config: exit 0, or 2 and "
                                           "the one-line error")
+    check.add_argument("--offline", metavar="DIR",
+                       help="also show what this cluster dump (as for scan --offline) "
+                            "derives for the keys the file leaves unset")
     check.set_defaults(handler=cmd_config_check)
+    keys = csub.add_parser("keys", help="every setting: type, default and meaning")
+    keys.add_argument("--markdown", action="store_true",
+                      help="as Markdown (docs/settings.md)")
+    keys.set_defaults(handler=cmd_config_keys, needs_config=False)
     e = sub.add_parser("explain", help="what a finding ID means and how to fix it")
     e.add_argument("id", nargs="?", metavar="ID", help="a finding ID such as NW102")
     e.add_argument("--all", action="store_true", help="every finding ID")
