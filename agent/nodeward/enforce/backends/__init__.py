@@ -7,8 +7,8 @@ comment, or `table inet nodeward`), and changes them in one kernel transaction p
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -101,25 +101,29 @@ def _iptables_save(flavour: str, family: int, table: str) -> str:
         return ""
 
 
+_TABLE_LINE = re.compile(r"^table (\S+) (\S+) \{$")
+_CHAIN_LINE = re.compile(r"^\tchain (\S+) \{$")
+
+
 def nft_chain_names() -> dict[tuple[str, str], set[str]] | None:
     """{(family, table): chain names} of every nf_tables table that has chains, from one
-    `nft -j list chains` (~30 ms at 50k rules: chains only, no rules), or None without nft.
+    `nft list chains` (chains only, no rules: ~20 ms of CPU at 50k rules, its text 2-3x
+    cheaper than -j), or None without nft. A name the text makes ambiguous (one with a
+    space, which iptables refuses) is left out: it is never one of nodeward's.
 
     Not `nft list tables`: nft 1.0.6 fetches every rule for it (2 s at 50k rules)."""
     if not shutil.which("nft"):
         return None
-    r = run(["nft", "-j", "list", "chains"], check=False)
+    r = run(["nft", "list", "chains"], check=False)
     if r.returncode != 0:
         raise BackendError(f"nft list chains failed: {r.stderr.strip() or 'no output'}")
     out: dict[tuple[str, str], set[str]] = {}
-    try:
-        items = json.loads(r.stdout).get("nftables", [])
-    except ValueError:
-        raise BackendError("nft -j list chains: unreadable JSON") from None
-    for item in items:
-        c = item.get("chain") if isinstance(item, dict) else None
-        if c:
-            out.setdefault((c.get("family", ""), c.get("table", "")), set()).add(c["name"])
+    names: set[str] = set()
+    for line in r.stdout.splitlines():
+        if m := _CHAIN_LINE.match(line):
+            names.add(m.group(1))
+        elif m := _TABLE_LINE.match(line):
+            names = out.setdefault((m.group(1), m.group(2)), set())
     return out
 
 

@@ -264,10 +264,10 @@ class IptablesBackend:
             out += removal_lines(self.save(family, table=table), table)
         return out
 
-    def _apply_family(self, plan: Plan, mode: str, f: int) -> bool:
+    def _apply_family(self, plan: Plan, mode: str, f: int,
+                      listing: dict[tuple[str, str], set[str]] | None = None) -> bool:
         # Reads only our chains and the built-ins hooking them (own()), never the whole
         # table: a no-op cycle costs a few small listings, not a save of every rule.
-        listing = (nft_chain_names() or {}) if self.flavour == "nft" else None
         chains, rules, jumps = self.own(f, listing=listing)
         want_rules = iptables_rule_lines(plan, f, mode, self.log_rate)
         want_jumps = {b: [1] for b in HOOKED.values()}
@@ -302,10 +302,13 @@ class IptablesBackend:
         with state.writer_lock():
             if len(self.families) > 1:
                 state.journal_begin(self.name, self.families)
+            # one chain listing for every family (names only; a family written below
+            # does not change which chains the next one has)
+            listing = (nft_chain_names() or {}) if self.flavour == "nft" else None
             for i, f in enumerate(self.families):
                 if i:
                     state.between_families()
-                changed |= self._apply_family(plan, mode, f)
+                changed |= self._apply_family(plan, mode, f, listing)
             state.journal_end()
         return changed
 
