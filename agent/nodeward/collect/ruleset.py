@@ -40,6 +40,7 @@ from ..ruleset.iptables import clear_caches, guess_family, parse_iptables_save
 from ..ruleset.model import IPT_PRIORITY, IpSet, Problem, Ruleset, Table
 from ..ruleset.nft import parse_nft_json
 from . import nfgen
+from .iptsplice import NftSaves
 
 Runner = Callable[[Sequence[str]], str | None]
 
@@ -153,8 +154,8 @@ class ParseCache:
     """Parsed tables per dump digest, for the dumps seen in the last read only (bounded),
     and the nf_tables part of the last read with the generation id it was read at."""
 
-    __slots__ = ("_last", "_now", "gen", "hits", "misses", "nf_part", "nft_sizes", "reads",
-                 "reads_skipped")
+    __slots__ = ("_last", "_now", "gen", "hits", "misses", "nf_part", "nft_saves",
+                 "nft_sizes", "reads", "reads_skipped")
 
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], Any] = {}
@@ -166,6 +167,7 @@ class ParseCache:
         self.nf_part: _Part | None = None
         self.reads = 0  # nf_tables reads done
         self.reads_skipped = 0  # nf_tables reads saved by an unchanged generation id
+        self.nft_saves: NftSaves | None = None  # iptables-nft-save kept per chain
 
     def get(self, cmd: str, text: str, parse: Callable[[str], Any],
             text_digest: str = "") -> Any:
@@ -400,11 +402,45 @@ def _count_nft(text: str) -> int:
     return text.count('{"rule":')
 
 
+def _nft_saves(r: _Reader, probes: Probes) -> NftSaves | None:
+    """The cache's per-chain iptables-nft-save, when the commands run in this thread's
+    own namespace (run_local and the live probes: its event socket is opened here)."""
+    if r.cache is None or r.run is not run_local or probes is not LIVE:
+        return None
+    if r.cache.nft_saves is None:
+        r.cache.nft_saves = NftSaves()
+    return r.cache.nft_saves
+
+
+def _nft_save_lines(r: _Reader, cmd: str, family: int, saves: NftSaves | None) -> Any:
+    """`cmd`'s lines: through `saves` (only the chains nf_tables says changed are read
+    again) when there is one, else one full save."""
+    if saves is None:
+        return r.text([cmd], lines=True)
+
+    def chain(argv: Sequence[str]) -> str | None:
+        try:
+            return run_local(argv)
+        except FrontendFailed:
+            return None  # the splice gives up: one full save instead
+
+    before = r.answered + len(r.failed) + len(r.problems)
+    out = saves.read(family, lambda: r.text([cmd], lines=True), chain)
+    if r.answered + len(r.failed) + len(r.problems) == before:  # spliced, no full save
+        r.answered += 1
+        if not any(x.strip() for x in out or ()):
+            r.blank.append(cmd)
+    return out
+
+
 def _read_nf(r: _Reader, probes: Probes, sizes: dict[tuple[str, str], int]) -> _Part:
     """iptables-nft and the native nft tables (everything nf_tables holds)."""
     found: list[Table] = []
+    saves = _nft_saves(r, probes)
+    if saves is not None:
+        saves.begin()
     for fam, cmd in ((4, "iptables-nft-save"), (6, "ip6tables-nft-save")):
-        text = r.text([cmd], lines=True)
+        text = _nft_save_lines(r, cmd, fam, saves)
         if text is None:
             continue
         found.extend(r.parsed(cmd, text, lambda t, f=fam, c=cmd: parse_iptables_save(

@@ -1,0 +1,246 @@
+"""Which nf_tables chains changed, from the kernel's own change events.
+
+The kernel sends every committed nf_tables change to the NFNLGRP_NFTABLES multicast group
+(what `nft monitor` reads): one message per rule, chain, table, set, ... added or deleted,
+naming its table and chain, then NFT_MSG_NEWGEN with the transaction's generation id. A
+socket subscribed before a full read therefore learns exactly which chains a writer touched
+since (kube-proxy: a few endpoint chains per sync), at a cost proportional to the change,
+where a fresh `iptables-nft-save` costs 1.2 s of CPU at 50,000 rules and a raw rule dump
+~1 s (the kernel resumes a dump by walking what it already sent).
+
+Nothing is trusted unless provably complete: the generation ids of the transactions seen
+must run without a gap from the last read's id to the current one (NFT_MSG_GETGEN), and a
+socket that overflowed (ENOBUFS: the kernel dropped events) says so. Either failure means
+"read everything". Read-only; the network namespace of the thread that opened the socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .nfgen import (
+    _HDR,
+    _NFGEN,
+    _NLA,
+    FAMILY_NUMBERS,
+    NETLINK_NETFILTER,
+    NFNL_SUBSYS_NFTABLES,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+)
+
+NFNLGRP_NFTABLES = 7
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+SO_RCVBUFFORCE = 33
+NFT_MSG_NEWTABLE, NFT_MSG_DELTABLE = 0, 2
+NFT_MSG_NEWCHAIN, NFT_MSG_GETCHAIN, NFT_MSG_DELCHAIN = 3, 4, 5
+NFT_MSG_NEWRULE, NFT_MSG_DELRULE = 6, 8
+NFT_MSG_NEWGEN = 15
+NFTA_GEN_ID = 1
+#: every nf_tables object message names its table in attribute 1 (NFTA_*_TABLE)
+NFTA_TABLE = 1
+NFTA_RULE_CHAIN = 2
+NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK = 3, 4
+#: Events that dropped messages or a corrupt answer: read everything.
+RCVBUF = 8 << 20
+
+
+@dataclass(frozen=True)
+class Change:
+    """One object event: kind "rule" or "chain" (with its chain), "table", or "other"
+    (sets, set elements, stateful objects, flowtables: iptables-nft writes none)."""
+
+    family: str
+    kind: str
+    table: str
+    chain: str = ""
+
+
+@dataclass
+class Transaction:
+    gen: int
+    changes: list[Change] = field(default_factory=list)
+
+
+def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(type without flags, start of the attribute, end of its value)."""
+    a = start
+    while a + 4 <= end:
+        nla_len, nla_type = _NLA.unpack_from(data, a)
+        if nla_len < 4:
+            raise OSError("corrupt netlink attribute")
+        yield nla_type & 0x3FFF, a, min(a + nla_len, end)
+        a += (nla_len + 3) & ~3
+
+
+def _string(data: bytes, a: int, end: int) -> str:
+    return data[a + 4:end].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def parse_events(data: bytes, pending: list[Change], out: list[Transaction]) -> None:
+    """Append to `pending` each object event in `data`, and close it into a Transaction
+    in `out` at each NFT_MSG_NEWGEN. Pure (tested on bytes built by hand). Raises OSError
+    on a corrupt buffer."""
+    families = {v: k for k, v in FAMILY_NUMBERS.items()}
+    off = 0
+    while off + _HDR.size <= len(data):
+        length, mtype, _f, _seq, _pid = _HDR.unpack_from(data, off)
+        if length < _HDR.size + _NFGEN.size or off + length > len(data):
+            raise OSError("corrupt netlink event")
+        end = off + length
+        if mtype >> 8 == NFNL_SUBSYS_NFTABLES:
+            msg = mtype & 0xFF
+            fam = families.get(data[off + _HDR.size], str(data[off + _HDR.size]))
+            start = off + _HDR.size + _NFGEN.size
+            if msg == NFT_MSG_NEWGEN:
+                gen = None
+                for t, a, e in _attrs(data, start, end):
+                    if t == NFTA_GEN_ID and e - a >= 8:
+                        gen = struct.unpack_from(">I", data, a + 4)[0]
+                if gen is None:
+                    raise OSError("NFT_MSG_NEWGEN without an id")
+                out.append(Transaction(gen, pending[:]))
+                pending.clear()
+            else:
+                table = chain = ""
+                name_attr = NFTA_RULE_CHAIN if msg in (NFT_MSG_NEWRULE, NFT_MSG_DELRULE) \
+                    else NFTA_CHAIN_NAME
+                for t, a, e in _attrs(data, start, end):
+                    if t == NFTA_TABLE:
+                        table = _string(data, a, e)
+                    elif t == name_attr:
+                        chain = _string(data, a, e)
+                if msg in (NFT_MSG_NEWRULE, NFT_MSG_DELRULE):
+                    pending.append(Change(fam, "rule", table, chain))
+                elif msg in (NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN):
+                    pending.append(Change(fam, "chain", table, chain))
+                elif msg in (NFT_MSG_NEWTABLE, NFT_MSG_DELTABLE):
+                    pending.append(Change(fam, "table", table))
+                else:
+                    pending.append(Change(fam, "other", table))
+        off += (length + 3) & ~3
+
+
+class Watch:
+    """A subscription to nf_tables change events; open it before the read it follows."""
+
+    def __init__(self) -> None:
+        """Raises OSError when it cannot subscribe (no nf_tables, not CAP_NET_ADMIN)."""
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            try:  # root may pass rmem_max: a kube-proxy full resync is ~80,000 events
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+            except OSError:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            self.sock.bind((0, 0))
+            self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+            self.sock.setblocking(False)
+        except OSError:
+            self.sock.close()
+            raise
+        self._pending: list[Change] = []
+
+    def drain(self) -> list[Transaction] | None:
+        """The transactions committed since the last drain, in order; None when events
+        were lost (the socket overflowed) or could not be read: read everything then.
+        Events of a transaction whose NEWGEN has not arrived yet wait for the next drain."""
+        out: list[Transaction] = []
+        lost = False
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:  # dropped: keep draining, then say so
+                    lost = True
+                    continue
+                return None
+            if not data:
+                break
+            try:
+                parse_events(data, self._pending, out)
+            except OSError:
+                lost = True
+        if lost:
+            self._pending.clear()
+            return None
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def contiguous(txns: list[Transaction], since: int, now: int) -> list[Transaction] | None:
+    """The transactions after generation `since`, when they are exactly since+1 .. now;
+    None when one is missing (or the id moved without an event): not provably complete."""
+    after = [t for t in txns if _after(t.gen, since)]
+    expect = since
+    for t in after:
+        expect = _next(expect)
+        if t.gen != expect:
+            return None
+    return after if expect == now else None
+
+
+def _next(gen: int) -> int:
+    return (gen + 1) & 0xFFFFFFFF
+
+
+def _after(gen: int, since: int) -> bool:
+    """gen is later than since (ids are 32-bit and wrap)."""
+    return 0 < (gen - since) & 0xFFFFFFFF < 1 << 31
+
+
+def chains(family: str, timeout: float = 5.0) -> dict[str, dict[str, bool]] | None:
+    """{table: {chain: is a base chain}} of `family` from one NFT_MSG_GETCHAIN dump
+    (names and hooks only, no rules: ~30 ms at 15,000 chains). None when it cannot be
+    read."""
+    fam = FAMILY_NUMBERS.get(family)
+    if fam is None:
+        return None
+    out: dict[str, dict[str, bool]] = {}
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+            sock.settimeout(timeout)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+            sock.bind((0, 0))
+            seq = 9
+            body = _NFGEN.pack(fam, 0, 0)
+            sock.send(_HDR.pack(_HDR.size + len(body), (NFNL_SUBSYS_NFTABLES << 8)
+                                | NFT_MSG_GETCHAIN, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+            want = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWCHAIN
+            while True:
+                data = sock.recv(1 << 20)
+                off = 0
+                while off + _HDR.size <= len(data):
+                    length, mtype, _f, mseq, _p = _HDR.unpack_from(data, off)
+                    if length < _HDR.size:
+                        return None
+                    if mtype == NLMSG_DONE:
+                        return out
+                    if mtype == NLMSG_ERROR:
+                        (err,) = struct.unpack_from("=i", data, off + _HDR.size)
+                        return out if not err else None
+                    if mseq == seq and mtype == want:
+                        table = name = ""
+                        base = False
+                        for t, a, e in _attrs(data, off + _HDR.size + _NFGEN.size,
+                                              off + length):
+                            if t == NFTA_TABLE:
+                                table = _string(data, a, e)
+                            elif t == NFTA_CHAIN_NAME:
+                                name = _string(data, a, e)
+                            elif t == NFTA_CHAIN_HOOK:
+                                base = True
+                        out.setdefault(table, {})[name] = base
+                    off += (length + 3) & ~3
+    except (OSError, UnicodeError, struct.error):
+        return None
