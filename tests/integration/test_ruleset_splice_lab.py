@@ -180,6 +180,7 @@ def test_spliced_read_equals_full_save_under_churn(lab) -> None:
         lab.sh("nft", "delete", "table", "ip", "raw", ns=ns) if shutil.which("nft") else None
         got, full, _g = pool.submit(read_both).result(60)
         assert _norm(got[4]) == _norm(full[4])
+    saves.close()
     assert spliced >= 30, f"only {spliced} of 40 steps were spliced"
     assert saves.chain_reads > 0
 

@@ -20,6 +20,7 @@ Read-only.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -101,13 +102,18 @@ class NftSaves:
     one of the thread that first reads: the event socket stays in it)."""
 
     def __init__(self) -> None:
-        self.watch: nfchanges.Watch | None = None
+        self.watch: nfchanges.Watch | None = None  # opened by the first begin()
         self.gen: int | None = None  # every kept table is at or after this generation
         self.states: dict[int, dict[str, TableText] | None] = {}
         self.plan: dict[int, set[tuple[str, str]] | None] = {}
         self.plan_gen: int | None = None
         self.full_reads = 0
         self.chain_reads = 0
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
 
     def begin(self) -> None:
         """Before the reads of one cycle: what changed since the last, per family."""
@@ -117,8 +123,10 @@ class NftSaves:
                 self.watch = nfchanges.Watch()
             except OSError:
                 self.watch = None
-        txns = self.watch.drain() if self.watch is not None else None
+            else:  # its thread and socket go with this object (a dropped ParseCache)
+                weakref.finalize(self, self.watch.close)
         now = nfgen.generation_id()
+        txns = self.watch.take(now) if self.watch is not None and now is not None else None
         since, self.gen, self.plan_gen = self.gen, now, now
         if txns is None or now is None or since is None:
             return  # no plan: every family saves in full
@@ -127,14 +135,15 @@ class NftSaves:
             return
         plan: dict[int, set[tuple[str, str]] | None] = {4: set(), 6: set()}
         for t in after:
-            for c in t.changes:
-                fam = {"ip": 4, "ip6": 6}.get(c.family)
-                if fam is None or c.table not in IPT_TABLES or plan[fam] is None:
+            for family, kind, table, chain in t.changes:
+                fam = {"ip": 4, "ip6": 6}.get(family)
+                todo = plan.get(fam) if fam is not None else None
+                if todo is None or table not in IPT_TABLES:
                     continue
-                if c.kind == "rule":
-                    plan[fam].add((c.table, c.chain))
-                elif c.kind == "chain":
-                    plan[fam] |= {(c.table, c.chain), (c.table, "")}  # "": list the table
+                if kind == "rule":
+                    todo.add((table, chain))
+                elif kind == "chain":
+                    todo |= {(table, chain), (table, "")}  # "": list the table's chains
                 else:
                     plan[fam] = None  # table, set, object: save in full
         self.plan = plan

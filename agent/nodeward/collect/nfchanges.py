@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -49,24 +50,19 @@ NFTA_TABLE = 1
 NFTA_RULE_CHAIN = 2
 NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK = 3, 4
 #: Events that dropped messages or a corrupt answer: read everything.
-RCVBUF = 8 << 20
+RCVBUF = 16 << 20
 
 
-@dataclass(frozen=True)
-class Change:
-    """One object event: kind "rule" or "chain" (with its chain), "table", or "other"
-    (sets, set elements, stateful objects, flowtables: iptables-nft writes none)."""
-
-    family: str
-    kind: str
-    table: str
-    chain: str = ""
+#: One object event: (family, kind, table, chain). kind "rule" or "chain" (with its
+#: chain), "table", or "other" (sets, set elements, stateful objects, flowtables:
+#: iptables-nft writes none).
+Change = tuple[str, str, str, str]
 
 
 @dataclass
 class Transaction:
     gen: int
-    changes: list[Change] = field(default_factory=list)
+    changes: set[Change] = field(default_factory=set)
 
 
 def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
@@ -84,104 +80,156 @@ def _string(data: bytes, a: int, end: int) -> str:
     return data[a + 4:end].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
-def parse_events(data: bytes, pending: list[Change], out: list[Transaction]) -> None:
-    """Append to `pending` each object event in `data`, and close it into a Transaction
-    in `out` at each NFT_MSG_NEWGEN. Pure (tested on bytes built by hand). Raises OSError
-    on a corrupt buffer."""
-    families = {v: k for k, v in FAMILY_NUMBERS.items()}
+def parse_events(data: bytes, pending: set[Change], out: list[Transaction]) -> None:
+    """Add to `pending` each object event in `data`, and close it into a Transaction in
+    `out` at each NFT_MSG_NEWGEN. Pure (tested on bytes built by hand). Raises OSError on
+    a corrupt buffer."""
     off = 0
-    while off + _HDR.size <= len(data):
-        length, mtype, _f, _seq, _pid = _HDR.unpack_from(data, off)
-        if length < _HDR.size + _NFGEN.size or off + length > len(data):
+    size = len(data)
+    unpack_hdr, unpack_nla = _HDR.unpack_from, _NLA.unpack_from
+    while off + _HDR.size <= size:
+        length, mtype, _f, _seq, _pid = unpack_hdr(data, off)
+        if length < _HDR.size + _NFGEN.size or off + length > size:
             raise OSError("corrupt netlink event")
         end = off + length
         if mtype >> 8 == NFNL_SUBSYS_NFTABLES:
             msg = mtype & 0xFF
-            fam = families.get(data[off + _HDR.size], str(data[off + _HDR.size]))
-            start = off + _HDR.size + _NFGEN.size
+            fam = _FAMILIES.get(data[off + _HDR.size], "?")
+            a = off + _HDR.size + _NFGEN.size
             if msg == NFT_MSG_NEWGEN:
                 gen = None
-                for t, a, e in _attrs(data, start, end):
-                    if t == NFTA_GEN_ID and e - a >= 8:
-                        gen = struct.unpack_from(">I", data, a + 4)[0]
+                for t, x, e in _attrs(data, a, end):
+                    if t == NFTA_GEN_ID and e - x >= 8:
+                        gen = struct.unpack_from(">I", data, x + 4)[0]
                 if gen is None:
                     raise OSError("NFT_MSG_NEWGEN without an id")
-                out.append(Transaction(gen, pending[:]))
+                out.append(Transaction(gen, set(pending)))
                 pending.clear()
             else:
+                rule = msg in (NFT_MSG_NEWRULE, NFT_MSG_DELRULE)
+                want = NFTA_RULE_CHAIN if rule else NFTA_CHAIN_NAME
                 table = chain = ""
-                name_attr = NFTA_RULE_CHAIN if msg in (NFT_MSG_NEWRULE, NFT_MSG_DELRULE) \
-                    else NFTA_CHAIN_NAME
-                for t, a, e in _attrs(data, start, end):
+                while a + 4 <= end:  # the kernel puts the table and chain first
+                    nla_len, nla_type = unpack_nla(data, a)
+                    if nla_len < 4:
+                        raise OSError("corrupt netlink attribute")
+                    t = nla_type & 0x3FFF
                     if t == NFTA_TABLE:
-                        table = _string(data, a, e)
-                    elif t == name_attr:
-                        chain = _string(data, a, e)
-                if msg in (NFT_MSG_NEWRULE, NFT_MSG_DELRULE):
-                    pending.append(Change(fam, "rule", table, chain))
-                elif msg in (NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN):
-                    pending.append(Change(fam, "chain", table, chain))
+                        table = data[a + 4:a + nla_len].split(b"\0", 1)[0].decode(
+                            "utf-8", "surrogateescape")
+                    elif t == want:
+                        chain = data[a + 4:a + nla_len].split(b"\0", 1)[0].decode(
+                            "utf-8", "surrogateescape")
+                    if table and (chain or (not rule and msg not in _CHAIN_MSGS)):
+                        break
+                    a += (nla_len + 3) & ~3
+                if rule:
+                    pending.add((fam, "rule", table, chain))
+                elif msg in _CHAIN_MSGS:
+                    pending.add((fam, "chain", table, chain))
                 elif msg in (NFT_MSG_NEWTABLE, NFT_MSG_DELTABLE):
-                    pending.append(Change(fam, "table", table))
+                    pending.add((fam, "table", table, ""))
                 else:
-                    pending.append(Change(fam, "other", table))
+                    pending.add((fam, "other", table, ""))
         off += (length + 3) & ~3
 
 
+_FAMILIES = {v: k for k, v in FAMILY_NUMBERS.items()}
+_CHAIN_MSGS = (NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN)
+#: Transactions kept between two reads; past it the watch gives up (read everything).
+MAX_PENDING = 10_000
+
+
 class Watch:
-    """A subscription to nf_tables change events; open it before the read it follows."""
+    """A subscription to nf_tables change events, drained by its own thread as they come
+    (a kube-proxy sync is ~30,000 events: left in the socket between two reads they
+    would pass any sane buffer, and socket memory is charged to the daemon's cgroup).
+    Only what changed is kept: per transaction, the set of (family, kind, table, chain).
+    Open it before the read it follows."""
 
     def __init__(self) -> None:
         """Raises OSError when it cannot subscribe (no nf_tables, not CAP_NET_ADMIN)."""
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         try:
-            try:  # root may pass rmem_max: a kube-proxy full resync is ~80,000 events
+            try:  # root may pass rmem_max: room for one sync while the thread catches up
                 self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
             except OSError:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             self.sock.bind((0, 0))
             self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
-            self.sock.setblocking(False)
+            self.sock.settimeout(0.5)  # so close() is noticed
         except OSError:
             self.sock.close()
             raise
-        self._pending: list[Change] = []
+        self._cond = threading.Condition()
+        self._txns: list[Transaction] = []
+        self._last: int | None = None  # the last transaction's generation id
+        self._lost = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="nf-events", daemon=True)
+        self._thread.start()
 
-    def drain(self) -> list[Transaction] | None:
-        """The transactions committed since the last drain, in order; None when events
-        were lost (the socket overflowed) or could not be read: read everything then.
-        Events of a transaction whose NEWGEN has not arrived yet wait for the next drain."""
-        out: list[Transaction] = []
-        lost = False
-        while True:
+    def _run(self) -> None:
+        pending: set[Change] = set()
+        while not self._closed:
             try:
                 data = self.sock.recv(1 << 20)
-            except BlockingIOError:
-                break
+            except TimeoutError:
+                continue
             except OSError as e:
-                if e.errno == errno.ENOBUFS:  # dropped: keep draining, then say so
-                    lost = True
-                    continue
-                return None
-            if not data:
-                break
+                if self._closed:
+                    return
+                with self._cond:  # ENOBUFS (the kernel dropped events) or worse
+                    self._lost = True
+                pending.clear()
+                if e.errno != errno.ENOBUFS:
+                    return
+                continue
+            out: list[Transaction] = []
             try:
-                parse_events(data, self._pending, out)
+                parse_events(data, pending, out)
             except OSError:
-                lost = True
-        if lost:
-            self._pending.clear()
-            return None
-        return out
+                with self._cond:
+                    self._lost = True
+                pending.clear()
+                continue
+            if not out:
+                continue
+            with self._cond:
+                for t in out:
+                    if self._last is not None and t.gen != _next(self._last):
+                        self._lost = True  # a transaction without its NEWGEN
+                    self._last = t.gen
+                self._txns += out
+                if len(self._txns) > MAX_PENDING:
+                    self._lost = True
+                    self._txns.clear()
+                self._cond.notify_all()
+
+    def take(self, upto: int, wait: float = 0.5) -> list[Transaction] | None:
+        """The transactions up to generation `upto` since the last take (waiting up to
+        `wait` s for the thread to see `upto`'s events), in order; later ones stay. None
+        when events were lost since the last take: read everything then."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._lost or (self._last is not None
+                                and not _after(upto, self._last)), wait)
+            if self._lost:
+                self._lost = False
+                self._txns.clear()
+                return None
+            got = [t for t in self._txns if not _after(t.gen, upto)]
+            self._txns = [t for t in self._txns if _after(t.gen, upto)]
+            return got
 
     def close(self) -> None:
+        self._closed = True
         self.sock.close()
 
 
 def contiguous(txns: list[Transaction], since: int, now: int) -> list[Transaction] | None:
     """The transactions after generation `since`, when they are exactly since+1 .. now;
     None when one is missing (or the id moved without an event): not provably complete."""
-    after = [t for t in txns if _after(t.gen, since)]
+    after = [t for t in txns if _after(t.gen, since) and not _after(t.gen, now)]
     expect = since
     for t in after:
         expect = _next(expect)
