@@ -224,3 +224,43 @@ def test_collector_reads_changed_chains_only(lab) -> None:
                                      for n, c in t.chains.items()} for t in r.tables}
 
     assert shape(rs) == shape(fresh)
+
+
+@pytest.mark.skipif(not shutil.which("ipset") or not shutil.which("nft"),
+                    reason="needs ipset and nft")
+def test_set_contents_are_never_stale(lab) -> None:
+    """What a rule's set holds changes verdicts without any rule changing: an ipset (not
+    nf_tables: no generation id, no event) is read every cycle, so an `ipset add` or an
+    `ipset swap` (kube-proxy's and Calico's way to replace a set's content) shows in the
+    next read while nf_tables is not read again; an nft set element bumps the generation
+    id, so its table is listed again."""
+    ns = lab.netns("splicesets")
+    lab.sh("ipset", "create", "allowed", "hash:ip", ns=ns)
+    lab.sh("ipset", "add", "allowed", "10.1.1.1", ns=ns)
+    lab.sh("ipset", "create", "staged", "hash:ip", ns=ns)
+    lab.sh("ipset", "add", "staged", "10.2.2.2", ns=ns)
+    lab.sh("iptables-nft", "-A", "INPUT", "-m", "set", "--match-set", "allowed", "src",
+           "-j", "ACCEPT", ns=ns)
+    lab.sh("nft", "add table inet mine; add set inet mine peers { type ipv4_addr; }; "
+           "add chain inet mine c { type filter hook input priority 10; }; "
+           "add rule inet mine c ip saddr @peers accept", ns=ns)
+    cache = ParseCache()
+    with ThreadPoolExecutor(1, initializer=setns, initargs=(ns.name,)) as pool:
+        def read():
+            rs = collect_ruleset(run_local, cache, probes=LIVE)
+            return {n: s.members for n, s in rs.sets.items()}, cache.reads_skipped
+
+        sets, skipped = pool.submit(read).result(60)
+        assert sets["allowed"] == ("10.1.1.1",)
+        lab.sh("ipset", "add", "allowed", "10.1.1.9", ns=ns)
+        sets, skipped2 = pool.submit(read).result(60)
+        assert skipped2 == skipped + 1  # nf_tables untouched: not read again
+        assert sorted(sets["allowed"]) == ["10.1.1.1", "10.1.1.9"]
+        lab.sh("ipset", "swap", "allowed", "staged", ns=ns)
+        sets, skipped3 = pool.submit(read).result(60)
+        assert sets["allowed"] == ("10.2.2.2",) and skipped3 == skipped2 + 1
+        peers = next(k for k in sets if k.endswith("peers"))
+        assert sets[peers] == ()
+        lab.sh("nft", "add element inet mine peers { 10.3.3.3 }", ns=ns)
+        sets, skipped4 = pool.submit(read).result(60)
+        assert sets[peers] == ("10.3.3.3/32",) and skipped4 == skipped3  # read again
