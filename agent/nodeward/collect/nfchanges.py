@@ -48,7 +48,7 @@ NFTA_GEN_ID = 1
 #: every nf_tables object message names its table in attribute 1 (NFTA_*_TABLE)
 NFTA_TABLE = 1
 NFTA_RULE_CHAIN = 2
-NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK = 3, 4
+NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_PAD = 3, 4, 9
 #: Events that dropped messages or a corrupt answer: read everything.
 RCVBUF = 16 << 20
 
@@ -123,6 +123,8 @@ def parse_events(data: bytes, pending: set[Change], out: list[Transaction]) -> N
                     if table and (chain or (not rule and msg not in _CHAIN_MSGS)):
                         break
                     a += (nla_len + 3) & ~3
+                if not table or ((rule or msg in _CHAIN_MSGS) and not chain):
+                    raise OSError("nf_tables event without its table or chain")
                 if rule:
                     pending.add((fam, "rule", table, chain))
                 elif msg in _CHAIN_MSGS:
@@ -254,7 +256,8 @@ def chains(family: str, timeout: float = 5.0) -> dict[str, dict[str, bool]] | No
     fam = FAMILY_NUMBERS.get(family)
     if fam is None:
         return None
-    out: dict[str, dict[str, bool]] = {}
+    raw: dict[bytes, dict[bytes, bool]] = {}
+    unpack_nla = _NLA.unpack_from
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
             sock.settimeout(timeout)
@@ -273,22 +276,40 @@ def chains(family: str, timeout: float = 5.0) -> dict[str, dict[str, bool]] | No
                     if length < _HDR.size:
                         return None
                     if mtype == NLMSG_DONE:
-                        return out
+                        return _decoded(raw)
                     if mtype == NLMSG_ERROR:
                         (err,) = struct.unpack_from("=i", data, off + _HDR.size)
-                        return out if not err else None
+                        return _decoded(raw) if not err else None
                     if mseq == seq and mtype == want:
-                        table = name = ""
+                        # inline (15,000 chains): table, handle, name, then hook if any
+                        a, end = off + _HDR.size + _NFGEN.size, off + length
+                        table = name = b""
                         base = False
-                        for t, a, e in _attrs(data, off + _HDR.size + _NFGEN.size,
-                                              off + length):
+                        while a + 4 <= end:
+                            nla_len, nla_type = unpack_nla(data, a)
+                            if nla_len < 4:
+                                return None
+                            t = nla_type & 0x3FFF
                             if t == NFTA_TABLE:
-                                table = _string(data, a, e)
+                                table = data[a + 4:a + nla_len]
                             elif t == NFTA_CHAIN_NAME:
-                                name = _string(data, a, e)
+                                name = data[a + 4:a + nla_len]
                             elif t == NFTA_CHAIN_HOOK:
                                 base = True
-                        out.setdefault(table, {})[name] = base
+                                break
+                            elif t > NFTA_CHAIN_HOOK and t != NFTA_CHAIN_PAD and name:
+                                break  # the hook comes before any later attribute
+                            a += (nla_len + 3) & ~3
+                        if not table or not name:
+                            return None
+                        raw.setdefault(table, {})[name] = base
                     off += (length + 3) & ~3
     except (OSError, UnicodeError, struct.error):
         return None
+
+
+def _decoded(raw: dict[bytes, dict[bytes, bool]]) -> dict[str, dict[str, bool]]:
+    def text(b: bytes) -> str:
+        return b.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+    return {text(t): {text(n): base for n, base in names.items()} for t, names in raw.items()}
