@@ -156,6 +156,8 @@ def run(args) -> dict:
         "firewall_rules": last.get("firewall_rules"),
         "ruleset_reads": last.get("ruleset_reads"),
         "ruleset_reads_skipped": last.get("ruleset_reads_skipped"),
+        "full_saves": last.get("ruleset_full_saves"),
+        "chains_read": last.get("ruleset_chains_read"),
         "checks_reused": last.get("checks_reused"),
         "verdicts_reused_last": (reused[-1] - reused[-2]) if len(reused) >= 2 else None,
         "sockets": last.get("sockets"),
@@ -185,7 +187,8 @@ def report(r: dict) -> str:
         f"{r['first_cycle_s']} s)",
         f"  cycle median {r['cycle_ms_median']} ms  max {r['cycle_ms_max']} ms; nf_tables "
         f"reads {r['ruleset_reads']} done / {r['ruleset_reads_skipped']} skipped (generation "
-        f"id unchanged); verdicts reused in the last cycle {r['verdicts_reused_last']}; "
+        f"id unchanged), iptables-nft full saves {r.get('full_saves')}, chains re-read "
+        f"{r.get('chains_read')}; verdicts reused in the last cycle {r['verdicts_reused_last']}; "
         f"check results reused {r['checks_reused']} times",
     ]
     return "\n".join(lines)
