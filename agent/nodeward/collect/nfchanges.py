@@ -173,9 +173,10 @@ class Watch:
 
     def _run(self) -> None:
         pending: set[Change] = set()
+        buf = bytearray(1 << 20)  # one buffer: no megabyte allocation per message batch
         while not self._closed:
             try:
-                data = self.sock.recv(1 << 20)
+                data = bytes(memoryview(buf)[:self.sock.recv_into(buf)])
             except TimeoutError:
                 continue
             except OSError as e:
