@@ -97,6 +97,11 @@ def render(tables: dict[str, TableText]) -> Lines:
     return out
 
 
+def _close(box: list) -> None:
+    if box[0] is not None:
+        box[0].close()
+
+
 class NftSaves:
     """The incremental iptables-nft-save of both families of one network namespace (the
     one of the thread that first reads: the event socket stays in it)."""
@@ -109,24 +114,28 @@ class NftSaves:
         self.plan_gen: int | None = None
         self.full_reads = 0
         self.chain_reads = 0
+        # the watch's thread and socket go with this object (a dropped ParseCache)
+        self._box: list[nfchanges.Watch | None] = [None]
+        weakref.finalize(self, _close, self._box)
 
     def close(self) -> None:
-        if self.watch is not None:
-            self.watch.close()
-            self.watch = None
+        _close(self._box)
+        self.watch = self._box[0] = None
 
     def begin(self) -> None:
         """Before the reads of one cycle: what changed since the last, per family."""
         self.plan = {}
-        if self.watch is None:
+        fresh = False
+        if self.watch is None or not self.watch.alive:  # first read, or it gave up
+            if self.watch is not None:
+                self.watch.close()
             try:
-                self.watch = nfchanges.Watch()
+                self.watch = self._box[0] = nfchanges.Watch()
+                fresh = True  # it saw nothing before now: this read saves in full
             except OSError:
-                self.watch = None
-            else:  # its thread and socket go with this object (a dropped ParseCache)
-                weakref.finalize(self, self.watch.close)
+                self.watch = self._box[0] = None
         now = nfgen.generation_id()
-        txns = self.watch.take(now) if self.watch is not None and now is not None else None
+        txns = None if fresh or self.watch is None or now is None else self.watch.take(now)
         since, self.gen, self.plan_gen = self.gen, now, now
         if txns is None or now is None or since is None:
             return  # no plan: every family saves in full

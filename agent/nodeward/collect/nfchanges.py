@@ -16,7 +16,6 @@ socket that overflowed (ENOBUFS: the kernel dropped events) says so. Either fail
 
 from __future__ import annotations
 
-import errno
 import socket
 import struct
 import threading
@@ -140,6 +139,9 @@ _FAMILIES = {v: k for k, v in FAMILY_NUMBERS.items()}
 _CHAIN_MSGS = (NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN)
 #: Transactions kept between two reads; past it the watch gives up (read everything).
 MAX_PENDING = 10_000
+#: Distinct (family, kind, table, chain) changes in one transaction past which the watch
+#: gives up: that many chains are cheaper read by one save than one by one.
+MAX_CHANGES = 1000
 
 
 class Watch:
@@ -171,6 +173,19 @@ class Watch:
         self._thread = threading.Thread(target=self._run, name="nf-events", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """False once it gave up (events lost, or too many to follow): open a new one."""
+        return not self._lost and not self._closed
+
+    def _give_up(self) -> None:
+        """Stop listening: take() answers None from now on (read everything)."""
+        with self._cond:
+            self._lost = True
+            self._txns.clear()
+            self._cond.notify_all()
+        self.close()
+
     def _run(self) -> None:
         pending: set[Change] = set()
         buf = bytearray(1 << 20)  # one buffer: no megabyte allocation per message batch
@@ -179,23 +194,20 @@ class Watch:
                 data = bytes(memoryview(buf)[:self.sock.recv_into(buf)])
             except TimeoutError:
                 continue
-            except OSError as e:
-                if self._closed:
-                    return
-                with self._cond:  # ENOBUFS (the kernel dropped events) or worse
-                    self._lost = True
-                pending.clear()
-                if e.errno != errno.ENOBUFS:
-                    return
-                continue
+            except OSError:  # ENOBUFS (the kernel dropped events), or closed
+                self._give_up()
+                return
             out: list[Transaction] = []
             try:
                 parse_events(data, pending, out)
             except OSError:
-                with self._cond:
-                    self._lost = True
-                pending.clear()
-                continue
+                self._give_up()
+                return
+            # a full rewrite (kube-proxy's full sync: every chain) is read in full anyway:
+            # following its ~150,000 events would only cost CPU
+            if len(pending) > MAX_CHANGES or any(len(t.changes) > MAX_CHANGES for t in out):
+                self._give_up()
+                return
             if not out:
                 continue
             with self._cond:
@@ -206,19 +218,21 @@ class Watch:
                 self._txns += out
                 if len(self._txns) > MAX_PENDING:
                     self._lost = True
+                if self._lost:
                     self._txns.clear()
                 self._cond.notify_all()
+            if self._lost:
+                self.close()
+                return
 
     def take(self, upto: int, wait: float = 0.5) -> list[Transaction] | None:
         """The transactions up to generation `upto` since the last take (waiting up to
         `wait` s for the thread to see `upto`'s events), in order; later ones stay. None
-        when events were lost since the last take: read everything then."""
+        when events were lost: read everything then (and open a new Watch)."""
         with self._cond:
             self._cond.wait_for(lambda: self._lost or (self._last is not None
                                 and not _after(upto, self._last)), wait)
             if self._lost:
-                self._lost = False
-                self._txns.clear()
                 return None
             got = [t for t in self._txns if not _after(t.gen, upto)]
             self._txns = [t for t in self._txns if _after(t.gen, upto)]
