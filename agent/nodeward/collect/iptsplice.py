@@ -138,7 +138,12 @@ class NftSaves:
             except OSError:
                 self.watch = self._box[0] = None
         now = nfgen.generation_id()
-        txns = None if fresh or self.watch is None or now is None else self.watch.take(now)
+        if fresh or self.watch is None or now is None:
+            txns = None
+        elif now == self.gen and self.watch.alive:
+            txns = []  # nothing committed since the last read: nothing to wait for
+        else:
+            txns = self.watch.take(now)
         since, self.gen, self.plan_gen = self.gen, now, now
         if txns is None or now is None or since is None:
             return  # no plan: every family saves in full
