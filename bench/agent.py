@@ -5,7 +5,9 @@ established connections spread over a few proxy-like processes, a 50,000-rule ku
 ruleset on iptables-nft, iptables-legacy or native nft — and runs the daemon in it, sampling
 its RSS every second and its CPU time (its own plus every command it waited for:
 iptables-save, nft, ipset) from half a second after start (start-up imports left out). With
---churn a kube-proxy-like writer rewrites five services' endpoints every 10 s.
+--churn a kube-proxy-like writer syncs new endpoints for five services every 10 s
+(--churn-mode partial: kube-proxy >= 1.27's partial sync; full: every chain rewritten, as
+older kube-proxy does each sync; see bench/nodeshape.churn_payloads).
 
 Printed per run: RSS first (after the first cycle) / last / peak (VmHWM), the RSS slope per
 hour (least squares over the samples after the second cycle), CPU share in the steady state
@@ -90,8 +92,7 @@ def run(args) -> dict:
         node_shape(lab, ns, args.listeners, args.established)
         load_s = install_ruleset(ns, args.frontend, args.rules) if args.rules else 0.0
         if args.churn:
-            churn(lab, ns, args.frontend if args.frontend != "nft" else "iptables-nft",
-                  args.rules, args.churn_every)
+            churn(lab, ns, args.frontend, args.rules, args.churn_every, args.churn_mode)
         cfg = Path(tmp) / "config.yaml"
         cfg.write_text(f"node_name: bench\ninterval: {args.interval}\n"
                        "metrics_address: 127.0.0.1:0\n"
@@ -139,7 +140,8 @@ def run(args) -> dict:
     last = cycles[-1] if cycles else {}
     reused = [e.get("verdicts_reused", 0) for e in cycles]
     return {
-        "frontend": args.frontend, "churn": args.churn, "interval": args.interval,
+        "frontend": args.frontend, "churn": args.churn and args.churn_mode,
+        "interval": args.interval,
         "minutes": args.minutes, "listeners": args.listeners,
         "established": args.established, "rules": args.rules, "load_s": round(load_s, 1),
         "cycles": len(cycles), "failed": sum(e.get("event") == "scan_failed" for e in evs),
@@ -154,6 +156,8 @@ def run(args) -> dict:
         "firewall_rules": last.get("firewall_rules"),
         "ruleset_reads": last.get("ruleset_reads"),
         "ruleset_reads_skipped": last.get("ruleset_reads_skipped"),
+        "full_saves": last.get("ruleset_full_saves"),
+        "chains_read": last.get("ruleset_chains_read"),
         "checks_reused": last.get("checks_reused"),
         "verdicts_reused_last": (reused[-1] - reused[-2]) if len(reused) >= 2 else None,
         "sockets": last.get("sockets"),
@@ -162,9 +166,10 @@ def run(args) -> dict:
 
 def report(r: dict) -> str:
     target_cpu = 3.0 if r["churn"] else 1.0
+    churned = f" + {r['churn']} churn every 10 s" if r["churn"] else ""
     ok = lambda good: "met" if good else "MISSED"  # noqa: E731
     lines = [
-        f"{r['frontend']}{' + churn every 10 s' if r['churn'] else ''}: {r['rules']} rules "
+        f"{r['frontend']}{churned}: {r['rules']} rules "
         f"(loaded in {r['load_s']} s), {r['listeners']} listeners, {r['established']} "
         f"established, interval {r['interval']:g} s, {r['minutes']:g} min, {r['cycles']} "
         f"cycles ({r['failed']} failed), {r['sockets']} sockets, "
@@ -182,7 +187,8 @@ def report(r: dict) -> str:
         f"{r['first_cycle_s']} s)",
         f"  cycle median {r['cycle_ms_median']} ms  max {r['cycle_ms_max']} ms; nf_tables "
         f"reads {r['ruleset_reads']} done / {r['ruleset_reads_skipped']} skipped (generation "
-        f"id unchanged); verdicts reused in the last cycle {r['verdicts_reused_last']}; "
+        f"id unchanged), iptables-nft full saves {r.get('full_saves')}, chains re-read "
+        f"{r.get('chains_read')}; verdicts reused in the last cycle {r['verdicts_reused_last']}; "
         f"check results reused {r['checks_reused']} times",
     ]
     return "\n".join(lines)
@@ -199,6 +205,9 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=30.0)
     ap.add_argument("--churn", action="store_true")
     ap.add_argument("--churn-every", type=float, default=10.0)
+    ap.add_argument("--churn-mode", choices=["partial", "full"], default="partial",
+                    help="kube-proxy >= 1.27's partial sync, or every chain rewritten "
+                         "(older kube-proxy, and its periodic full resync)")
     ap.add_argument("--out", help="also append the result as one JSON line here")
     args = ap.parse_args()
     reason = have_netns()

@@ -7,7 +7,11 @@ python-iptables with autocommit, which is how per-rule agents work: every insert
 whole-table replace. Prints both times and the ratio (target: at least 20x). The nft flavour
 and the nftables backend are timed too, for reference.
 
-    sudo python bench/apply.py [--rules 2000] [--repeat 3]
+Then the no-op cycle the daemon runs every interval (select the backend, compare current
+with desired, apply: nothing to change) on a --noop-rules kube-proxy-sized iptables-nft
+ruleset: its time, CPU (commands included) and the commands it ran.
+
+    sudo python bench/apply.py [--rules 2000] [--repeat 3] [--noop-rules 50000]
 """
 
 from __future__ import annotations
@@ -72,10 +76,59 @@ def per_rule_pyiptables(plan: Plan) -> float:
     return elapsed
 
 
+def noop_cycle(lab: Lab, plan: Plan, rules: int, repeat: int) -> None:
+    """A daemon's no-op enforce cycle on the nft flavour at `rules` foreign rules."""
+    import subprocess
+
+    from bench.nodeshape import install_ruleset
+
+    from nodeward.enforce import backends
+
+    ns = lab.netns("noop")
+    install_ruleset(ns, "iptables-nft", rules)
+    setns(ns.name)
+    os.environ.setdefault("NODEWARD_RUN_DIR", f"/tmp/nw-bench-apply-{os.getpid()}")
+    assert backends.select("auto", (4, 6)).apply(plan, "enforce")
+    calls: list[str] = []
+    real = subprocess.run
+
+    def traced(argv, *a, **kw):
+        calls.append(argv[0] if argv[0] != "nft" else " ".join(argv[:3]))
+        return real(argv, *a, **kw)
+
+    subprocess.run = traced
+    times, cpus = [], []
+    try:
+        for _ in range(repeat):
+            calls.clear()
+            t0, c0 = time.perf_counter(), _cpu()
+            b = backends.select("auto", (4, 6))
+            same = b.current() == b.desired(plan, "enforce")
+            assert same and not b.apply(plan, "enforce")
+            times.append(time.perf_counter() - t0)
+            cpus.append(_cpu() - c0)
+    finally:
+        subprocess.run = real
+    counts: dict[str, int] = {}
+    for c in calls:
+        counts[c] = counts.get(c, 0) + 1
+    print(f"no-op enforce cycle (select + current + apply, IPv4 and IPv6) at {rules} "
+          f"iptables-nft rules: {statistics.median(times) * 1000:.0f} ms, CPU "
+          f"{statistics.median(cpus) * 1000:.0f} ms (commands included), median of {repeat}")
+    print("  commands: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())))
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rules", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--noop-rules", type=int, default=50_000,
+                    help="foreign rules for the no-op cycle (0: skip it)")
     args = ap.parse_args()
     reason = have_netns()
     if reason:
@@ -105,6 +158,8 @@ def main() -> int:
                     assert not backend.apply(plan, "enforce")  # idempotent
                     backend.uninstall()
                 results["pyiptc"].append(per_rule_pyiptables(plan))
+            if args.noop_rules:
+                noop_cycle(lab, plan, args.noop_rules, args.repeat)
         finally:
             libc.setns(home, 0x40000000)  # Lab.close kills whatever is inside its namespaces
     med = {k: statistics.median(v) for k, v in results.items()}

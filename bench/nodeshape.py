@@ -137,31 +137,120 @@ def install_ruleset(ns: Netns, frontend: str, rules: int) -> float:
 
 CHURN = r"""
 import subprocess, sys, time
-ns, frontend, every = {ns!r}, {frontend!r}, {every}
-n = 0
-while True:
+sys.path.insert(0, {root!r})
+from bench.nodeshape import churn_payloads
+ns, frontend, every, rules, mode = {ns!r}, {frontend!r}, {every}, {rules}, {mode!r}
+tool = ["nft", "-f", "-"] if frontend == "nft" else [frontend + "-restore", "--noflush"]
+for n, payload in enumerate(churn_payloads(frontend, rules, mode), 1):
     time.sleep(every)
-    n += 1
-    # kube-proxy's partial sync: rewrite the endpoint chains of a few services
-    lines = ["*nat"]
-    for i in range(5):
-        svc = (n * 7 + i * 131) % {services}
-        sep = f"KUBE-SEP-{{svc:08X}}{{0:08X}}"
-        pod = f"10.245.{{n % 250}}.{{i + 1}}"
-        lines += [f":{{sep}} - [0:0]", f"-F {{sep}}",
-                  f'-A {{sep}} -s {{pod}}/32 -m comment --comment "churn" -j KUBE-MARK-MASQ',
-                  f"-A {{sep}} -p tcp -m tcp -j DNAT --to-destination {{pod}}:8080"]
-    lines.append("COMMIT")
-    subprocess.run(["ip", "netns", "exec", ns, frontend + "-restore", "--noflush"],
-                   input="\n".join(lines) + "\n", text=True, check=True)
+    subprocess.run(["ip", "netns", "exec", ns, *tool], input=payload, text=True, check=True)
     print(n, flush=True)
 """
 
 
-def churn(lab: Lab, ns: Netns, frontend: str, rules: int, every: float) -> subprocess.Popen:
-    """A kube-proxy-like writer: every `every` seconds, new endpoints for five services."""
-    code = CHURN.format(ns=ns.name, frontend=frontend, every=every,
-                        services=max(10, rules // 10))
+def churn_payloads(frontend: str, rules: int, mode: str = "partial"):
+    """One kube-proxy sync per item, where five services' endpoints changed.
+
+    iptables front-ends, as kube-proxy's iptables mode writes them (one
+    `iptables-restore --noflush`):
+    - "partial" (kube-proxy >= 1.27, MinimizeIPTablesRestore on by default: KEP-3453): the
+      changed services' KUBE-SVC chains rewritten, their new KUBE-SEP chains (named after
+      the endpoint) created and the stale ones flushed and deleted; KUBE-SERVICES and
+      KUBE-NODEPORTS in nat and every KUBE-* chain of filter rewritten whole, as on every
+      sync;
+    - "full" (older kube-proxy, and its periodic full resync): every chain of nat and
+      filter declared, so flushed and rewritten: all 50,000 rules replaced.
+    nft: kube-proxy's nftables mode shape of nodeshape.nft_text: the five services'
+    chains flushed and refilled in one `nft -f` transaction."""
+    import itertools
+
+    services = max(10, rules // 10)
+    if frontend == "nft":
+        for n in itertools.count(1):
+            out = []
+            for i in range(5):
+                svc = (n * 7 + i * 131) % services
+                cip = f"10.96.{svc // 250}.{svc % 250 + 1}"
+                pod = f"10.245.{n % 250}.{i + 1}"
+                out += [f"flush chain inet kube svc{svc}",
+                        f"add rule inet kube svc{svc} ip saddr != 10.244.0.0/16 ip daddr "
+                        f"{cip} tcp dport 80 meta mark set 0x4000",
+                        f"add rule inet kube svc{svc} ip saddr {pod} meta mark set 0x4000",
+                        f"add rule inet kube svc{svc} tcp dport 80 dnat ip to {pod}:8080"]
+            yield "\n".join(out) + "\n"
+    text = kube_proxy_text(rules)
+    tables: dict[str, dict[str, list[str]]] = {}
+    table: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = tables.setdefault(line[1:], {})
+        elif line.startswith(":"):
+            table.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A "):
+            table[line.split()[1]].append(line)
+    nat, filt = tables["nat"], tables["filter"]
+    builtin = {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD"}
+    seps = {i: [f"KUBE-SEP-{i:08X}{e:08X}" for e in range(2)] for i in range(services)}
+    for n in itertools.count(1):
+        changed = sorted({(n * 7 + i * 131) % services for i in range(5)})
+        lines = ["*nat"]
+        if mode == "full":
+            keep = [c for c in nat if c not in builtin and not c.startswith(
+                ("KUBE-SVC-", "KUBE-SEP-"))]
+            keep += [f"KUBE-SVC-{i:016X}" for i in range(services)]
+            keep += [s for i in range(services) for s in seps[i]]
+        else:
+            keep = ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-MARK-MASQ"]
+        body: list[str] = []
+        for c in keep:
+            if c.startswith("KUBE-SVC-") or c.startswith("KUBE-SEP-"):
+                continue
+            lines.append(f":{c} - [0:0]")
+            body += nat[c]
+        todo = range(services) if mode == "full" else changed
+        stale: list[str] = []
+        for i in todo:
+            svc = f"KUBE-SVC-{i:016X}"
+            cip = f"10.96.{i // 250}.{i % 250 + 1}"
+            if i in changed:  # new endpoints: new KUBE-SEP names
+                stale += seps[i]
+                seps[i] = [f"KUBE-SEP-{i:08X}{n:04X}{e:04X}" for e in range(2)]
+            lines.append(f":{svc} - [0:0]")
+            lines += [f":{s} - [0:0]" for s in seps[i]]
+            body.append(f"-A {svc} ! -s 10.244.0.0/16 -d {cip}/32 -p tcp -m comment "
+                        f'--comment "ns{i % 50}/svc{i}:http cluster IP" -m tcp --dport 80 '
+                        "-j KUBE-MARK-MASQ")
+            for e, sep in enumerate(seps[i]):
+                pod = (f"10.245.{n % 250}.{e + 1}" if i in changed else
+                       f"10.244.{(i * 2 + e) // 250 % 250}.{(i * 2 + e) % 250 + 1}")
+                stat = "-m statistic --mode random --probability 0.50000000000 " \
+                    if e == 0 else ""
+                body.append(f'-A {svc} -m comment --comment "ns{i % 50}/svc{i}:http -> '
+                            f'{pod}:8080" {stat}-j {sep}')
+                body.append(f'-A {sep} -s {pod}/32 -m comment --comment "ns{i % 50}/svc{i}'
+                            ':http" -j KUBE-MARK-MASQ')
+                body.append(f'-A {sep} -p tcp -m comment --comment "ns{i % 50}/svc{i}:http"'
+                            f" -m tcp -j DNAT --to-destination {pod}:8080")
+        lines += [f":{s} - [0:0]" for s in stale]
+        lines += body
+        lines += [f"-X {s}" for s in stale]
+        lines += ["COMMIT", "*filter"]
+        fbody: list[str] = []
+        for c, rs in filt.items():
+            if c in builtin:
+                continue
+            lines.append(f":{c} - [0:0]")
+            fbody += rs
+        lines += [*fbody, "COMMIT"]
+        yield "\n".join(lines) + "\n"
+
+
+def churn(lab: Lab, ns: Netns, frontend: str, rules: int, every: float,
+          mode: str = "partial") -> subprocess.Popen:
+    """A kube-proxy-like writer: every `every` seconds, one sync with new endpoints for
+    five services (churn_payloads says what each mode writes)."""
+    code = CHURN.format(root=str(ROOT), ns=ns.name, frontend=frontend, every=every,
+                        rules=rules, mode=mode)
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
                          start_new_session=True)
     lab.procs.append(p)

@@ -119,7 +119,13 @@ def main() -> None:
     ap.add_argument("--live", action="append", default=[], metavar="FRONTEND:RULES",
                     help="also a live case, e.g. nft:200000 or iptables-legacy:250000 "
                          "(root; loads the rules into a lab namespace)")
+    ap.add_argument("--churn-live", type=int, default=0, metavar="RULES",
+                    help="also a live iptables-nft node of RULES rules under kube-proxy "
+                         "partial syncs: the read per 30 s cycle, per changed chain vs a "
+                         "full save (root)")
     args = ap.parse_args()
+    if args.churn_live:
+        churn_case(args.churn_live)
     text = kube_proxy_dump(args.services, args.rules, hardened=True)
     sockets = [Socket("tcp", 4, "0.0.0.0", p, 0, 0) for p in LISTEN]
     best = None
@@ -242,6 +248,87 @@ def live_case(frontend: str, rules: int, alternative: bool = True) -> None:
               f"{alt['maxrss_mb'] / ours['maxrss_mb']:.1f}x the memory")
     elif alt:
         print(f"  whole-document alternative failed: {alt['error']}")
+
+
+CHURN_CASE = r"""
+import dataclasses, json, os, sys
+sys.path.insert(0, {agent!r})
+from nodeward.collect.ruleset import LIVE, ParseCache, collect_ruleset, run_local
+probes = LIVE if {splice!r} else dataclasses.replace(LIVE)  # not LIVE itself: no splice
+cache = ParseCache()
+def cpu():
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+for _ in sys.stdin:
+    rs = collect_ruleset(run_local, cache, probes=probes)
+    print(json.dumps({{"cpu": cpu(), "fingerprint": rs.fingerprint,
+                      "rules": sum(len(c.rules) for t in rs.tables for c in t.chains.values())}}),
+          flush=True)
+"""
+
+
+def churn_case(rules: int, cycles: int = 6, syncs: int = 3) -> None:
+    """A live iptables-nft node of `rules` rules; per 30 s daemon cycle `syncs` kube-proxy
+    partial syncs (nodeshape.churn_payloads: 5 services' endpoints each), then one read by
+    each of two collectors in their own processes: per changed chain (nf_tables events,
+    `-S CHAIN`) and one full `iptables-nft-save`. Prints each one's CPU per cycle (its
+    event thread included), the CPU share at a 30 s interval, the ratio, and whether both
+    read the same ruleset every cycle."""
+    import json
+    import statistics
+    import subprocess
+
+    sys.path.insert(0, str(ROOT))
+    from bench.nodeshape import churn_payloads, install_ruleset
+    from tests.lab import Lab, have_netns
+
+    reason = have_netns()
+    if reason:
+        print(f"churn case: skipped: {reason}")
+        return
+    with Lab() as lab:
+        ns = lab.netns("churn")
+        install_ruleset(ns, "iptables-nft", rules)
+        readers = {}
+        for name, splice in (("per-chain", True), ("full save", False)):
+            code = CHURN_CASE.format(agent=str(ROOT / "agent"), splice=splice)
+            readers[name] = subprocess.Popen(
+                ["ip", "netns", "exec", ns.name, sys.executable, "-c", code],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            lab.procs.append(readers[name])
+        payloads = churn_payloads("iptables-nft", rules, "partial")
+
+        def read(name: str) -> dict:
+            p = readers[name]
+            assert p.stdin is not None and p.stdout is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            return json.loads(p.stdout.readline())
+
+        last = {name: read(name) for name in readers}  # the cold first read
+        costs: dict[str, list[float]] = {name: [] for name in readers}
+        same = 0
+        for _ in range(cycles):
+            for _s in range(syncs):
+                subprocess.run(["ip", "netns", "exec", ns.name, "iptables-nft-restore",
+                                "--noflush"], input=next(payloads), text=True, check=True)
+            now = {name: read(name) for name in readers}
+            for name in readers:
+                costs[name].append(now[name]["cpu"] - last[name]["cpu"])
+            same += now["per-chain"]["fingerprint"] == now["full save"]["fingerprint"]
+            last = now
+        for p in readers.values():
+            assert p.stdin is not None
+            p.stdin.close()
+            p.wait(60)
+    med = {name: statistics.median(c) for name, c in costs.items()}
+    print(f"live iptables-nft under churn, {last['full save']['rules']:,} rules, {syncs} "
+          f"kube-proxy partial syncs (5 services each) per 30 s cycle, {cycles} cycles:")
+    for name, m in med.items():
+        print(f"  {name:9}: {m:.3f} s CPU per cycle = {m / 30 * 100:.2f} % of a core at a "
+              "30 s interval (read + parse, commands and event thread included)")
+    print(f"  ratio full save / per-chain: {med['full save'] / med['per-chain']:.1f}x; same "
+          f"ruleset read in {same} of {cycles} cycles")
 
 
 def _daemon_cycle(text: str, sockets, first_total: float) -> None:

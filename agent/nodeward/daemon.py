@@ -35,6 +35,13 @@ if TYPE_CHECKING:  # the sink (and requests) load only when one is configured
     from .report.sink import HttpSink
 
 
+def _splice_counts(cache: ParseCache) -> dict[str, int]:
+    """iptables-nft full saves and chains re-read one by one (collect/iptsplice.py)."""
+    s = cache.nft_saves
+    return {"ruleset_full_saves": s.full_reads if s else 0,
+            "ruleset_chains_read": s.chain_reads if s else 0}
+
+
 def diff_findings(previous: dict[tuple, Finding],
                   current: Iterable[Finding]) -> tuple[list[Finding], list[Finding],
                                                        dict[tuple, Finding]]:
@@ -235,6 +242,7 @@ class Agent:
                       verdicts_reused=self.reach_memo.hits,
                       ruleset_reads=self.ruleset_cache.reads,
                       ruleset_reads_skipped=self.ruleset_cache.reads_skipped,
+                      **_splice_counts(self.ruleset_cache),
                       owners_verified=self.owner_memo.verified,
                       checks_reused=self.checks_reused)
         if self.cfg.mode in ("audit", "enforce"):

@@ -8,6 +8,7 @@ comment, or `table inet nodeward`), and changes them in one kernel transaction p
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -100,6 +101,38 @@ def _iptables_save(flavour: str, family: int, table: str) -> str:
         return ""
 
 
+_TABLE_LINE = re.compile(r"^table (\S+) (\S+) \{$")
+_CHAIN_LINE = re.compile(r"^\tchain (\S+) \{$")
+
+
+def nft_chain_names() -> dict[tuple[str, str], set[str]] | None:
+    """{(family, table): chain names} of every nf_tables table that has chains, from one
+    `nft list chains` (chains only, no rules: ~20 ms of CPU at 50k rules, its text 2-3x
+    cheaper than -j), or None without nft. A name the text makes ambiguous (one with a
+    space, which iptables refuses) is left out: it is never one of nodeward's.
+
+    Not `nft list tables`: nft 1.0.6 fetches every rule for it (2 s at 50k rules)."""
+    if not shutil.which("nft"):
+        return None
+    r = run(["nft", "list", "chains"], check=False)
+    if r.returncode != 0:
+        raise BackendError(f"nft list chains failed: {r.stderr.strip() or 'no output'}")
+    out: dict[tuple[str, str], set[str]] = {}
+    names: set[str] = set()
+    for line in r.stdout.splitlines():
+        if m := _CHAIN_LINE.match(line):
+            names.add(m.group(1))
+        elif m := _TABLE_LINE.match(line):
+            names = out.setdefault((m.group(1), m.group(2)), set())
+    return out
+
+
+def _nft_table_exists(family: str, table: str) -> bool:
+    """`nft list table` of one (small: ours) table; cheap, unlike `nft list tables`."""
+    r = subprocess.run(["nft", "list", "table", family, table], capture_output=True, text=True)
+    return r.returncode == 0
+
+
 def _foreign_nft_tables() -> bool:
     """True when native nftables tables exist that iptables-nft did not create."""
     if not shutil.which("nft"):
@@ -118,15 +151,19 @@ def installed() -> list[tuple[str, str | None]]:
     from ..plan import IPT_OLD_TABLES, IPT_TABLE
 
     out: list[tuple[str, str | None]] = []
-    if shutil.which("nft"):
-        r = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
-        if "table inet nodeward" in r.stdout.splitlines():
-            out.append(("nftables", None))
+    if shutil.which("nft") and _nft_table_exists("inet", "nodeward"):
+        out.append(("nftables", None))
     for flavour in ("legacy", "nft"):
         if not shutil.which(f"iptables-{flavour}-save"):
             continue
-        if any(":NODEWARD-" in _iptables_save(flavour, fam, table)
-               for fam in (4, 6) for table in (IPT_TABLE, *IPT_OLD_TABLES)):
+        if flavour == "nft":
+            names = nft_chain_names() or {}
+            if any(n.startswith("NODEWARD-") for fam in ("ip", "ip6")
+                   for table in (IPT_TABLE, *IPT_OLD_TABLES)
+                   for n in names.get((fam, table), ())):
+                out.append(("iptables", flavour))
+        elif any(":NODEWARD-" in _iptables_save(flavour, fam, table)
+                 for fam in (4, 6) for table in (IPT_TABLE, *IPT_OLD_TABLES)):
             out.append(("iptables", flavour))
     return out
 

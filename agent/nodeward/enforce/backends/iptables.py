@@ -37,7 +37,7 @@ from ..plan import (
     jump_line,
     render_iptables,
 )
-from . import BackendError, Counter, run
+from . import BackendError, Counter, nft_chain_names, run
 
 OUR_CHAINS = tuple(IPT_CHAINS.values())
 MADE_PREFIX = "NODEWARD-MADE-"
@@ -46,6 +46,10 @@ MARKERS = (MADE_TABLE, *(MADE_PREFIX + b for b in HOOKED.values()))
 ALL_CHAINS = (*OUR_CHAINS, *MARKERS)
 _COUNTERS = re.compile(r"^\[(\d+):(\d+)\] ")
 _COMMENT = re.compile(r'--comment (?:"((?:[^"\\]|\\.)*)"|(\S+))')
+
+
+def _nft_family(family: int) -> str:
+    return "ip" if family == 4 else "ip6"
 
 
 def _is_jump(rule: str) -> bool:
@@ -130,16 +134,48 @@ class IptablesBackend:
                 return table in names.read_text().split()
             except OSError:
                 return False
-        return table in self._nft_tables(family)
+        return (_nft_family(family), table) in (nft_chain_names() or {})
 
-    @staticmethod
-    def _nft_tables(family: int) -> set[str]:
-        if not shutil.which("nft"):
-            return set()
-        r = run(["nft", "list", "tables"], check=False)
-        fam = "ip" if family == 4 else "ip6"
-        return {p[2] for p in (ln.split() for ln in r.stdout.splitlines())
-                if len(p) == 3 and p[1] == fam}
+    def own(self, family: int, table: str = IPT_TABLE,
+            listing: dict[tuple[str, str], set[str]] | None = None
+            ) -> tuple[list[str], list[str], dict[str, list[int]]]:
+        """parse_own() of `table` without saving it. On the nft flavour: one chain listing
+        and `-S` of our chains and the built-ins hooking them (~30 ms in all), where
+        `iptables-nft-save -t` fetches every table's rules (0.35 s at 50k rules, more in
+        `nft list tables`); legacy's libiptc reads the whole table either way, so legacy
+        saves the one table. `listing`: a nft_chain_names() result to reuse."""
+        if self.flavour != "nft":
+            return parse_own(self.save(family, table=table))
+        if listing is None:
+            listing = nft_chain_names() or {}
+        names = listing.get((_nft_family(family), table), set())
+        chains = [c for c in OUR_CHAINS if c in names]
+        rules: list[str] = []
+        for c in chains:
+            rules += [ln for ln in self._list_chain(family, table, c) if ln.startswith("-A ")]
+        jumps: dict[str, list[int]] = {b: [] for b in HOOKED.values()}
+        for b in jumps:
+            if b not in names:
+                continue
+            pos = 0
+            for ln in self._list_chain(family, table, b):
+                if ln.startswith("-A "):
+                    pos += 1
+                    if _is_jump(ln):
+                        jumps[b].append(pos)
+        return chains, by_chain(rules), jumps
+
+    def own_markers(self, family: int, table: str = IPT_TABLE) -> list[str]:
+        """markers() of `table`, by name only on the nft flavour."""
+        if self.flavour != "nft":
+            return markers(self.save(family, table=table))
+        names = (nft_chain_names() or {}).get((_nft_family(family), table), set())
+        return [m for m in MARKERS if m in names]
+
+    def _list_chain(self, family: int, table: str, chain: str) -> list[str]:
+        """`iptables-nft -t TABLE -S CHAIN`: fetches that table only, never creates it."""
+        argv = [f"{'ip' if family == 4 else 'ip6'}tables-nft", "-t", table, "-S", chain]
+        return run(argv).stdout.splitlines()  # listed a moment ago: a failure is an error
 
     def save(self, family: int, counters: bool = False, table: str = IPT_TABLE) -> str:
         if not self.table_exists(family, table):
@@ -203,7 +239,9 @@ class IptablesBackend:
 
     # -- interface ----------------------------------------------------------------------
     def current(self) -> str:
-        return "".join(f"# ipv{f}\n{own_text(*parse_own(self.save(f)))}" for f in self.families)
+        listing = (nft_chain_names() or {}) if self.flavour == "nft" else None
+        return "".join(f"# ipv{f}\n{own_text(*self.own(f, listing=listing))}"
+                       for f in self.families)
 
     def desired(self, plan: Plan, mode: str) -> str:
         out = []
@@ -213,18 +251,27 @@ class IptablesBackend:
             out.append(f"# ipv{f}\n{own_text(list(OUR_CHAINS), rules, jumps)}")
         return "".join(out)
 
-    def _old_removal(self, family: int) -> list[str]:
+    def _old_removal(self, family: int,
+                     listing: dict[tuple[str, str], set[str]] | None = None) -> list[str]:
         out = []
         for table in IPT_OLD_TABLES:
+            if self.flavour == "nft":
+                if listing is None:
+                    listing = nft_chain_names() or {}
+                names = listing.get((_nft_family(family), table), set())
+                if not any(n.startswith("NODEWARD-") for n in names):
+                    continue  # no chain of ours there, so no jump to one either
             out += removal_lines(self.save(family, table=table), table)
         return out
 
-    def _apply_family(self, plan: Plan, mode: str, f: int) -> bool:
-        save = self.save(f)
-        chains, rules, jumps = parse_own(save)
+    def _apply_family(self, plan: Plan, mode: str, f: int,
+                      listing: dict[tuple[str, str], set[str]] | None = None) -> bool:
+        # Reads only our chains and the built-ins hooking them (own()), never the whole
+        # table: a no-op cycle costs a few small listings, not a save of every rule.
+        chains, rules, jumps = self.own(f, listing=listing)
         want_rules = iptables_rule_lines(plan, f, mode, self.log_rate)
         want_jumps = {b: [1] for b in HOOKED.values()}
-        old = self._old_removal(f)
+        old = self._old_removal(f, listing)
         if (sorted(chains) == sorted(OUR_CHAINS) and rules == by_chain(want_rules)
                 and jumps == want_jumps and not old):
             return False
@@ -243,7 +290,7 @@ class IptablesBackend:
         except BackendError:
             # Another controller moved or removed a jump between our save and our
             # restore (the `-D` lines no longer match): read again and retry once.
-            _c, _r, jumps = parse_own(self.save(f))
+            _c, _r, jumps = self.own(f)
             self._restore(f, payload(jumps))
         return True
 
@@ -255,10 +302,13 @@ class IptablesBackend:
         with state.writer_lock():
             if len(self.families) > 1:
                 state.journal_begin(self.name, self.families)
+            # one chain listing for every family (names only; a family written below
+            # does not change which chains the next one has)
+            listing = (nft_chain_names() or {}) if self.flavour == "nft" else None
             for i, f in enumerate(self.families):
                 if i:
                     state.between_families()
-                changed |= self._apply_family(plan, mode, f)
+                changed |= self._apply_family(plan, mode, f, listing)
             state.journal_end()
         return changed
 
