@@ -24,7 +24,7 @@ from typing import Any
 
 from ..ruleset.model import Chain, IpSet, Match, Rule, Table
 from ..ruleset.nft import _rule, _set  # the element code nft -j listings go through
-from .nfgen import FAMILIES, FAMILY_NUMBERS
+from .nfgen import FAMILY_NUMBERS
 
 NETLINK_NETFILTER = 12
 SUBSYS = 10 << 8
@@ -153,10 +153,11 @@ DATATYPES = {1: ("verdict", 4), 2: ("nf_proto", 1), 4: ("integer", 4), 5: ("stri
              39: ("boolean", 1), 41: ("ifname", 16)}
 #: (header, offset, length) -> field, per header nft knows by name
 FIELDS = {
-    "ip": {(9, 1): "protocol", (12, 4): "saddr", (16, 4): "daddr", (8, 1): "ttl",
-           (2, 2): "length", (4, 2): "id", (6, 2): "frag-off", (10, 2): "checksum"},
-    "ip6": {(6, 1): "nexthdr", (8, 16): "saddr", (24, 16): "daddr", (7, 1): "hoplimit",
-            (4, 2): "length"},
+    "ip": {(1, 1): "dscp", (9, 1): "protocol", (12, 4): "saddr", (16, 4): "daddr",
+           (8, 1): "ttl", (2, 2): "length", (4, 2): "id", (6, 2): "frag-off",
+           (10, 2): "checksum"},
+    "ip6": {(0, 1): "dscp", (6, 1): "nexthdr", (8, 16): "saddr", (24, 16): "daddr",
+            (7, 1): "hoplimit", (4, 2): "length"},
     "tcp": {(0, 2): "sport", (2, 2): "dport", (4, 4): "sequence", (8, 4): "ackseq",
             (13, 1): "flags", (14, 2): "window", (16, 2): "checksum", (18, 2): "urgptr"},
     "udp": {(0, 2): "sport", (2, 2): "dport", (4, 2): "length", (6, 2): "checksum"},
@@ -229,7 +230,7 @@ def _value(kind: Kind, data: bytes, flags: bool = False) -> Any:
     if t == "ct_state":
         n = int.from_bytes(data[:4], "little")
         ws = _bits(n, CT_STATES)
-        return _words(ws) if ws and (flags or len(ws) == 1) else n
+        return _words(ws) if ws else n
     if t == "ct_status":
         n = int.from_bytes(data[:4], "little")
         ws = _bits(n, CT_STATUS)
@@ -352,6 +353,22 @@ def _range_value(word: str, size: int, lo: bytes, hi: bytes) -> Any:
     return {"range": [a, b]}
 
 
+PERIODS = {1: "second", 60: "minute", 3600: "hour", 86400: "day", 604800: "week"}
+
+
+def _unit(n: int) -> tuple[int, str]:
+    """Bytes as nft prints them: the largest unit that divides them."""
+    for unit, size in (("mbytes", 1 << 20), ("kbytes", 1 << 10)):
+        if n and n % size == 0:
+            return n // size, unit
+    return n, "bytes"
+
+
+_BIG_ENDIAN = {"ipv4_addr", "ipv6_addr", "inet_service", "ether_addr", "ether_type",
+               "inet_proto", "icmp_type", "icmpv6_type", "tcp_flag", "pkt_type", "nf_proto",
+               "dscp"}
+
+
 def _verdict(b: bytes) -> Any:
     v = attrs(b)
     code = _S32.unpack_from(v[1])[0] if 1 in v else None
@@ -390,7 +407,9 @@ def _finish_elems(info: SetInfo, raw: list[tuple[bytes, bytes | None, int, bytes
             if start is not None:
                 info.elems.append(_range_value(word, size, start, b"\xff" * size))
             return
-        for k, d, f, kend in sorted(raw, key=lambda x: x[0]):  # nft lists them sorted
+        order = "big" if word in _BIG_ENDIAN or not single else "little"
+        for k, d, f, kend in sorted(raw, key=lambda x: int.from_bytes(x[0], order)):
+            # nft lists elements sorted by value (host-order types compare as such)
             if f & 1:
                 continue  # interval ends of a map/concat: key_end carries the range
             if kend is not None and single:
@@ -499,6 +518,9 @@ class _Delin:
     def _payload_kind(self, base: int, off: int, ln: int) -> Kind:
         proto = self.l3 if base == 1 else (self.l4 or "th") if base == 2 else ""
         if proto and base in (1, 2):
+            if base == 2 and proto in ("icmp", "icmpv6") and "l3" in self.deps and \
+                    self.deps["l3"] == self.deps.get("l4", -9) - 1:
+                self.kill("l3")  # meta nfproto ipv6 + meta l4proto ipv6-icmp: both implied
             self.kill("l3" if base == 1 else "l4")
         table = FIELDS.get(proto, {})
         fname = table.get((off, ln))
@@ -669,6 +691,15 @@ class _Delin:
             right: Any = _str(data) + "*"
         else:
             right = _value(k, data)
+            if isinstance(right, list):  # several flags compared at once: nft's `a | b`
+                right = {"|": right}
+        last = self.out[-1] if self.out else None
+        if op == "<=" and last and "match" in last and last["match"]["op"] == ">=" and \
+                last["match"]["left"] == k.expr:
+            # `tcp dport 1000-2000`: nft compiles a range as >= and <=
+            last["match"]["op"] = "=="
+            last["match"]["right"] = {"range": [last["match"]["right"], right]}
+            return
         self.out.append({"match": {"op": op, "left": k.expr, "right": right}})
         if op == "==":
             self._dep(k, data)
@@ -714,6 +745,12 @@ class _Delin:
             self.out.append({"match": {"op": op, "left": {"&": [src.expr, m if isinstance(
                 m, list) else [m] if isinstance(m, str) else m]},
                 "right": _value(src, data) if any(data) else 0}})
+            return
+        if src.typ == "be" and isinstance(src.expr, dict) and "payload" in src.expr and \
+                "protocol" in src.expr["payload"]:
+            # a header bit field (ip dscp, ip6 flowlabel...): nft prints the field itself
+            self.out.append({"match": {"op": op, "left": src.expr,
+                                       "right": int.from_bytes(data, "big")}})
             return
         if src.typ in ("mark", "le", "be", "ct_state", "ct_status"):
             order = "big" if src.typ == "be" else "little"
@@ -775,13 +812,47 @@ class _Delin:
         self.out.append({"log": {"prefix": _str(a.get(2))} if 2 in a else None})
 
     def e_limit(self, a: dict[int, bytes]) -> None:
-        self.out.append({"limit": {"rate": _U64.unpack_from(a[1])[0] if 1 in a else 0,
-                                   "per": _U64.unpack_from(a[2])[0] if 2 in a else 0,
-                                   "burst": _u32(a.get(3)),
-                                   **({"inv": True} if _u32(a.get(5)) & 1 else {})}})
+        rate = _U64.unpack_from(a[1])[0] if 1 in a else 0
+        per = _U64.unpack_from(a[2])[0] if 2 in a else 0
+        out: dict[str, Any] = {"rate": rate, "burst": _u32(a.get(3)),
+                               "per": PERIODS.get(per, per)}
+        if _u32(a.get(4)) == 1:  # bytes
+            out["rate"], out["rate_unit"] = _unit(rate)
+            out["burst"], out["burst_unit"] = _unit(out["burst"])
+            if not out["burst"]:
+                del out["burst"], out["burst_unit"]
+        if _u32(a.get(5)) & 1:
+            out["inv"] = True
+        self.out.append({"limit": out})
 
     def e_quota(self, a: dict[int, bytes]) -> None:
-        self.out.append({"quota": {"val": _U64.unpack_from(a[1])[0] if 1 in a else 0}})
+        val, unit = _unit(_U64.unpack_from(a[1])[0] if 1 in a else 0)
+        out: dict[str, Any] = {"val": val, "val_unit": unit}
+        if _u32(a.get(3)) & 1:
+            out["inv"] = True
+        self.out.append({"quota": out})
+
+    def e_byteorder(self, a: dict[int, bytes]) -> None:
+        src = self.regs.get(_slot(_u32(a.get(1))))
+        if src is not None:  # the value is the same; only its byte order changes
+            self.load(_u32(a.get(2)), src)
+
+    def e_rt(self, a: dict[int, bytes]) -> None:
+        key = {0: "classid", 1: "nexthop", 2: "nexthop", 3: "mtu", 4: "ipsec"}.get(
+            _u32(a.get(2)), "?")
+        self.load(_u32(a.get(1)), Kind({"rt": {"key": key}}, "le", 4))
+
+    def e_exthdr(self, a: dict[int, bytes]) -> None:
+        op = _u32(a.get(6))  # 0 ipv6, 1 tcp option, 2 ip option, 3 sctp
+        typ = a.get(2, b"\0")[0]
+        name = {1: "tcp option", 2: "ip option", 3: "sctp chunk"}.get(op, "exthdr")
+        field = {(1, 2): ("maxseg", "size")}.get((op, typ), (str(typ), str(_u32(a.get(3)))))
+        expr = {name: {"name": field[0], "field": field[1]}}
+        if 5 in a:  # write
+            src = self.regs.get(_slot(_u32(a[5])))
+            self.out.append({"mangle": {"key": expr, "value": src.expr if src else None}})
+            return
+        self.load(_u32(a.get(1)), Kind(expr, "be", _u32(a.get(4))))
 
     def e_reject(self, a: dict[int, bytes]) -> None:
         typ = _u32(a.get(1))
@@ -1036,7 +1107,10 @@ def _read(sk: _Socket, family: str, fam: int, name: str, tname: bytes, h: Any,
         h.update(repr(sorted(c.items())).encode())
     rules: dict[str, list[Rule]] = {c: [] for c in chains}
     n = 0
-    setkey = (lambda s, f=family, t=name: f"nft:{f}:{t}:{s}")
+
+    def setkey(s: str) -> str:
+        return f"nft:{family}:{name}:{s}"
+
     for _f, msg in sk.dump(GETRULE, fam, _nla(1, tname)):
         r = decode_rule(family, name, msg, sets, h)
         n += 1
@@ -1069,7 +1143,3 @@ def _read(sk: _Socket, family: str, fam: int, name: str, tname: bytes, h: Any,
             s["map"] = "verdict" if info.verdict_map else "data"
         out_sets[key] = _set(s, key, info.is_map)
     return TableRead((Table("nft", family, name, ch),), out_sets, n, h.hexdigest())
-
-
-def _families() -> dict[int, str]:
-    return dict(FAMILIES)
