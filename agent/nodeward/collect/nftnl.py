@@ -497,13 +497,6 @@ class _Delin:
         # an element ruleset/nft.py does not know: the rule becomes NFT-<name> (uncertain)
         self.out.append({f"netlink {name}": detail or None})
 
-    def expr(self, name: str, a: dict[int, bytes]) -> None:
-        fn = getattr(self, "e_" + name, None)
-        if fn is None:
-            self.unknown(name)
-        else:
-            fn(a)
-
     # loads
     def e_payload(self, a: dict[int, bytes]) -> None:
         base, off, ln = _u32(a.get(2)), _u32(a.get(3)), _u32(a.get(4))
@@ -944,25 +937,37 @@ class _Delin:
 
 
 #: Expressions whose dumps carry live state (counts, timestamps): left out of the digest.
-_STATEFUL = {b"counter", b"quota", b"last", b"connlimit", b"limit"}
+_STATEFUL = {"counter", "quota", "last", "connlimit"}
+#: Decoded expressions kept for reuse within one read (most rules share most of theirs).
+MEMO_SIZE = 4096
 
 
 def decode_rule(family: str, table: str, msg: bytes, sets: dict[str, SetInfo],
-                h: Any) -> dict[str, Any]:
-    """One NFT_MSG_NEWRULE's attributes -> the rule as nft -j lists it."""
+                h: Any, memo: dict[bytes, Any] | None = None) -> dict[str, Any]:
+    """One NFT_MSG_NEWRULE's attributes -> the rule as nft -j lists it. `memo` maps an
+    expression's bytes to its decoded attributes and handler."""
     a = attrs(msg)
     chain = _str(a.get(2))
     handle = _U64.unpack_from(a[3])[0] if 3 in a else 0
     d = _Delin(family, sets)
     h.update(a.get(2, b""))
+    memo = {} if memo is None else memo
     for e in attr_list(a.get(4, b"")):
-        ea = attrs(e)
-        name = ea.get(1, b"").split(b"\0", 1)[0]
-        if name in _STATEFUL and name != b"limit":
-            h.update(name)
+        got = memo.get(e)
+        if got is None:
+            ea = attrs(e)
+            name = ea.get(1, b"").split(b"\0", 1)[0].decode("ascii", "replace")
+            fn = getattr(_Delin, "e_" + name, None)
+            got = (name, fn, attrs(ea.get(2, b"")), name in _STATEFUL)
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[e] = got
+        name, fn, ea, stateful = got
+        h.update(name.encode() if stateful else e)
+        if fn is None:
+            d.unknown(name)
         else:
-            h.update(e)
-        d.expr(name.decode("ascii", "replace"), attrs(ea.get(2, b"")))
+            fn(d, ea)
     r: dict[str, Any] = {"family": family, "table": table, "chain": chain,
                          "handle": handle, "expr": [x for x in d.out if x is not None]}
     if 7 in a:
@@ -1111,8 +1116,9 @@ def _read(sk: _Socket, family: str, fam: int, name: str, tname: bytes, h: Any,
     def setkey(s: str) -> str:
         return f"nft:{family}:{name}:{s}"
 
+    memo: dict[bytes, Any] = {}
     for _f, msg in sk.dump(GETRULE, fam, _nla(1, tname)):
-        r = decode_rule(family, name, msg, sets, h)
+        r = decode_rule(family, name, msg, sets, h, memo)
         n += 1
         if max_rules is not None and n > max_rules:
             raise CeilingPassed(f"more than {max_rules:,} rules")
