@@ -52,6 +52,10 @@ def json_loadable(text: str) -> str:
     chains, then rules (a listing may name a chain in a jump before declaring it)."""
     items = json.loads(text)["nftables"]
     items = [i for i in items if "metainfo" not in i]
+    for i in items:
+        s = i.get("set") or i.get("map")
+        if isinstance(s, dict) and s.get("elem") == []:
+            del s["elem"]  # nft -j -f refuses an empty element list
     items.sort(key=lambda i: 2.5 if i.get("map", {}).get("map") == "verdict" else
                _ORDER.get(next(iter(i)), 4))  # verdict maps name chains
     return json.dumps({"nftables": items})
@@ -154,7 +158,9 @@ def compare_loaded(label: str, counts: Counter, diffs: list[str], text: str = ""
 
 
 def _m(rule) -> list:
-    return [(m.op, m.args, m.negate) for m in rule.matches]
+    """The matches compared; an unmodelled one by being there (its args are only the text
+    an operator reads, where nft names constants this reader prints as numbers: cs1, 32)."""
+    return [(m.op, m.args if m.op != "unknown" else (), m.negate) for m in rule.matches]
 
 
 def _vmap(v):
