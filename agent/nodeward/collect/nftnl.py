@@ -143,7 +143,7 @@ def read_table(family: str, name: str, *, max_rules: int | None = None,
         return _read(sk, family, fam, name, tname, h, max_rules, rule_hook)
     except OSError as e:
         raise NetlinkReadFailed(f"nf_tables dump of {family} {name}: {e}") from None
-    except (struct.error, IndexError, KeyError, ValueError) as e:
+    except (struct.error, IndexError, KeyError, ValueError, TypeError, AttributeError) as e:
         raise NetlinkReadFailed(f"nf_tables dump of {family} {name} not understood: "
                                 f"{type(e).__name__}: {e}") from None
     finally:
