@@ -18,6 +18,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
+from socket import AF_INET, AF_INET6, inet_ntop
 from typing import Any
 
 _NLA = struct.Struct("=HH")
@@ -181,9 +182,9 @@ def _value(kind: Kind, data: bytes, flags: bool = False) -> Any:
     """A constant compared with (or looked up by) `kind`, as nft -j prints it."""
     t = kind.typ
     if t in ("ipv4_addr", "addr4") and len(data) == 4:
-        return str(ipaddress.IPv4Address(data))
+        return inet_ntop(AF_INET, data)  # as nft prints it (and ~10x ipaddress's speed)
     if t in ("ipv6_addr", "addr6") and len(data) == 16:
-        return str(ipaddress.IPv6Address(data))
+        return inet_ntop(AF_INET6, data)
     if t == "ifname":
         return text_attr(data)
     if t in ("inet_proto",):
@@ -845,9 +846,9 @@ class _Delin:
             return None
         if k.typ == "const":
             if as_addr == "ip" and len(k.expr) >= 4:
-                return str(ipaddress.IPv4Address(k.expr[:4]))
+                return inet_ntop(AF_INET, k.expr[:4])
             if as_addr == "ip6" and len(k.expr) >= 16:
-                return str(ipaddress.IPv6Address(k.expr[:16]))
+                return inet_ntop(AF_INET6, k.expr[:16])
             if as_addr:
                 return None
             return int.from_bytes(k.expr[:2], "big")

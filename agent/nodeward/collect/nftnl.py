@@ -7,6 +7,13 @@ socket, decodes each receive buffer with `struct` and hands every rule on as it 
 only the model grows. Each rule's expressions are turned back into the elements `nft -j`
 prints (collect/nftdelin.py), and ruleset/nft.py's own element code builds the model from
 them: one parser for both paths. Read-only: only GET requests are sent.
+
+Hand-written with `struct` rather than pyroute2's nft message classes: pyroute2 0.9.7's
+NFTSocket collects a whole dump into message objects before returning it (50,000 rules:
+30.8 s and 1.87 GB to fetch and walk them, no model built); this read with the model takes
+~2 s and 77 MB. The kernel resumes a rule dump by skipping what it sent (~32 KB a turn),
+so its own cost grows quadratically with one table's rules (~10 s of system time at
+200,000); `nft` pays the same.
 """
 
 from __future__ import annotations
