@@ -209,7 +209,10 @@ print(json.dumps({{"read_parse": t1 - t0, "evaluate": t2 - t1, "cpu": cpu,
                   "rules": sum(len(c.rules) for t in rs.tables for c in t.chains.values()),
                   "problems": problems, "commands": commands, "notes": list(rs.notes),
                   "verdicts": sum(len(r.verdicts) for r in reach),
-                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  # VmHWM, not ru_maxrss: that one starts from the spawning process's
+                  # peak (vfork + exec), here the bench's own
+                  "maxrss_mb": int(next(l.split()[1] for l in open("/proc/self/status")
+                                        if l.startswith("VmHWM:"))) / 1024,
                   "child_maxrss_mb": kids.ru_maxrss / 1024}}))
 """
 

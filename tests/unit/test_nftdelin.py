@@ -67,7 +67,7 @@ def test_garbage_is_an_error_the_reader_falls_back_on_or_an_uncertain_rule():
                                                      b"bogus"]) + b"\0")
                                  + _nla(2, rnd.randbytes(rnd.randrange(0, 40))))
                          for _ in range(rnd.randrange(1, 5)))
-        msg = _nla(1, b"t\0") + _nla(2, b"c\0") + _nla(4, exprs)
+        msg = _nla(1, rnd.choice([b"t\0", b"u\0"])) + _nla(2, b"c\0") + _nla(4, exprs)
         if rnd.random() < 0.3:
             msg = msg[:rnd.randrange(len(msg))]
         try:

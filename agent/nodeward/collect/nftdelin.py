@@ -922,6 +922,8 @@ def decode_rule(family: str, table: str, msg: bytes, sets: dict[str, SetInfo],
     """One NFT_MSG_NEWRULE's attributes -> the rule as nft -j lists it. `memo` maps an
     expression's bytes to its decoded attributes and handler."""
     a = attrs(msg)
+    if text_attr(a.get(1)) != table:  # the kernel filters by table; a reply that did not is
+        raise ValueError(f"a rule of table {text_attr(a.get(1))!r} in the dump of {table!r}")
     chain = text_attr(a.get(2))
     handle = _U64.unpack_from(a[3])[0] if 3 in a else 0
     d = _Delin(family, sets)
