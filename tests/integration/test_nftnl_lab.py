@@ -189,3 +189,50 @@ def test_collect_reads_native_tables_over_netlink_without_nft(lab):
     assert "nft -s -j list table inet mine" in fell_calls
     assert any("read with `nft -j`" in n and "refused for the test" in n for n in fell.notes)
     assert [t.name for t in fell.tables] == ["filter", "mine"]
+
+
+WRITER = """
+import subprocess, time
+end = time.monotonic() + {secs}
+while time.monotonic() < end:
+    subprocess.run(["nft", "add rule inet other c counter"], check=True)
+"""
+
+
+def test_a_write_racing_the_read_reads_again(lab, monkeypatch):
+    """Writes to another table move the (global) generation id during every read: the
+    table is read again until two reads agree, and the result is the table as it is."""
+    ns = lab.netns("nlrace")
+    rules = "\n".join(f"add rule inet big c ip daddr 10.1.{i // 250}.{i % 250} drop"
+                      for i in range(3000))
+    _load(ns, "add table inet big\nadd chain inet big c { type filter hook input priority 0; }"
+              f"\n{rules}\nadd table inet other\nadd chain inet other c\n")
+    reads: list[bool] = []
+    once = nftnl._read_once
+
+    def counted(*args):
+        got = once(*args)
+        reads.append(got[1])
+        return got
+
+    monkeypatch.setattr(nftnl, "_read_once", counted)
+    with ThreadPoolExecutor(1, initializer=setns, initargs=(ns.name,)) as pool:
+        quiet = pool.submit(nftnl.read_table, "inet", "big").result(timeout=60)
+        assert len(reads) == 1
+        writer = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-c",
+                                   WRITER.format(secs=20)])
+        try:
+            busy = [pool.submit(nftnl.read_table, "inet", "big").result(timeout=60)
+                    for _ in range(3)]
+        finally:
+            writer.kill()
+            writer.wait()
+        others = subprocess.run(["ip", "netns", "exec", ns.name, "nft", "-j", "list",
+                                 "chain", "inet", "other", "c"], capture_output=True,
+                                text=True, check=True).stdout.count('"rule"')
+    assert others > 3  # the writer did write while the reads ran
+    assert len(reads) > 1 + 3  # and some reads were raced: read again
+    assert quiet.rules == 3000
+    for got in busy:
+        assert got.rules == 3000 and got.digest == quiet.digest
+        assert len(got.tables[0].chains["c"].rules) == 3000

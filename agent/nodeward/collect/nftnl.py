@@ -27,7 +27,7 @@ from typing import Any
 
 from ..ruleset.model import Chain, IpSet, Match, Rule, Table
 from ..ruleset.nft import _rule, _set  # the element code nft -j listings go through
-from .nfgen import FAMILY_NUMBERS
+from .nfgen import FAMILY_NUMBERS, generation_id
 from .nftdelin import (
     HOOKS,
     SetInfo,
@@ -47,6 +47,9 @@ GETTABLE, GETCHAIN, GETRULE, GETSET, GETSETELEM = 1, 4, 7, 10, 13
 NEWTABLE, NEWCHAIN, NEWRULE, NEWSET, NEWSETELEM = 0, 3, 6, 9, 12
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_DUMP_INTR = 0x10
+#: Reads of one table started again when a write raced them (then: NetlinkReadFailed).
+ATTEMPTS = 4
 
 _HDR = struct.Struct("=IHHII")
 _NFGEN = struct.Struct("=BBH")
@@ -72,6 +75,7 @@ class _Socket:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
         self.sock.bind((0, 0))
         self.seq = 100
+        self.interrupted = False
 
     def dump(self, msg: int, family: int, body: bytes = b"") -> Iterator[tuple[int, bytes]]:
         """(nfgen family, attributes) of each answer to a dump request."""
@@ -84,7 +88,7 @@ class _Socket:
             data = self.sock.recv(1 << 17)
             off = 0
             while off + _HDR.size <= len(data):
-                length, mtype, _f, mseq, _p = _HDR.unpack_from(data, off)
+                length, mtype, flags, mseq, _p = _HDR.unpack_from(data, off)
                 if length < _HDR.size or off + length > len(data):
                     raise NetlinkReadFailed("corrupt netlink message")
                 if mseq == seq:
@@ -96,6 +100,8 @@ class _Socket:
                             raise NetlinkReadFailed(f"{socket.errno.errorcode.get(-err, err)}"
                                                     " from the nf_tables dump")
                         return
+                    if flags & NLM_F_DUMP_INTR:  # a write during the dump (any table)
+                        self.interrupted = True
                     fam = data[off + _HDR.size]
                     yield fam, data[off + _HDR.size + 4:off + length]
                 off += (length + 3) & ~3
@@ -141,13 +147,35 @@ def read_table(family: str, name: str, *, max_rules: int | None = None,
     if fam is None:
         raise NetlinkReadFailed(f"family {family} not known")
     tname = name.encode() + b"\0"
+    last = ""
+    for _ in range(ATTEMPTS):
+        # sets, chains and rules come in separate dumps: a write between them (the
+        # generation id moves) or during one (NLM_F_DUMP_INTR) may have torn the view, as
+        # nft also checks. The id is global, so a write to another table moves it too: a
+        # table read twice with the same digest did not change meanwhile.
+        before = generation_id()
+        got, raced = _read_once(family, fam, name, tname, max_rules, rule_hook, timeout)
+        if not raced and (before is None or generation_id() == before):
+            return got
+        if got.digest == last:
+            return got
+        last = got.digest
+        del got  # (its model goes before the next read builds one)
+    raise NetlinkReadFailed(f"nf_tables dump of {family} {name}: the table kept changing "
+                            f"during {ATTEMPTS} reads")
+
+
+def _read_once(family: str, fam: int, name: str, tname: bytes, max_rules: int | None,
+               rule_hook, timeout: float) -> tuple[TableRead, bool]:
+    """One read, and whether a write raced it (the dump said so)."""
     h = hashlib.sha256()
     try:
         sk = _Socket(timeout)
     except OSError as e:
         raise NetlinkReadFailed(f"netlink socket: {e}") from None
     try:
-        return _read(sk, family, fam, name, tname, h, max_rules, rule_hook)
+        got = _read(sk, family, fam, name, tname, h, max_rules, rule_hook)
+        return got, sk.interrupted
     except OSError as e:
         raise NetlinkReadFailed(f"nf_tables dump of {family} {name}: {e}") from None
     except (struct.error, IndexError, KeyError, ValueError, TypeError, AttributeError) as e:
