@@ -140,6 +140,7 @@ FIELDS = {
     "sctp": {(0, 2): "sport", (2, 2): "dport", (4, 4): "vtag"},
     "dccp": {(0, 2): "sport", (2, 2): "dport"},
     "th": {(0, 2): "sport", (2, 2): "dport"},
+    "ether": {(0, 6): "daddr", (6, 6): "saddr", (12, 2): "type"},
     "icmp": {(0, 1): "type", (1, 1): "code", (2, 2): "checksum", (4, 2): "id",
              (6, 2): "sequence"},
     "icmpv6": {(0, 1): "type", (1, 1): "code", (2, 2): "checksum", (4, 2): "id",
@@ -436,6 +437,7 @@ class _Delin:
         self.out: list[Any] = []
         self.l3 = family if family in ("ip", "ip6") else ""
         self.l4 = ""
+        self.l2 = ""
         self.deps: dict[str, int] = {}  # "l3"/"l4" -> index in out of the match pinning it
 
     def kill(self, level: str) -> None:
@@ -469,8 +471,14 @@ class _Delin:
         return Kind({"concat": [p.expr for p in parts]}, "concat", 0)
 
     def unknown(self, name: str, detail: str = "") -> None:
-        # an element ruleset/nft.py does not know: the rule becomes NFT-<name> (uncertain)
+        # a statement ruleset/nft.py does not know: the rule's target becomes NFT-<name>
         self.out.append({f"netlink {name}": detail or None})
+
+    def unknown_match(self, name: str, detail: str = "") -> None:
+        # a condition not decoded: a match ruleset/nft.py does not know (it may or may not
+        # hold; the rule's verdict still counts), as for an nft -j match it cannot model
+        self.out.append({"match": {"op": "==", "left": {f"netlink {name}": detail or None},
+                                   "right": None}})
 
     # loads
     def e_payload(self, a: dict[int, bytes]) -> None:
@@ -484,7 +492,10 @@ class _Delin:
         self.load(u32_attr(a.get(1)), self._payload_kind(base, off, ln))
 
     def _payload_kind(self, base: int, off: int, ln: int) -> Kind:
-        proto = self.l3 if base == 1 else (self.l4 or "th") if base == 2 else ""
+        proto = self.l3 if base == 1 else (self.l4 or "th") if base == 2 else \
+            self.l2 if base == 0 else ""
+        if proto and base == 0:
+            self.kill("l2")
         if proto and base in (1, 2):
             if base == 2 and proto in ("icmp", "icmpv6") and "l3" in self.deps and \
                     self.deps["l3"] == self.deps.get("l4", -9) - 1:
@@ -632,7 +643,7 @@ class _Delin:
         op = ("==", "!=", "<", "<=", ">", ">=")[min(u32_attr(a.get(2)), 5)]
         data = data_value(a.get(3))
         if k is None:
-            self.unknown("cmp", "register not loaded")
+            self.unknown_match("cmp", "register not loaded")
             return
         if k.typ == "bitwise":
             _tag, src, mask, xor = k.expr
@@ -640,7 +651,7 @@ class _Delin:
             return
         if k.typ == "multi":
             if op != "==":
-                self.unknown("cmp", "!= on merged header fields")
+                self.unknown_match("cmp", "!= on merged header fields")
                 return
             pos = 0
             for part in k.expr:
@@ -677,7 +688,11 @@ class _Delin:
         e = k.expr
         if not isinstance(e, dict) or not data:
             return
-        if "meta" in e and e["meta"]["key"] == "nfproto":
+        if "meta" in e and e["meta"]["key"] == "iiftype" and len(data) >= 2:
+            if int.from_bytes(data[:2], "little") == 1:  # ARPHRD_ETHER: an ether header
+                self.l2 = "ether"
+                self.deps["l2"] = len(self.out) - 1
+        elif "meta" in e and e["meta"]["key"] == "nfproto":
             self.l3 = {2: "ip", 10: "ip6"}.get(data[0], self.l3)
             self.deps["l3"] = len(self.out) - 1
         elif "meta" in e and e["meta"]["key"] == "protocol" and len(data) >= 2:
@@ -693,7 +708,7 @@ class _Delin:
     def _masked(self, src: Kind, mask: bytes, xor: bytes, op: str, data: bytes) -> None:
         """cmp of (src & mask) ^ xor: a prefix, a flag test, or a masked value."""
         if any(xor):
-            self.unknown("bitwise", "xor before a comparison")
+            self.unknown_match("bitwise", "xor before a comparison")
             return
         if src.typ in ("addr4", "addr6"):
             plen = _prefix_len(mask)
@@ -726,12 +741,12 @@ class _Delin:
             v = int.from_bytes(data, order)
             self.out.append({"match": {"op": op, "left": {"&": [src.expr, m]}, "right": v}})
             return
-        self.unknown("bitwise", f"mask on {src.typ}")
+        self.unknown_match("bitwise", f"mask on {src.typ}")
 
     def e_range(self, a: dict[int, bytes]) -> None:
         k = self.regs.get(_slot(u32_attr(a.get(1))))
         if k is None or k.typ in ("bitwise", "const"):
-            self.unknown("range")
+            self.unknown_match("range")
             return
         op = "==" if u32_attr(a.get(2)) == 0 else "!="
         lo, hi = data_value(a.get(3)), data_value(a.get(4))
@@ -743,15 +758,15 @@ class _Delin:
         info = self.sets.get(name)
         inv = u32_attr(a.get(5)) & 1
         if info is None:
-            self.unknown("lookup", f"set {name} not read")
+            self.unknown_match("lookup", f"set {name} not read")
             return
         k = self.key(u32_attr(a.get(2)), info.key_len)
         if k is None or k.typ in ("bitwise", "const"):
-            self.unknown("lookup", "key not decoded")
+            self.unknown_match("lookup", "key not decoded")
             return
         if info.anonymous:
             if not info.ok:
-                self.unknown("lookup", f"elements of {name} not decoded")
+                self.unknown_match("lookup", f"elements of {name} not decoded")
                 return
             right: Any = {"set": info.elems}
         else:
