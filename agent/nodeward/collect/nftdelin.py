@@ -710,6 +710,11 @@ class _Delin:
         if any(xor):
             self.unknown_match("bitwise", "xor before a comparison")
             return
+        if "/" in src.typ:  # a shortened load under a mask: the prefix of the whole field
+            typ = src.typ.split("/")[0]
+            full = 4 if typ == "addr4" else 16
+            src = Kind(src.expr, typ, full)
+            mask, data = (x + b"\0" * (full - len(x)) for x in (mask, data))
         if src.typ in ("addr4", "addr6"):
             plen = _prefix_len(mask)
             if plen is not None:
