@@ -2,10 +2,11 @@
 
 Detection follows kube-proxy/iptables-wrapper: run `iptables-nft-save` and
 `iptables-legacy-save` (v4 and v6) and look for rules; both may hold rules, and a packet
-must pass both, so both are read and a note says so. Native nftables tables are listed one
-by one (`nft -s -j list table FAMILY NAME`, stateless: no counters), leaving out the tables
-iptables-nft owns (they were read through iptables-nft-save already). ipset contents come
-from `ipset save`. Nothing here writes.
+must pass both, so both are read and a note says so. Native nftables tables are read one
+by one over netlink (collect/nftnl.py: no `nft` child, whose memory grows ~7 KB a rule;
+`nft -s -j list table FAMILY NAME` is the fallback, and a note says which ran), leaving out
+the tables iptables-nft owns (they were read through iptables-nft-save already). ipset
+contents come from `ipset save`. Nothing here writes.
 
 A daemon re-reads the ruleset every cycle, so the read is gated and cached (ParseCache):
 - nf_tables (iptables-nft and native nft) carries a generation id the kernel bumps on every
