@@ -762,16 +762,18 @@ class _Delin:
         name = text_attr(a.get(1))
         info = self.sets.get(name)
         inv = u32_attr(a.get(5)) & 1
+        # a verdict map not decoded leaves the verdict unknown; a set, only the condition
+        fail = self.unknown if 3 in a and u32_attr(a[3]) == 0 else self.unknown_match
         if info is None:
-            self.unknown_match("lookup", f"set {name} not read")
+            fail("lookup", f"set {name} not read")
             return
         k = self.key(u32_attr(a.get(2)), info.key_len)
         if k is None or k.typ in ("bitwise", "const"):
-            self.unknown_match("lookup", "key not decoded")
+            fail("lookup", "key not decoded")
             return
         if info.anonymous:
             if not info.ok:
-                self.unknown_match("lookup", f"elements of {name} not decoded")
+                fail("lookup", f"elements of {name} not decoded")
                 return
             right: Any = {"set": info.elems}
         else:
@@ -784,8 +786,6 @@ class _Delin:
                 self.load(dreg, Kind({"map": {"key": k.expr, "data": right}}, "map",
                                      info.data_len))
             return
-        if isinstance(right, dict) and len(info.elems) == 1 and False:
-            right = info.elems[0]
         self.out.append({"match": {"op": "!=" if inv else "==", "left": k.expr,
                                    "right": right}})
 
