@@ -175,10 +175,22 @@ from nodeward.gcpause import paused_gc
 sockets = [Socket("tcp", 4, "0.0.0.0", p, 0, 0) for p in {listen!r}]
 pause = paused_gc()  # as the daemon reads and evaluates (take_snapshot, run_checks)
 pause.__enter__()
+commands = []
 t0 = time.perf_counter()
-if which == "nodeward":
-    from nodeward.collect.ruleset import ParseCache, collect_ruleset
-    rs = collect_ruleset(cache=ParseCache())  # live probes: this process is in the namespace
+c0 = time.process_time()
+if which in ("nodeward", "nft-j"):
+    import dataclasses
+    from nodeward.collect.ruleset import LIVE, ParseCache, collect_ruleset, run_local
+    # nodeward: native tables over netlink (collect/nftnl.py); nft-j: the per-table
+    # `nft -s -j list table` path it falls back to
+    probes = LIVE if which == "nodeward" else dataclasses.replace(
+        LIVE, nft_read=lambda family, table, limit: None)
+
+    def run(argv):
+        commands.append(" ".join(argv))
+        return run_local(argv)
+
+    rs = collect_ruleset(run, cache=ParseCache(), probes=probes)
     problems = [str(p) for p in rs.problems]
 else:  # the whole ruleset as one JSON document, decoded whole
     import subprocess
@@ -186,31 +198,40 @@ else:  # the whole ruleset as one JSON document, decoded whole
     from nodeward.ruleset.nft import parse_nft_json
     out = subprocess.run(["nft", "-s", "-j", "list", "ruleset"], capture_output=True,
                          text=True, check=True, timeout=600).stdout
+    commands.append("nft -s -j list ruleset")
     doc = json.loads(out)
     tables, sets = parse_nft_json(json.dumps(doc))  # (re-encoded: the parser takes text)
     del doc, out
     rs = Ruleset(tables, sets)
     problems = []
 t1 = time.perf_counter()
+cpu = time.process_time() - c0
 reach = reachability(sockets, rs, node_addresses=["10.0.1.5"], node_cidrs=["10.0.0.0/16"],
                      pod_cidrs=["10.244.0.0/16"])
 t2 = time.perf_counter()
-print(json.dumps({{"read_parse": t1 - t0, "evaluate": t2 - t1,
+kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({{"read_parse": t1 - t0, "evaluate": t2 - t1, "cpu": cpu,
+                  "child_cpu": kids.ru_utime + kids.ru_stime,
                   "rules": sum(len(c.rules) for t in rs.tables for c in t.chains.values()),
-                  "problems": problems,
+                  "problems": problems, "commands": commands, "notes": list(rs.notes),
                   "verdicts": sum(len(r.verdicts) for r in reach),
-                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "child_maxrss_mb":
-                      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}))
+                  # VmHWM, not ru_maxrss: that one starts from the spawning process's
+                  # peak (vfork + exec), here the bench's own
+                  "maxrss_mb": int(next(l.split()[1] for l in open("/proc/self/status")
+                                        if l.startswith("VmHWM:"))) / 1024,
+                  "child_maxrss_mb": kids.ru_maxrss / 1024}}))
 """
 
 
 def live_case(frontend: str, rules: int, alternative: bool = True) -> None:
     """A live node-scale case (root, a lab namespace): `rules` rules loaded into the kernel
-    on `frontend`, then the daemon's read (live probes, per-table listing, streaming
-    decode), parse and evaluation of the LISTEN ports, in a fresh process so its peak RSS is
-    its own. For native nft also the whole-document alternative (`nft -s -j list ruleset`,
-    json.loads) in the same run, and the ratio."""
+    on `frontend`, then the daemon's read (live probes; native nft tables over netlink,
+    collect/nftnl.py), parse and evaluation of the LISTEN ports, in a fresh process so its
+    peak RSS is its own. For native nft also, in the same run, the `nft -s -j list table`
+    path the netlink read replaces (still the fallback) and the whole-document alternative
+    (`nft -s -j list ruleset`, json.loads), with the ratios. A child's peak RSS as the
+    kernel counts it includes the parent's at the time it was spawned (vfork), so the
+    commands each run ran are printed too: the netlink read runs none for native tables."""
     import json
     import subprocess
 
@@ -226,28 +247,40 @@ def live_case(frontend: str, rules: int, alternative: bool = True) -> None:
         ns = lab.netns("rs")
         load = install_ruleset(ns, frontend, rules)
         res = {}
-        for which in ("nodeward", "whole-json") if alternative else ("nodeward",):
+        whiches = ("nodeward", "nft-j", "whole-json") if alternative else ("nodeward",)
+        for which in whiches:
             code = LIVE_CASE.format(agent=str(ROOT / "agent"), which=which, listen=LISTEN)
             r = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", code],
                                capture_output=True, text=True, timeout=1800)
             if r.returncode != 0:
-                res[which] = {"error": r.stderr.strip().splitlines()[-1:]}
+                res[which] = {"error": (r.stderr.strip().splitlines() or ["killed"])[-1:]}
                 continue
             res[which] = json.loads(r.stdout)
     ours = res["nodeward"]
+    if "error" in ours:
+        print(f"live {frontend}, {rules:,} rules: failed: {ours['error']}")
+        return
     print(f"live {frontend}, {rules:,} rules (loaded in {load:.1f} s): read + parse "
-          f"{ours['read_parse']:.2f} s, evaluate {ours['evaluate']:.3f} s "
+          f"{ours['read_parse']:.2f} s ({ours['cpu']:.2f} s CPU, children "
+          f"{ours['child_cpu']:.2f} s), evaluate {ours['evaluate']:.3f} s "
           f"({ours['verdicts']} verdicts), {ours['rules']:,} rules read, peak RSS "
-          f"{ours['maxrss_mb']:.0f} MB (the front-end command's own: "
-          f"{ours['child_maxrss_mb']:.0f} MB), problems: {ours['problems'] or 'none'}")
-    alt = res.get("whole-json")
-    if alt and "error" not in alt:
-        print(f"  vs the whole ruleset as one JSON document decoded whole: read + parse "
-              f"{alt['read_parse']:.2f} s, peak RSS {alt['maxrss_mb']:.0f} MB -> "
-              f"{alt['read_parse'] / ours['read_parse']:.1f}x the time, "
-              f"{alt['maxrss_mb'] / ours['maxrss_mb']:.1f}x the memory")
-    elif alt:
-        print(f"  whole-document alternative failed: {alt['error']}")
+          f"{ours['maxrss_mb']:.0f} MB (children: {ours['child_maxrss_mb']:.0f} MB as "
+          f"counted), problems: {ours['problems'] or 'none'}")
+    print(f"  commands run: {', '.join(ours['commands']) or 'none'}; notes: "
+          f"{'; '.join(ours['notes']) or 'none'}")
+    for which, label in (("nft-j", "per-table `nft -s -j list table` (the fallback)"),
+                         ("whole-json", "the whole ruleset as one JSON document")):
+        alt = res.get(which)
+        if alt and "error" not in alt:
+            print(f"  vs {label}: read + parse {alt['read_parse']:.2f} s "
+                  f"({alt['cpu']:.2f} s CPU + children {alt['child_cpu']:.2f} s), peak RSS "
+                  f"{alt['maxrss_mb']:.0f} MB, children {alt['child_maxrss_mb']:.0f} MB, "
+                  f"{alt['rules']:,} rules, problems: {alt['problems'] or 'none'} -> "
+                  f"{alt['read_parse'] / ours['read_parse']:.1f}x the time, "
+                  f"{(alt['maxrss_mb'] + alt['child_maxrss_mb']) / ours['maxrss_mb']:.1f}x "
+                  "the memory (ours + children against ours alone)")
+        elif alt:
+            print(f"  {label} failed: {alt['error']}")
 
 
 CHURN_CASE = r"""

@@ -27,10 +27,12 @@ import shutil
 import subprocess
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from nodeward.collect.ruleset import collect_ruleset
+from nodeward.collect import nfgen
+from nodeward.collect.ruleset import Probes, collect_ruleset, read_native
 from nodeward.ruleset import Packet, evaluate
 from tests.integration.test_reachability_differential import (
     EMPTY,
@@ -56,6 +58,7 @@ from tests.integration.test_reachability_differential import (
     build_topology,
 )
 from tests.lab import realworld as rw
+from tests.lab import setns
 
 pytestmark = pytest.mark.lab
 
@@ -226,6 +229,9 @@ def test_real_rulesets_match_the_kernel(topo, tmp_path):
     stats: Counter = Counter()
     refused, wrong, uncertain_kinds, inexact = [], [], Counter(), Counter()
     sampled = [rw.rel(p) for k, p, _ in corpus if "moby-" in p.name and "doc" not in p.name]
+    pool = ThreadPoolExecutor(1, initializer=setns, initargs=(node.name,))
+    netlink = Probes(nft_tables=lambda: pool.submit(nfgen.list_tables).result(60),
+                     nft_read=lambda f, t, n: pool.submit(read_native, f, t, n).result(120))
     for n, (kind, path, fam) in enumerate(corpus):
         text = texts[path]
         flavour = "nft" if n % 2 else "legacy"
@@ -240,7 +246,11 @@ def test_real_rulesets_match_the_kernel(topo, tmp_path):
             r = lab.sh(*argv, ns=node, check=False)
             return r.stdout if r.returncode == 0 else None
 
-        ruleset = collect_ruleset(run)
+        # native nft tables as the daemon reads them: over netlink, from inside the node
+        ruleset = collect_ruleset(run, probes=netlink) if kind == "nft" else \
+            collect_ruleset(run)
+        stats["nft rulesets read over netlink"] += any(
+            "read over netlink" in x for x in ruleset.notes)
         fams = (fam,) if fam else (4, 6)
         probes = _probes(fams, _ports(text))
         by_src: dict[str, list[int]] = {}
@@ -280,6 +290,7 @@ def test_real_rulesets_match_the_kernel(topo, tmp_path):
                     inexact[f"{rw.rel(path).rsplit('/', 1)[-1]} IPv{pfam} {proto} {src}->"
                             f"{dst} ({path_}) kernel={seen[i]} evaluator={v.action} "
                             f"last={v.trace[-1] if v.trace else '-'}"[:220]] += 1
+    pool.shutdown()
     took = time.monotonic() - started
     share = stats["uncertain"] / max(stats["probes"], 1)
     print(f"\nreal-corpus differential ({took:.0f}s): " +
@@ -300,3 +311,4 @@ def test_real_rulesets_match_the_kernel(topo, tmp_path):
     assert not wrong, f"{len(wrong)} certain and wrong (all in {tmp_path / 'wrong.txt'})"
     assert share < 0.01, f"uncertain {100 * share:.2f}% of probes"
     assert len(refused) <= 1, refused  # the 80-column paste (omr-1940) only
+    assert stats["nft rulesets read over netlink"] == stats["rulesets nft"] > 0

@@ -2,10 +2,11 @@
 
 Detection follows kube-proxy/iptables-wrapper: run `iptables-nft-save` and
 `iptables-legacy-save` (v4 and v6) and look for rules; both may hold rules, and a packet
-must pass both, so both are read and a note says so. Native nftables tables are listed one
-by one (`nft -s -j list table FAMILY NAME`, stateless: no counters), leaving out the tables
-iptables-nft owns (they were read through iptables-nft-save already). ipset contents come
-from `ipset save`. Nothing here writes.
+must pass both, so both are read and a note says so. Native nftables tables are read one
+by one over netlink (collect/nftnl.py: no `nft` child, whose memory grows ~7 KB a rule;
+`nft -s -j list table FAMILY NAME` is the fallback, and a note says which ran), leaving out
+the tables iptables-nft owns (they were read through iptables-nft-save already). ipset
+contents come from `ipset save`. Nothing here writes.
 
 A daemon re-reads the ruleset every cycle, so the read is gated and cached (ParseCache):
 - nf_tables (iptables-nft and native nft) carries a generation id the kernel bumps on every
@@ -210,6 +211,8 @@ class Probes:
     legacy_tables: Callable[[int], bool | None] = lambda family: None
     ipsets: Callable[[], bool | None] = lambda: None
     nft_rules: Callable[[str, str, int], int | None] = lambda family, table, limit: None
+    #: a native table read over netlink (collect/nftnl.py) within a rule limit; None: use nft
+    nft_read: Callable[[str, str, int], Any] = lambda family, table, limit: None
 
 
 def legacy_tables_exist(family: int, proc: str = "/proc/thread-self/net") -> bool | None:
@@ -236,8 +239,18 @@ def ipset_loaded(sysfs: str = "/sys/module") -> bool | None:
         return None
 
 
+def read_native(family: str, table: str, limit: int) -> Any:
+    """A native table over netlink (nftnl.TableRead), or the exception that stopped it."""
+    from . import nftnl
+
+    try:
+        return nftnl.read_table(family, table, max_rules=limit)
+    except (nftnl.NetlinkReadFailed, nftnl.CeilingPassed) as e:
+        return e
+
+
 LIVE = Probes(nfgen.generation_id, nfgen.list_tables, legacy_tables_exist, ipset_loaded,
-              nfgen.count_rules)
+              nfgen.count_rules, read_native)
 NO_PROBES = Probes()
 
 
@@ -347,6 +360,7 @@ class _Part:
     failed: tuple[str, ...]  # commands that answered nothing (missing, error exit)
     blank: tuple[str, ...]  # commands that answered with empty output
     rules: int
+    notes: tuple[str, ...] = ()
 
 
 class _Reader:
@@ -362,6 +376,7 @@ class _Reader:
         self.digests: list[tuple[str, str]] = []
         self.failed: list[str] = []
         self.blank: list[str] = []
+        self.notes: list[str] = []
 
     def text(self, argv: Sequence[str], lines: bool = False) -> Any:
         """The command's output; with `lines` and the live runner, as a list of lines."""
@@ -473,6 +488,11 @@ def _read_nf(r: _Reader, probes: Probes, sizes: dict[tuple[str, str], int]) -> _
             if (family, name) in owned or family not in ("ip", "ip6", "inet"):
                 continue  # arp/bridge/netdev tables never see a packet to a local socket
             argv = ["nft", "-s", "-j", "list", "table", family, name]
+            got = _native_netlink(r, probes, family, name, sizes)
+            if got is not None:
+                tables.extend(got[0])
+                sets.update(got[1])
+                continue
             last = sizes.get((family, name))
             # counted when its size is unknown or was near the ceiling (the dump that
             # counts costs the kernel what nft's own does: 17 s at 200,000 rules)
@@ -498,7 +518,40 @@ def _read_nf(r: _Reader, probes: Probes, sizes: dict[tuple[str, str], int]) -> _
             tables.extend(nft_tables)
             sets.update(nft_sets)
     return _Part(tuple(tables), sets, tuple(r.digests), r.answered, holding,
-                 tuple(r.problems), tuple(r.failed), tuple(r.blank), r.rules)
+                 tuple(r.problems), tuple(r.failed), tuple(r.blank), r.rules,
+                 tuple(dict.fromkeys(r.notes)))
+
+
+def _native_netlink(r: _Reader, probes: Probes, family: str, name: str,
+                    sizes: dict[tuple[str, str], int]) -> tuple[Any, Any] | None:
+    """A native table read over netlink (collect/nftnl.py: no `nft` child, whose memory
+    grows ~7 KB a rule), as (tables, sets); None when that read is not available or failed
+    (then `nft -j` reads it, and a note says why). Past the rule ceiling: a problem, and
+    ((), {})."""
+    from . import nftnl
+
+    got = probes.nft_read(family, name, r.max_rules - r.rules)
+    if got is None:
+        return None
+    src = f"nf_tables netlink dump of {family} {name}"
+    if isinstance(got, nftnl.CeilingPassed):
+        r.answered += 1
+        r.problems.append(Problem("nft", (
+            f"{src}: more than {r.max_rules - r.rules:,} rules would pass the ceiling of "
+            f"{r.max_rules:,} (firewall_max_rules; {r.rules:,} read before it): "
+            "not evaluated")))
+        return (), {}
+    if isinstance(got, Exception):
+        r.notes.append(f"native nft table {family} {name} read with `nft -j`: the netlink "
+                       f"read failed ({got})")
+        return None
+    r.answered += 1
+    r.rules += got.rules
+    r.digests.append((src, got.digest))
+    sizes[(family, name)] = got.rules
+    r.notes.append("native nft tables read over netlink (NFT_MSG_GETRULE dumps, decoded "
+                   "in-process), not with `nft -j`")
+    return got.tables, got.sets
 
 
 def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
@@ -543,6 +596,7 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
         legacy.extend(r.parsed(cmd, text, lambda t, f=fam, c=cmd: parse_iptables_save(
             t, frontend="iptables-legacy", family=f, source=c), (), _count_ipt))
         del text
+    notes.extend(part.notes)
     holding = [*part.holding, *(("iptables-legacy",) if has_rules(legacy) else ())]
     if len(holding) == 2:
         notes.append("both iptables-legacy and iptables-nft hold rules; a packet must pass "

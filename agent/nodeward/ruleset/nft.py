@@ -520,7 +520,8 @@ def _set(s: dict, key: str, is_map: bool) -> IpSet:
     set and verdict map also gets its elements keyed for evaluate._lookup. A map of other
     data (not verdicts) or an element not understood leaves it without keys (undecidable)."""
     members: list[str] | None = []
-    if not is_map:
+    # members are addresses (an ifname set has none: its names are no networks to parse)
+    if not is_map and s.get("type") in ("ipv4_addr", "ipv6_addr"):
         for el in s.get("elem", []) or []:
             nets = _nets(el if not isinstance(el, dict) or "elem" not in el
                          else el["elem"]["val"]) if members is not None else None
