@@ -255,7 +255,7 @@ class Agent:
         """The watched cluster view (list once, then watch: nothing is listed per cycle),
         or None where the cluster stage reads it itself (offline dir, static peers, or an
         API whose settings are unusable: collect_cluster turns that into NW500)."""
-        from .collect.cluster import api_config
+        from .collect.cluster import view_api_config
         from .collect.watch import ClusterWatcher
         from .kubeapi import ApiUnavailable, KubeApi
 
@@ -263,11 +263,11 @@ class Agent:
             self._stop_watcher()
             return None
         key = (cluster.api_url, cluster.kubeconfig, cluster.token_file, cluster.ca_file,
-               cluster.timeout, cluster.retries)
+               cluster.timeout, cluster.retries, cluster.relay)
         if self.watcher is None or key != self._watch_key:
             self._stop_watcher()
             try:
-                api = KubeApi(api_config(cluster))
+                api = KubeApi(view_api_config(cluster))
             except ApiUnavailable:
                 return None
             self.watcher = ClusterWatcher(api).start()

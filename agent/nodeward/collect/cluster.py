@@ -27,6 +27,7 @@ from ..kubeapi import (
     in_cluster,
     read_token,
 )
+from ..relay.client import RelaySettings, relay_api_config, relay_settings
 
 log = structlog.get_logger("nodeward.cluster")
 
@@ -67,6 +68,7 @@ class ClusterSettings:
     offline_dir: str = ""
     node_name: str = ""  # default: the snapshot's node name
     use_api: bool = True  # False: static peers only, no cluster
+    relay: RelaySettings | None = None  # the view from a nodeward relay, not the API
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> ClusterSettings:
@@ -110,6 +112,8 @@ class ClusterSettings:
             if not isinstance(d["use_api"], bool):
                 raise ValueError("use_api: expected true or false")
             kw["use_api"] = d.pop("use_api")
+        if "relay" in d:
+            kw["relay"] = relay_settings(d.pop("relay"))
         if d:
             raise ValueError(f"{sorted(d)[0]}: unknown key")
         return cls(**kw)
@@ -281,6 +285,14 @@ def api_config(settings: ClusterSettings) -> ApiConfig:
     return in_cluster(**kw)
 
 
+def view_api_config(settings: ClusterSettings) -> ApiConfig:
+    """Where the cluster view is read: the relay when configured (and then only there),
+    else the API server."""
+    if settings.relay is not None:
+        return relay_api_config(settings.relay, settings.timeout, settings.retries)
+    return api_config(settings)
+
+
 def from_api(node: str, api: KubeApi) -> ClusterView:
     """Nodes first (no nodes = unknown); Calico kinds each on their own, 404 = not served."""
     unknown: list[str] = []
@@ -424,7 +436,7 @@ def collect_cluster(settings: ClusterSettings, node: str) -> ClusterView:
         view = load_offline(node, settings.offline_dir)
     elif settings.use_api:
         try:
-            api = KubeApi(api_config(settings))
+            api = KubeApi(view_api_config(settings))
         except ApiUnavailable as e:
             log.error("cluster_state_unknown", reason=e.reason)
             view = ClusterView(node=node, source="api", unknown=(e.reason,))
