@@ -153,6 +153,8 @@ class Agent:
         if cluster is not None:
             paths[cluster.token_file] = "secret"
             paths[cluster.kubeconfig] = "secret"
+            if cluster.relay is not None:
+                paths[cluster.relay.token_file] = "secret"
         for path, problem in permission_warnings(paths):
             self.log.warning("file_permissions_too_open", path=path, problem=problem,
                              hint="chmod 0600 (tokens, kubeconfig) or 0644 (config)")

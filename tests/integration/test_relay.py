@@ -275,3 +275,65 @@ def test_relay_settings_are_checked():
                      ({"url": "https://r", "ca": "/x"}, "relay.ca"), ("x", "relay:")):
         with pytest.raises(ValueError, match=msg):
             relay_settings(copy.deepcopy(bad))
+
+
+def daemon(relay: Relay, ca: Path, tmp_path: Path):
+    """The daemon itself (in-process cycles, a fixture snapshot for the node's own side),
+    configured with `cluster.relay` only: no API server URL, no kubeconfig."""
+    import io
+    import json
+
+    from nodeward import config
+    from nodeward.daemon import Agent
+    from nodeward.model import NodeSnapshot
+
+    (tmp_path / "agent-token").write_text(AGENT_TOKEN)
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(json.dumps({"node_name": "n1", "firewall": False, "cluster": {
+        "kubernetes": {"timeout": 2, "retries": 0},
+        "relay": {"url": f"https://127.0.0.1:{relay.server.port}",
+                  "ca_file": str(ca / "ca.crt"), "token_file": str(tmp_path / "agent-token")}}}))
+    return Agent(str(cfg_path), config.load(str(cfg_path)), io.StringIO(),
+                 snapshotter=lambda c: NodeSnapshot(node="n1",
+                                                    scanned_at="2026-12-01T00:00:00Z"))
+
+
+def test_the_daemon_through_the_relay_sees_changes_within_one_cycle(api, pki, tmp_path):
+    """FelixConfiguration's wireguardEnabled and the peers' keys come through the relay:
+    this node has no WireGuard, so every peer is NW401; a node added is NW401 on the next
+    cycle; Felix turning WireGuard off resolves them. An agent pinned to another CA gets
+    NW500 naming the TLS failure, and no peers."""
+    good, other = pki
+    relay = start_relay(api, good)
+    agent = daemon(relay, good, tmp_path)
+    try:
+        first = agent.cycle()
+        assert sorted(f.component for f in first.result.findings if f.id == "NW401") == ["n2"]
+        assert first.snapshot.derived["encryption"]["value"] == "wireguard"
+        api.put(NODES, node("n3", "10.0.0.3", "k3"))
+        time.sleep(0.5)  # an event is in the view within one cycle (intervals are >= 1 s)
+        second = agent.cycle()
+        assert [f.component for f in second.opened if f.id == "NW401"] == ["n3"]
+        api.put(FELIX, felix(False))
+        time.sleep(0.5)
+        third = agent.cycle()
+        assert sorted(f.component for f in third.resolved if f.id == "NW401") == ["n2", "n3"]
+        assert relay.server.requests["list"] == 2  # listed once per served kind, then watched
+    finally:
+        agent._stop_watcher()
+    wrong = daemon(relay, other, tmp_path / "..")
+    try:
+        out = wrong.cycle()
+        nw500 = [f for f in out.result.findings if f.id == "NW500"]
+        assert nw500 and "TLS verification failed" in json_text(nw500[0])
+        assert not [f for f in out.result.findings if f.id == "NW401"]
+    finally:
+        wrong._stop_watcher()
+        relay.stop()
+
+
+def json_text(finding) -> str:
+    import dataclasses
+    import json
+
+    return json.dumps(dataclasses.asdict(finding), default=str)

@@ -173,7 +173,7 @@ class RelayServer:
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
         h.wfile.write(body)
-        self.count(what, nbytes=len(body))
+        self.count(what, 0, nbytes=len(body))
 
     def _status(self, h: BaseHTTPRequestHandler, code: int, reason: str, message: str) -> None:
         body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
