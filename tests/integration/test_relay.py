@@ -337,3 +337,45 @@ def json_text(finding) -> str:
     import json
 
     return json.dumps(dataclasses.asdict(finding), default=str)
+
+
+def test_the_relay_command_serves_and_refuses_bad_input(api, pki, tmp_path):
+    """`nodeward relay` as the Deployment runs it: serves on the port it prints, stops on
+    SIGTERM with 0; an unreadable certificate is one line on stderr and exit 2."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    good, _ = pki
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "agent")}
+    (tmp_path / "relay-token").write_text(RELAY_TOKEN)
+    base = [sys.executable, "-m", "nodeward", "relay", "--listen", "127.0.0.1:0",
+            "--api-url", api.url, "--token-file", str(tmp_path / "relay-token")]
+    bad = subprocess.run([*base, "--cert", str(tmp_path / "missing.crt"), "--key",
+                          str(good / "server.key")], capture_output=True, text=True,
+                         timeout=30, env=env)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "missing.crt" in bad.stderr
+    proc = subprocess.Popen([*base, "--cert", str(good / "server.crt"), "--key",
+                             str(good / "server.key"), "--stale-after", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = ""
+        while not line.startswith("nodeward relay: serving"):
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+        port = int(line.rsplit(":", 1)[1])
+        client = KubeApi(ApiConfig(url=f"https://127.0.0.1:{port}", token=AGENT_TOKEN,
+                                   ca_file=str(good / "ca.crt"), retries=0))
+        assert until(lambda: client.s.get(f"https://127.0.0.1:{port}/healthz",
+                                          verify=client.verify).status_code == 200)
+        names = sorted(o["metadata"]["name"] for o in client.get(NODES)["items"])
+        assert names == ["n1", "n2"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
