@@ -225,7 +225,7 @@ class Churn(threading.Thread):
                 return
             k = random.randrange(self.n)
             self.api.put(NODES, node_obj(k, beat=i) if self.model == "kubelet"
-                         else node_obj(k, key_gen=i))
+                         else node_obj(k, key_gen=i + 1))
             self.events += 1
             i += 1
 
