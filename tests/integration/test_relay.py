@@ -254,7 +254,7 @@ def test_a_relay_whose_upstream_fails_tells_its_agents(api, pki, tmp_path):
         assert w.wait_synced(5)
         assert w.view("n1").unknown == ()
         api.stop()  # the API server goes away; the relay itself stays up
-        assert until(lambda: any("relay: upstream" in u or "503" in u
+        assert until(lambda: any("Relay Upstream Stale" in u or "RelayUpstreamStale" in u
                                  for u in w.view("n1").unknown), 8)
         assert "n2" in peer_keys(w)  # the last state is kept, marked as not current
         api.start()  # back on the same port

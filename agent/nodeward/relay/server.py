@@ -167,18 +167,20 @@ class RelayServer:
 
     # -- requests -------------------------------------------------------------------------
 
-    def _send(self, h: BaseHTTPRequestHandler, code: int, body: bytes, what: str) -> None:
-        h.send_response(code)
+    def _send(self, h: BaseHTTPRequestHandler, code: int, body: bytes, what: str,
+              phrase: str | None = None) -> None:
+        h.send_response(code, phrase)  # the phrase is what an agent's NW500 will quote
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(body)))
         h.end_headers()
         h.wfile.write(body)
         self.count(what, 0, nbytes=len(body))
 
-    def _status(self, h: BaseHTTPRequestHandler, code: int, reason: str, message: str) -> None:
+    def _status(self, h: BaseHTTPRequestHandler, code: int, reason: str, message: str,
+                phrase: str | None = None) -> None:
         body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                            "code": code, "reason": reason, "message": message}).encode()
-        self._send(h, code, body, "errors")
+        self._send(h, code, body, "errors", phrase)
 
     def _kind(self, path: str) -> tuple[KindState | None, bool]:
         """The kind served at `path`, and whether `path` may yet be served (not synced)."""
@@ -208,11 +210,13 @@ class RelayServer:
         ks, pending = self._kind(u.path)
         if ks is None:
             if pending:
-                return self._status(h, 503, "ServiceUnavailable", "relay: not synced yet")
+                return self._status(h, 503, "ServiceUnavailable", "relay: not synced yet",
+                                    "Relay Not Synced Yet")
             return self._status(h, 404, "NotFound", f"{u.path}: not served")
         if ks.unhealthy:
-            return self._status(h, 503, "ServiceUnavailable",
-                                f"relay: upstream {ks.kind}: {ks.unhealthy}")
+            return self._status(h, 503, "RelayUpstreamStale",
+                                f"relay: upstream {ks.kind}: {ks.unhealthy}",
+                                "Relay Upstream Stale")
         if q.get("watch") in ("1", "true"):
             self.count("watch")
             return self._watch(h, ks, q)
@@ -300,7 +304,7 @@ class RelayServer:
                     return
                 sent = pending[-1][0]
             elif unhealthy:
-                error(503, "ServiceUnavailable", f"relay: upstream {ks.kind}: {unhealthy}")
+                error(503, "RelayUpstreamStale", f"relay: upstream {ks.kind}: {unhealthy}")
                 break
             elif bookmarks and time.monotonic() >= next_bookmark:
                 sent = now_n
