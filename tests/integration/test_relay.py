@@ -231,6 +231,20 @@ def test_bad_tokens_and_the_wrong_ca_are_refused(api, pki, tmp_path):
             assert ok.get(NODES)["items"]
         assert api.requests["CREATE tokenreviews"] == reviews + 1
         assert AGENT_TOKEN not in repr(relay.server.reviewer._cache)
+        # an agent opening its 7 watches at once is reviewed once, not 7 times
+        import threading
+
+        api.token_users["fresh"] = AGENT_USER
+        reviews = api.requests["CREATE tokenreviews"]
+        verdicts: list[int] = []
+        threads = [threading.Thread(target=lambda: verdicts.append(
+            relay.server.reviewer.check("Bearer fresh").status)) for _ in range(7)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert verdicts == [200] * 7
+        assert api.requests["CREATE tokenreviews"] == reviews + 1
 
         # an agent pinned to another CA refuses the relay, and its view says why
         w = agent(relay, other, tmp_path)

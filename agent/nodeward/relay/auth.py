@@ -38,6 +38,7 @@ class TokenReviewer:
     reviews: int = 0  # TokenReviews sent (for tests and the bench)
     _cache: dict[str, tuple[float, Verdict]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _inflight: dict[str, threading.Event] = field(default_factory=dict)
 
     def check(self, header: str | None) -> Verdict:
         scheme, _, token = (header or "").partition(" ")
@@ -47,10 +48,25 @@ class TokenReviewer:
             return Verdict(401, "no bearer token")
         digest = hashlib.sha256(token.encode()).hexdigest()
         now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        while True:  # one review per token at a time: an agent opens 7 watches at once
+            with self._lock:
+                hit = self._cache.get(digest)
+                if hit is not None and hit[0] > now:
+                    return hit[1]
+                pending = self._inflight.get(digest)
+                if pending is None:
+                    self._inflight[digest] = threading.Event()
+                    break
+            pending.wait(self.api.cfg.read_timeout + self.api.cfg.connect_timeout)
+            if not pending.is_set():
+                return Verdict(503, "TokenReview did not answer")
+        try:
+            return self._reviewed(token, digest, now)
+        finally:
+            with self._lock:
+                self._inflight.pop(digest).set()
+
+    def _reviewed(self, token: str, digest: str, now: float) -> Verdict:
         verdict = self._review(token)
         if verdict.status != 503:  # an unreachable API is asked again next time
             ttl = self.ok_ttl_s if verdict.status == 200 else self.fail_ttl_s
