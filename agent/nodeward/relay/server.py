@@ -280,7 +280,9 @@ class RelayServer:
         except Expired:
             sent = -1
         end = time.monotonic() + timeout
-        next_bookmark = time.monotonic() + self.opts.bookmark_interval_s
+        # without bookmarks asked for, the next one is never due (and never waited for)
+        next_bookmark = time.monotonic() + (self.opts.bookmark_interval_s if bookmarks
+                                            else timeout + 1)
         while not self.closing:
             left = end - time.monotonic()
             if left <= 0:
