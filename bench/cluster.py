@@ -188,7 +188,7 @@ def via_relay(api: FakeApi, n: int, model: str, steady: float, certs: Path) -> d
         agent_req = srv.requests["list"] + srv.requests["watch"]
         upstream_bytes = sum(api.bytes.values())
         dropped = relays[0].store.stats.unchanged
-        w.stop()
+        w.stop(timeout=0.1)  # its blocked stream reads end with the process
     finally:
         for r in relays:
             r.stop()
@@ -266,7 +266,7 @@ def traffic(n: int, steady: float, interval: float, certs: Path) -> dict:
             # watches are renewed every watch_timeout_s: one request per kind per renewal
             renew_req_h = len(w.kinds) * 3600 / w.watch_timeout_s
             got += bookmark_bytes_h(len(w.kinds)) * steady / 3600
-            w.stop()
+            w.stop(timeout=0.1)  # its blocked stream reads end with the process
             out[model] = {"req_h": renew_req_h + sum(api.requests.values()) * 3600 / steady,
                           "bytes_h": got * 3600 / steady, "events": churn.events,
                           "initial_req": initial_req, "initial_bytes": initial_bytes}
@@ -334,7 +334,7 @@ def relay_process(n: int, steady: float, certs: Path) -> dict:
                 "threads": p.num_threads()}
     finally:
         for w in agents:
-            w.stop()
+            w.stop(timeout=0.1)  # its blocked stream reads end with the process
         if proc is not None:
             proc.terminate()
             proc.wait(10)
@@ -354,7 +354,7 @@ v = w.view("node-00000")
 import gc; gc.collect()
 time.sleep(0.5)
 print(base, psutil.Process().memory_info().rss, len(v.nodes))
-w.stop()
+w.stop(timeout=0.1)  # its blocked stream reads end with the process
 """
 
 

@@ -349,7 +349,9 @@ class Relay:
     def stop(self) -> None:
         self._stop.set()
         self.server.stop()
-        self.watcher.stop()
+        # the upstream streams end with the process (daemon threads): a SIGTERM'd relay
+        # does not wait out 7 blocked reads
+        self.watcher.stop(timeout=0.1)
 
     def _monitor(self) -> None:
         step = max(0.05, min(1.0, self.opts.stale_after_s / 4))
