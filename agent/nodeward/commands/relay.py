@@ -8,6 +8,7 @@ import sys
 import threading
 
 from ..config import Config
+from . import seconds_arg
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -64,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "system:serviceaccount:nodeward:nodeward)")
     p.add_argument("--audience", action="append", metavar="AUD",
                    help="TokenReview audience agents' tokens must carry (repeatable)")
-    p.add_argument("--stale-after", type=float, default=90.0, metavar="S",
+    p.add_argument("--stale-after", type=seconds_arg(3600), default=90.0, metavar="S",
                    help="upstream failing this long: agents are told (default 90)")
     p.add_argument("--api-url", default="", help="upstream API (default: in-cluster)")
     p.add_argument("--kubeconfig", default="")
