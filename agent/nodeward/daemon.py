@@ -257,9 +257,9 @@ class Agent:
         """The watched cluster view (list once, then watch: nothing is listed per cycle),
         or None where the cluster stage reads it itself (offline dir, static peers, or an
         API whose settings are unusable: collect_cluster turns that into NW500)."""
-        from .collect.cluster import view_api_config
+        from .collect.cluster import view_api
         from .collect.watch import ClusterWatcher
-        from .kubeapi import ApiUnavailable, KubeApi
+        from .kubeapi import ApiUnavailable
 
         if cluster.offline_dir or not cluster.use_api:
             self._stop_watcher()
@@ -269,7 +269,7 @@ class Agent:
         if self.watcher is None or key != self._watch_key:
             self._stop_watcher()
             try:
-                api = KubeApi(view_api_config(cluster))
+                api = view_api(cluster)
             except ApiUnavailable:
                 return None
             self.watcher = ClusterWatcher(api).start()

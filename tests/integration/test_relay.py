@@ -22,7 +22,7 @@ from nodeward.collect.cluster import ClusterSettings
 from nodeward.collect.watch import ClusterWatcher
 from nodeward.kubeapi import ApiConfig, ApiUnavailable, KubeApi
 from nodeward.relay.auth import TokenReviewer
-from nodeward.relay.client import RelaySettings, relay_api_config
+from nodeward.relay.client import RelaySettings, relay_api
 from nodeward.relay.server import Relay, RelayOptions
 from tests.lab.authlab import make_pki
 from tests.lab.fakeapi import FakeApi
@@ -105,7 +105,7 @@ def agent_api(relay: Relay, ca: Path, tmp_path: Path, token: str = AGENT_TOKEN) 
                   "ca_file": str(ca / "ca.crt"), "token_file": str(tok)},
         "kubernetes": {"timeout": 2, "retries": 0}})
     assert settings.relay is not None
-    return KubeApi(relay_api_config(settings.relay, settings.timeout, settings.retries))
+    return relay_api(settings.relay, settings.timeout, settings.retries)
 
 
 def agent(relay: Relay, ca: Path, tmp_path: Path, **kw) -> ClusterWatcher:
@@ -393,3 +393,28 @@ def test_the_relay_command_serves_and_refuses_bad_input(api, pki, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_rotated_token_file_is_sent_not_the_first_one(api, pki, tmp_path):
+    """The projected token expires (1 h) and the kubelet rewrites the file: the agent sends
+    what the file holds now, so it is not locked out an hour after it started."""
+    good, _ = pki
+    relay = start_relay(api, good)
+    try:
+        tok = tmp_path / "rotating-token"
+        tok.write_text("token-one\n")
+        api.token_users["token-one"] = AGENT_USER
+        url = f"https://127.0.0.1:{relay.server.port}"
+        client = relay_api(RelaySettings(url, str(good / "ca.crt"), str(tok)), 2, 0,
+                           token_refresh_s=0)
+        assert client.get(NODES)["items"]
+        tok.write_text("token-two\n")  # rotated; the old one expires
+        api.token_users["token-two"] = api.token_users.pop("token-one")
+        relay.server.reviewer._cache.clear()
+        assert client.get(NODES)["items"]
+        once = KubeApi(ApiConfig(url=url, token="token-one", ca_file=str(good / "ca.crt"),
+                                 retries=0))
+        with pytest.raises(ApiUnavailable, match="HTTP 401"):
+            once.get(NODES)
+    finally:
+        relay.stop()

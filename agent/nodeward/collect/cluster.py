@@ -27,7 +27,7 @@ from ..kubeapi import (
     in_cluster,
     read_token,
 )
-from ..relay.client import RelaySettings, relay_api_config, relay_settings
+from ..relay.client import RelaySettings, relay_api, relay_settings
 
 log = structlog.get_logger("nodeward.cluster")
 
@@ -285,12 +285,12 @@ def api_config(settings: ClusterSettings) -> ApiConfig:
     return in_cluster(**kw)
 
 
-def view_api_config(settings: ClusterSettings) -> ApiConfig:
+def view_api(settings: ClusterSettings) -> KubeApi:
     """Where the cluster view is read: the relay when configured (and then only there),
-    else the API server."""
+    else the API server. ApiUnavailable when the settings are unusable."""
     if settings.relay is not None:
-        return relay_api_config(settings.relay, settings.timeout, settings.retries)
-    return api_config(settings)
+        return relay_api(settings.relay, settings.timeout, settings.retries)
+    return KubeApi(api_config(settings))
 
 
 def from_api(node: str, api: KubeApi) -> ClusterView:
@@ -436,7 +436,7 @@ def collect_cluster(settings: ClusterSettings, node: str) -> ClusterView:
         view = load_offline(node, settings.offline_dir)
     elif settings.use_api:
         try:
-            api = KubeApi(view_api_config(settings))
+            api = view_api(settings)
         except ApiUnavailable as e:
             log.error("cluster_state_unknown", reason=e.reason)
             view = ClusterView(node=node, source="api", unknown=(e.reason,))

@@ -15,12 +15,17 @@ cannot turn into 5,000 agents listing every Node from it at once.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ..kubeapi import SA_DIR, ApiConfig, read_token
+import structlog
+
+from ..kubeapi import SA_DIR, ApiConfig, ApiUnavailable, KubeApi, read_token
+
+log = structlog.get_logger("nodeward.relay")
 
 
 @dataclass(frozen=True)
@@ -58,3 +63,33 @@ def relay_api_config(relay: RelaySettings, timeout: float, retries: int) -> ApiC
     token = read_token(Path(relay.token_file), f"relay token_file {relay.token_file}")
     return ApiConfig(url=relay.url, token=token, ca_file=relay.ca_file,
                      connect_timeout=timeout, read_timeout=timeout, retries=retries)
+
+
+class FileToken:
+    """A requests auth callable sending the token file's current content: the projected
+    ServiceAccount token the relay checks expires (1 h in kubernetes/relay) and the kubelet
+    rewrites the file well before, so a token read once would lock the agent out."""
+
+    def __init__(self, path: str, token: str, refresh_s: float = 60.0) -> None:
+        self.path, self.token, self.refresh_s = path, token, refresh_s
+        self.read_at = time.monotonic()
+
+    def __call__(self, r: Any) -> Any:
+        if time.monotonic() - self.read_at >= self.refresh_s:
+            self.read_at = time.monotonic()
+            try:
+                self.token = read_token(Path(self.path), f"relay token_file {self.path}")
+            except ApiUnavailable as e:  # keep the last one; the relay will say if it is bad
+                log.warning("relay_token_unreadable", reason=e.reason)
+        r.headers["Authorization"] = f"Bearer {self.token}"
+        return r
+
+
+def relay_api(relay: RelaySettings, timeout: float, retries: int,
+              token_refresh_s: float = 60.0) -> KubeApi:
+    """The agent's client for the relay, its token re-read from the file as it rotates."""
+    cfg = relay_api_config(relay, timeout, retries)
+    api = KubeApi(cfg)
+    api.s.headers.pop("Authorization", None)
+    api.s.auth = FileToken(relay.token_file, cfg.token, token_refresh_s)
+    return api
