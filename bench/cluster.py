@@ -22,6 +22,7 @@ list/watch protocol (tests/lab/fakeapi.py), with realistically sized Node object
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -56,7 +57,7 @@ def ip(i: int) -> str:
     return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
 
 
-def node_obj(i: int, key_gen: int = 0, beat: int = 0) -> dict:
+def node_obj(i: int, key_gen: int = 0) -> dict:
     """A Node about the size real ones are (~7 KB as JSON: images, conditions,
     managedFields, kubeadm/Calico annotations)."""
     name = f"node-{i:05d}"
@@ -88,7 +89,7 @@ def node_obj(i: int, key_gen: int = 0, beat: int = 0) -> dict:
             "allocatable": {"cpu": "7800m", "memory": "31Gi", "pods": "110"},
             "conditions": [{"type": t, "status": "False", "reason": f"Kubelet{t}",
                             "message": f"kubelet reports {t} ok",
-                            "lastHeartbeatTime": f"2026-12-01T00:00:00.{beat:06d}Z",
+                            "lastHeartbeatTime": "2026-12-01T00:00:00.000000Z",
                             "lastTransitionTime": "2026-11-01T00:00:00Z"}
                            for t in ("MemoryPressure", "DiskPressure", "PIDPressure",
                                      "Ready")],
@@ -224,8 +225,14 @@ class Churn(threading.Thread):
             if self.stop.wait(max(0.0, due - time.monotonic())):
                 return
             k = random.randrange(self.n)
-            self.api.put(NODES, node_obj(k, beat=i) if self.model == "kubelet"
-                         else node_obj(k, key_gen=i + 1))
+            if self.model == "kubelet":  # the node as stored, with a new heartbeat time
+                with self.api.cond:
+                    node = copy.deepcopy(self.api.objects[NODES][f"node-{k:05d}"])
+                for c in node["status"]["conditions"]:
+                    c["lastHeartbeatTime"] = f"2026-12-01T00:00:00.{i % 10**6:06d}Z"
+                self.api.put(NODES, node)
+            else:
+                self.api.put(NODES, node_obj(k, key_gen=i + 1))
             self.events += 1
             i += 1
 
