@@ -3,11 +3,14 @@
 Three measurements, each in this one run against a local API server that speaks the real
 list/watch protocol (tests/lab/fakeapi.py), with realistically sized Node objects:
 
-1. API traffic per agent per hour, and the fleet's total, for list-every-cycle (what the
-   daemon did: LIST Nodes and six Calico kinds each cycle) against list-then-watch
-   (collect/watch.py), under two churn models: `topology` (nodes come and go, keys rotate:
-   a few events a minute) and `kubelet` (every node's status is re-posted every 5 minutes,
-   kubelet's nodeStatusReportFrequency: N/300 events a second, each a whole Node).
+1. API traffic per agent per hour, and the API server's total, for list-every-cycle (what
+   the daemon did: LIST Nodes and six Calico kinds each cycle) against list-then-watch
+   (collect/watch.py) directly and through `nodeward relay` (2 replicas, real TLS and
+   TokenReview; agents watch the relay, the relays watch the API), under two churn models:
+   `topology` (nodes come and go, keys rotate: a few events a minute) and `kubelet` (every
+   node's status is re-posted every 5 minutes, kubelet's nodeStatusReportFrequency: N/300
+   events a second, each a whole Node). Then the relay's own RSS and CPU at the largest
+   size, as a separate process serving agents under kubelet churn.
 2. The agent's RSS holding a watched N-node view (child process, psutil).
 3. The cluster checks at scale: 5,000 nodes, 5,000 HostEndpoints, 2,000 GNPs in an offline
    directory through `nodeward scan --offline` (wall time, peak RSS), and the encryption
@@ -19,6 +22,7 @@ list/watch protocol (tests/lab/fakeapi.py), with realistically sized Node object
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -42,6 +46,8 @@ from nodeward.collect.wireguard import WgDevice, WgPeer  # noqa: E402
 from nodeward.collect.xfrm import XfrmPolicy, XfrmState, XfrmTmpl  # noqa: E402
 from nodeward.derive import Derived  # noqa: E402
 from nodeward.kubeapi import ApiConfig, KubeApi  # noqa: E402
+from nodeward.relay.auth import TokenReviewer  # noqa: E402
+from nodeward.relay.server import Relay, RelayOptions  # noqa: E402
 
 NODES = "/api/v1/nodes"
 CRD = {k: paths[0] for k, paths in CALICO_KINDS.items()}
@@ -83,7 +89,7 @@ def node_obj(i: int, key_gen: int = 0) -> dict:
             "allocatable": {"cpu": "7800m", "memory": "31Gi", "pods": "110"},
             "conditions": [{"type": t, "status": "False", "reason": f"Kubelet{t}",
                             "message": f"kubelet reports {t} ok",
-                            "lastHeartbeatTime": "2026-12-01T00:00:00Z",
+                            "lastHeartbeatTime": "2026-12-01T00:00:00.000000Z",
                             "lastTransitionTime": "2026-11-01T00:00:00Z"}
                            for t in ("MemoryPressure", "DiskPressure", "PIDPressure",
                                      "Ready")],
@@ -122,9 +128,88 @@ def client(api: FakeApi) -> KubeApi:
     return KubeApi(ApiConfig(url=api.url, connect_timeout=5, read_timeout=60, retries=0))
 
 
+def bookmark_bytes_h(kinds: int) -> float:
+    """A BOOKMARK a minute per watched kind (the API server's cadence, and the relay's):
+    counted, not waited for, as the measured window is shorter than a minute."""
+    line = json.dumps({"type": "BOOKMARK", "object": {"kind": "FelixConfiguration",
+                       "apiVersion": "v1", "metadata": {"resourceVersion": "1a2b3c4d.123456"}}})
+    return kinds * 60 * (len(line) + 8)
+
+
+AGENT_TOKEN = "bench-agent-token"
+AGENT_USER = "system:serviceaccount:nodeward:nodeward"
+REPLICAS = 2
+
+
+def pki() -> Path:
+    from tests.lab.authlab import make_pki
+
+    return make_pki(Path(tempfile.mkdtemp(prefix="nodeward-bench-relay-")))
+
+
+def start_relay(api: FakeApi, certs: Path) -> Relay:
+    opts = RelayOptions(host="127.0.0.1", port=0, cert_file=str(certs / "server.crt"),
+                        key_file=str(certs / "server.key"))
+    relay = Relay(client(api), TokenReviewer(client(api), frozenset([AGENT_USER])),
+                  opts).start()
+    assert relay.watcher.wait_synced(120), "relay did not sync"
+    return relay
+
+
+def relay_client(port: int, certs: Path) -> KubeApi:
+    return KubeApi(ApiConfig(url=f"https://127.0.0.1:{port}", token=AGENT_TOKEN,
+                             ca_file=str(certs / "ca.crt"), connect_timeout=5,
+                             read_timeout=60, retries=0))
+
+
+def via_relay(api: FakeApi, n: int, model: str, steady: float, certs: Path) -> dict:
+    """One agent on relay 0 of REPLICAS; what it receives, and what the API server sends
+    all replicas together (their watches, the agents' TokenReviews)."""
+    api.reset_counters()
+    relays = [start_relay(api, certs) for _ in range(REPLICAS)]
+    try:
+        w = ClusterWatcher(relay_client(relays[0].server.port, certs),
+                           watch_timeout_s=300).start()
+        assert w.wait_synced(120), "agent did not sync from the relay"
+        time.sleep(1.0)
+        srv = relays[0].server
+        initial_req, initial_bytes = sum(srv.requests.values()), sum(srv.bytes.values())
+        review_bytes = api.bytes["CREATE tokenreviews"] / max(
+            1, api.requests["CREATE tokenreviews"])
+        srv.requests.clear()
+        srv.bytes.clear()
+        api.reset_counters()
+        churn = Churn(api, n, model)
+        churn.start()
+        time.sleep(steady)
+        churn.stop.set()
+        churn.join()
+        time.sleep(0.5)
+        agent_bytes = sum(srv.bytes.values())
+        agent_req = srv.requests["list"] + srv.requests["watch"]
+        upstream_bytes = sum(api.bytes.values())
+        dropped = relays[0].store.stats.unchanged
+        w.stop(timeout=0.1)  # its blocked stream reads end with the process
+    finally:
+        for r in relays:
+            r.stop()
+    renew_req_h = len(w.kinds) * 3600 / w.watch_timeout_s
+    agent_bytes += bookmark_bytes_h(len(w.kinds)) * steady / 3600
+    upstream_bytes += REPLICAS * bookmark_bytes_h(len(w.kinds)) * steady / 3600
+    # TokenReviews: one per agent per cache lifetime (120 s) at most; a watch renewal
+    # every 300 s re-asks, so ~12 an hour per agent
+    reviews_h = n * 3600 / 300
+    return {"req_h": renew_req_h + agent_req * 3600 / steady,
+            "bytes_h": agent_bytes * 3600 / steady, "events": churn.events,
+            "initial_req": initial_req, "initial_bytes": initial_bytes,
+            "api_bytes_h": upstream_bytes * 3600 / steady + reviews_h * review_bytes,
+            "api_req_h": REPLICAS * renew_req_h + reviews_h, "dropped": dropped}
+
+
 class Churn(threading.Thread):
-    """`kubelet`: each node's status re-posted every 300 s (N/300 a second, whole Nodes);
-    `topology`: one node key rotated and one node added/removed a minute."""
+    """`kubelet`: each node's status re-posted every 300 s (N/300 a second, whole Nodes;
+    the heartbeat times change, nothing the agents read); `topology`: two node WireGuard
+    keys rotated a minute (changes the agents must see)."""
 
     def __init__(self, api: FakeApi, n: int, model: str) -> None:
         super().__init__(daemon=True)
@@ -139,13 +224,22 @@ class Churn(threading.Thread):
             due = start + i / rate
             if self.stop.wait(max(0.0, due - time.monotonic())):
                 return
-            self.api.put(NODES, node_obj(random.randrange(self.n), key_gen=i))
+            k = random.randrange(self.n)
+            if self.model == "kubelet":  # the node as stored, with a new heartbeat time
+                with self.api.cond:
+                    node = copy.deepcopy(self.api.objects[NODES][f"node-{k:05d}"])
+                for c in node["status"]["conditions"]:
+                    c["lastHeartbeatTime"] = f"2026-12-01T00:00:00.{i % 10**6:06d}Z"
+                self.api.put(NODES, node)
+            else:
+                self.api.put(NODES, node_obj(k, key_gen=i + 1))
             self.events += 1
             i += 1
 
 
-def traffic(n: int, steady: float, interval: float) -> dict:
+def traffic(n: int, steady: float, interval: float, certs: Path) -> dict:
     api = FakeApi(bookmark_interval=60).start()
+    api.token_users[AGENT_TOKEN] = AGENT_USER
     try:
         populate(api, n)
         api.reset_counters()
@@ -178,12 +272,79 @@ def traffic(n: int, steady: float, interval: float) -> dict:
                 print(model, dict(api.requests), dict(api.bytes), file=sys.stderr)
             # watches are renewed every watch_timeout_s: one request per kind per renewal
             renew_req_h = len(w.kinds) * 3600 / w.watch_timeout_s
-            w.stop()
+            got += bookmark_bytes_h(len(w.kinds)) * steady / 3600
+            w.stop(timeout=0.1)  # its blocked stream reads end with the process
             out[model] = {"req_h": renew_req_h + sum(api.requests.values()) * 3600 / steady,
                           "bytes_h": got * 3600 / steady, "events": churn.events,
                           "initial_req": initial_req, "initial_bytes": initial_bytes}
+            out[model]["api_bytes_h"] = out[model]["bytes_h"] * n
+            out[model]["api_req_h"] = out[model]["req_h"] * n
+            out[f"relay-{model}"] = via_relay(api, n, model, steady, certs)
+        out["list"]["api_bytes_h"] = out["list"]["bytes_h"] * n
+        out["list"]["api_req_h"] = out["list"]["req_h"] * n
         return out
     finally:
+        api.stop()
+
+
+RELAY_AGENTS = 20
+
+
+def relay_process(n: int, steady: float, certs: Path) -> dict:
+    """`nodeward relay` as its own process (what a replica costs): RSS once synced, with
+    RELAY_AGENTS agents attached, and its CPU while kubelet churn goes by."""
+    import psutil
+
+    api = FakeApi(bookmark_interval=60).start()
+    api.token_users[AGENT_TOKEN] = AGENT_USER
+    agents: list[ClusterWatcher] = []
+    proc = None
+    try:
+        populate(api, n)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nodeward", "relay", "--listen", "127.0.0.1:0",
+             "--cert", str(certs / "server.crt"), "--key", str(certs / "server.key"),
+             "--api-url", api.url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "agent")})
+        assert proc.stdout is not None
+        line = ""
+        while not line.startswith("nodeward relay: serving"):
+            line = proc.stdout.readline()
+            assert line, "the relay did not start"
+        port = int(line.rsplit(":", 1)[1])
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # its log lines
+        p = psutil.Process(proc.pid)
+        probe = relay_client(port, certs)
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            r = probe.s.get(f"https://127.0.0.1:{port}/healthz", verify=probe.verify)
+            if r.status_code == 200:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)
+        rss0 = p.memory_info().rss / 2**20
+        agents = [ClusterWatcher(relay_client(port, certs)).start() for _ in range(RELAY_AGENTS)]
+        for w in agents:
+            assert w.wait_synced(120)
+        time.sleep(1.0)
+        rss1 = p.memory_info().rss / 2**20
+        churn = Churn(api, n, "kubelet")
+        c0 = p.cpu_times()
+        t0 = time.monotonic()
+        churn.start()
+        time.sleep(steady)
+        churn.stop.set()
+        churn.join()
+        c1 = p.cpu_times()
+        cpu = (c1.user + c1.system - c0.user - c0.system) / (time.monotonic() - t0)
+        return {"rss0": rss0, "rss1": max(rss1, p.memory_info().rss / 2**20), "cpu": cpu,
+                "threads": p.num_threads()}
+    finally:
+        for w in agents:
+            w.stop(timeout=0.1)  # its blocked stream reads end with the process
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
         api.stop()
 
 
@@ -200,7 +361,7 @@ v = w.view("node-00000")
 import gc; gc.collect()
 time.sleep(0.5)
 print(base, psutil.Process().memory_info().rss, len(v.nodes))
-w.stop()
+w.stop(timeout=0.1)  # its blocked stream reads end with the process
 """
 
 
@@ -305,7 +466,7 @@ def encryption_checks(n: int) -> dict[str, float]:
 
 
 def mb(b: float) -> str:
-    return f"{b / 2**20:,.1f} MB"
+    return f"{b / 2**20:,.1f} MB" if b >= 2**20 or not b else f"{b / 1024:,.1f} KB"
 
 
 def main() -> None:
@@ -313,28 +474,46 @@ def main() -> None:
     ap.add_argument("--sizes", default="100,1000,5000")
     ap.add_argument("--steady", type=float, default=15.0, help="seconds of churn measured")
     ap.add_argument("--interval", type=float, default=60.0, help="daemon cycle, seconds")
-    ap.add_argument("--skip", default="", help="comma list of traffic,rss,checks")
+    ap.add_argument("--skip", default="", help="comma list of traffic,relay,rss,checks")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     skip = set(args.skip.split(","))
+    certs = pki()
     if "traffic" not in skip:
-        print(f"API traffic per agent per hour (cycle {args.interval:g} s; watch renewed "
-              "every 300 s; fleet = nodes x agent)")
-        print(f"{'nodes':>6} {'mode':<22} {'req/h':>10} {'bytes/h':>14} {'fleet bytes/s':>14}"
-              f" {'vs list':>9}")
+        print(f"Traffic per agent per hour, and the API server's total (cycle "
+              f"{args.interval:g} s; watches renewed every 300 s; relay: {REPLICAS} replicas, "
+              "the API server's total is their watches plus the agents' TokenReviews)")
+        print(f"{'nodes':>6} {'mode':<30} {'agent req/h':>11} {'agent bytes/h':>14} "
+              f"{'API req/s':>10} {'API bytes/s':>13} {'vs list':>9}")
+        labels = {"list": "list every cycle", "topology": "watch, topology churn",
+                  "kubelet": "watch, kubelet status",
+                  "relay-topology": "relay watch, topology churn",
+                  "relay-kubelet": "relay watch, kubelet status"}
         for n in sizes:
-            t = traffic(n, args.steady, args.interval)
+            t = traffic(n, args.steady, args.interval, certs)
             base = t["list"]["bytes_h"]
-            for mode in ("list", "topology", "kubelet"):
+            for mode, label in labels.items():
                 r = t[mode]
-                label = {"list": "list every cycle", "topology": "watch, topology churn",
-                         "kubelet": "watch, kubelet status"}[mode]
                 ratio = base / r["bytes_h"] if r["bytes_h"] else float("inf")
-                print(f"{n:>6} {label:<22} {r['req_h']:>10,.0f} {mb(r['bytes_h']):>14} "
-                      f"{mb(r['bytes_h'] * n / 3600) + '/s':>14} {ratio:>8,.0f}x")
-            print(f"{'':>6} (one list cycle {t['list_cycle_s']:.2f} s; watch start-up "
+                print(f"{n:>6} {label:<30} {r['req_h']:>11,.0f} {mb(r['bytes_h']):>14} "
+                      f"{r['api_req_h'] / 3600:>10,.1f} {mb(r['api_bytes_h'] / 3600) + '/s':>13}"
+                      f" {ratio:>8,.0f}x")
+            rk = t["relay-kubelet"]
+            print(f"{'':>6} (one list cycle {t['list_cycle_s']:.2f} s; direct watch start-up "
                   f"{t['topology']['initial_req']} requests, "
-                  f"{mb(t['topology']['initial_bytes'])} once)")
+                  f"{mb(t['topology']['initial_bytes'])} once; from the relay "
+                  f"{rk['initial_req']} requests, {mb(rk['initial_bytes'])} once, also what "
+                  f"a relay restart costs each agent; each relay dropped {rk['dropped']:,} of "
+                  f"{rk['events']:,} kubelet updates as unchanged)")
+    if "relay" not in skip:
+        n = max(sizes)
+        print(f"\nthe relay process at {n:,} nodes, kubelet churn ({n / 300:.1f} Node "
+              f"updates/s), {RELAY_AGENTS} agents watching it")
+        r = relay_process(n, args.steady, certs)
+        print(f"  RSS synced, no agents {r['rss0']:.1f} MB; with {RELAY_AGENTS} agents "
+              f"{r['rss1']:.1f} MB ({(r['rss1'] - r['rss0']) / RELAY_AGENTS * 1024:.0f} KB "
+              f"per agent); CPU under churn {r['cpu']:.1%} of a core; "
+              f"{r['threads']} threads")
     if "rss" not in skip:
         print("\nagent RSS holding a watched view (imports included)")
         for n in sizes:

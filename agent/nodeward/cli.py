@@ -91,6 +91,7 @@ COMMAND_MODULES = (
     "nodeward.commands.inspect",
     "nodeward.commands.completion",
     "nodeward.commands.audit",
+    "nodeward.commands.relay",
     "nodeward.policy.verify",
     "nodeward.policy.suggest",
 )

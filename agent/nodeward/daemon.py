@@ -160,6 +160,8 @@ class Agent:
         if cluster is not None:
             paths[cluster.token_file] = "secret"
             paths[cluster.kubeconfig] = "secret"
+            if cluster.relay is not None:
+                paths[cluster.relay.token_file] = "secret"
         for path, problem in permission_warnings(paths):
             self.log.warning("file_permissions_too_open", path=path, problem=problem,
                              hint="chmod 0600 (tokens, kubeconfig) or 0644 (config)")
@@ -263,19 +265,19 @@ class Agent:
         """The watched cluster view (list once, then watch: nothing is listed per cycle),
         or None where the cluster stage reads it itself (offline dir, static peers, or an
         API whose settings are unusable: collect_cluster turns that into NW500)."""
-        from .collect.cluster import api_config
+        from .collect.cluster import view_api
         from .collect.watch import ClusterWatcher
-        from .kubeapi import ApiUnavailable, KubeApi
+        from .kubeapi import ApiUnavailable
 
         if cluster.offline_dir or not cluster.use_api:
             self._stop_watcher()
             return None
         key = (cluster.api_url, cluster.kubeconfig, cluster.token_file, cluster.ca_file,
-               cluster.timeout, cluster.retries)
+               cluster.timeout, cluster.retries, cluster.relay)
         if self.watcher is None or key != self._watch_key:
             self._stop_watcher()
             try:
-                api = KubeApi(api_config(cluster))
+                api = view_api(cluster)
             except ApiUnavailable:
                 return None
             self.watcher = ClusterWatcher(api).start()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import field
 from typing import Any
+from urllib.parse import urlparse
 
 from . import catalog as catalog_mod
 from .settings_schema import (
@@ -177,6 +178,33 @@ PEER = Section("PeerNode", [
     Key("wireguard_public_key_v6", Str(), "", "its IPv6 WireGuard public key"),
 ], "A peer node.", build=_peer_node)
 
+def _relay_url(value: Any, where: str) -> str:
+    """The relay decides enforcement's control-plane sources: only verified TLS to a host,
+    nothing a URL could smuggle besides (path, query, user info)."""
+    url = value.rstrip("/") if isinstance(value, str) else None
+    u = urlparse(url) if url is not None and url.isascii() else None
+    try:
+        ok = u is not None and u.scheme == "https" and bool(u.hostname) and not (
+            u.path or u.query or u.fragment or u.username or u.password) \
+            and (u.port is None or u.port > 0) and not any(c in url for c in " \r\n\t")
+    except ValueError:  # a port out of range
+        ok = False
+    if not ok:
+        raise ConfigError(f"{where}: expected https://HOST[:PORT] (the relay is only trusted over "
+                    "verified TLS)")
+    return url
+
+
+RELAY = Section("RelaySettings", [
+    Key("url", Custom(_relay_url, "https://HOST[:PORT]", ("http://relay:5443", 5)), None,
+        "the relay's URL (only verified TLS)", required=True,
+        missing="expected https://HOST[:PORT]"),
+    Key("ca_file", Str(), "", "the CA the relay's certificate is from", default_doc="system CAs"),
+    Key("token_file", Str(), "", "the token the relay reviews (TokenReview)",
+        default_doc="the service account's"),
+], "A nodeward relay (kubernetes/relay): the cluster view is listed and watched from it "
+   "and nothing else.", none=True, null_is_none=True)
+
 CLUSTER = Section("ClusterSettings", [
     _sub("kubernetes", KUBERNETES, "how to reach the API"),
     Key("encryption", Choice(ENCRYPTION_MODES), "", "what inter-node links must use",
@@ -188,6 +216,7 @@ CLUSTER = Section("ClusterSettings", [
     Key("offline_dir", Str(), "", "read the cluster from a directory of YAML, not the API"),
     Key("node_name", NodeName(), "", "this node in the cluster", default_doc="node_name"),
     Key("use_api", Bool(), True, "false: static peers only, no API"),
+    _sub("relay", RELAY, "read the cluster view from a nodeward relay, not the API server"),
 ], "Cluster checks; absent: none (a bare machine is not a node of an unknown cluster).",
     none=True, flatten=("kubernetes",),
     methods={"from_dict": classmethod(lambda cls, d: CLUSTER.parse(d, "cluster"))})
@@ -307,6 +336,7 @@ Config = _config_class()
 Suppression = SUPPRESSION.cls
 EnforceSettings = ENFORCE.cls
 ClusterSettings = CLUSTER.cls
+RelaySettings = RELAY.cls
 SinkSettings = SINK.cls
 ProbeSettings = PROBE.cls
 DaemonSettings = DAEMON.cls

@@ -8,6 +8,7 @@ list-every-cycle with list-then-watch. Loopback only; stop() ends every stream.
     api.put("/api/v1/nodes", node_obj)      # ADDED or MODIFIED, new resourceVersion
     api.delete("/api/v1/nodes", "n3")
     api.compact()                           # older versions -> 410 Gone on watch
+    api.token_users["tok"] = "system:serviceaccount:ns:sa"   # TokenReview says who "tok" is
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class FakeApi:
         self.requests: dict[str, int] = defaultdict(int)  # "LIST path" / "WATCH path"
         self.bytes: dict[str, int] = defaultdict(int)
         self.served_paths: set[str] = set()  # paths that exist (others 404)
+        self.token_users: dict[str, str] = {}  # bearer token -> username, for TokenReview
         self.server: ThreadingHTTPServer | None = None
         self._closing = False
 
@@ -95,8 +97,14 @@ class FakeApi:
             def do_GET(self):
                 api._handle(self)
 
+            def do_POST(self):
+                api._review(self)
+
         self._closing = False
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 1024  # a relay and its agents connect many at once
+
+        self.server = Server(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]  # a restart comes back on the same port
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -145,6 +153,29 @@ class FakeApi:
             meta["continue"] = str(start + limit)
         self._send(h, 200, {"kind": "List", "apiVersion": "v1", "metadata": meta,
                             "items": page}, what)
+
+    def _review(self, h: BaseHTTPRequestHandler) -> None:
+        """POST tokenreviews (authentication.k8s.io/v1): authenticated when the token is
+        in `token_users`; the caller itself must hold the server's token, if one is set."""
+        what = "CREATE tokenreviews"
+        self.requests[what] += 1
+        body = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        if self.token and h.headers.get("Authorization") != f"Bearer {self.token}":
+            return self._send(h, 401, {"kind": "Status", "code": 401}, what)
+        if urlparse(h.path).path != "/apis/authentication.k8s.io/v1/tokenreviews":
+            return self._send(h, 404, {"kind": "Status", "code": 404}, what)
+        try:
+            review = json.loads(body)
+            token = review["spec"]["token"]
+        except (ValueError, KeyError, TypeError):
+            return self._send(h, 400, {"kind": "Status", "code": 400}, what)
+        user = self.token_users.get(token)
+        status: dict = {"authenticated": user is not None}
+        if user is not None:
+            status["user"] = {"username": user, "groups": ["system:serviceaccounts"]}
+            if review["spec"].get("audiences"):
+                status["audiences"] = review["spec"]["audiences"]
+        self._send(h, 201, {**review, "status": status}, what)
 
     def _watch(self, h: BaseHTTPRequestHandler, path: str, q: dict, what: str) -> None:
         since = int(q.get("resourceVersion", "0") or 0)

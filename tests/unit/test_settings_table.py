@@ -30,7 +30,8 @@ BASES = {"suppress[]": {"id": "NW101", "reason": "accepted"},
          "catalog[]": {"name": "my-agent", "ports": [9100]},
          "cluster.peers[]": {"name": "peer-1"},
          "daemon.probe_peers.peers[]": {"name": "peer-1", "addresses": ["10.0.0.2"]},
-         "daemon.sink": {"url": "https://collector.example/v1"}}
+         "daemon.sink": {"url": "https://collector.example/v1"},
+         "cluster.relay": {"url": "https://nodeward-relay.nodeward.svc:5443"}}
 
 
 def _keys() -> list[tuple[str, object, str]]:

@@ -27,6 +27,7 @@ from ..kubeapi import (
     in_cluster,
     read_token,
 )
+from ..relay.client import relay_api
 from ..settings_table import ClusterSettings
 
 log = structlog.get_logger("nodeward.cluster")
@@ -199,6 +200,14 @@ def api_config(settings: ClusterSettings) -> ApiConfig:
     return in_cluster(**kw)
 
 
+def view_api(settings: ClusterSettings) -> KubeApi:
+    """Where the cluster view is read: the relay when configured (and then only there),
+    else the API server. ApiUnavailable when the settings are unusable."""
+    if settings.relay is not None:
+        return relay_api(settings.relay, settings.timeout, settings.retries)
+    return KubeApi(api_config(settings))
+
+
 def from_api(node: str, api: KubeApi) -> ClusterView:
     """Nodes first (no nodes = unknown); Calico kinds each on their own, 404 = not served."""
     unknown: list[str] = []
@@ -342,7 +351,7 @@ def collect_cluster(settings: ClusterSettings, node: str) -> ClusterView:
         view = load_offline(node, settings.offline_dir)
     elif settings.use_api:
         try:
-            api = KubeApi(api_config(settings))
+            api = view_api(settings)
         except ApiUnavailable as e:
             log.error("cluster_state_unknown", reason=e.reason)
             view = ClusterView(node=node, source="api", unknown=(e.reason,))

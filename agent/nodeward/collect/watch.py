@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -40,6 +41,17 @@ def trim_calico(obj: dict) -> dict:
 def _key(obj: dict) -> str:
     meta = obj.get("metadata") or {}
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+class WatchSink(Protocol):
+    """Told every applied change, under the watcher's lock and in order (the relay's
+    store: nodeward.relay.store)."""
+
+    def listed(self, kind: str, path: str, objects: dict[str, dict] | None) -> None:
+        """A (re-)list of `kind` answered at `path`; None: the kind is not served."""
+
+    def changed(self, kind: str, key: str, obj: dict | None) -> None:
+        """One object's trimmed new state; None: deleted."""
 
 
 @dataclass
@@ -73,8 +85,10 @@ class ClusterWatcher:
     """Nodes and the Calico kinds, each listed once and then watched in its own thread."""
 
     def __init__(self, api: KubeApi, *, watch_timeout_s: int = 300,
-                 backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
+                 backoff_s: float = 0.5, max_backoff_s: float = 30.0,
+                 sink: WatchSink | None = None) -> None:
         self.api = api
+        self.sink = sink
         self.watch_timeout_s = watch_timeout_s
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -157,9 +171,13 @@ class ClusterWatcher:
                 rw.version, rw.path, rw.error = version, path, ""
                 rw.synced, rw.relist, rw.served = True, False, True
                 rw.changes += 1
+                if self.sink is not None:
+                    self.sink.listed(rw.kind, path, rw.objects)
             return
         with self._lock:
             rw.served, rw.synced, rw.relist = False, True, False
+            if self.sink is not None:
+                self.sink.listed(rw.kind, "", None)
 
     def _watch(self, rw: ResourceWatch) -> None:
         with self._lock:
@@ -174,12 +192,17 @@ class ClusterWatcher:
                     self.stats.bookmarks += 1
                 elif kind in ("ADDED", "MODIFIED"):
                     self.stats.events += 1
-                    rw.objects[_key(obj)] = rw.trim(obj)
+                    key, trimmed = _key(obj), rw.trim(obj)
+                    rw.objects[key] = trimmed
                     rw.changes += 1
+                    if self.sink is not None:
+                        self.sink.changed(rw.kind, key, trimmed)
                 elif kind == "DELETED":
                     self.stats.events += 1
                     rw.objects.pop(_key(obj), None)
                     rw.changes += 1
+                    if self.sink is not None:
+                        self.sink.changed(rw.kind, _key(obj), None)
                 rw.version = version
 
     # -- what the daemon reads ------------------------------------------------------------
@@ -188,6 +211,12 @@ class ClusterWatcher:
         """Changes per kind: equal tuples mean an unchanged view."""
         with self._lock:
             return tuple(rw.changes for rw in self.kinds)
+
+    def failing(self) -> dict[str, str]:
+        """Kind -> why it is not current (not listed yet, or its list/watch failing)."""
+        with self._lock:
+            return {rw.kind: rw.error or "not listed yet" for rw in self.kinds
+                    if rw.served and (not rw.synced or rw.error)}
 
     def view(self, node: str) -> ClusterView:
         with self._lock:
