@@ -488,6 +488,9 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
     else:
         if cache is not None:
             cache.nf_part = None  # superseded (the parse cache still has what is reusable)
+        # nor held here: the old tables must be garbage before the new dump is parsed (a
+        # churning kube-proxy node would otherwise hold two 50,000-rule rulesets at once)
+        part = None
         part = _read_nf(_Reader(run, cache, max_rules), probes,
                         cache.nft_sizes if cache is not None else {})
         if cache is not None:
