@@ -11,6 +11,7 @@ import ipaddress
 import re
 from functools import lru_cache
 from socket import AF_INET, inet_pton
+from sys import intern
 
 from .errors import RulesetParseError
 from .model import IPT_HOOKS, IPT_PRIORITY, Chain, Match, Rule, Table
@@ -47,7 +48,8 @@ def parse_net(text: str) -> tuple[int, int, int]:
         if ip >= 0 and bits <= 32 and not (plen and plen[0] == "0" and plen != "0"):
             host = (1 << (32 - bits)) - 1
             first = ip & ~host & 0xFFFFFFFF
-            return (4, first, first | host)
+            # a host address (most of a kube-proxy ruleset): one int object, not two
+            return (4, first, first | host if host else first)
     net = ipaddress.ip_network(text, strict=False)
     return (net.version, int(net.network_address), int(net.broadcast_address))
 
@@ -101,6 +103,7 @@ def tokenize(line: str) -> list[str]:
 
 
 _MATCH_CACHE: dict[tuple, Match] = {}
+_MATCHES_CACHE: dict[tuple, tuple] = {}
 
 
 def _m(op: str, args: tuple, negate: bool, text: str) -> Match:
@@ -192,7 +195,10 @@ def _addr_match(t: str, v: str, neg: bool) -> Match:
             _ADDR_CACHE.clear()
         text = f"! {t} {v}" if neg else f"{t} {v}"
         if t in ("-s", "--source", "-d", "--destination"):
-            m = Match("src" if t in ("-s", "--source") else "dst", parse_net(v), neg, text)
+            # not through parse_net's cache: this one already holds each address once,
+            # and a second entry per address was ~5 MB more at the parse's peak
+            m = Match("src" if t in ("-s", "--source") else "dst", parse_net.__wrapped__(v),
+                      neg, text)
         else:
             wild = v.endswith("+")
             m = Match("iif" if t in ("-i", "--in-interface") else "oif",
@@ -211,6 +217,7 @@ def clear_caches() -> None:
     after a read that parsed: the live ruleset holds what it uses, and entries of superseded
     rulesets (a churning node's old endpoints) would otherwise pile up to the caps."""
     _MATCH_CACHE.clear()
+    _MATCHES_CACHE.clear()
     _ADDR_CACHE.clear()
     _module_option.cache_clear()
     parse_net.cache_clear()
@@ -283,13 +290,16 @@ def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple
         if kind <= 3:
             if neg:
                 raise ValueError("'!' before a target")
+            # interned: 50,000 rules name a few hundred targets, and one str per rule
+            # token was ~4 MB of copies of the same names
             if kind == 3:
-                target, arg = "GOTO", v
+                target, arg = "GOTO", intern(v)
             elif v in chains and v not in BUILTIN_TARGETS:
-                target, arg = "JUMP", v
+                target, arg = "JUMP", intern(v)
             else:
-                target = v
+                target = intern(v)
                 arg, effects = _target_options(v, tokens[i:])
+                arg = intern(arg)
                 i = n
         elif kind <= 7:
             matches.append(_addr_match(t, v, neg))
@@ -317,7 +327,13 @@ def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple
         matches.append(_unknown(module, unknown))
     if rpfilter:
         matches = _rpfilter(matches)
-    return chain, Rule(tuple(matches), target, arg, line, lineno, effects)
+    key = tuple(matches)
+    shared = _MATCHES_CACHE.get(key)
+    if shared is None:  # one tuple per distinct match list: kube-proxy repeats them
+        if len(_MATCHES_CACHE) > 200_000:
+            _MATCHES_CACHE.clear()
+        shared = _MATCHES_CACHE[key] = key
+    return chain, Rule(shared, target, arg, line, lineno, effects)
 
 
 def _rpfilter(matches: list[Match]) -> list[Match]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from sys import intern
 
 from .errors import RulesetParseError
 from .iptables import parse_net
@@ -456,6 +457,7 @@ def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
     rules: dict[tuple, list[Rule]] = {}
     tables: list[tuple[str, str]] = []
     sets: dict[str, IpSet] = {}
+    shared: tuple[dict, dict] = ({}, {})  # one object per distinct Match / tuple (_rule)
     n = 0
     while True:
         n += 1
@@ -487,7 +489,8 @@ def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
                 key = (r["family"], r["table"], r["chain"])
                 fam, tab = r["family"], r["table"]
                 try:
-                    rule = _rule(r, n, lambda name, fam=fam, tab=tab: f"nft:{fam}:{tab}:{name}")
+                    rule = _rule(r, n, lambda name, fam=fam, tab=tab: f"nft:{fam}:{tab}:{name}",
+                                 shared)
                 except RecursionError:  # one absurdly nested rule: that rule is unknown
                     why = "expression nested too deeply"
                     rule = Rule((Match("unknown", (why,), False, why),), "NFT-nested", "",
@@ -551,7 +554,17 @@ def _txt(net: tuple) -> str:
     return str(nets[0]) if len(nets) == 1 else f"{first}-{type(first)(hi)}"
 
 
-def _rule(r: dict, n: int, setkey) -> Rule:
+def _share(memo: dict, value):
+    """The first object equal to `value` seen in this parse (`value` itself if none):
+    50,000 kube-proxy rules repeat a few hundred distinct matches ("tcp dport 80", "meta
+    l4proto tcp"), and one object each was ~15 MB at 50,000 rules."""
+    try:
+        return memo.setdefault(value, value)
+    except TypeError:  # an unhashable argument: not shared
+        return value
+
+
+def _rule(r: dict, n: int, setkey, shared: tuple[dict, dict] | None = None) -> Rule:
     matches: list[Match] = []
     target, arg = "", ""
     effects: list[tuple] = []
@@ -653,7 +666,11 @@ def _rule(r: dict, n: int, setkey) -> Rule:
     shown += [show(e, 120) for e in expr[len(shown):]]  # after the verdict: rarely any
     text = f"{r['family']} {r['table']} {r['chain']} handle {r.get('handle', '?')}: " + \
         " ".join(shown)[:300]
-    return Rule(tuple(matches), target, arg, text, n, tuple(effects), vmap)
+    if shared is None:
+        return Rule(tuple(matches), target, arg, text, n, tuple(effects), vmap)
+    ms, ts = shared
+    return Rule(_share(ts, tuple(_share(ms, m) for m in matches)), intern(target), intern(arg),
+                text, n, _share(ts, tuple(_share(ts, e) for e in effects)), vmap)
 
 
 def _inline_types(sels) -> list[str]:
