@@ -132,21 +132,34 @@ def digest_dump(text: str) -> str:
 _COUNTER_TAIL = re.compile(r" \[\d+:\d+\]$")
 
 
+class LineDigest:
+    """digest_lines fed in pieces (a dump streamed from its command, never held whole)."""
+
+    __slots__ = ("_h", "_more")
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self._more = False
+
+    def update(self, lines: Sequence[str]) -> None:
+        kept = [_COUNTER_TAIL.sub("", line) if line[:1] == ":" else line
+                for line in lines if line[:1] != "#"]
+        if kept:
+            if self._more:
+                self._h.update(b"\n")
+            self._h.update("\n".join(kept).encode())
+            self._more = True
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
 def digest_lines(lines: Sequence[str]) -> str:
     """digest_dump for a dump read as lines: comment lines left out, chain counters cut."""
-    h = hashlib.sha256()
-    batch: list[str] = []
-    for line in lines:
-        c = line[:1]
-        if c == "#":
-            continue
-        batch.append(_COUNTER_TAIL.sub("", line) if c == ":" else line)
-        if len(batch) >= 4096:
-            h.update("\n".join(batch).encode())
-            h.update(b"\n")
-            batch.clear()
-    h.update("\n".join(batch).encode())
-    return h.hexdigest()
+    d = LineDigest()
+    for i in range(0, len(lines), 4096):
+        d.update(lines[i:i + 4096])
+    return d.hexdigest()
 
 
 class ParseCache:
@@ -184,6 +197,13 @@ class ParseCache:
             self.hits += 1
         self._now[key] = hit
         return hit
+
+    def last(self, cmd: str) -> tuple[str, Any] | None:
+        """(digest, parsed) of what `cmd` gave in the last read, if anything."""
+        for (c, one), hit in self._last.items():
+            if c == cmd:
+                return one, hit
+        return None
 
     def keep(self, cmd: str, text_digest: str) -> None:
         """Carry one entry into the next read without looking it up (gated reads)."""
@@ -240,12 +260,14 @@ NO_PROBES = Probes()
 
 def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
               max_bytes: int = DEFAULT_MAX_RULES * BYTES_PER_RULE,
-              lines: bool = False) -> Any:
+              lines: bool = False, consume: Callable[[list[str]], None] | None = None) -> Any:
     """stdout of a read-only command (with `lines`: as a list of its lines, which is what
     the iptables-save parser takes: a 33 MB dump then never exists as one string beside
-    them); None when it is not installed or exits non-zero (not root, module not loaded).
-    Raises FrontendFailed when it times out or its output passes `max_bytes` (killed: the
-    read is bounded in time and memory)."""
+    them; with `consume`: its lines handed over a batch at a time and not kept, "" is
+    returned); None when it is not installed or exits non-zero (not root, module not
+    loaded). Raises FrontendFailed when it times out or its output passes `max_bytes`
+    (killed: the read is bounded in time and memory)."""
+    lines = lines or consume is not None
     if not shutil.which(argv[0]):
         return None
     try:
@@ -278,7 +300,10 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
             if lines:
                 got = (carry + piece).split("\n")
                 carry = got.pop()
-                parts += got
+                if consume is not None:
+                    consume(got)
+                else:
+                    parts += got
             else:
                 parts.append(piece)
             if size > max_bytes:
@@ -300,6 +325,9 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
         last = carry + decoder.decode(b"", final=True)
         if last:
             parts.append(last)
+        if consume is not None:
+            consume(parts)
+            return ""
         return parts
     parts.append(decoder.decode(b"", final=True))
     if len(parts) == 1:
@@ -307,6 +335,14 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
     text = "".join(parts)
     del parts
     return text
+
+
+def digest_local(argv: Sequence[str]) -> str | None:
+    """digest_lines of a command's output, streamed: an unchanged iptables-legacy dump is
+    recognised without its 50,000 lines (~10 MB at the peak) ever being held. None as
+    run_local."""
+    d = LineDigest()
+    return None if run_local(argv, consume=d.update) is None else d.hexdigest()
 
 
 def has_rules(tables: Sequence[Table]) -> bool:
@@ -376,6 +412,31 @@ class _Reader:
             if not (out.strip() if isinstance(out, str) else any(x.strip() for x in out)):
                 self.blank.append(argv[0])
         return out
+
+    def unchanged(self, cmd: str) -> Any:
+        """What `cmd` gave last time, when its output is provably the same (equal digest,
+        read streaming) and within the ceiling; None: read and parse it (the command then
+        runs again: a changed legacy dump costs two reads, an unchanged one no lines)."""
+        last = self.cache.last(cmd) if self.cache is not None and \
+            self.run is run_local else None
+        if last is None or not last[1]:
+            return None
+        one, tables = last
+        n = sum(len(c.rules) for t in tables for c in t.chains.values())
+        if self.rules + n > self.max_rules:
+            return None  # the full read reports the ceiling
+        try:
+            now = digest_local([cmd])
+        except FrontendFailed:
+            return None  # the full read tries again and reports what fails
+        if now != one:
+            return None
+        self.answered += 1
+        self.rules += n
+        self.digests.append((cmd, one))
+        self.cache.keep(cmd, one)  # type: ignore[union-attr]
+        self.cache.hits += 1  # type: ignore[union-attr]
+        return tables
 
     def parsed(self, key: str, text: str, parse: Callable[[str], Any], empty: Any,
                count: Callable[[str], int]) -> Any:
@@ -503,6 +564,10 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
     for fam, cmd in ((4, "iptables-legacy-save"), (6, "ip6tables-legacy-save")):
         if probes.legacy_tables(fam) is False:
             continue  # no x_tables table in this namespace: nothing to read (or load)
+        same = r.unchanged(cmd)
+        if same is not None:
+            legacy.extend(same)
+            continue
         text = r.text([cmd], lines=True)
         if text is None:
             continue
