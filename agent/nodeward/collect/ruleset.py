@@ -260,12 +260,14 @@ NO_PROBES = Probes()
 
 def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
               max_bytes: int = DEFAULT_MAX_RULES * BYTES_PER_RULE,
-              lines: bool = False, consume: Callable[[list[str]], None] | None = None) -> Any:
+              lines: bool = False, consume: Callable[[list[str]], None] | None = None,
+              pieces: bool = False) -> Any:
     """stdout of a read-only command (with `lines`: as a list of its lines, which is what
     the iptables-save parser takes: a 33 MB dump then never exists as one string beside
     them; with `consume`: its lines handed over a batch at a time and not kept, "" is
-    returned); None when it is not installed or exits non-zero (not root, module not
-    loaded). Raises FrontendFailed when it times out or its output passes `max_bytes`
+    returned; with `pieces`: as the Pieces it was read in, which the nft parser takes and
+    lets go of as it parses); None when it is not installed or exits non-zero (not root,
+    module not loaded). Raises FrontendFailed when it times out or its output passes `max_bytes`
     (killed: the read is bounded in time and memory)."""
     lines = lines or consume is not None
     if not shutil.which(argv[0]):
@@ -330,11 +332,35 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
             return ""
         return parts
     parts.append(decoder.decode(b"", final=True))
+    if pieces:
+        return Pieces(p for p in parts if p)
     if len(parts) == 1:
         return parts[0]
     text = "".join(parts)
     del parts
     return text
+
+
+class Pieces(list):
+    """A command's output as the chunks it was read in (str each), not joined: a 16 MB nft
+    JSON dump is then never copied into one string, and the parser empties the list as it
+    goes."""
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for p in self:
+            h.update(p.encode())
+        return h.hexdigest()
+
+    def count(self, needle: str) -> int:  # type: ignore[override]
+        """Occurrences of `needle` in the joined text (also across piece boundaries)."""
+        n, k, tail = 0, len(needle) - 1, ""
+        for p in self:
+            # one straddling a boundary lies in the last k characters before it and the
+            # first k after it (k + 1 long: never in either alone)
+            n += p.count(needle) + ((tail + p[:k]).count(needle) if k else 0)
+            tail = (tail + p)[-k:] if len(p) < k else p[-k:] if k else ""
+        return n
 
 
 def digest_local(argv: Sequence[str]) -> str | None:
@@ -396,11 +422,12 @@ class _Reader:
         self.failed: list[str] = []
         self.blank: list[str] = []
 
-    def text(self, argv: Sequence[str], lines: bool = False) -> Any:
-        """The command's output; with `lines` and the live runner, as a list of lines."""
+    def text(self, argv: Sequence[str], lines: bool = False, pieces: bool = False) -> Any:
+        """The command's output; with the live runner and `lines`, as a list of lines, with
+        `pieces`, as Pieces."""
         try:
-            out = run_local(argv, lines=True) if lines and self.run is run_local else \
-                self.run(argv)
+            out = run_local(argv, lines=lines, pieces=pieces) if (lines or pieces) and \
+                self.run is run_local else self.run(argv)
         except FrontendFailed as e:
             self.answered += 1  # it exists and tried: the stage is partial, not unavailable
             self.problems.append(Problem(argv[0], f"{e}: its tables are not evaluated"))
@@ -440,7 +467,7 @@ class _Reader:
 
     def parsed(self, key: str, text: str, parse: Callable[[str], Any], empty: Any,
                count: Callable[[str], int]) -> Any:
-        n = count(text) if isinstance(text, str) else \
+        n = count(text) if isinstance(text, str | Pieces) else \
             sum(1 for x in text if x[:3] == "-A " or x[:1] == "[")
         if self.rules + n > self.max_rules:
             self.problems.append(Problem(key.split()[0], (
@@ -448,7 +475,8 @@ class _Reader:
                 f"(firewall_max_rules; {self.rules:,} read before it): not evaluated")))
             return empty
         self.rules += n
-        one = digest_dump(text) if isinstance(text, str) else digest_lines(text)
+        one = digest_dump(text) if isinstance(text, str) else \
+            text.digest() if isinstance(text, Pieces) else digest_lines(text)
         self.digests.append((key, one))
         return self.cache.get(key, text, parse, one) if self.cache is not None else parse(text)
 
@@ -457,7 +485,7 @@ def _count_ipt(text: str) -> int:
     return text.count("\n-A ") + text.startswith("-A ")
 
 
-def _count_nft(text: str) -> int:
+def _count_nft(text: str | Pieces) -> int:
     return text.count('{"rule":')
 
 
@@ -482,7 +510,7 @@ def _read_nf(r: _Reader, probes: Probes, sizes: dict[tuple[str, str], int]) -> _
     sets: dict[str, IpSet] = {}
     listed = probes.nft_tables()
     if listed is None:  # cannot list over netlink (or not our namespace): the whole ruleset
-        text = r.text(list(NFT_LIST))
+        text = r.text(list(NFT_LIST), pieces=True)
         if text:
             # what is skipped changes the result, so it is part of the cache key
             nft_tables, nft_sets = r.parsed(
@@ -509,7 +537,7 @@ def _read_nf(r: _Reader, probes: Probes, sizes: dict[tuple[str, str], int]) -> _
                     f"{r.max_rules:,} (firewall_max_rules; {r.rules:,} read before it): "
                     "not read, not evaluated")))
                 continue
-            text = r.text(argv)
+            text = r.text(argv, pieces=True)
             if text is None:
                 r.problems.append(Problem("nft", f"{' '.join(argv)} failed although the "
                                           "table exists: its rules are not evaluated"))

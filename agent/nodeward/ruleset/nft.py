@@ -432,17 +432,98 @@ def _stream_items(text: str) -> Iterator[object] | None:
     return gen()
 
 
-def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
+def _piece_items(pieces: list[str]) -> Iterator[object] | None:
+    """_stream_items over a dump read in pieces (collect's run_local pieces=True), taking
+    the pieces out of the list as it goes: the dump (16 MB of JSON at 50,000 rules) is let
+    go while it is parsed instead of being held to the end. None when it is not laid out as
+    `{"nftables": [...]}` (the pieces are then left as they were)."""
+    head = ""
+    for p in pieces:
+        head += p
+        if len(head.lstrip(_WS)) >= 16:
+            break
+    head = head.lstrip(_WS)
+    if not head.startswith('{"nftables":'):
+        return None
+    rest = head[len('{"nftables":'):].lstrip(_WS)
+    if rest and rest[0] != "[":
+        return None
+    pieces.reverse()  # popped from the end, in order
+    buf = ""
+
+    def more() -> bool:
+        nonlocal buf, i
+        if not pieces:
+            return False
+        buf = buf[i:] + pieces.pop()
+        i = 0
+        return True
+
+    def skip_ws() -> bool:
+        """Past whitespace; False at the end of the dump."""
+        nonlocal i
+        while True:
+            while i < len(buf) and buf[i] in _WS:
+                i += 1
+            if i < len(buf) or not more():
+                return i < len(buf)
+
+    i = 0
+
+    def gen() -> Iterator[object]:
+        nonlocal i
+        skip_ws()
+        while i + 1 >= len(buf) or "[" not in buf[i:i + 64]:
+            if not more():
+                break
+        i = buf.index("[", i) + 1  # the header was checked above
+        first_item = True
+        while True:
+            if not skip_ws():
+                raise ValueError("the nftables list is not closed")
+            if buf[i] == "]":
+                while more():
+                    pass
+                if buf[i + 1:].strip(_WS) != "}":
+                    raise ValueError("unexpected text after the nftables list")
+                return
+            if not first_item:
+                if buf[i] != ",":
+                    raise ValueError("',' expected")
+                i += 1
+                if not skip_ws():
+                    raise ValueError("the nftables list is not closed")
+            if buf[i] != "{":  # not an object: decoded from everything left, to be sure
+                while more():
+                    pass
+            while True:
+                try:
+                    item, i = _DECODER.raw_decode(buf, i)
+                    break
+                except ValueError:
+                    # an object cut at a piece boundary never decodes: add the next one
+                    if not more():
+                        raise
+            first_item = False
+            yield item
+
+    return gen()
+
+
+def parse_nft_json(text: str | list[str], *, source: str = "nft -j list ruleset",
                    skip: Iterable[tuple[str, str]] = ()) -> tuple[tuple[Table, ...],
                                                                  dict[str, IpSet]]:
     """Tables (minus `skip` (family, name) pairs) and named sets (keyed "nft:fam:table:name")."""
-    stripped = text.lstrip()
+    stripped = text.lstrip() if isinstance(text, str) else \
+        next((p for p in text if p.strip()), "").lstrip()
     if stripped.startswith(("table ", "flush ruleset", "add table", "#!")) or \
             stripped.startswith("define "):
         raise RulesetParseError(source, 1, "this is nft text: save it with "
                                            "`nft -j list ruleset` (JSON) instead")
     try:
-        items = _stream_items(text)
+        items = _stream_items(text) if isinstance(text, str) else _piece_items(text)
+        if items is None and not isinstance(text, str):
+            text = "".join(text)
         if items is None:
             doc = json.loads(text)
             items = doc["nftables"]
