@@ -27,7 +27,7 @@ from tests.lab import Lab, have_netns  # noqa: E402
 CHILD = r"""
 import gc, sys, time, tracemalloc, io
 sys.path.insert(0, {agent!r})
-TRACE, CYCLES, SLEEP, CFG = {trace!r}, {cycles!r}, {sleep!r}, {cfg!r}
+TRACE, CYCLES, SLEEP, CFG, TRIM = {trace!r}, {cycles!r}, {sleep!r}, {cfg!r}, {trim!r}
 
 def status():
     rss = hwm = 0
@@ -103,6 +103,11 @@ for c in range(CYCLES):
     leave()
     agent.out.seek(0)
     agent.out.truncate()
+    if TRIM:
+        import ctypes
+        before = status()[0]
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        print(f"  malloc_trim(0) after the cycle: RSS {{before:.1f}} -> {{status()[0]:.1f}} MB")
     print(f"-- cycle {{c + 1}}: phase  (RSS at start -> peak inside, MB; rise)"
           + ("  [python peak rise / kept, MB]" if TRACE else ""))
     for depth, name, rss0, peak, rss1, pyrise, pykept in rows:
@@ -132,6 +137,8 @@ def main() -> int:
     ap.add_argument("--sleep", type=float, default=11.0)
     ap.add_argument("--trace", action="store_true")
     ap.add_argument("--churn", action="store_true")
+    ap.add_argument("--trim", action="store_true",
+                    help="malloc_trim(0) after each cycle: how much is freed but resident")
     args = ap.parse_args()
     reason = have_netns()
     if reason:
@@ -151,7 +158,7 @@ def main() -> int:
         cfg.write_text("node_name: bench\ninterval: 30\nmetrics_address: 127.0.0.1:0\n"
                        "node_cidrs: [10.0.0.0/16]\npod_cidrs: [10.244.0.0/16]\n")
         code = CHILD.format(agent=str(ROOT / "agent"), trace=args.trace, cycles=args.cycles,
-                            sleep=args.sleep, cfg=str(cfg))
+                            sleep=args.sleep, cfg=str(cfg), trim=args.trim)
         t0 = time.monotonic()
         subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", code],
                        timeout=3600, check=False)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..memtrim import give_back
 from ..ruleset.iptables import clear_caches, guess_family, parse_iptables_save
 from ..ruleset.model import IPT_PRIORITY, IpSet, Problem, Ruleset, Table
 from ..ruleset.nft import parse_nft_json
@@ -55,6 +56,8 @@ _COUNTERS = re.compile(r"\n:[^ \n]+ [^ \n]+ (\[\d+:\d+\])")
 #: not parsed and the stage reports itself partial (NW206). 250,000 iptables-legacy rules
 #: parse with a 254 MB peak, within the DaemonSet's 256 MiB; config `firewall_max_rules`.
 DEFAULT_MAX_RULES = 260_000
+#: Characters per piece of a command's output read in pieces (run_local pieces=True).
+PIECE = 1 << 20
 #: Bytes of one command's output past which it is cut (a dump costs ~130 bytes a rule).
 BYTES_PER_RULE = 512
 TIMEOUT = 30.0
@@ -281,6 +284,8 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
     # decoded chunk by chunk: the bytes of a 33 MB dump never exist beside its text
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     parts: list[str] = []
+    joined = Pieces()  # with `pieces`: the 1 MB pieces so far
+    pending = 0  # characters in `parts` not yet joined into one
     carry = ""
     size = 0
     fd = proc.stdout.fileno()
@@ -308,6 +313,14 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
                     parts += got
             else:
                 parts.append(piece)
+                pending += len(piece)
+                if pieces and pending >= PIECE:
+                    # a pipe gives 64 KB a read: joined into 1 MB pieces, which malloc
+                    # maps on their own and gives back to the system once parsed, where
+                    # 64 KB ones stay in the heap between the parse's allocations
+                    joined.append("".join(parts))
+                    parts.clear()
+                    pending = 0
             if size > max_bytes:
                 raise FrontendFailed(f"{' '.join(argv)} printed more than "
                                      f"{max_bytes // 2**20} MiB (the rule ceiling)")
@@ -333,7 +346,8 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
         return parts
     parts.append(decoder.decode(b"", final=True))
     if pieces:
-        return Pieces(p for p in parts if p)
+        joined.append("".join(parts))
+        return Pieces(p for p in joined if p)
     if len(parts) == 1:
         return parts[0]
     text = "".join(parts)
@@ -615,6 +629,7 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
         cache.rotate()
         if cache.misses != misses:  # parsed: drop the parser's values of older rulesets
             clear_caches()
+            give_back()  # and the pages the read and the parse freed
     blank = (*part.blank, *r.blank)
     # refused, not missing: a legacy-only node without the nft tools and without rules is
     # empty, not unreadable

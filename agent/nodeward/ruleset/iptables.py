@@ -102,18 +102,21 @@ def tokenize(line: str) -> list[str]:
     return out
 
 
-_MATCH_CACHE: dict[tuple, Match] = {}
+#: The parse's shared values, keyed by themselves (a Match, a match tuple; an address
+#: match by its text): no key object lives beside each value, so nothing short-lived is
+#: left between the ruleset's objects when the caches are cleared after the parse.
+_MATCH_CACHE: dict[Match, Match] = {}
 _MATCHES_CACHE: dict[tuple, tuple] = {}
 
 
 def _m(op: str, args: tuple, negate: bool, text: str) -> Match:
-    key = (op, args, negate, text)
-    m = _MATCH_CACHE.get(key)
-    if m is None:
+    m = Match(op, args, negate, text)
+    hit = _MATCH_CACHE.get(m)
+    if hit is None:
         if len(_MATCH_CACHE) > 200_000:
             _MATCH_CACHE.clear()
-        m = _MATCH_CACHE[key] = Match(op, args, negate, text)
-    return m
+        hit = _MATCH_CACHE[m] = m
+    return hit
 
 
 def _option_match(module: str, opt: str, vals: list[str], neg: bool) -> Match:
@@ -184,16 +187,15 @@ def _value_mask(text: str) -> tuple[int, int]:
 _KIND = {"!": 1, "-j": 2, "--jump": 2, "-g": 3, "--goto": 3, "-s": 4, "--source": 4,
          "-d": 5, "--destination": 5, "-i": 6, "--in-interface": 6, "-o": 7,
          "--out-interface": 7, "-p": 8, "--protocol": 8, "-m": 9, "--match": 9}
-_ADDR_CACHE: dict[tuple, Match] = {}
+_ADDR_CACHE: dict[str, Match] = {}
 
 
 def _addr_match(t: str, v: str, neg: bool) -> Match:
-    key = (t, v, neg)
-    m = _ADDR_CACHE.get(key)
+    text = f"! {t} {v}" if neg else f"{t} {v}"
+    m = _ADDR_CACHE.get(text)
     if m is None:
         if len(_ADDR_CACHE) > 200_000:
             _ADDR_CACHE.clear()
-        text = f"! {t} {v}" if neg else f"{t} {v}"
         if t in ("-s", "--source", "-d", "--destination"):
             # not through parse_net's cache: this one already holds each address once,
             # and a second entry per address was ~5 MB more at the parse's peak
@@ -203,7 +205,7 @@ def _addr_match(t: str, v: str, neg: bool) -> Match:
             wild = v.endswith("+")
             m = Match("iif" if t in ("-i", "--in-interface") else "oif",
                       (v[:-1] if wild else v, wild), neg, text)
-        m = _ADDR_CACHE[key] = m
+        m = _ADDR_CACHE[text] = m
     return m
 
 

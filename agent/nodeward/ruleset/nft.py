@@ -22,8 +22,8 @@ _NONTERM = {"counter", "log", "limit", "meta", "mangle", "ct", "set", "quota", "
 
 def _nets(right) -> tuple | None:
     """Address literal / prefix / range / anonymous set -> tuple of (ver, lo, hi)."""
-    if isinstance(right, str):
-        return (parse_net(right),)
+    if isinstance(right, str):  # not through parse_net's cache: the rule memo shares
+        return (parse_net.__wrapped__(right),)  # repeats, a cache entry each is ~7 MB more
     if isinstance(right, dict):
         if "prefix" in right:
             return (parse_net(f"{right['prefix']['addr']}/{right['prefix']['len']}"),)
