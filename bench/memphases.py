@@ -120,6 +120,12 @@ for c in range(CYCLES):
         print("  held after the cycle, top sites:")
         for s in stats[:12]:
             print(f"    {{s.size / 2**20:6.1f}} MB {{s.count:8d}}  {{s.traceback}}")
+        if top:
+            print("  grown since the last cycle:")
+            for d in snap.compare_to(top[-1], "lineno")[:8]:
+                print(f"    {{d.size_diff / 2**10:+8.1f}} kB {{d.count_diff:+7d}}  {{d.traceback}}")
+            top.clear()
+        top.append(snap)
     if c + 1 < CYCLES:
         time.sleep(SLEEP)
 print("VmHWM overall (MB):", status())

@@ -119,6 +119,9 @@ def main() -> None:
     ap.add_argument("--live", action="append", default=[], metavar="FRONTEND:RULES",
                     help="also a live case, e.g. nft:200000 or iptables-legacy:250000 "
                          "(root; loads the rules into a lab namespace)")
+    ap.add_argument("--ceiling", type=int, metavar="RULES",
+                    help="also read each live case with firewall_max_rules RULES (below "
+                         "its size: the read must stop there and report itself partial)")
     args = ap.parse_args()
     text = kube_proxy_dump(args.services, args.rules, hardened=True)
     sockets = [Socket("tcp", 4, "0.0.0.0", p, 0, 0) for p in LISTEN]
@@ -156,12 +159,40 @@ def main() -> None:
             f"{c}={v.action}{'' if v.certain else '?'}" for c, v in r.verdicts.items()))
     for spec in args.live:
         frontend, _, n = spec.partition(":")
-        live_case(frontend, int(n or 200_000), alternative=frontend == "nft")
+        live_case(frontend, int(n or 200_000), alternative=frontend == "nft",
+                  ceiling=args.ceiling)
 
 
 LIVE_CASE = r"""
-import json, resource, sys, time
+import json, os, resource, sys, threading, time
 sys.path.insert(0, {agent!r})
+# The DaemonSet's memory limit counts this process and the front-end command it runs
+# (iptables-save, nft) together: sampled every 2 ms, since ru_maxrss of the children
+# cannot tell (a vfork'ed child inherits the parent's high-water mark at exec).
+PAGE = os.sysconf("SC_PAGE_SIZE")
+peak = {{"sum": 0, "child": 0}}
+stop = threading.Event()
+def rss(pid):
+    try:
+        with open(f"/proc/{{pid}}/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+def children():
+    out = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{{tid}}/children") as f:
+                out += f.read().split()
+        except OSError:
+            pass
+    return out
+def sample():
+    while not stop.wait(0.002):
+        child = sum(rss(k) for k in children())
+        peak["sum"] = max(peak["sum"], rss("self") + child)
+        peak["child"] = max(peak["child"], child)
+threading.Thread(target=sample, daemon=True).start()
 from nodeward.model import Socket
 from nodeward.ruleset.reach import reachability
 which = {which!r}
@@ -170,9 +201,10 @@ sockets = [Socket("tcp", 4, "0.0.0.0", p, 0, 0) for p in {listen!r}]
 pause = paused_gc()  # as the daemon reads and evaluates (take_snapshot, run_checks)
 pause.__enter__()
 t0 = time.perf_counter()
-if which == "nodeward":
+if which in ("nodeward", "ceiling"):
     from nodeward.collect.ruleset import ParseCache, collect_ruleset
-    rs = collect_ruleset(cache=ParseCache())  # live probes: this process is in the namespace
+    # live probes: this process is in the namespace
+    rs = collect_ruleset(cache=ParseCache(), max_rules={max_rules!r})
     problems = [str(p) for p in rs.problems]
 else:  # the whole ruleset as one JSON document, decoded whole
     import subprocess
@@ -189,7 +221,10 @@ t1 = time.perf_counter()
 reach = reachability(sockets, rs, node_addresses=["10.0.1.5"], node_cidrs=["10.0.0.0/16"],
                      pod_cidrs=["10.244.0.0/16"])
 t2 = time.perf_counter()
+stop.set()
 print(json.dumps({{"read_parse": t1 - t0, "evaluate": t2 - t1,
+                  "peak_with_children_mb": peak["sum"] / 2**20,
+                  "child_peak_mb": peak["child"] / 2**20,
                   "rules": sum(len(c.rules) for t in rs.tables for c in t.chains.values()),
                   "problems": problems,
                   "verdicts": sum(len(r.verdicts) for r in reach),
@@ -199,7 +234,8 @@ print(json.dumps({{"read_parse": t1 - t0, "evaluate": t2 - t1,
 """
 
 
-def live_case(frontend: str, rules: int, alternative: bool = True) -> None:
+def live_case(frontend: str, rules: int, alternative: bool = True,
+              ceiling: int | None = None) -> None:
     """A live node-scale case (root, a lab namespace): `rules` rules loaded into the kernel
     on `frontend`, then the daemon's read (live probes, per-table listing, streaming
     decode), parse and evaluation of the LISTEN ports, in a fresh process so its peak RSS is
@@ -220,8 +256,13 @@ def live_case(frontend: str, rules: int, alternative: bool = True) -> None:
         ns = lab.netns("rs")
         load = install_ruleset(ns, frontend, rules)
         res = {}
-        for which in ("nodeward", "whole-json") if alternative else ("nodeward",):
-            code = LIVE_CASE.format(agent=str(ROOT / "agent"), which=which, listen=LISTEN)
+        from nodeward.collect.ruleset import DEFAULT_MAX_RULES
+
+        for which in ("nodeward", *(("whole-json",) if alternative else ()),
+                      *(("ceiling",) if ceiling else ())):
+            code = LIVE_CASE.format(agent=str(ROOT / "agent"), which=which, listen=LISTEN,
+                                    max_rules=ceiling if which == "ceiling" else
+                                    DEFAULT_MAX_RULES)
             r = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", code],
                                capture_output=True, text=True, timeout=1800)
             if r.returncode != 0:
@@ -232,8 +273,17 @@ def live_case(frontend: str, rules: int, alternative: bool = True) -> None:
     print(f"live {frontend}, {rules:,} rules (loaded in {load:.1f} s): read + parse "
           f"{ours['read_parse']:.2f} s, evaluate {ours['evaluate']:.3f} s "
           f"({ours['verdicts']} verdicts), {ours['rules']:,} rules read, peak RSS "
-          f"{ours['maxrss_mb']:.0f} MB (the front-end command's own: "
-          f"{ours['child_maxrss_mb']:.0f} MB), problems: {ours['problems'] or 'none'}")
+          f"{ours['maxrss_mb']:.0f} MB; with the front-end commands running beside it "
+          f"(sampled every 2 ms) {ours['peak_with_children_mb']:.0f} MB (the commands' own "
+          f"peak {ours['child_peak_mb']:.0f} MB) against the DaemonSet's 256 MiB limit; "
+          f"problems: {ours['problems'] or 'none'}")
+    cap = res.get("ceiling")
+    if cap and "error" not in cap:
+        print(f"  with firewall_max_rules {ceiling:,}: {cap['rules']:,} rules read, peak RSS "
+              f"{cap['maxrss_mb']:.0f} MB ({cap['peak_with_children_mb']:.0f} MB with the "
+              f"commands), problems (NW206, partial): {cap['problems'] or 'NONE: MISSED'}")
+    elif cap:
+        print(f"  ceiling case failed: {cap['error']}")
     alt = res.get("whole-json")
     if alt and "error" not in alt:
         print(f"  vs the whole ruleset as one JSON document decoded whole: read + parse "
