@@ -248,3 +248,13 @@ def test_unchanged_legacy_dump_is_recognised_streaming(tmp_path, monkeypatch) ->
     assert len(calls.read_text().split()) == 4  # read; digest; digest + read again
     capped = cr.collect_ruleset(spy, cache, probes=probes, max_rules=10)
     assert not capped.tables and "ceiling of 10" in problems(capped)[0]
+
+
+def test_rule_ceiling_stops_the_read_itself() -> None:
+    """Past firewall_max_rules the live read stops (the command is killed) instead of
+    holding the whole dump to count it: an endless dump ends at the ceiling, not at the
+    output cap, and says so."""
+    with pytest.raises(FrontendFailed, match=r"ceiling of 1,000 \(firewall_max_rules; 400 "):
+        run_local(["yes", "--", "-A INPUT -j DROP"], lines=True, ceiling=(1000, 400))
+    # below it, the lines are all there
+    assert len(run_local(["printf", "-A X\\n-A Y\\n"], lines=True, ceiling=(2, 0))) == 2

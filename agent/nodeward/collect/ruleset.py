@@ -264,15 +264,20 @@ NO_PROBES = Probes()
 def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
               max_bytes: int = DEFAULT_MAX_RULES * BYTES_PER_RULE,
               lines: bool = False, consume: Callable[[list[str]], None] | None = None,
-              pieces: bool = False) -> Any:
+              pieces: bool = False, ceiling: tuple[int, int] | None = None) -> Any:
     """stdout of a read-only command (with `lines`: as a list of its lines, which is what
     the iptables-save parser takes: a 33 MB dump then never exists as one string beside
     them; with `consume`: its lines handed over a batch at a time and not kept, "" is
     returned; with `pieces`: as the Pieces it was read in, which the nft parser takes and
     lets go of as it parses); None when it is not installed or exits non-zero (not root,
-    module not loaded). Raises FrontendFailed when it times out or its output passes `max_bytes`
-    (killed: the read is bounded in time and memory)."""
+    module not loaded). Raises FrontendFailed when it times out or its output passes
+    `max_bytes` (killed: the read is bounded in time and memory), or, reading iptables-save
+    `lines` with a `ceiling` (firewall_max_rules, rules read before), once its rules pass
+    the ceiling: the read stops there instead of holding the whole dump to count it."""
     lines = lines or consume is not None
+    max_rules = ceiling[0] - ceiling[1] if ceiling is not None and lines and \
+        consume is None else None
+    rules = 0
     if not shutil.which(argv[0]):
         return None
     try:
@@ -311,6 +316,13 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
                     consume(got)
                 else:
                     parts += got
+                    if max_rules is not None:
+                        rules += sum(1 for x in got if x[:3] == "-A " or x[:1] == "[")
+                        if rules > max_rules:  # stopped here: not read to the end first
+                            raise FrontendFailed(
+                                f"{argv[0]}: more than {max_rules:,} rules would pass the "
+                                f"ceiling of {ceiling[0]:,} (firewall_max_rules; "
+                                f"{ceiling[1]:,} read before it)")
             else:
                 parts.append(piece)
                 pending += len(piece)
@@ -440,8 +452,9 @@ class _Reader:
         """The command's output; with the live runner and `lines`, as a list of lines, with
         `pieces`, as Pieces."""
         try:
-            out = run_local(argv, lines=lines, pieces=pieces) if (lines or pieces) and \
-                self.run is run_local else self.run(argv)
+            out = run_local(argv, lines=lines, pieces=pieces,
+                            ceiling=(self.max_rules, self.rules) if lines else None) \
+                if (lines or pieces) and self.run is run_local else self.run(argv)
         except FrontendFailed as e:
             self.answered += 1  # it exists and tried: the stage is partial, not unavailable
             self.problems.append(Problem(argv[0], f"{e}: its tables are not evaluated"))
