@@ -82,7 +82,14 @@ def tree_rss_kb(pid: int) -> tuple[int, int]:
         except (OSError, IndexError, ValueError):
             return 0
 
-    child = sum(rss(k) for k in kids)
+    def execed(p: str) -> bool:  # not the vfork'ed child still in our address space
+        try:
+            with open(f"/proc/{p}/comm") as f, open(f"/proc/{pid}/comm") as g:
+                return f.read() != g.read()
+        except OSError:
+            return False
+
+    child = sum(rss(k) for k in kids if execed(k))
     return rss(pid) + child, child
 
 

@@ -190,9 +190,15 @@ def children():
         except OSError:
             pass
     return out
+def execed(pid):  # not a vfork'ed child still in this address space (counted twice)
+    try:
+        with open(f"/proc/{{pid}}/comm") as f, open("/proc/self/comm") as g:
+            return f.read() != g.read()
+    except OSError:
+        return False
 def sample():
     while not stop.wait(0.002):
-        child = sum(rss(k) for k in children())
+        child = sum(rss(k) for k in children() if execed(k))
         peak["sum"] = max(peak["sum"], rss("self") + child)
         peak["child"] = max(peak["child"], child)
 threading.Thread(target=sample, daemon=True).start()
