@@ -258,3 +258,24 @@ def test_rule_ceiling_stops_the_read_itself() -> None:
         run_local(["yes", "--", "-A INPUT -j DROP"], lines=True, ceiling=(1000, 400))
     # below it, the lines are all there
     assert len(run_local(["printf", "-A X\\n-A Y\\n"], lines=True, ceiling=(2, 0))) == 2
+
+
+def test_reread_shares_unchanged_rule_texts(tmp_path, monkeypatch) -> None:
+    """On churn the new dump's unchanged lines are the old rules' text objects (one copy of
+    50,000 lines, not two, while the old ruleset is still held); the changed rule is new."""
+    from nodeward.collect import ruleset as cr
+
+    src = tmp_path / "dump.txt"
+    src.write_text(dump(1000))
+    (tmp_path / "iptables-legacy-save").write_text(f"#!/bin/sh\nexec /bin/cat {src}\n")
+    (tmp_path / "iptables-legacy-save").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    cache = ParseCache()
+    probes = Probes(legacy_tables=lambda fam: fam == 4)
+    old = cr.collect_ruleset(cache=cache, probes=probes).tables[0].chains["INPUT"].rules
+    src.write_text(dump(1000).replace("--dport 1005 ", "--dport 9005 "))
+    new = cr.collect_ruleset(cache=cache, probes=probes).tables[0].chains["INPUT"].rules
+    assert cache.misses == 2 and len(new) == len(old) == 20
+    assert all(a.text is b.text for i, (a, b) in enumerate(zip(old, new, strict=True))
+               if i != 5)
+    assert new[5].text != old[5].text and "9005" in new[5].text
