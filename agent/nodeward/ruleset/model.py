@@ -54,8 +54,9 @@ class Chain:
     hook: str | None = None  # prerouting/input/forward/... for base chains
     priority: int = 0
     #: The evaluator's run index, built on first use and kept here so it dies with the
-    #: chain (not part of its value: equality and hash ignore it).
-    run_index: Any = field(default=None, compare=False, repr=False)
+    #: chain (not part of its value: equality and hash ignore it; not an init argument, so
+    #: dataclasses.replace never carries it over to other rules).
+    run_index: Any = field(default=None, init=False, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
