@@ -287,3 +287,32 @@ def test_any_json_shape_is_parsed_or_a_one_line_error(doc):
         parse_nft_json(json.dumps(doc), source="nft.json")
     except RulesetParseError as e:
         assert str(e).startswith("nft.json:") and "\n" not in str(e)
+
+
+def test_parse_from_pieces_equals_parse_from_text() -> None:
+    """The live collector reads nft's JSON in pieces (collect.ruleset.Pieces) and the parser
+    takes them out of the list as it goes: the result must be the one of the whole text,
+    for real dumps (../shared/realworld/nft) cut anywhere, also mid-string and mid-number;
+    a dump cut short is an error, not a shorter ruleset."""
+    from pathlib import Path
+
+    from nodeward.collect.ruleset import Pieces
+
+    real = Path(__file__).resolve().parents[2].parent / "shared" / "realworld" / "nft"
+    files = sorted(real.glob("*.json"))
+    assert files, f"no nft captures in {real}"
+    for path in files:
+        text = path.read_text()
+        try:
+            whole = parse_nft_json(text, source=path.name)
+        except RulesetParseError:
+            continue
+        for size in (1, 7, 64, 1000):
+            pieces = Pieces(text[i:i + size] for i in range(0, len(text), size))
+            assert pieces.count('{"rule":') == text.count('{"rule":')
+            assert parse_nft_json(pieces, source=path.name) == whole, (path.name, size)
+            assert not pieces or not whole[0]  # consumed when laid out as nft prints it
+        if '{"nftables": [' in text and len(text) > 200:
+            cut = Pieces([text[:len(text) // 2]])
+            with pytest.raises(RulesetParseError):
+                parse_nft_json(cut, source=path.name)

@@ -193,3 +193,89 @@ def test_failed_iptables_nft_save_does_not_turn_its_tables_native() -> None:
     assert "nft -s -j list table inet mine" in calls
     assert not any(c.startswith("nft -s -j list table ip ") for c in calls)
     assert any("timed out" in str(p) for p in rs.problems)
+
+
+def test_streamed_digest_equals_the_digest_of_the_lines(tmp_path) -> None:
+    """digest_local (streamed, nothing kept) is the cache key digest_lines gives the lines
+    run_local reads: across read chunks, with and without a final newline."""
+    from nodeward.collect.ruleset import digest_lines, digest_local
+
+    text = dump(1000, n=30000) + "-A INPUT -j ACCEPT"  # ~1.4 MB: more than one read chunk
+    (tmp_path / "d").write_text(text)
+    argv = ["cat", str(tmp_path / "d")]
+    assert digest_local(argv) == digest_lines(run_local(argv, lines=True)) == \
+        digest_lines(text.splitlines())
+    assert digest_local(["printf", "a\\n#x\\nb\\n"]) == digest_lines(["a", "b"])
+    assert digest_local(["false"]) is None
+
+
+def test_unchanged_legacy_dump_is_recognised_streaming(tmp_path, monkeypatch) -> None:
+    """iptables-legacy has no generation id: an unchanged dump (new date lines and counters)
+    is recognised by its streamed digest and the parsed tables reused, without its lines
+    being held; a changed one is read again and parsed; the rule ceiling still holds."""
+    from nodeward.collect import ruleset as cr
+
+    src = tmp_path / "dump.txt"
+    src.write_text(dump(1000))
+    calls = tmp_path / "calls"
+    (tmp_path / "iptables-legacy-save").write_text(
+        f"#!/bin/sh\necho x >> {calls}\nexec /bin/cat {src}\n")
+    (tmp_path / "iptables-legacy-save").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no other front-end: only this one answers
+    held: list[int] = []
+    real = cr.run_local
+
+    def spy(argv, *a, **kw):
+        out = real(argv, *a, **kw)
+        if isinstance(out, list):
+            held.append(len(out))  # lines handed to the parser
+        return out
+
+    monkeypatch.setattr(cr, "run_local", spy)
+    cache = ParseCache()
+    probes = Probes(legacy_tables=lambda fam: fam == 4)
+    first = cr.collect_ruleset(spy, cache, probes=probes)
+    assert held and cache.misses == 1
+    held.clear()
+    src.write_text(dump(1000, "Wed Dec  2 10:00:00 2026").replace("[5:300]", "[9:9]"))
+    second = cr.collect_ruleset(spy, cache, probes=probes)
+    assert not held and cache.misses == 1 and second.tables[0] is first.tables[0]
+    assert second.fingerprint == first.fingerprint and not second.problems
+    src.write_text(dump(2000))
+    third = cr.collect_ruleset(spy, cache, probes=probes)
+    assert held and cache.misses == 2 and third.fingerprint != first.fingerprint
+    assert evaluate(third, Packet(4, "10.0.0.2", "10.0.0.1", "tcp", 2005)).action == "drop"
+    assert len(calls.read_text().split()) == 4  # read; digest; digest + read again
+    capped = cr.collect_ruleset(spy, cache, probes=probes, max_rules=10)
+    assert not capped.tables and "ceiling of 10" in problems(capped)[0]
+
+
+def test_rule_ceiling_stops_the_read_itself() -> None:
+    """Past firewall_max_rules the live read stops (the command is killed) instead of
+    holding the whole dump to count it: an endless dump ends at the ceiling, not at the
+    output cap, and says so."""
+    with pytest.raises(FrontendFailed, match=r"ceiling of 1,000 \(firewall_max_rules; 400 "):
+        run_local(["yes", "--", "-A INPUT -j DROP"], lines=True, ceiling=(1000, 400))
+    # below it, the lines are all there
+    assert len(run_local(["printf", "-A X\\n-A Y\\n"], lines=True, ceiling=(2, 0))) == 2
+
+
+def test_reread_shares_unchanged_rule_texts(tmp_path, monkeypatch) -> None:
+    """On churn the new dump's unchanged lines are the old rules' text objects (one copy of
+    50,000 lines, not two, while the old ruleset is still held); the changed rule is new."""
+    from nodeward.collect import ruleset as cr
+
+    src = tmp_path / "dump.txt"
+    src.write_text(dump(1000))
+    (tmp_path / "iptables-legacy-save").write_text(f"#!/bin/sh\nexec /bin/cat {src}\n")
+    (tmp_path / "iptables-legacy-save").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    cache = ParseCache()
+    probes = Probes(legacy_tables=lambda fam: fam == 4)
+    old = cr.collect_ruleset(cache=cache, probes=probes).tables[0].chains["INPUT"].rules
+    src.write_text(dump(1000).replace("--dport 1005 ", "--dport 9005 "))
+    new = cr.collect_ruleset(cache=cache, probes=probes).tables[0].chains["INPUT"].rules
+    assert cache.misses == 2 and len(new) == len(old) == 20
+    assert all(a.text is b.text for i, (a, b) in enumerate(zip(old, new, strict=True))
+               if i != 5)
+    assert new[5].text != old[5].text and "9005" in new[5].text

@@ -34,10 +34,11 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..memtrim import give_back
 from ..ruleset.iptables import clear_caches, guess_family, parse_iptables_save
 from ..ruleset.model import IPT_PRIORITY, IpSet, Problem, Ruleset, Table
 from ..ruleset.nft import parse_nft_json
@@ -58,6 +59,8 @@ _COUNTERS = re.compile(r"\n:[^ \n]+ [^ \n]+ (\[\d+:\d+\])")
 #: not parsed and the stage reports itself partial (NW206). 250,000 iptables-legacy rules
 #: parse with a 254 MB peak, within the DaemonSet's 256 MiB; config `firewall_max_rules`.
 DEFAULT_MAX_RULES = 260_000
+#: Characters per piece of a command's output read in pieces (run_local pieces=True).
+PIECE = 1 << 20
 #: Bytes of one command's output past which it is cut (a dump costs ~130 bytes a rule).
 BYTES_PER_RULE = 512
 TIMEOUT = 30.0
@@ -135,21 +138,34 @@ def digest_dump(text: str) -> str:
 _COUNTER_TAIL = re.compile(r" \[\d+:\d+\]$")
 
 
+class LineDigest:
+    """digest_lines fed in pieces (a dump streamed from its command, never held whole)."""
+
+    __slots__ = ("_h", "_more")
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self._more = False
+
+    def update(self, lines: Sequence[str]) -> None:
+        kept = [_COUNTER_TAIL.sub("", line) if line[:1] == ":" else line
+                for line in lines if line[:1] != "#"]
+        if kept:
+            if self._more:
+                self._h.update(b"\n")
+            self._h.update("\n".join(kept).encode())
+            self._more = True
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
 def digest_lines(lines: Sequence[str]) -> str:
     """digest_dump for a dump read as lines: comment lines left out, chain counters cut."""
-    h = hashlib.sha256()
-    batch: list[str] = []
-    for line in lines:
-        c = line[:1]
-        if c == "#":
-            continue
-        batch.append(_COUNTER_TAIL.sub("", line) if c == ":" else line)
-        if len(batch) >= 4096:
-            h.update("\n".join(batch).encode())
-            h.update(b"\n")
-            batch.clear()
-    h.update("\n".join(batch).encode())
-    return h.hexdigest()
+    d = LineDigest()
+    for i in range(0, len(lines), 4096):
+        d.update(lines[i:i + 4096])
+    return d.hexdigest()
 
 
 class ParseCache:
@@ -188,6 +204,13 @@ class ParseCache:
             self.hits += 1
         self._now[key] = hit
         return hit
+
+    def last(self, cmd: str) -> tuple[str, Any] | None:
+        """(digest, parsed) of what `cmd` gave in the last read, if anything."""
+        for (c, one), hit in self._last.items():
+            if c == cmd:
+                return one, hit
+        return None
 
     def keep(self, cmd: str, text_digest: str) -> None:
         """Carry one entry into the next read without looking it up (gated reads)."""
@@ -256,12 +279,23 @@ NO_PROBES = Probes()
 
 def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
               max_bytes: int = DEFAULT_MAX_RULES * BYTES_PER_RULE,
-              lines: bool = False) -> Any:
+              lines: bool = False, consume: Callable[[list[str]], None] | None = None,
+              pieces: bool = False, ceiling: tuple[int, int] | None = None,
+              reuse: Mapping[str, str] | None = None) -> Any:
     """stdout of a read-only command (with `lines`: as a list of its lines, which is what
     the iptables-save parser takes: a 33 MB dump then never exists as one string beside
-    them); None when it is not installed or exits non-zero (not root, module not loaded).
-    Raises FrontendFailed when it times out or its output passes `max_bytes` (killed: the
-    read is bounded in time and memory)."""
+    them; with `consume`: its lines handed over a batch at a time and not kept, "" is
+    returned; with `pieces`: as the Pieces it was read in, which the nft parser takes and
+    lets go of as it parses); None when it is not installed or exits non-zero (not root,
+    module not loaded). Raises FrontendFailed when it times out or its output passes
+    `max_bytes` (killed: the read is bounded in time and memory), or, reading iptables-save
+    `lines` with a `ceiling` (firewall_max_rules, rules read before), once its rules pass
+    the ceiling: the read stops there instead of holding the whole dump to count it.
+    `reuse` (lines): strings to take instead of equal lines (the last parse's rule texts)."""
+    lines = lines or consume is not None
+    max_rules = ceiling[0] - ceiling[1] if ceiling is not None and lines and \
+        consume is None else None
+    rules = 0
     if not shutil.which(argv[0]):
         return None
     try:
@@ -273,6 +307,8 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
     # decoded chunk by chunk: the bytes of a 33 MB dump never exist beside its text
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     parts: list[str] = []
+    joined = Pieces()  # with `pieces`: the 1 MB pieces so far
+    pending = 0  # characters in `parts` not yet joined into one
     carry = ""
     size = 0
     fd = proc.stdout.fileno()
@@ -294,9 +330,29 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
             if lines:
                 got = (carry + piece).split("\n")
                 carry = got.pop()
-                parts += got
+                if consume is not None:
+                    consume(got)
+                else:
+                    if reuse:  # an unchanged line is the old rule's text, not a copy
+                        got = [reuse.get(x, x) for x in got]
+                    parts += got
+                    if max_rules is not None:
+                        rules += sum(1 for x in got if x[:3] == "-A " or x[:1] == "[")
+                        if rules > max_rules:  # stopped here: not read to the end first
+                            raise FrontendFailed(
+                                f"{argv[0]}: more than {max_rules:,} rules would pass the "
+                                f"ceiling of {ceiling[0]:,} (firewall_max_rules; "
+                                f"{ceiling[1]:,} read before it)")
             else:
                 parts.append(piece)
+                pending += len(piece)
+                if pieces and pending >= PIECE:
+                    # a pipe gives 64 KB a read: joined into 1 MB pieces, which malloc
+                    # maps on their own and gives back to the system once parsed, where
+                    # 64 KB ones stay in the heap between the parse's allocations
+                    joined.append("".join(parts))
+                    parts.clear()
+                    pending = 0
             if size > max_bytes:
                 raise FrontendFailed(f"{' '.join(argv)} printed more than "
                                      f"{max_bytes // 2**20} MiB (the rule ceiling)")
@@ -316,13 +372,49 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
         last = carry + decoder.decode(b"", final=True)
         if last:
             parts.append(last)
+        if consume is not None:
+            consume(parts)
+            return ""
         return parts
     parts.append(decoder.decode(b"", final=True))
+    if pieces:
+        joined.append("".join(parts))
+        return Pieces(p for p in joined if p)
     if len(parts) == 1:
         return parts[0]
     text = "".join(parts)
     del parts
     return text
+
+
+class Pieces(list):
+    """A command's output as the chunks it was read in (str each), not joined: a 16 MB nft
+    JSON dump is then never copied into one string, and the parser empties the list as it
+    goes."""
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for p in self:
+            h.update(p.encode())
+        return h.hexdigest()
+
+    def count(self, needle: str) -> int:  # type: ignore[override]
+        """Occurrences of `needle` in the joined text (also across piece boundaries)."""
+        n, k, tail = 0, len(needle) - 1, ""
+        for p in self:
+            # one straddling a boundary lies in the last k characters before it and the
+            # first k after it (k + 1 long: never in either alone)
+            n += p.count(needle) + ((tail + p[:k]).count(needle) if k else 0)
+            tail = (tail + p)[-k:] if len(p) < k else p[-k:] if k else ""
+        return n
+
+
+def digest_local(argv: Sequence[str]) -> str | None:
+    """digest_lines of a command's output, streamed: an unchanged iptables-legacy dump is
+    recognised without its 50,000 lines (~10 MB at the peak) ever being held. None as
+    run_local."""
+    d = LineDigest()
+    return None if run_local(argv, consume=d.update) is None else d.hexdigest()
 
 
 def has_rules(tables: Sequence[Table]) -> bool:
@@ -378,11 +470,14 @@ class _Reader:
         self.blank: list[str] = []
         self.notes: list[str] = []
 
-    def text(self, argv: Sequence[str], lines: bool = False) -> Any:
-        """The command's output; with `lines` and the live runner, as a list of lines."""
+    def text(self, argv: Sequence[str], lines: bool = False, pieces: bool = False) -> Any:
+        """The command's output; with the live runner and `lines`, as a list of lines, with
+        `pieces`, as Pieces."""
         try:
-            out = run_local(argv, lines=True) if lines and self.run is run_local else \
-                self.run(argv)
+            out = run_local(argv, lines=lines, pieces=pieces,
+                            ceiling=(self.max_rules, self.rules) if lines else None,
+                            reuse=self._texts(argv[0]) if lines else None) \
+                if (lines or pieces) and self.run is run_local else self.run(argv)
         except FrontendFailed as e:
             self.answered += 1  # it exists and tried: the stage is partial, not unavailable
             self.problems.append(Problem(argv[0], f"{e}: its tables are not evaluated"))
@@ -395,9 +490,44 @@ class _Reader:
                 self.blank.append(argv[0])
         return out
 
+    def _texts(self, cmd: str) -> dict[str, str] | None:
+        """The rule texts of what `cmd` gave last time, for its new dump's equal lines: on
+        a churning node nearly every line is unchanged, and the new dump then never holds
+        a second copy of them beside the old ruleset (~9 MB at 50,000 rules)."""
+        last = self.cache.last(cmd) if self.cache is not None else None
+        if last is None or not isinstance(last[1], tuple):
+            return None
+        return {r.text: r.text for t in last[1] if isinstance(t, Table)
+                for c in t.chains.values() for r in c.rules}
+
+    def unchanged(self, cmd: str) -> Any:
+        """What `cmd` gave last time, when its output is provably the same (equal digest,
+        read streaming) and within the ceiling; None: read and parse it (the command then
+        runs again: a changed legacy dump costs two reads, an unchanged one no lines)."""
+        last = self.cache.last(cmd) if self.cache is not None and \
+            self.run is run_local else None
+        if last is None or not last[1]:
+            return None
+        one, tables = last
+        n = sum(len(c.rules) for t in tables for c in t.chains.values())
+        if self.rules + n > self.max_rules:
+            return None  # the full read reports the ceiling
+        try:
+            now = digest_local([cmd])
+        except FrontendFailed:
+            return None  # the full read tries again and reports what fails
+        if now != one:
+            return None
+        self.answered += 1
+        self.rules += n
+        self.digests.append((cmd, one))
+        self.cache.keep(cmd, one)  # type: ignore[union-attr]
+        self.cache.hits += 1  # type: ignore[union-attr]
+        return tables
+
     def parsed(self, key: str, text: str, parse: Callable[[str], Any], empty: Any,
                count: Callable[[str], int]) -> Any:
-        n = count(text) if isinstance(text, str) else \
+        n = count(text) if isinstance(text, str | Pieces) else \
             sum(1 for x in text if x[:3] == "-A " or x[:1] == "[")
         if self.rules + n > self.max_rules:
             self.problems.append(Problem(key.split()[0], (
@@ -405,7 +535,8 @@ class _Reader:
                 f"(firewall_max_rules; {self.rules:,} read before it): not evaluated")))
             return empty
         self.rules += n
-        one = digest_dump(text) if isinstance(text, str) else digest_lines(text)
+        one = digest_dump(text) if isinstance(text, str) else \
+            text.digest() if isinstance(text, Pieces) else digest_lines(text)
         self.digests.append((key, one))
         return self.cache.get(key, text, parse, one) if self.cache is not None else parse(text)
 
@@ -414,7 +545,7 @@ def _count_ipt(text: str) -> int:
     return text.count("\n-A ") + text.startswith("-A ")
 
 
-def _count_nft(text: str) -> int:
+def _count_nft(text: str | Pieces) -> int:
     return text.count('{"rule":')
 
 
@@ -473,7 +604,7 @@ def _read_nf(r: _Reader, probes: Probes, sizes: dict[tuple[str, str], int]) -> _
     sets: dict[str, IpSet] = {}
     listed = probes.nft_tables()
     if listed is None:  # cannot list over netlink (or not our namespace): the whole ruleset
-        text = r.text(list(NFT_LIST))
+        text = r.text(list(NFT_LIST), pieces=True)
         if text:
             # what is skipped changes the result, so it is part of the cache key
             nft_tables, nft_sets = r.parsed(
@@ -505,7 +636,7 @@ def _read_nf(r: _Reader, probes: Probes, sizes: dict[tuple[str, str], int]) -> _
                     f"{r.max_rules:,} (firewall_max_rules; {r.rules:,} read before it): "
                     "not read, not evaluated")))
                 continue
-            text = r.text(argv)
+            text = r.text(argv, pieces=True)
             if text is None:
                 r.problems.append(Problem("nft", f"{' '.join(argv)} failed although the "
                                           "table exists: its rules are not evaluated"))
@@ -578,6 +709,9 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
     else:
         if cache is not None:
             cache.nf_part = None  # superseded (the parse cache still has what is reusable)
+        # nor held here: the old tables must be garbage before the new dump is parsed (a
+        # churning kube-proxy node would otherwise hold two 50,000-rule rulesets at once)
+        part = None
         part = _read_nf(_Reader(run, cache, max_rules), probes,
                         cache.nft_sizes if cache is not None else {})
         if cache is not None:
@@ -590,6 +724,10 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
     for fam, cmd in ((4, "iptables-legacy-save"), (6, "ip6tables-legacy-save")):
         if probes.legacy_tables(fam) is False:
             continue  # no x_tables table in this namespace: nothing to read (or load)
+        same = r.unchanged(cmd)
+        if same is not None:
+            legacy.extend(same)
+            continue
         text = r.text([cmd], lines=True)
         if text is None:
             continue
@@ -610,6 +748,7 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
         cache.rotate()
         if cache.misses != misses:  # parsed: drop the parser's values of older rulesets
             clear_caches()
+            give_back()  # and the pages the read and the parse freed
     blank = (*part.blank, *r.blank)
     # refused, not missing: a legacy-only node without the nft tools and without rules is
     # empty, not unreadable

@@ -317,10 +317,9 @@ def _apply(effects: tuple, p: Packet) -> Packet:
     return replace(p, mark=mark, ctmark=ct)
 
 
-#: Where a chain's run index is kept: on the chain object itself (frozen, so computed once),
-#: which lets it die with the chain. A module-level cache keyed by id(chain) kept every
-#: superseded ruleset's chains alive (a leak of ~15,000 rules per re-read on churn).
-_INDEX_ATTR = "_nodeward_run_index"
+#: A chain's run index is kept on the chain object itself (Chain.run_index; frozen, so
+#: computed once), which lets it die with the chain. A module-level cache keyed by id(chain)
+#: kept every superseded ruleset's chains alive (a leak of ~15,000 rules per re-read on churn).
 MIN_RUN = 8
 PORT_PROTOS = frozenset({"tcp", "udp", "sctp", "udplite"})
 MAX_KEYED_PORTS = 16
@@ -346,7 +345,7 @@ def _chain_index(chain: Chain) -> tuple | None:
     KUBE-SERVICES, LB firewalls) or exact destination ports (KUBE-NODEPORTS): per run,
     key -> sorted rule indices, so a walk skips a 5,000-rule run with a dict lookup. Cached
     on the chain object (chains are frozen), together with the MIN_RUN it was built for."""
-    hit = chain.__dict__.get(_INDEX_ATTR)
+    hit = chain.run_index
     if hit is not None and hit[0] == MIN_RUN:
         return hit[1]
     keys = [_rule_keys(rule) for rule in chain.rules]
@@ -373,7 +372,7 @@ def _chain_index(chain: Chain) -> tuple | None:
             runs.append((j, kind, mp))
         i = j
     index = (run_of, runs) if runs else None
-    object.__setattr__(chain, _INDEX_ATTR, (MIN_RUN, index))  # not a field: eq/hash ignore it
+    object.__setattr__(chain, "run_index", (MIN_RUN, index))  # eq/hash ignore it
     return index
 
 

@@ -11,6 +11,7 @@ import ipaddress
 import re
 from functools import lru_cache
 from socket import AF_INET, inet_pton
+from sys import intern
 
 from .errors import RulesetParseError
 from .model import IPT_HOOKS, IPT_PRIORITY, Chain, Match, Rule, Table
@@ -47,7 +48,8 @@ def parse_net(text: str) -> tuple[int, int, int]:
         if ip >= 0 and bits <= 32 and not (plen and plen[0] == "0" and plen != "0"):
             host = (1 << (32 - bits)) - 1
             first = ip & ~host & 0xFFFFFFFF
-            return (4, first, first | host)
+            # a host address (most of a kube-proxy ruleset): one int object, not two
+            return (4, first, first | host if host else first)
     net = ipaddress.ip_network(text, strict=False)
     return (net.version, int(net.network_address), int(net.broadcast_address))
 
@@ -100,17 +102,21 @@ def tokenize(line: str) -> list[str]:
     return out
 
 
-_MATCH_CACHE: dict[tuple, Match] = {}
+#: The parse's shared values, keyed by themselves (a Match, a match tuple; an address
+#: match by its text): no key object lives beside each value, so nothing short-lived is
+#: left between the ruleset's objects when the caches are cleared after the parse.
+_MATCH_CACHE: dict[Match, Match] = {}
+_MATCHES_CACHE: dict[tuple, tuple] = {}
 
 
 def _m(op: str, args: tuple, negate: bool, text: str) -> Match:
-    key = (op, args, negate, text)
-    m = _MATCH_CACHE.get(key)
-    if m is None:
+    m = Match(op, args, negate, text)
+    hit = _MATCH_CACHE.get(m)
+    if hit is None:
         if len(_MATCH_CACHE) > 200_000:
             _MATCH_CACHE.clear()
-        m = _MATCH_CACHE[key] = Match(op, args, negate, text)
-    return m
+        hit = _MATCH_CACHE[m] = m
+    return hit
 
 
 def _option_match(module: str, opt: str, vals: list[str], neg: bool) -> Match:
@@ -181,23 +187,25 @@ def _value_mask(text: str) -> tuple[int, int]:
 _KIND = {"!": 1, "-j": 2, "--jump": 2, "-g": 3, "--goto": 3, "-s": 4, "--source": 4,
          "-d": 5, "--destination": 5, "-i": 6, "--in-interface": 6, "-o": 7,
          "--out-interface": 7, "-p": 8, "--protocol": 8, "-m": 9, "--match": 9}
-_ADDR_CACHE: dict[tuple, Match] = {}
+_ADDR_CACHE: dict[str, Match] = {}
 
 
 def _addr_match(t: str, v: str, neg: bool) -> Match:
-    key = (t, v, neg)
-    m = _ADDR_CACHE.get(key)
+    text = f"! {t} {v}" if neg else f"{t} {v}"
+    m = _ADDR_CACHE.get(text)
     if m is None:
         if len(_ADDR_CACHE) > 200_000:
             _ADDR_CACHE.clear()
-        text = f"! {t} {v}" if neg else f"{t} {v}"
         if t in ("-s", "--source", "-d", "--destination"):
-            m = Match("src" if t in ("-s", "--source") else "dst", parse_net(v), neg, text)
+            # not through parse_net's cache: this one already holds each address once,
+            # and a second entry per address was ~5 MB more at the parse's peak
+            m = Match("src" if t in ("-s", "--source") else "dst", parse_net.__wrapped__(v),
+                      neg, text)
         else:
             wild = v.endswith("+")
             m = Match("iif" if t in ("-i", "--in-interface") else "oif",
                       (v[:-1] if wild else v, wild), neg, text)
-        m = _ADDR_CACHE[key] = m
+        m = _ADDR_CACHE[text] = m
     return m
 
 
@@ -211,6 +219,7 @@ def clear_caches() -> None:
     after a read that parsed: the live ruleset holds what it uses, and entries of superseded
     rulesets (a churning node's old endpoints) would otherwise pile up to the caps."""
     _MATCH_CACHE.clear()
+    _MATCHES_CACHE.clear()
     _ADDR_CACHE.clear()
     _module_option.cache_clear()
     parse_net.cache_clear()
@@ -283,13 +292,16 @@ def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple
         if kind <= 3:
             if neg:
                 raise ValueError("'!' before a target")
+            # interned: 50,000 rules name a few hundred targets, and one str per rule
+            # token was ~4 MB of copies of the same names
             if kind == 3:
-                target, arg = "GOTO", v
+                target, arg = "GOTO", intern(v)
             elif v in chains and v not in BUILTIN_TARGETS:
-                target, arg = "JUMP", v
+                target, arg = "JUMP", intern(v)
             else:
-                target = v
+                target = intern(v)
                 arg, effects = _target_options(v, tokens[i:])
+                arg = intern(arg)
                 i = n
         elif kind <= 7:
             matches.append(_addr_match(t, v, neg))
@@ -317,7 +329,13 @@ def parse_rule(tokens: list[str], chains: dict, line: str, lineno: int) -> tuple
         matches.append(_unknown(module, unknown))
     if rpfilter:
         matches = _rpfilter(matches)
-    return chain, Rule(tuple(matches), target, arg, line, lineno, effects)
+    key = tuple(matches)
+    shared = _MATCHES_CACHE.get(key)
+    if shared is None:  # one tuple per distinct match list: kube-proxy repeats them
+        if len(_MATCHES_CACHE) > 200_000:
+            _MATCHES_CACHE.clear()
+        shared = _MATCHES_CACHE[key] = key
+    return chain, Rule(shared, target, arg, line, lineno, effects)
 
 
 def _rpfilter(matches: list[Match]) -> list[Match]:

@@ -44,13 +44,19 @@ class Rule(NamedTuple):
     vmap: tuple = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Chain:
+    """Slotted: a kube-proxy table has ~15,000 chains, and a __dict__ each cost ~2 MB."""
+
     name: str
     rules: tuple[Rule, ...]
     policy: str | None = None  # ACCEPT/DROP for base chains; None for user chains
     hook: str | None = None  # prerouting/input/forward/... for base chains
     priority: int = 0
+    #: The evaluator's run index, built on first use and kept here so it dies with the
+    #: chain (not part of its value: equality and hash ignore it; not an init argument, so
+    #: dataclasses.replace never carries it over to other rules).
+    run_index: Any = field(default=None, init=False, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from sys import intern
 
 from .errors import RulesetParseError
 from .iptables import parse_net
@@ -21,8 +22,8 @@ _NONTERM = {"counter", "log", "limit", "meta", "mangle", "ct", "set", "quota", "
 
 def _nets(right) -> tuple | None:
     """Address literal / prefix / range / anonymous set -> tuple of (ver, lo, hi)."""
-    if isinstance(right, str):
-        return (parse_net(right),)
+    if isinstance(right, str):  # not through parse_net's cache: the rule memo shares
+        return (parse_net.__wrapped__(right),)  # repeats, a cache entry each is ~7 MB more
     if isinstance(right, dict):
         if "prefix" in right:
             return (parse_net(f"{right['prefix']['addr']}/{right['prefix']['len']}"),)
@@ -431,17 +432,98 @@ def _stream_items(text: str) -> Iterator[object] | None:
     return gen()
 
 
-def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
+def _piece_items(pieces: list[str]) -> Iterator[object] | None:
+    """_stream_items over a dump read in pieces (collect's run_local pieces=True), taking
+    the pieces out of the list as it goes: the dump (16 MB of JSON at 50,000 rules) is let
+    go while it is parsed instead of being held to the end. None when it is not laid out as
+    `{"nftables": [...]}` (the pieces are then left as they were)."""
+    head = ""
+    for p in pieces:
+        head += p
+        if len(head.lstrip(_WS)) >= 16:
+            break
+    head = head.lstrip(_WS)
+    if not head.startswith('{"nftables":'):
+        return None
+    rest = head[len('{"nftables":'):].lstrip(_WS)
+    if rest and rest[0] != "[":
+        return None
+    pieces.reverse()  # popped from the end, in order
+    buf = ""
+
+    def more() -> bool:
+        nonlocal buf, i
+        if not pieces:
+            return False
+        buf = buf[i:] + pieces.pop()
+        i = 0
+        return True
+
+    def skip_ws() -> bool:
+        """Past whitespace; False at the end of the dump."""
+        nonlocal i
+        while True:
+            while i < len(buf) and buf[i] in _WS:
+                i += 1
+            if i < len(buf) or not more():
+                return i < len(buf)
+
+    i = 0
+
+    def gen() -> Iterator[object]:
+        nonlocal i
+        skip_ws()
+        while i + 1 >= len(buf) or "[" not in buf[i:i + 64]:
+            if not more():
+                break
+        i = buf.index("[", i) + 1  # the header was checked above
+        first_item = True
+        while True:
+            if not skip_ws():
+                raise ValueError("the nftables list is not closed")
+            if buf[i] == "]":
+                while more():
+                    pass
+                if buf[i + 1:].strip(_WS) != "}":
+                    raise ValueError("unexpected text after the nftables list")
+                return
+            if not first_item:
+                if buf[i] != ",":
+                    raise ValueError("',' expected")
+                i += 1
+                if not skip_ws():
+                    raise ValueError("the nftables list is not closed")
+            if buf[i] != "{":  # not an object: decoded from everything left, to be sure
+                while more():
+                    pass
+            while True:
+                try:
+                    item, i = _DECODER.raw_decode(buf, i)
+                    break
+                except ValueError:
+                    # an object cut at a piece boundary never decodes: add the next one
+                    if not more():
+                        raise
+            first_item = False
+            yield item
+
+    return gen()
+
+
+def parse_nft_json(text: str | list[str], *, source: str = "nft -j list ruleset",
                    skip: Iterable[tuple[str, str]] = ()) -> tuple[tuple[Table, ...],
                                                                  dict[str, IpSet]]:
     """Tables (minus `skip` (family, name) pairs) and named sets (keyed "nft:fam:table:name")."""
-    stripped = text.lstrip()
+    stripped = text.lstrip() if isinstance(text, str) else \
+        next((p for p in text if p.strip()), "").lstrip()
     if stripped.startswith(("table ", "flush ruleset", "add table", "#!")) or \
             stripped.startswith("define "):
         raise RulesetParseError(source, 1, "this is nft text: save it with "
                                            "`nft -j list ruleset` (JSON) instead")
     try:
-        items = _stream_items(text)
+        items = _stream_items(text) if isinstance(text, str) else _piece_items(text)
+        if items is None and not isinstance(text, str):
+            text = "".join(text)
         if items is None:
             doc = json.loads(text)
             items = doc["nftables"]
@@ -456,6 +538,7 @@ def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
     rules: dict[tuple, list[Rule]] = {}
     tables: list[tuple[str, str]] = []
     sets: dict[str, IpSet] = {}
+    shared: tuple[dict, dict] = ({}, {})  # one object per distinct Match / tuple (_rule)
     n = 0
     while True:
         n += 1
@@ -487,7 +570,8 @@ def parse_nft_json(text: str, *, source: str = "nft -j list ruleset",
                 key = (r["family"], r["table"], r["chain"])
                 fam, tab = r["family"], r["table"]
                 try:
-                    rule = _rule(r, n, lambda name, fam=fam, tab=tab: f"nft:{fam}:{tab}:{name}")
+                    rule = _rule(r, n, lambda name, fam=fam, tab=tab: f"nft:{fam}:{tab}:{name}",
+                                 shared)
                 except RecursionError:  # one absurdly nested rule: that rule is unknown
                     why = "expression nested too deeply"
                     rule = Rule((Match("unknown", (why,), False, why),), "NFT-nested", "",
@@ -552,7 +636,17 @@ def _txt(net: tuple) -> str:
     return str(nets[0]) if len(nets) == 1 else f"{first}-{type(first)(hi)}"
 
 
-def _rule(r: dict, n: int, setkey) -> Rule:
+def _share(memo: dict, value):
+    """The first object equal to `value` seen in this parse (`value` itself if none):
+    50,000 kube-proxy rules repeat a few hundred distinct matches ("tcp dport 80", "meta
+    l4proto tcp"), and one object each was ~15 MB at 50,000 rules."""
+    try:
+        return memo.setdefault(value, value)
+    except TypeError:  # an unhashable argument: not shared
+        return value
+
+
+def _rule(r: dict, n: int, setkey, shared: tuple[dict, dict] | None = None) -> Rule:
     matches: list[Match] = []
     target, arg = "", ""
     effects: list[tuple] = []
@@ -654,7 +748,11 @@ def _rule(r: dict, n: int, setkey) -> Rule:
     shown += [show(e, 120) for e in expr[len(shown):]]  # after the verdict: rarely any
     text = f"{r['family']} {r['table']} {r['chain']} handle {r.get('handle', '?')}: " + \
         " ".join(shown)[:300]
-    return Rule(tuple(matches), target, arg, text, n, tuple(effects), vmap)
+    if shared is None:
+        return Rule(tuple(matches), target, arg, text, n, tuple(effects), vmap)
+    ms, ts = shared
+    return Rule(_share(ts, tuple(_share(ms, m) for m in matches)), intern(target), intern(arg),
+                text, n, _share(ts, tuple(_share(ts, e) for e in effects)), vmap)
 
 
 def _inline_types(sels) -> list[str]:

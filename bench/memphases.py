@@ -1,0 +1,180 @@
+"""Where the daemon's peak RSS comes from: the agent's cycle run in a lab namespace shaped
+like bench/agent.py's node, each phase wrapped to record the peak RSS (VmHWM, reset per
+phase through /proc/self/clear_refs) reached inside it and, with --trace, tracemalloc's peak
+of Python allocations above the phase's start.
+
+    sudo python bench/memphases.py --frontend iptables-nft [--cycles 3] [--trace] [--churn]
+
+Printed per cycle: each phase's peak RSS and its rise over the RSS at the phase's start;
+with --trace the Python-level rise and, at the peak of the ruleset parse, the biggest
+allocation sites.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.nodeshape import churn, install_ruleset, node_shape  # noqa: E402
+from tests.lab import Lab, have_netns  # noqa: E402
+
+CHILD = r"""
+import gc, sys, time, tracemalloc, io
+sys.path.insert(0, {agent!r})
+TRACE, CYCLES, SLEEP, CFG, TRIM = {trace!r}, {cycles!r}, {sleep!r}, {cfg!r}, {trim!r}
+
+def status():
+    rss = hwm = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm = int(line.split()[1])
+    return rss / 1024, hwm / 1024
+
+def clear_hwm():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+stack = []  # [name, rss0, hwm_max, py0, py_max]
+rows = []
+
+def enter(name):
+    rss, hwm = status()
+    py = tracemalloc.get_traced_memory() if TRACE else (0, 0)
+    if stack:
+        stack[-1][2] = max(stack[-1][2], hwm)
+        stack[-1][4] = max(stack[-1][4], py[1])
+    stack.append([name, rss, rss, py[0], py[0]])
+    clear_hwm()
+    if TRACE:
+        tracemalloc.reset_peak()
+
+def leave():
+    rss, hwm = status()
+    py = tracemalloc.get_traced_memory() if TRACE else (0, 0)
+    fr = stack.pop()
+    fr[2] = max(fr[2], hwm)
+    fr[4] = max(fr[4], py[1])
+    rows.append((len(stack), fr[0], fr[1], fr[2], rss, (fr[4] - fr[3]) / 2**20,
+                 (py[0] - fr[3]) / 2**20))
+    if stack:
+        stack[-1][2] = max(stack[-1][2], fr[2])
+        stack[-1][4] = max(stack[-1][4], fr[4])
+    clear_hwm()
+    if TRACE:
+        tracemalloc.reset_peak()
+
+def wrap(mod, name, label=None):
+    fn = getattr(mod, name)
+    def w(*a, **k):
+        enter(label or name)
+        try:
+            return fn(*a, **k)
+        finally:
+            leave()
+    setattr(mod, name, w)
+
+if TRACE:
+    tracemalloc.start(1)
+from nodeward import config as config_mod, daemon, snapshot
+from nodeward.collect import ruleset as cr
+from nodeward import checks
+cfg = config_mod.load(CFG)
+agent = daemon.Agent(CFG, cfg, io.StringIO())
+for mod, name in ((snapshot, "collect_interfaces"), (snapshot, "collect_sockets"),
+                  (snapshot, "attribute"), (snapshot, "collect_auth"),
+                  (snapshot, "read_ruleset"), (cr, "parse_iptables_save"),
+                  (cr, "parse_nft_json"), (cr, "digest_lines"), (cr, "digest_dump"),
+                  (daemon, "run_checks")):
+    wrap(mod, name)
+top = []
+for c in range(CYCLES):
+    rows.clear()
+    enter(f"cycle {{c + 1}}")
+    agent.cycle()
+    leave()
+    agent.out.seek(0)
+    agent.out.truncate()
+    if TRIM:
+        import ctypes
+        before = status()[0]
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        print(f"  malloc_trim(0) after the cycle: RSS {{before:.1f}} -> {{status()[0]:.1f}} MB")
+    print(f"-- cycle {{c + 1}}: phase  (RSS at start -> peak inside, MB; rise)"
+          + ("  [python peak rise / kept, MB]" if TRACE else ""))
+    for depth, name, rss0, peak, rss1, pyrise, pykept in rows:
+        print(f"  {{'  ' * depth}}{{name:22}} {{rss0:7.1f}} -> {{peak:7.1f}}"
+              f"  (+{{peak - rss0:5.1f}})  end {{rss1:7.1f}}"
+              + (f"  [+{{pyrise:6.1f}} / {{pykept:+6.1f}}]" if TRACE else ""))
+    if TRACE:
+        snap = tracemalloc.take_snapshot()
+        stats = snap.statistics("lineno")
+        print("  held after the cycle, top sites:")
+        for s in stats[:12]:
+            print(f"    {{s.size / 2**20:6.1f}} MB {{s.count:8d}}  {{s.traceback}}")
+        if top:
+            print("  grown since the last cycle:")
+            for d in snap.compare_to(top[-1], "lineno")[:8]:
+                print(f"    {{d.size_diff / 2**10:+8.1f}} kB {{d.count_diff:+7d}}  {{d.traceback}}")
+            top.clear()
+        top.append(snap)
+    if c + 1 < CYCLES:
+        time.sleep(SLEEP)
+print("VmHWM overall (MB):", status())
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frontend", choices=["iptables-nft", "iptables-legacy", "nft"],
+                    default="iptables-nft")
+    ap.add_argument("--rules", type=int, default=50_000)
+    ap.add_argument("--listeners", type=int, default=10_000)
+    ap.add_argument("--established", type=int, default=20_000)
+    ap.add_argument("--cycles", type=int, default=3)
+    ap.add_argument("--sleep", type=float, default=11.0)
+    ap.add_argument("--trace", action="store_true")
+    ap.add_argument("--churn", action="store_true")
+    ap.add_argument("--trim", action="store_true",
+                    help="malloc_trim(0) after each cycle: how much is freed but resident")
+    args = ap.parse_args()
+    reason = have_netns()
+    if reason:
+        print(f"bench/memphases.py: skipped: {reason}")
+        return 0
+    import tempfile
+
+    with Lab() as lab, tempfile.TemporaryDirectory(prefix="nw-bench-mem-") as tmp:
+        ns = lab.netns("mem")
+        node_shape(lab, ns, args.listeners, args.established)
+        if args.rules:
+            install_ruleset(ns, args.frontend, args.rules)
+        if args.churn:
+            churn(lab, ns, args.frontend if args.frontend != "nft" else "iptables-nft",
+                  args.rules, 10.0)
+        cfg = Path(tmp) / "config.yaml"
+        cfg.write_text("node_name: bench\ninterval: 30\nmetrics_address: 127.0.0.1:0\n"
+                       "node_cidrs: [10.0.0.0/16]\npod_cidrs: [10.244.0.0/16]\n")
+        code = CHILD.format(agent=str(ROOT / "agent"), trace=args.trace, cycles=args.cycles,
+                            sleep=args.sleep, cfg=str(cfg), trim=args.trim)
+        t0 = time.monotonic()
+        subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", code],
+                       timeout=3600, check=False)
+        print(f"({time.monotonic() - t0:.0f} s)")
+        for p in lab.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(120)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
