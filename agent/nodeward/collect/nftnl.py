@@ -233,6 +233,7 @@ def _read(sk: _Socket, family: str, fam: int, name: str, tname: bytes, h: Any,
         return f"nft:{family}:{name}:{s}"
 
     memo: dict[bytes, Any] = {}
+    shared: tuple[dict, dict] = ({}, {})  # one object per distinct Match / tuple, as nft -j's
     for _f, msg in sk.dump(GETRULE, fam, _nla(1, tname)):
         r = decode_rule(family, name, msg, sets, h, memo)
         n += 1
@@ -241,7 +242,7 @@ def _read(sk: _Socket, family: str, fam: int, name: str, tname: bytes, h: Any,
         if rule_hook is not None:
             rule_hook(r)
         try:
-            rule = _rule(r, n, setkey)
+            rule = _rule(r, n, setkey, shared)
         except RecursionError:
             why = "expression nested too deeply"
             rule = Rule((Match("unknown", (why,), False, why),), "NFT-nested", "",

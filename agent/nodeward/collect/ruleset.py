@@ -577,6 +577,9 @@ def _nft_save_lines(r: _Reader, cmd: str, family: int, saves: NftSaves | None) -
         r.answered += 1
         if not any(x.strip() for x in out or ()):
             r.blank.append(cmd)
+        texts = r._texts(cmd)  # unchanged lines: the old rules' texts, not a second copy
+        if texts and isinstance(out, list):
+            out = [texts.get(x, x) for x in out]
     return out
 
 
