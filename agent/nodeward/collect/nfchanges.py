@@ -29,10 +29,8 @@ from .nfgen import (
     FAMILY_NUMBERS,
     NETLINK_NETFILTER,
     NFNL_SUBSYS_NFTABLES,
-    NLM_F_DUMP,
-    NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
+    DumpSocket,
+    NetlinkReadFailed,
 )
 
 NFNLGRP_NFTABLES = 7
@@ -274,53 +272,38 @@ def chains(family: str, timeout: float = 5.0) -> dict[str, dict[str, bool]] | No
     raw: dict[bytes, dict[bytes, bool]] = {}
     unpack_nla = _NLA.unpack_from
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
-            sock.settimeout(timeout)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
-            sock.bind((0, 0))
-            seq = 9
-            body = _NFGEN.pack(fam, 0, 0)
-            sock.send(_HDR.pack(_HDR.size + len(body), (NFNL_SUBSYS_NFTABLES << 8)
-                                | NFT_MSG_GETCHAIN, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
-            want = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWCHAIN
-            while True:
-                data = sock.recv(1 << 20)
-                off = 0
-                while off + _HDR.size <= len(data):
-                    length, mtype, _f, mseq, _p = _HDR.unpack_from(data, off)
-                    if length < _HDR.size:
-                        return None
-                    if mtype == NLMSG_DONE:
-                        return _decoded(raw)
-                    if mtype == NLMSG_ERROR:
-                        (err,) = struct.unpack_from("=i", data, off + _HDR.size)
-                        return _decoded(raw) if not err else None
-                    if mseq == seq and mtype == want:
-                        # inline (15,000 chains): table, handle, name, then hook if any
-                        a, end = off + _HDR.size + _NFGEN.size, off + length
-                        table = name = b""
-                        base = False
-                        while a + 4 <= end:
-                            nla_len, nla_type = unpack_nla(data, a)
-                            if nla_len < 4:
-                                return None
-                            t = nla_type & 0x3FFF
-                            if t == NFTA_TABLE:
-                                table = data[a + 4:a + nla_len]
-                            elif t == NFTA_CHAIN_NAME:
-                                name = data[a + 4:a + nla_len]
-                            elif t == NFTA_CHAIN_HOOK:
-                                base = True
-                                break
-                            elif t > NFTA_CHAIN_HOOK and t != NFTA_CHAIN_PAD and name:
-                                break  # the hook comes before any later attribute
-                            a += (nla_len + 3) & ~3
-                        if not table or not name:
-                            return None
-                        raw.setdefault(table, {})[name] = base
-                    off += (length + 3) & ~3
-    except (OSError, UnicodeError, struct.error):
+        sk = DumpSocket(timeout)
+    except OSError:
         return None
+    try:
+        for _fam, data in sk.dump(NFT_MSG_GETCHAIN, fam):
+            # inline (15,000 chains): table, handle, name, then hook if any
+            a, end = 0, len(data)
+            table = name = b""
+            base = False
+            while a + 4 <= end:
+                nla_len, nla_type = unpack_nla(data, a)
+                if nla_len < 4:
+                    return None
+                t = nla_type & 0x3FFF
+                if t == NFTA_TABLE:
+                    table = data[a + 4:a + nla_len]
+                elif t == NFTA_CHAIN_NAME:
+                    name = data[a + 4:a + nla_len]
+                elif t == NFTA_CHAIN_HOOK:
+                    base = True
+                    break
+                elif t > NFTA_CHAIN_HOOK and t != NFTA_CHAIN_PAD and name:
+                    break  # the hook comes before any later attribute
+                a += (nla_len + 3) & ~3
+            if not table or not name:
+                return None
+            raw.setdefault(table, {})[name] = base
+        return _decoded(raw)
+    except (OSError, UnicodeError, struct.error, NetlinkReadFailed):
+        return None
+    finally:
+        sk.close()
 
 
 def _decoded(raw: dict[bytes, dict[bytes, bool]]) -> dict[str, dict[str, bool]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterator
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -133,11 +134,64 @@ def list_tables(timeout: float = 1.0) -> list[tuple[str, str]] | None:
     return out
 
 
-NFT_MSG_NEWRULE = 6
 NFT_MSG_GETRULE = 7
 NFTA_RULE_TABLE = 1
 #: nft family word -> nfgenmsg.nfgen_family
 FAMILY_NUMBERS = {v: k for k, v in FAMILIES.items()}
+
+
+NLM_F_DUMP_INTR = 0x10
+
+
+class NetlinkReadFailed(Exception):
+    """The netlink read could not be completed (refused, cut, not understood): the caller
+    falls back to `nft -j`."""
+
+
+class DumpSocket:
+    """One NETLINK_NETFILTER socket for nf_tables dump requests: the rule count, the chain
+    list (collect/nfchanges.py) and the native-table reader (collect/nftnl.py) share it."""
+
+    def __init__(self, timeout: float) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        self.sock.settimeout(timeout)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        self.sock.bind((0, 0))
+        self.seq = 100
+        self.interrupted = False
+
+    def dump(self, msg: int, family: int, body: bytes = b"") -> Iterator[tuple[int, bytes]]:
+        """(nfgen family, attributes) of each answer to a dump request."""
+        self.seq += 1
+        seq = self.seq
+        payload = _NFGEN.pack(family, 0, 0) + body
+        self.sock.send(_HDR.pack(_HDR.size + len(payload), (NFNL_SUBSYS_NFTABLES << 8) | msg,
+                                 NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + payload)
+        while True:
+            data = self.sock.recv(1 << 17)
+            off = 0
+            while off + _HDR.size <= len(data):
+                length, mtype, flags, mseq, _p = _HDR.unpack_from(data, off)
+                if length < _HDR.size or off + length > len(data):
+                    raise NetlinkReadFailed("corrupt netlink message")
+                if mseq == seq:
+                    if mtype == NLMSG_DONE:
+                        return
+                    if mtype == NLMSG_ERROR:
+                        (err,) = struct.unpack_from("=i", data, off + _HDR.size)
+                        if err:
+                            raise NetlinkReadFailed(f"{socket.errno.errorcode.get(-err, err)}"
+                                                    " from the nf_tables dump")
+                        return
+                    if flags & NLM_F_DUMP_INTR:  # a write during the dump (any table)
+                        self.interrupted = True
+                    fam = data[off + _HDR.size]
+                    yield fam, data[off + _HDR.size + 4:off + length]
+                off += (length + 3) & ~3
+            del data
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def count_rules(family: str, table: str, limit: int | None = None,
@@ -151,40 +205,21 @@ def count_rules(family: str, table: str, limit: int | None = None,
     fam = FAMILY_NUMBERS.get(family)
     if fam is None:
         return None
-    try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    except OSError:
-        return None
     name = table.encode() + b"\0"
     attr = _NLA.pack(_NLA.size + len(name), NFTA_RULE_TABLE) + name
     attr += b"\0" * (-len(attr) % 4)
-    body = _NFGEN.pack(fam, 0, 0) + attr
-    seq = 3
     count = 0
-    with sock:
-        try:
-            sock.settimeout(timeout)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
-            sock.bind((0, 0))
-            sock.send(_HDR.pack(_HDR.size + len(body), (NFNL_SUBSYS_NFTABLES << 8)
-                                | NFT_MSG_GETRULE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
-            want = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE
-            while True:
-                data = sock.recv(1 << 17)
-                off = 0
-                while off + _HDR.size <= len(data):
-                    length, mtype, _f, mseq, _p = _HDR.unpack_from(data, off)
-                    if length < _HDR.size:
-                        return None
-                    if mtype == NLMSG_DONE:
-                        return count
-                    if mtype == NLMSG_ERROR:
-                        (err,) = struct.unpack_from("=i", data, off + _HDR.size)
-                        return count if not err else None
-                    if mseq == seq and mtype == want:
-                        count += 1
-                        if limit is not None and count > limit:
-                            return count
-                    off += (length + 3) & ~3
-        except OSError:
-            return None
+    try:
+        sk = DumpSocket(timeout)
+    except OSError:
+        return None
+    try:
+        for _fam, _attrs in sk.dump(NFT_MSG_GETRULE, fam, attr):
+            count += 1
+            if limit is not None and count > limit:
+                return count
+        return count
+    except (OSError, NetlinkReadFailed):
+        return None
+    finally:
+        sk.close()

@@ -19,15 +19,14 @@ so its own cost grows quadratically with one table's rules (~10 s of system time
 from __future__ import annotations
 
 import hashlib
-import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..ruleset.model import Chain, IpSet, Match, Rule, Table
 from ..ruleset.nft import _rule, _set  # the element code nft -j listings go through
-from .nfgen import FAMILY_NUMBERS, generation_id
+from .nfgen import FAMILY_NUMBERS, DumpSocket, NetlinkReadFailed, generation_id
 from .nftdelin import (
     HOOKS,
     SetInfo,
@@ -41,25 +40,13 @@ from .nftdelin import (
     u32_attr,
 )
 
-NETLINK_NETFILTER = 12
-SUBSYS = 10 << 8
 GETTABLE, GETCHAIN, GETRULE, GETSET, GETSETELEM = 1, 4, 7, 10, 13
 NEWTABLE, NEWCHAIN, NEWRULE, NEWSET, NEWSETELEM = 0, 3, 6, 9, 12
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_DUMP_INTR = 0x10
 #: Reads of one table started again when a write raced them (then: NetlinkReadFailed).
 ATTEMPTS = 4
 
-_HDR = struct.Struct("=IHHII")
-_NFGEN = struct.Struct("=BBH")
 _NLA = struct.Struct("=HH")
 _S32 = struct.Struct(">i")
-
-
-class NetlinkReadFailed(Exception):
-    """The netlink read could not be completed (refused, cut, not understood): the caller
-    falls back to `nft -j`."""
 
 
 class CeilingPassed(Exception):
@@ -67,49 +54,6 @@ class CeilingPassed(Exception):
 
 
 # -- the dumps ------------------------------------------------------------------------------
-
-class _Socket:
-    def __init__(self, timeout: float) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        self.sock.settimeout(timeout)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
-        self.sock.bind((0, 0))
-        self.seq = 100
-        self.interrupted = False
-
-    def dump(self, msg: int, family: int, body: bytes = b"") -> Iterator[tuple[int, bytes]]:
-        """(nfgen family, attributes) of each answer to a dump request."""
-        self.seq += 1
-        seq = self.seq
-        payload = _NFGEN.pack(family, 0, 0) + body
-        self.sock.send(_HDR.pack(_HDR.size + len(payload), SUBSYS | msg,
-                                 NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + payload)
-        while True:
-            data = self.sock.recv(1 << 17)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, mtype, flags, mseq, _p = _HDR.unpack_from(data, off)
-                if length < _HDR.size or off + length > len(data):
-                    raise NetlinkReadFailed("corrupt netlink message")
-                if mseq == seq:
-                    if mtype == NLMSG_DONE:
-                        return
-                    if mtype == NLMSG_ERROR:
-                        (err,) = struct.unpack_from("=i", data, off + _HDR.size)
-                        if err:
-                            raise NetlinkReadFailed(f"{socket.errno.errorcode.get(-err, err)}"
-                                                    " from the nf_tables dump")
-                        return
-                    if flags & NLM_F_DUMP_INTR:  # a write during the dump (any table)
-                        self.interrupted = True
-                    fam = data[off + _HDR.size]
-                    yield fam, data[off + _HDR.size + 4:off + length]
-                off += (length + 3) & ~3
-            del data
-
-    def close(self) -> None:
-        self.sock.close()
-
 
 def _nla(typ: int, value: bytes) -> bytes:
     b = _NLA.pack(4 + len(value), typ) + value
@@ -170,7 +114,7 @@ def _read_once(family: str, fam: int, name: str, tname: bytes, max_rules: int | 
     """One read, and whether a write raced it (the dump said so)."""
     h = hashlib.sha256()
     try:
-        sk = _Socket(timeout)
+        sk = DumpSocket(timeout)
     except OSError as e:
         raise NetlinkReadFailed(f"netlink socket: {e}") from None
     try:
@@ -185,7 +129,7 @@ def _read_once(family: str, fam: int, name: str, tname: bytes, max_rules: int | 
         sk.close()
 
 
-def _read(sk: _Socket, family: str, fam: int, name: str, tname: bytes, h: Any,
+def _read(sk: DumpSocket, family: str, fam: int, name: str, tname: bytes, h: Any,
           max_rules: int | None, rule_hook) -> TableRead:
     sets: dict[str, SetInfo] = {}
     for _f, msg in sk.dump(GETSET, fam, _nla(1, tname)):
