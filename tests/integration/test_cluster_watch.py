@@ -20,7 +20,7 @@ from nodeward.collect.watch import ClusterWatcher
 from nodeward.daemon import Agent
 from nodeward.kubeapi import ApiConfig, KubeApi
 from nodeward.model import NodeSnapshot
-from tests.lab.fakeapi import FakeApi
+from tests.lab.fakeapi import FakeApi, felix, until
 
 NODES = "/api/v1/nodes"
 FELIX = "/apis/crd.projectcalico.org/v1/felixconfigurations"
@@ -35,20 +35,6 @@ def node(name: str, ip: str, key: str = "", cidr: str = "") -> dict:
             "spec": {"podCIDR": cidr or f"10.244.{ip.rsplit('.', 1)[1]}.0/24"},
             "status": {"addresses": [{"type": "InternalIP", "address": ip}],
                        "images": [{"names": ["registry/x:1"], "sizeBytes": 1}] * 30}}
-
-
-def felix(enabled: bool) -> dict:
-    return {"apiVersion": "crd.projectcalico.org/v1", "kind": "FelixConfiguration",
-            "metadata": {"name": "default"}, "spec": {"wireguardEnabled": enabled}}
-
-
-def until(pred, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 @pytest.fixture

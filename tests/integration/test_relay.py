@@ -26,7 +26,7 @@ from nodeward.relay.client import relay_api
 from nodeward.relay.server import Relay, RelayOptions
 from nodeward.settings_table import RelaySettings
 from tests.lab.authlab import make_pki
-from tests.lab.fakeapi import FakeApi
+from tests.lab.fakeapi import FakeApi, felix, until
 
 NODES = "/api/v1/nodes"
 FELIX = "/apis/crd.projectcalico.org/v1/felixconfigurations"
@@ -46,20 +46,6 @@ def node(name: str, ip: str, key: str, beat: str = "2026-12-01T00:00:00Z") -> di
                        "conditions": [{"type": "Ready", "status": "True",
                                        "lastHeartbeatTime": beat}],
                        "images": [{"names": ["registry/x:1"], "sizeBytes": 1}] * 20}}
-
-
-def felix(enabled: bool) -> dict:
-    return {"apiVersion": "crd.projectcalico.org/v1", "kind": "FelixConfiguration",
-            "metadata": {"name": "default"}, "spec": {"wireguardEnabled": enabled}}
-
-
-def until(pred, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 @pytest.fixture(scope="module")

@@ -239,3 +239,22 @@ class FakeApi:
         except OSError:
             pass
         h.close_connection = True
+
+
+# -- helpers for the tests that drive it --------------------------------------------------
+
+
+def felix(enabled: bool) -> dict:
+    """Calico's default FelixConfiguration with WireGuard on or off."""
+    return {"apiVersion": "crd.projectcalico.org/v1", "kind": "FelixConfiguration",
+            "metadata": {"name": "default"}, "spec": {"wireguardEnabled": enabled}}
+
+
+def until(pred, timeout: float = 5.0) -> bool:
+    """Poll pred every 20 ms for up to `timeout` seconds; its last answer."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
