@@ -219,6 +219,18 @@ class ParseCache:
         if hit is not None:
             self._now[key] = hit
 
+    def rekey(self, cmd: str, old: str, new: str) -> None:
+        """File what `cmd` gave in this read under digest `new` instead of `old`."""
+        hit = self._now.pop((cmd, old), None)
+        if hit is not None:
+            self._now[(cmd, new)] = hit
+
+    def drop(self, cmd: str) -> None:
+        """Let go of what `cmd` gave last time now (it is superseded): before its
+        replacement is read, not after."""
+        for old in [k for k in self._last if k[0] == cmd]:
+            del self._last[old]
+
     def rotate(self) -> None:
         self._last, self._now = self._now, {}
 
@@ -236,6 +248,10 @@ class Probes:
     nft_rules: Callable[[str, str, int], int | None] = lambda family, table, limit: None
     #: a native table read over netlink (collect/nftnl.py) within a rule limit; None: use nft
     nft_read: Callable[[str, str, int], Any] = lambda family, table, limit: None
+    #: the legacy tables of a family, each (name, xtables.TableDigest or the exception that
+    #: stopped its read) within a blob size limit; None: cannot ask (iptables-legacy-save
+    #: then reads and digests every table, a child each cycle)
+    legacy_digests: Callable[[int, int], Any] = lambda family, max_bytes: None
 
 
 def legacy_tables_exist(family: int, proc: str = "/proc/thread-self/net") -> bool | None:
@@ -272,8 +288,34 @@ def read_native(family: str, table: str, limit: int) -> Any:
         return e
 
 
+def legacy_digests(family: int, max_bytes: int) -> Any:
+    """[(table, TableDigest | exception)] for this thread's namespace (collect/xtables.py),
+    or None when the tables cannot be listed."""
+    from . import xtables
+
+    names = xtables.table_names(family)
+    if names is None:
+        return None
+    try:
+        sock = xtables.raw_socket(family)
+    except xtables.XtablesUnreadable as e:
+        return [(name, e) for name in names]
+    out: list[tuple[str, Any]] = []
+    with sock:
+        for name in names:
+            try:
+                info = xtables.table_info(family, name, sock)
+                if info.size > max_bytes:
+                    out.append((name, xtables.BlobTooBig(info)))
+                    continue
+                out.append((name, xtables.table_digest(family, name, sock, info)))
+            except xtables.XtablesUnreadable as e:
+                out.append((name, e))
+    return out
+
+
 LIVE = Probes(nfgen.generation_id, nfgen.list_tables, legacy_tables_exist, ipset_loaded,
-              nfgen.count_rules, read_native)
+              nfgen.count_rules, read_native, legacy_digests)
 NO_PROBES = Probes()
 
 
@@ -688,6 +730,94 @@ def _native_netlink(r: _Reader, probes: Probes, family: str, name: str,
     return got.tables, got.sets
 
 
+#: Bytes of kernel blob per rule of the ceiling past which a legacy table is not even
+#: fetched (kube-proxy's cost ~560 bytes a rule with its chain heads).
+BLOB_BYTES_PER_RULE = 1024
+
+
+def _legacy_parser(cmd: str, family: int) -> Callable[[Any], Any]:
+    return lambda text: parse_iptables_save(text, frontend="iptables-legacy", family=family,
+                                            source=cmd)
+
+
+def _read_legacy(r: _Reader, probes: Probes, family: int, cmd: str) -> list[Table] | None:
+    """iptables-legacy tables gated by the kernel (collect/xtables.py), table by table: a
+    table whose blob digest (counters zeroed) is the last one's is not read again (no
+    child: `iptables-legacy-save` costs libiptc twice the blob, 238 MiB at 250,000 kube-
+    proxy rules); one past the rule ceiling is reported before any child runs (its exact
+    rule count comes from the blob walk); a changed one lets go of its last parse, then
+    `cmd -t TABLE` reads it. None: the kernel cannot be asked (not live: the caller reads
+    the whole dump)."""
+    if r.run is not run_local:
+        return None
+    got = probes.legacy_digests(family, max(0, r.max_rules - r.rules) * BLOB_BYTES_PER_RULE)
+    if got is None:
+        return None
+    from . import xtables
+
+    out: list[Table] = []
+    for name, one in got:
+        key = f"{cmd} -t {name}"
+        if isinstance(one, xtables.BlobTooBig):
+            r.answered += 1
+            r.problems.append(Problem(cmd, (
+                f"{key}: the table's {one.info.entries:,} entries take {one.info.size:,} "
+                f"bytes, past the ceiling of {r.max_rules:,} rules (firewall_max_rules; "
+                f"{r.rules:,} read before it): not read, not evaluated")))
+            continue
+        if isinstance(one, Exception):  # the save tries, and fails or answers on its own
+            r.notes.append(f"iptables-legacy table {name} (IPv{family}) read without the "
+                           f"kernel's digest: {one}")
+            one = None
+        last = r.cache.last(key) if r.cache is not None and one is not None else None
+        if one is not None and last is not None and last[0] == one.digest and \
+                r.rules + one.rules <= r.max_rules:
+            r.answered += 1
+            r.rules += one.rules
+            r.digests.append((key, one.digest))
+            r.cache.keep(key, one.digest)  # type: ignore[union-attr]
+            r.cache.hits += 1  # type: ignore[union-attr]
+            out.extend(last[1])
+            continue
+        if one is not None and r.rules + one.rules > r.max_rules:
+            r.answered += 1
+            r.problems.append(Problem(cmd, (
+                f"{key}: {one.rules:,} rules would pass the ceiling of {r.max_rules:,} "
+                f"(firewall_max_rules; {r.rules:,} read before it): not read, not "
+                "evaluated")))
+            continue
+        if r.cache is not None:
+            r.cache.drop(key)  # the old parse is garbage before the new dump arrives
+        del last
+        text = r.text([cmd, "-t", name], lines=True)
+        if text is None:
+            continue
+        n = sum(1 for x in text if x[:3] == "-A ")
+        if r.rules + n > r.max_rules:  # grew past it between the digest and the save
+            r.problems.append(Problem(cmd, (
+                f"{key}: {n:,} rules would pass the ceiling of {r.max_rules:,} "
+                f"(firewall_max_rules; {r.rules:,} read before it): not evaluated")))
+            continue
+        r.rules += n
+        # cached under the blob digest only when the table provably did not change while
+        # it was saved (else under the text's, which no later blob digest equals)
+        digest = digest_lines(text)
+        tables = r.cache.get(key, text, _legacy_parser(cmd, family), digest) \
+            if r.cache is not None else _legacy_parser(cmd, family)(text)
+        del text
+        if one is not None and r.cache is not None:
+            try:
+                after = xtables.table_digest(family, name).digest
+            except xtables.XtablesUnreadable:
+                after = None
+            if after == one.digest:
+                r.cache.rekey(key, digest, after)
+                digest = after
+        r.digests.append((key, digest))
+        out.extend(tables)
+    return out
+
+
 def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
                     probes: Probes | None = None,
                     max_rules: int = DEFAULT_MAX_RULES) -> Ruleset:
@@ -727,6 +857,10 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
     for fam, cmd in ((4, "iptables-legacy-save"), (6, "ip6tables-legacy-save")):
         if probes.legacy_tables(fam) is False:
             continue  # no x_tables table in this namespace: nothing to read (or load)
+        gated = _read_legacy(r, probes, fam, cmd)
+        if gated is not None:
+            legacy.extend(gated)
+            continue
         same = r.unchanged(cmd)
         if same is not None:
             legacy.extend(same)
