@@ -219,12 +219,6 @@ class ParseCache:
         if hit is not None:
             self._now[key] = hit
 
-    def rekey(self, cmd: str, old: str, new: str) -> None:
-        """File what `cmd` gave in this read under digest `new` instead of `old`."""
-        hit = self._now.pop((cmd, old), None)
-        if hit is not None:
-            self._now[(cmd, new)] = hit
-
     def drop(self, cmd: str) -> None:
         """Let go of what `cmd` gave last time now (it is superseded): before its
         replacement is read, not after."""
@@ -735,6 +729,90 @@ def _native_netlink(r: _Reader, probes: Probes, family: str, name: str,
 BLOB_BYTES_PER_RULE = 1024
 
 
+def save_to_memfd(argv: Sequence[str], timeout: float = TIMEOUT,
+                  max_bytes: int = DEFAULT_MAX_RULES * BYTES_PER_RULE) -> list[str] | None:
+    """A read-only command's output as lines, written by it into a memfd and read only
+    once it exited: its own peak (libiptc: twice the table's blob) and our lines never
+    coexist; the text waits as bytes (1 a character) instead. None as run_local; raises
+    FrontendFailed on a timeout or output past `max_bytes`."""
+    if not shutil.which(argv[0]):
+        return None
+    fd = os.memfd_create("nodeward-save", os.MFD_CLOEXEC)
+    try:
+        try:
+            proc = subprocess.Popen(list(argv), stdout=fd, stderr=subprocess.DEVNULL,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError:
+            return None
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    raise FrontendFailed(f"{' '.join(argv)} timed out after {timeout:g} s")
+                if os.fstat(fd).st_size > max_bytes:
+                    raise FrontendFailed(f"{' '.join(argv)} printed more than "
+                                         f"{max_bytes // 2**20} MiB (the rule ceiling)")
+                time.sleep(0.02)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        if proc.returncode != 0:
+            return None
+        if os.fstat(fd).st_size > max_bytes:
+            raise FrontendFailed(f"{' '.join(argv)} printed more than "
+                                 f"{max_bytes // 2**20} MiB (the rule ceiling)")
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        out: list[str] = []
+        carry = ""
+        pos = 0
+        while True:
+            chunk = os.pread(fd, PIECE, pos)
+            if not chunk:
+                break
+            pos += len(chunk)
+            got = (carry + decoder.decode(chunk)).split("\n")
+            carry = got.pop()
+            out += got
+            # what was read is given back as it goes (the file shrinks from the front)
+            with contextlib.suppress(OSError):
+                _punch(fd, pos)
+        last = carry + decoder.decode(b"", final=True)
+        if last:
+            out.append(last)
+        return out
+    finally:
+        os.close(fd)
+
+
+def _punch(fd: int, upto: int) -> None:
+    """Free a memfd's pages before `upto` (FALLOC_FL_PUNCH_HOLE | KEEP_SIZE)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    if libc.fallocate(fd, 0x02 | 0x01, 0, upto) != 0:
+        raise OSError(ctypes.get_errno(), "fallocate")
+
+
+def _saved_lines(r: _Reader, argv: list[str]) -> list[str] | None:
+    """save_to_memfd with what _Reader.text records (answered, failed, blank, problems)."""
+    try:
+        out = save_to_memfd(argv)
+    except FrontendFailed as e:
+        r.answered += 1
+        r.problems.append(Problem(argv[0], f"{e}: its tables are not evaluated"))
+        return None
+    if out is None:
+        r.failed.append(argv[0])
+        return None
+    r.answered += 1
+    if not any(x.strip() for x in out):
+        r.blank.append(argv[0])
+    return out
+
+
 def _legacy_parser(cmd: str, family: int) -> Callable[[Any], Any]:
     return lambda text: parse_iptables_save(text, frontend="iptables-legacy", family=family,
                                             source=cmd)
@@ -788,8 +866,8 @@ def _read_legacy(r: _Reader, probes: Probes, family: int, cmd: str) -> list[Tabl
             continue
         if r.cache is not None:
             r.cache.drop(key)  # the old parse is garbage before the new dump arrives
-        del last
-        text = r.text([cmd, "-t", name], lines=True)
+        last = None
+        text = _saved_lines(r, [cmd, "-t", name])
         if text is None:
             continue
         n = sum(1 for x in text if x[:3] == "-A ")
@@ -800,19 +878,18 @@ def _read_legacy(r: _Reader, probes: Probes, family: int, cmd: str) -> list[Tabl
             continue
         r.rules += n
         # cached under the blob digest only when the table provably did not change while
-        # it was saved (else under the text's, which no later blob digest equals)
+        # it was saved (else under the text's, which no later blob digest equals); asked
+        # before the parse, while only the lines are held (after it: the rules and the blob)
         digest = digest_lines(text)
+        if one is not None and r.cache is not None:
+            try:
+                if xtables.table_digest(family, name).digest == one.digest:
+                    digest = one.digest
+            except xtables.XtablesUnreadable:
+                pass
         tables = r.cache.get(key, text, _legacy_parser(cmd, family), digest) \
             if r.cache is not None else _legacy_parser(cmd, family)(text)
         del text
-        if one is not None and r.cache is not None:
-            try:
-                after = xtables.table_digest(family, name).digest
-            except xtables.XtablesUnreadable:
-                after = None
-            if after == one.digest:
-                r.cache.rekey(key, digest, after)
-                digest = after
         r.digests.append((key, digest))
         out.extend(tables)
     return out
