@@ -172,11 +172,13 @@ def show(way: str, limit: int | None, rows: list[dict]) -> float:
           f"{top:6.1f} MiB; per cycle: " + ", ".join(
               f"{r['kind']} {r['peak_mib']:.0f}" + (f" ({r['s']:.1f} s)" if "s" in r else "")
               for r in rows))
-    bad = [r for r in rows if r.get("died") is not None or r["oom_kills"]]
+    died = [r for r in rows if r.get("died") is not None]
     if limit:
-        print(f"         failcnt {rows[-1]['failcnt']}, OOM kills {rows[-1]['oom_kills']}"
-              + (f", reader died (exit {bad[0].get('died')}) in cycle {bad[0]['cycle']}"
-                 if bad else ", all cycles done"))
+        print(f"         failcnt {rows[-1]['failcnt']}, OOM kills {rows[-1]['oom_kills']} "
+              f"(per cycle: {[r['oom_kills'] for r in rows]}), rules read per cycle: "
+              f"{[r.get('rules') for r in rows]}"
+              + (f"; the reader died (exit {died[0]['died']}) in cycle {died[0]['cycle']}"
+                 if died else ""))
     problems = {p for r in rows for p in r.get("problems", ())}
     if problems:
         print(f"         problems: {sorted(problems)}")

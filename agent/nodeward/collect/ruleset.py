@@ -796,13 +796,21 @@ def _punch(fd: int, upto: int) -> None:
         raise OSError(ctypes.get_errno(), "fallocate")
 
 
-def _saved_lines(r: _Reader, argv: list[str]) -> list[str] | None:
-    """save_to_memfd with what _Reader.text records (answered, failed, blank, problems)."""
+def _saved_lines(r: _Reader, argv: list[str], known: bool) -> list[str] | None:
+    """save_to_memfd with what _Reader.text records (answered, failed, blank, problems).
+    `known`: the kernel answered for this table, so a failed save (killed by the OOM
+    killer: libiptc needs twice the blob) is a problem, not "no such front-end"."""
     try:
         out = save_to_memfd(argv)
     except FrontendFailed as e:
         r.answered += 1
         r.problems.append(Problem(argv[0], f"{e}: its tables are not evaluated"))
+        return None
+    if out is None and known and shutil.which(argv[0]):
+        r.answered += 1
+        r.problems.append(Problem(argv[0], (
+            f"{' '.join(argv)} failed (killed, or an error exit) although the kernel "
+            "answered for the table: its rules are not evaluated")))
         return None
     if out is None:
         r.failed.append(argv[0])
@@ -867,7 +875,7 @@ def _read_legacy(r: _Reader, probes: Probes, family: int, cmd: str) -> list[Tabl
         if r.cache is not None:
             r.cache.drop(key)  # the old parse is garbage before the new dump arrives
         last = None
-        text = _saved_lines(r, [cmd, "-t", name])
+        text = _saved_lines(r, [cmd, "-t", name], known=one is not None)
         if text is None:
             continue
         n = sum(1 for x in text if x[:3] == "-A ")
