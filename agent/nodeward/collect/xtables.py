@@ -199,3 +199,124 @@ def _digest_blob(s: socket.socket, info: TableInfo) -> TableDigest:
         return TableDigest(info, h.hexdigest(), n - builtin - 2 * chains - 1, chains)
     finally:
         mm.close()
+
+
+class DecodedLines:
+    """A table's `iptables-legacy-save -t TABLE` lines decoded from its blob as they are
+    read (collect/xtdecode.py), for parse_iptables_save, which reads them in order once:
+    the blob's pages are given back behind the reader (MADV_DONTNEED every few MiB) and
+    the mapping closed at the end, so the blob, the lines and the parse never coexist whole.
+    `digest` (the same as table_digest's for the same blob) is known once all are read."""
+
+    __slots__ = ("_at", "_gen", "_line", "_mm", "digest", "info", "layout", "rules")
+
+    def __init__(self, mm: mmap.mmap, info: TableInfo, lay, hashed) -> None:
+        from . import xtdecode
+
+        self._mm, self.info, self.layout, self.rules = mm, info, lay, lay.rules
+        self.digest = ""
+        self._at, self._line = -1, ""
+        self._gen = self._walk(xtdecode, hashed)
+
+    def _walk(self, xtdecode, h):
+        mm, done, page = self._mm, _GET_HEAD, mmap.PAGESIZE
+        view = memoryview(mm)
+
+        def release(upto: int) -> None:
+            nonlocal done
+            if upto - done >= PIECE:
+                cut = upto // page * page
+                h.update(view[done:cut])
+                mm.madvise(mmap.MADV_DONTNEED, done // page * page, cut - done // page * page)
+                done = cut
+        try:
+            yield from xtdecode.lines(mm, _GET_HEAD, self.info.size, self.info.family,
+                                      self.info.name, self.layout, release)
+            h.update(view[done:_GET_HEAD + self.info.size])
+            self.digest = h.hexdigest()
+        finally:
+            view.release()
+            mm.close()
+
+    def __len__(self) -> int:
+        return self.layout.lines
+
+    def __getitem__(self, k: int) -> str:
+        if k == self._at:
+            return self._line
+        if k != self._at + 1:
+            raise IndexError("decoded lines are read in order, once")
+        self._line = next(self._gen)
+        self._at = k
+        if k == self.layout.lines - 1:  # the last: the walk ends (digest, unmap) now
+            for _ in self._gen:
+                raise XtablesUnreadable("decoded more lines than the layout counted")
+        return self._line
+
+    def close(self) -> None:
+        self._gen.close()
+
+
+#: bytes of blob given back at a time while it is decoded
+PIECE = 4 << 20
+
+
+def table_lines(family: int, name: str, sock: socket.socket | None = None,
+                info: TableInfo | None = None) -> DecodedLines:
+    """A table's blob fetched once and printed as iptables-legacy-save prints it, lazily
+    (DecodedLines). Raises xtdecode.Undecodable (before any line) when an entry's match or
+    target is not one the decoder prints exactly: the caller then runs the save."""
+    from . import xtdecode
+
+    own = sock is None
+    s = raw_socket(family) if sock is None else sock
+    try:
+        for attempt in range(3):
+            if info is None or attempt:
+                info = table_info(family, name, s)
+            mm = mmap.mmap(-1, max(_GET_HEAD + info.size, 1))
+            try:
+                _fetch(s, info, mm)
+                lay = xtdecode.layout(mm, _GET_HEAD, info.size, family, info.hooks,
+                                      _HOOK_NAMES)
+                _zero_counters(mm, info)
+            except BlockingIOError:
+                mm.close()
+                continue
+            except BaseException:
+                mm.close()
+                raise
+            h = hashlib.sha256(struct.pack(f"=i{len(info.hooks)}I", family, *info.hooks))
+            return DecodedLines(mm, info, lay, h)
+        raise XtablesUnreadable(f"IPv{family} table {name} kept changing while it was read")
+    finally:
+        if own:
+            s.close()
+
+
+_HOOK_NAMES = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+
+
+def _fetch(s: socket.socket, info: TableInfo, mm: mmap.mmap) -> None:
+    """IPT_SO_GET_ENTRIES into `mm` (BlockingIOError: the table changed size meanwhile)."""
+    struct.pack_into("=32sI", mm, 0, info.name.encode()[:31], info.size)
+    cbuf = ctypes.c_char.from_buffer(mm)
+    try:
+        _getsockopt(s, info.family, SO_GET_ENTRIES, cbuf, _GET_HEAD + info.size)
+    except OSError as e:
+        if e.errno == errno.EAGAIN:
+            raise BlockingIOError from None
+        raise XtablesUnreadable(f"IPT_SO_GET_ENTRIES for IPv{info.family} table "
+                                f"{info.name}: {e.strerror}") from None
+    finally:
+        del cbuf
+
+
+def _zero_counters(mm: mmap.mmap, info: TableInfo) -> None:
+    """Every entry's counters zeroed in place (walked by next_offset; layout() checked it)."""
+    nxt, cnt = _NEXT[info.family], _COUNTERS[info.family]
+    unpack = struct.Struct("=H").unpack_from
+    off, end = _GET_HEAD, _GET_HEAD + info.size
+    while off < end:
+        mm[off + cnt:off + cnt + 16] = _ZERO
+        off += unpack(mm, off + nxt)[0]
