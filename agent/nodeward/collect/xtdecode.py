@@ -228,7 +228,7 @@ def _conntrack(rev: int) -> Callable[[bytes, int], str]:
 
 
 def _statistic(d: bytes, family: int) -> str:
-    mode, flags, a, b, c = struct.unpack_from("=HHIII", d)
+    mode, flags, a, b, _c = struct.unpack_from("=HHIII", d)
     inv = " !" if flags & 1 else ""
     if mode == 0:
         return f" --mode random{inv} --probability {a / 0x80000000:.11f}"
@@ -314,7 +314,8 @@ def _icmp(d: bytes, family: int) -> str:
 
 
 def _nfacct(d: bytes, family: int) -> str:
-    return f" --nfacct-name {_cstr(d[:32])}"
+    # libxt_nfacct: printf(" --nfacct-name "), then xtables_save_string's own space
+    return " --nfacct-name " + save_string(_cstr(d[:32]))
 
 
 MATCHES: dict[tuple[str, int], Callable[[bytes, int], str]] = {
@@ -334,6 +335,7 @@ MATCHES: dict[tuple[str, int], Callable[[bytes, int], str]] = {
     ("limit", 0): _limit,
     ("icmp", 0): _icmp,
     ("nfacct", 0): _nfacct,
+    ("nfacct", 1): _nfacct,
 }
 
 
@@ -414,8 +416,8 @@ _REJECT4 = {0: "icmp-net-unreachable", 1: "icmp-host-unreachable",
             5: "icmp-net-prohibited", 6: "icmp-host-prohibited", 7: "tcp-reset",
             8: "icmp-admin-prohibited"}
 _REJECT6 = {0: "icmp6-no-route", 1: "icmp6-adm-prohibited", 3: "icmp6-addr-unreachable",
-            4: "icmp6-port-unreachable", 5: "tcp-reset", 6: "icmp6-policy-fail",
-            7: "icmp6-reject-route"}
+            4: "icmp6-port-unreachable", 6: "tcp-reset", 7: "icmp6-policy-fail",
+            8: "icmp6-reject-route"}
 
 
 def _reject(d: bytes, family: int) -> str:
@@ -491,7 +493,7 @@ def layout(mm, base: int, size: int, family: int, hooks: tuple[int, ...],
            names: tuple[str, ...]) -> Layout:
     """Walk the blob once, reading only headers: the chains, and Undecodable at once for
     an extension (or a structure) that the print would not handle."""
-    t_at, n_at, _ = _OFFS[family]
+    t_at, _n_at, _ = _OFFS[family]
     least = 112 if family == 4 else 168
     valid, entry, under = hooks[0], hooks[1:6], hooks[6:11]
     builtin = {entry[h]: h for h in range(5) if valid & (1 << h)}
@@ -513,7 +515,7 @@ def layout(mm, base: int, size: int, family: int, hooks: tuple[int, ...],
             if key not in MATCHES or msize < 32:
                 raise Undecodable(f"match {key[0]} revision {mrev}")
             q += msize
-        tsize, tname_b, trev = _HEAD.unpack_from(mm, p + tgt)
+        _tsize, tname_b, trev = _HEAD.unpack_from(mm, p + tgt)
         tname = _cstr(tname_b)
         verdict = 0
         if off in builtin:
@@ -578,7 +580,7 @@ def lines(mm, base: int, size: int, family: int, table: str, lay: Layout,
     yield f"*{table}"
     for name, pol, (pc, bc), _s, _e in lay.chains:
         yield f":{name} {pol} [{pc}:{bc}]" if pol else f":{name} - [0:0]"
-    t_at, n_at, _ = _OFFS[family]
+    t_at, _n_at, _ = _OFFS[family]
     least = 112 if family == 4 else 168
     hdr = _IP4 if family == 4 else _IP6
     ip_to_end = 84 if family == 4 else 136
