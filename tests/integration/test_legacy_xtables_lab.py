@@ -7,6 +7,7 @@ namespace (the raw socket, /proc/thread-self/net and its children follow that th
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -96,20 +97,43 @@ class Spawned:
         return out
 
 
-def test_unchanged_legacy_table_spawns_no_save(lab, monkeypatch) -> None:
+#: the save path alone (no in-process decode), as before collect/xtdecode.py
+SAVE_ONLY = dataclasses.replace(LIVE, legacy_lines=lambda family, name: None)
+
+
+def _texts(rs) -> list[tuple[str, str, str]]:
+    return [(t.name, c.name, r.text) for t in rs.tables for c in t.chains.values()
+            for r in c.rules]
+
+
+@pytest.mark.parametrize("way", ["decode", "save"])
+def test_unchanged_legacy_table_spawns_no_save(lab, monkeypatch, way) -> None:
+    """An unchanged table is not read again; a changed one is decoded in-process (no child
+    at all) or, on the save path, read by its own `-t TABLE` save."""
     ns = lab.netns("xtg")
     restore(ns, DUMP)
     cache = ParseCache()
     spawned = Spawned(monkeypatch)
+    probes = LIVE if way == "decode" else SAVE_ONLY
+
+    def saves(*argv: str) -> list[str]:
+        return list(argv) if way == "save" else []
+
     with ThreadPoolExecutor(1, initializer=setns, initargs=(ns.name,)) as pool:
         def read(**kw):
-            return collect_ruleset(run_local, cache, probes=LIVE, **kw)
+            return collect_ruleset(run_local, cache, probes=probes, **kw)
 
         first = pool.submit(read).result(60)
-        assert spawned.saves() == ["iptables-legacy-save -t filter",
-                                   "iptables-legacy-save -t nat"]
+        assert spawned.saves() == saves("iptables-legacy-save -t filter",
+                                        "iptables-legacy-save -t nat")
         rules = sum(len(c.rules) for t in first.tables for c in t.chains.values())
         assert rules == DUMP.count("\n-A ") and not first.problems
+        if way == "decode":  # the same rules as the save gives, parsed the same
+            saved = pool.submit(lambda: collect_ruleset(run_local, ParseCache(),
+                                                        probes=SAVE_ONLY)).result(60)
+            spawned.saves()
+            assert _texts(first) == _texts(saved)
+            assert first.fingerprint == saved.fingerprint  # both: the blob digests
         restore(ns, with_counters(DUMP, 9), "-c")  # counters moved, rules did not
         second = pool.submit(read).result(60)
         assert spawned.saves() == []  # no child at all
@@ -118,17 +142,37 @@ def test_unchanged_legacy_table_spawns_no_save(lab, monkeypatch) -> None:
             [True, True]
         lab.sh(*EDIT, ns=ns)
         third = pool.submit(read).result(60)
-        assert spawned.saves() == ["iptables-legacy-save -t nat"]  # filter: unchanged
+        assert spawned.saves() == saves("iptables-legacy-save -t nat")  # filter: unchanged
         nat = next(t for t in third.tables if t.name == "nat")
         assert "--dport 81" in nat.chains["KUBE-SERVICES"].rules[0].text
         assert third.fingerprint != first.fingerprint
         # the ceiling, from the blob walk, before any child: nat is past it, filter not
-        fourth = collect_ruleset_fresh(pool, max_rules=1000)
-        assert spawned.saves() == ["iptables-legacy-save -t filter"]
+        fourth = pool.submit(lambda: collect_ruleset(run_local, ParseCache(), probes=probes,
+                                                     max_rules=1000)).result(60)
+        assert spawned.saves() == saves("iptables-legacy-save -t filter")
         (p,) = fourth.problems
         assert p.source == "iptables-legacy-save"
         assert "iptables-legacy-save -t nat:" in p.reason and "not read" in p.reason
         assert [t.name for t in fourth.tables] == ["filter"]
+
+
+def test_a_big_table_is_not_held_but_decoded_again(lab, monkeypatch) -> None:
+    """Past LEGACY_HOLD_MAX_RULES a table's parse is not kept between reads (its blob would
+    sit beside it): an unchanged read decodes it again, no child, same fingerprint."""
+    from nodeward.collect import ruleset
+
+    monkeypatch.setattr(ruleset, "LEGACY_HOLD_MAX_RULES", 1000)  # nat: 2,700; filter less
+    ns = lab.netns("xth")
+    restore(ns, DUMP)
+    cache = ParseCache()
+    spawned = Spawned(monkeypatch)
+    with ThreadPoolExecutor(1, initializer=setns, initargs=(ns.name,)) as pool:
+        first = pool.submit(lambda: collect_ruleset(run_local, cache, probes=LIVE)).result(60)
+        second = pool.submit(lambda: collect_ruleset(run_local, cache, probes=LIVE)).result(60)
+    assert spawned.saves() == []
+    assert second.fingerprint == first.fingerprint and _texts(second) == _texts(first)
+    held = {t.name: any(t is u for u in first.tables) for t in second.tables}
+    assert held == {"filter": True, "nat": False}
 
 
 def collect_ruleset_fresh(pool: ThreadPoolExecutor, max_rules: int):

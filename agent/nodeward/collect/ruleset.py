@@ -246,6 +246,9 @@ class Probes:
     #: stopped its read) within a blob size limit; None: cannot ask (iptables-legacy-save
     #: then reads and digests every table, a child each cycle)
     legacy_digests: Callable[[int, int], Any] = lambda family, max_bytes: None
+    #: one legacy table decoded in-process (xtables.DecodedLines), or the exception that
+    #: stopped it (xtdecode.Undecodable: the save reads it); None: not asked
+    legacy_lines: Callable[[int, str], Any] = lambda family, name: None
 
 
 def legacy_tables_exist(family: int, proc: str = "/proc/thread-self/net") -> bool | None:
@@ -308,8 +311,18 @@ def legacy_digests(family: int, max_bytes: int) -> Any:
     return out
 
 
+def legacy_lines(family: int, name: str) -> Any:
+    """xtables.table_lines, or the exception that stopped it (collect/xtdecode.py)."""
+    from . import xtables, xtdecode
+
+    try:
+        return xtables.table_lines(family, name)
+    except (xtables.XtablesUnreadable, xtdecode.Undecodable) as e:
+        return e
+
+
 LIVE = Probes(nfgen.generation_id, nfgen.list_tables, legacy_tables_exist, ipset_loaded,
-              nfgen.count_rules, read_native, legacy_digests)
+              nfgen.count_rules, read_native, legacy_digests, legacy_lines)
 NO_PROBES = Probes()
 
 
@@ -875,6 +888,10 @@ def _read_legacy(r: _Reader, probes: Probes, family: int, cmd: str) -> list[Tabl
         if r.cache is not None:
             r.cache.drop(key)  # the old parse is garbage before the new dump arrives
         last = None
+        decoded = _decoded(r, probes, family, name, cmd) if one is not None else None
+        if decoded is not None:
+            out.extend(decoded)
+            continue
         text = _saved_lines(r, [cmd, "-t", name], known=one is not None)
         if text is None:
             continue
@@ -901,6 +918,47 @@ def _read_legacy(r: _Reader, probes: Probes, family: int, cmd: str) -> list[Tabl
         r.digests.append((key, digest))
         out.extend(tables)
     return out
+
+
+#: A legacy table of more rules than this is not held between reads (its blob, fetched to
+#: see whether it changed, would sit beside its parse: 250,000 kube-proxy rules are 167 MiB
+#: parsed + 117.5 MiB of blob); it is decoded again instead (the verdicts are still reused:
+#: the blob's digest, the ruleset's fingerprint, is the same).
+LEGACY_HOLD_MAX_RULES = 100_000
+
+
+def _decoded(r: _Reader, probes: Probes, family: int, name: str,
+             cmd: str) -> list[Table] | None:
+    """A changed legacy table decoded from its blob in-process (no child) and parsed as
+    the blob is given back; None: not decodable here, the save reads it (noted)."""
+    from . import xtables
+
+    key = f"{cmd} -t {name}"
+    dec = probes.legacy_lines(family, name)
+    if dec is None:
+        return None
+    if not isinstance(dec, xtables.DecodedLines):
+        r.notes.append(f"iptables-legacy table {name} (IPv{family}) read with `{key}`: "
+                       f"the in-process decode does not print it ({dec})")
+        return None
+    r.answered += 1
+    if r.rules + dec.rules > r.max_rules:  # grew past it since the digest
+        dec.close()
+        r.problems.append(Problem(cmd, (
+            f"{key}: {dec.rules:,} rules would pass the ceiling of {r.max_rules:,} "
+            f"(firewall_max_rules; {r.rules:,} read before it): not evaluated")))
+        return []
+    try:
+        tables = _legacy_parser(cmd, family)(dec)
+    finally:
+        dec.close()
+    r.rules += dec.rules
+    r.digests.append((key, dec.digest))
+    if r.cache is not None and dec.rules <= LEGACY_HOLD_MAX_RULES:
+        r.cache.get(key, "", lambda _t: tables, dec.digest)
+    elif r.cache is not None:
+        r.cache.misses += 1
+    return list(tables)
 
 
 def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
