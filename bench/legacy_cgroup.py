@@ -9,10 +9,14 @@ kube-proxy-like partial sync (written from outside the group, as kube-proxy does
 cycle: memory.max_usage_in_bytes (reset before it), memory.failcnt, the OOM kills
 (memory.oom_control). Two ways, each in its own group, same run:
 
-- now: each legacy table's kernel blob digested in-process (collect/xtables.py), the save
-  spawned only for a changed table (`-t TABLE`, into a memfd), its last parse let go first;
-- before: last round's order (no kernel digest): every cycle streams iptables-legacy-save
-  to digest it while the last parse is held, and a change reads it once more.
+- decode: each legacy table's kernel blob digested in-process (collect/xtables.py); a
+  changed table decoded in-process (collect/xtdecode.py: no child), its blob given back as
+  it is parsed, its last parse let go first; one past 100,000 rules not held between reads
+  (decoded again: its parse and its blob never coexist);
+- save: the same digest gate, the changed table read by `iptables-legacy-save -t TABLE`
+  into a memfd (the last round's way);
+- before (--ways before): no kernel digest: every cycle streams iptables-legacy-save to
+  digest it while the last parse is held, and a change reads it once more.
 
 First without a limit (the true peak of each phase), then with --limit-mib (OOM or not).
 `nodeward scan` is also run once under the limit (the CLI's whole path).
@@ -43,8 +47,10 @@ READER = r"""
 import dataclasses, json, sys, time
 sys.path.insert(0, {agent!r})
 from nodeward.collect.ruleset import LIVE, ParseCache, collect_ruleset, run_local
-probes = LIVE if {way!r} == "now" else dataclasses.replace(
-    LIVE, legacy_digests=lambda family, max_bytes: None)
+way = {way!r}
+probes = LIVE if way == "decode" else dataclasses.replace(
+    LIVE, legacy_lines=lambda family, name: None) if way == "save" else dataclasses.replace(
+    LIVE, legacy_digests=lambda family, max_bytes: None, legacy_lines=lambda family, name: None)
 cache = ParseCache()
 print("ready", flush=True)
 for _ in sys.stdin:
@@ -190,6 +196,7 @@ def main() -> None:
     ap.add_argument("--rules", type=int, default=250_000)
     ap.add_argument("--cycles", type=int, default=6)
     ap.add_argument("--limit-mib", type=int, default=256)
+    ap.add_argument("--ways", default="decode,save", help="of decode, save, before")
     args = ap.parse_args()
     reason = have_netns() or cgroup_reason()
     if reason:
@@ -205,11 +212,13 @@ def main() -> None:
               "cache and shmem counted)")
         tops: dict[tuple[str, int | None], float] = {}
         for limit in (None, args.limit_mib):
-            for way in ("now", "before"):
+            for way in args.ways.split(","):
                 rows = cycles(ns, way, limit, args.cycles, payloads)
                 tops[(way, limit)] = show(way, limit, rows)
-        now, before = tops[("now", None)], tops[("before", None)]
-        print(f"  peak now {now:.1f} MiB vs before {before:.1f} MiB ({now / before:.2f}x); "
+        ways = args.ways.split(",")
+        now, before = tops[(ways[0], None)], tops[(ways[-1], None)]
+        print(f"  peak {ways[0]} {now:.1f} MiB vs {ways[-1]} {before:.1f} MiB "
+              f"({now / before:.2f}x); "
               f"against the {args.limit_mib} MiB limit: "
               f"{'MET' if now <= args.limit_mib else 'MISSED'} "
               f"({now / args.limit_mib:.0%} of it)")

@@ -159,7 +159,7 @@ def table_digest(family: int, name: str, sock: socket.socket | None = None,
 def _digest_blob(s: socket.socket, info: TableInfo) -> TableDigest:
     family = info.family
     total = _GET_HEAD + info.size
-    mm = mmap.mmap(-1, max(total, 1))
+    mm = mmap.mmap(-1, max(total, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         struct.pack_into("=32sI", mm, 0, info.name.encode()[:31], info.size)
         cbuf = ctypes.c_char.from_buffer(mm)
@@ -274,7 +274,10 @@ def table_lines(family: int, name: str, sock: socket.socket | None = None,
         for attempt in range(3):
             if info is None or attempt:
                 info = table_info(family, name, s)
-            mm = mmap.mmap(-1, max(_GET_HEAD + info.size, 1))
+            # private: a shared anonymous mapping is shmem, whose pages MADV_DONTNEED
+            # would not free (the memory cgroup would still count the whole blob)
+            mm = mmap.mmap(-1, max(_GET_HEAD + info.size, 1),
+                           flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
             try:
                 _fetch(s, info, mm)
                 lay = xtdecode.layout(mm, _GET_HEAD, info.size, family, info.hooks,
