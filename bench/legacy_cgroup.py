@@ -225,7 +225,7 @@ def main() -> None:
         s = scan_once(ns, args.limit_mib)
         print(f"  nodeward scan under {args.limit_mib} MiB: exit {s['rc']}, {s['s']:.1f} s, "
               f"peak {s['peak_mib']:.1f} MiB, failcnt {s['failcnt']}, OOM kills "
-              f"{s['oom_kills']}" + (f"; {s['stderr'][0]}" if s["rc"] else ""))
+              f"{s['oom_kills']}" + (f"; {(s['stderr'] or ['(no stderr)'])[0]}" if s["rc"] else ""))
 
 
 if __name__ == "__main__":
