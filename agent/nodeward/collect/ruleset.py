@@ -219,6 +219,12 @@ class ParseCache:
         if hit is not None:
             self._now[key] = hit
 
+    def drop(self, cmd: str) -> None:
+        """Let go of what `cmd` gave last time now (it is superseded): before its
+        replacement is read, not after."""
+        for old in [k for k in self._last if k[0] == cmd]:
+            del self._last[old]
+
     def rotate(self) -> None:
         self._last, self._now = self._now, {}
 
@@ -236,6 +242,13 @@ class Probes:
     nft_rules: Callable[[str, str, int], int | None] = lambda family, table, limit: None
     #: a native table read over netlink (collect/nftnl.py) within a rule limit; None: use nft
     nft_read: Callable[[str, str, int], Any] = lambda family, table, limit: None
+    #: the legacy tables of a family, each (name, xtables.TableDigest or the exception that
+    #: stopped its read) within a blob size limit; None: cannot ask (iptables-legacy-save
+    #: then reads and digests every table, a child each cycle)
+    legacy_digests: Callable[[int, int], Any] = lambda family, max_bytes: None
+    #: one legacy table decoded in-process (xtables.DecodedLines), or the exception that
+    #: stopped it (xtdecode.Undecodable: the save reads it); None: not asked
+    legacy_lines: Callable[[int, str], Any] = lambda family, name: None
 
 
 def legacy_tables_exist(family: int, proc: str = "/proc/thread-self/net") -> bool | None:
@@ -272,8 +285,44 @@ def read_native(family: str, table: str, limit: int) -> Any:
         return e
 
 
+def legacy_digests(family: int, max_bytes: int) -> Any:
+    """[(table, TableDigest | exception)] for this thread's namespace (collect/xtables.py),
+    or None when the tables cannot be listed."""
+    from . import xtables
+
+    names = xtables.table_names(family)
+    if names is None:
+        return None
+    try:
+        sock = xtables.raw_socket(family)
+    except xtables.XtablesUnreadable as e:
+        return [(name, e) for name in names]
+    out: list[tuple[str, Any]] = []
+    with sock:
+        for name in names:
+            try:
+                info = xtables.table_info(family, name, sock)
+                if info.size > max_bytes:
+                    out.append((name, xtables.BlobTooBig(info)))
+                    continue
+                out.append((name, xtables.table_digest(family, name, sock, info)))
+            except xtables.XtablesUnreadable as e:
+                out.append((name, e))
+    return out
+
+
+def legacy_lines(family: int, name: str) -> Any:
+    """xtables.table_lines, or the exception that stopped it (collect/xtdecode.py)."""
+    from . import xtables, xtdecode
+
+    try:
+        return xtables.table_lines(family, name)
+    except (xtables.XtablesUnreadable, xtdecode.Undecodable) as e:
+        return e
+
+
 LIVE = Probes(nfgen.generation_id, nfgen.list_tables, legacy_tables_exist, ipset_loaded,
-              nfgen.count_rules, read_native)
+              nfgen.count_rules, read_native, legacy_digests, legacy_lines)
 NO_PROBES = Probes()
 
 
@@ -688,6 +737,230 @@ def _native_netlink(r: _Reader, probes: Probes, family: str, name: str,
     return got.tables, got.sets
 
 
+#: Bytes of kernel blob per rule of the ceiling past which a legacy table is not even
+#: fetched (kube-proxy's cost ~560 bytes a rule with its chain heads).
+BLOB_BYTES_PER_RULE = 1024
+
+
+def save_to_memfd(argv: Sequence[str], timeout: float = TIMEOUT,
+                  max_bytes: int = DEFAULT_MAX_RULES * BYTES_PER_RULE) -> list[str] | None:
+    """A read-only command's output as lines, written by it into a memfd and read only
+    once it exited: its own peak (libiptc: twice the table's blob) and our lines never
+    coexist; the text waits as bytes (1 a character) instead. None as run_local; raises
+    FrontendFailed on a timeout or output past `max_bytes`."""
+    if not shutil.which(argv[0]):
+        return None
+    fd = os.memfd_create("nodeward-save", os.MFD_CLOEXEC)
+    try:
+        try:
+            proc = subprocess.Popen(list(argv), stdout=fd, stderr=subprocess.DEVNULL,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError:
+            return None
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    raise FrontendFailed(f"{' '.join(argv)} timed out after {timeout:g} s")
+                if os.fstat(fd).st_size > max_bytes:
+                    raise FrontendFailed(f"{' '.join(argv)} printed more than "
+                                         f"{max_bytes // 2**20} MiB (the rule ceiling)")
+                time.sleep(0.02)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        if proc.returncode != 0:
+            return None
+        if os.fstat(fd).st_size > max_bytes:
+            raise FrontendFailed(f"{' '.join(argv)} printed more than "
+                                 f"{max_bytes // 2**20} MiB (the rule ceiling)")
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        out: list[str] = []
+        carry = ""
+        pos = 0
+        while True:
+            chunk = os.pread(fd, PIECE, pos)
+            if not chunk:
+                break
+            pos += len(chunk)
+            got = (carry + decoder.decode(chunk)).split("\n")
+            carry = got.pop()
+            out += got
+            # what was read is given back as it goes (the file shrinks from the front)
+            with contextlib.suppress(OSError):
+                _punch(fd, pos)
+        last = carry + decoder.decode(b"", final=True)
+        if last:
+            out.append(last)
+        return out
+    finally:
+        os.close(fd)
+
+
+def _punch(fd: int, upto: int) -> None:
+    """Free a memfd's pages before `upto` (FALLOC_FL_PUNCH_HOLE | KEEP_SIZE)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    if libc.fallocate(fd, 0x02 | 0x01, 0, upto) != 0:
+        raise OSError(ctypes.get_errno(), "fallocate")
+
+
+def _saved_lines(r: _Reader, argv: list[str], known: bool) -> list[str] | None:
+    """save_to_memfd with what _Reader.text records (answered, failed, blank, problems).
+    `known`: the kernel answered for this table, so a failed save (killed by the OOM
+    killer: libiptc needs twice the blob) is a problem, not "no such front-end"."""
+    try:
+        out = save_to_memfd(argv)
+    except FrontendFailed as e:
+        r.answered += 1
+        r.problems.append(Problem(argv[0], f"{e}: its tables are not evaluated"))
+        return None
+    if out is None and known and shutil.which(argv[0]):
+        r.answered += 1
+        r.problems.append(Problem(argv[0], (
+            f"{' '.join(argv)} failed (killed, or an error exit) although the kernel "
+            "answered for the table: its rules are not evaluated")))
+        return None
+    if out is None:
+        r.failed.append(argv[0])
+        return None
+    r.answered += 1
+    if not any(x.strip() for x in out):
+        r.blank.append(argv[0])
+    return out
+
+
+def _legacy_parser(cmd: str, family: int) -> Callable[[Any], Any]:
+    return lambda text: parse_iptables_save(text, frontend="iptables-legacy", family=family,
+                                            source=cmd)
+
+
+def _read_legacy(r: _Reader, probes: Probes, family: int, cmd: str) -> list[Table] | None:
+    """iptables-legacy tables gated by the kernel (collect/xtables.py), table by table: a
+    table whose blob digest (counters zeroed) is the last one's is not read again (no
+    child: `iptables-legacy-save` costs libiptc twice the blob, 238 MiB at 250,000 kube-
+    proxy rules); one past the rule ceiling is reported before any child runs (its exact
+    rule count comes from the blob walk); a changed one lets go of its last parse, then
+    `cmd -t TABLE` reads it. None: the kernel cannot be asked (not live: the caller reads
+    the whole dump)."""
+    if r.run is not run_local:
+        return None
+    got = probes.legacy_digests(family, max(0, r.max_rules - r.rules) * BLOB_BYTES_PER_RULE)
+    if got is None:
+        return None
+    from . import xtables
+
+    out: list[Table] = []
+    for name, one in got:
+        key = f"{cmd} -t {name}"
+        if isinstance(one, xtables.BlobTooBig):
+            r.answered += 1
+            r.problems.append(Problem(cmd, (
+                f"{key}: the table's {one.info.entries:,} entries take {one.info.size:,} "
+                f"bytes, past the ceiling of {r.max_rules:,} rules (firewall_max_rules; "
+                f"{r.rules:,} read before it): not read, not evaluated")))
+            continue
+        if isinstance(one, Exception):  # the save tries, and fails or answers on its own
+            r.notes.append(f"iptables-legacy table {name} (IPv{family}) read without the "
+                           f"kernel's digest: {one}")
+            one = None
+        last = r.cache.last(key) if r.cache is not None and one is not None else None
+        if one is not None and last is not None and last[0] == one.digest and \
+                r.rules + one.rules <= r.max_rules:
+            r.answered += 1
+            r.rules += one.rules
+            r.digests.append((key, one.digest))
+            r.cache.keep(key, one.digest)  # type: ignore[union-attr]
+            r.cache.hits += 1  # type: ignore[union-attr]
+            out.extend(last[1])
+            continue
+        if one is not None and r.rules + one.rules > r.max_rules:
+            r.answered += 1
+            r.problems.append(Problem(cmd, (
+                f"{key}: {one.rules:,} rules would pass the ceiling of {r.max_rules:,} "
+                f"(firewall_max_rules; {r.rules:,} read before it): not read, not "
+                "evaluated")))
+            continue
+        if r.cache is not None:
+            r.cache.drop(key)  # the old parse is garbage before the new dump arrives
+        last = None
+        decoded = _decoded(r, probes, family, name, cmd) if one is not None else None
+        if decoded is not None:
+            out.extend(decoded)
+            continue
+        text = _saved_lines(r, [cmd, "-t", name], known=one is not None)
+        if text is None:
+            continue
+        n = sum(1 for x in text if x[:3] == "-A ")
+        if r.rules + n > r.max_rules:  # grew past it between the digest and the save
+            r.problems.append(Problem(cmd, (
+                f"{key}: {n:,} rules would pass the ceiling of {r.max_rules:,} "
+                f"(firewall_max_rules; {r.rules:,} read before it): not evaluated")))
+            continue
+        r.rules += n
+        # cached under the blob digest only when the table provably did not change while
+        # it was saved (else under the text's, which no later blob digest equals); asked
+        # before the parse, while only the lines are held (after it: the rules and the blob)
+        digest = digest_lines(text)
+        if one is not None and r.cache is not None:
+            try:
+                if xtables.table_digest(family, name).digest == one.digest:
+                    digest = one.digest
+            except xtables.XtablesUnreadable:
+                pass
+        tables = r.cache.get(key, text, _legacy_parser(cmd, family), digest) \
+            if r.cache is not None else _legacy_parser(cmd, family)(text)
+        del text
+        r.digests.append((key, digest))
+        out.extend(tables)
+    return out
+
+
+#: A legacy table of more rules than this is not held between reads (its blob, fetched to
+#: see whether it changed, would sit beside its parse: 250,000 kube-proxy rules are 167 MiB
+#: parsed + 117.5 MiB of blob); it is decoded again instead (the verdicts are still reused:
+#: the blob's digest, the ruleset's fingerprint, is the same).
+LEGACY_HOLD_MAX_RULES = 100_000
+
+
+def _decoded(r: _Reader, probes: Probes, family: int, name: str,
+             cmd: str) -> list[Table] | None:
+    """A changed legacy table decoded from its blob in-process (no child) and parsed as
+    the blob is given back; None: not decodable here, the save reads it (noted)."""
+    from . import xtables
+
+    key = f"{cmd} -t {name}"
+    dec = probes.legacy_lines(family, name)
+    if dec is None:
+        return None
+    if not isinstance(dec, xtables.DecodedLines):
+        r.notes.append(f"iptables-legacy table {name} (IPv{family}) read with `{key}`: "
+                       f"the in-process decode does not print it ({dec})")
+        return None
+    r.answered += 1
+    if r.rules + dec.rules > r.max_rules:  # grew past it since the digest
+        dec.close()
+        r.problems.append(Problem(cmd, (
+            f"{key}: {dec.rules:,} rules would pass the ceiling of {r.max_rules:,} "
+            f"(firewall_max_rules; {r.rules:,} read before it): not evaluated")))
+        return []
+    try:
+        tables = _legacy_parser(cmd, family)(dec)
+    finally:
+        dec.close()
+    r.rules += dec.rules
+    r.digests.append((key, dec.digest))
+    if r.cache is not None and dec.rules <= LEGACY_HOLD_MAX_RULES:
+        r.cache.get(key, "", lambda _t: tables, dec.digest)
+    elif r.cache is not None:
+        r.cache.misses += 1
+    return list(tables)
+
+
 def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
                     probes: Probes | None = None,
                     max_rules: int = DEFAULT_MAX_RULES) -> Ruleset:
@@ -727,6 +1000,10 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
     for fam, cmd in ((4, "iptables-legacy-save"), (6, "ip6tables-legacy-save")):
         if probes.legacy_tables(fam) is False:
             continue  # no x_tables table in this namespace: nothing to read (or load)
+        gated = _read_legacy(r, probes, fam, cmd)
+        if gated is not None:
+            legacy.extend(gated)
+            continue
         same = r.unchanged(cmd)
         if same is not None:
             legacy.extend(same)
