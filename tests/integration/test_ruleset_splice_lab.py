@@ -339,3 +339,60 @@ def test_chain_listing_prints_what_the_save_prints_on_real_rulesets(lab) -> None
             assert got == _norm(lines), rw.rel(path)
             checked += 1
     assert checked >= 30, (checked, refused)
+
+
+def test_superseded_rulesets_are_freed_and_the_kept_text_is_the_rules_own(lab) -> None:
+    """Memory under churn, as the daemon reads (one ParseCache, the per-chain read): after
+    each kube-proxy-like change every chain and table of the superseded ruleset that the
+    new one does not carry over is garbage (weak references die once the caller lets the
+    old ruleset go), the unchanged chains are carried over (the same objects, not parsed
+    again), and the text kept for splicing is the live rules' own strings, not a copy."""
+    import gc
+    import weakref
+
+    ns = lab.netns("splicemem")
+    churn = Churn(lab, ns, random.Random(23))
+    churn.restore(4, _base(False))
+    if shutil.which("ip6tables-nft-restore"):
+        churn.restore(6, _base(True))
+    cache = ParseCache()
+
+    def read():
+        return collect_ruleset(run_local, cache, probes=LIVE)
+
+    def chains(rs):
+        return [c for t in rs.tables if t.frontend == "iptables-nft"
+                for c in t.chains.values()]
+
+    with ThreadPoolExecutor(1, initializer=setns, initargs=(ns.name,)) as pool:
+        rs = pool.submit(read).result(60)
+        seen: list[weakref.ref] = []
+        carried = replaced = 0
+        for n in range(12):
+            before = {id(c) for c in chains(rs)}
+            seen += [weakref.ref(c) for c in chains(rs)]
+            seen += [weakref.ref(t) for t in rs.tables]
+            fulls = cache.nft_saves.full_reads  # type: ignore[union-attr]
+            if n % 3 == 2:
+                churn.step()  # any of the other changes (policy, flush, rename, ...)
+            else:
+                churn.endpoints(4)
+            new = pool.submit(read).result(60)
+            del rs
+            gc.collect()
+            live = {id(c) for c in chains(new)} | {id(t) for t in new.tables}
+            alive = [r() for r in seen if r() is not None]
+            stray = [x for x in alive if id(x) not in live]
+            assert not stray, f"step {n}: {len(stray)} superseded chains/tables alive"
+            now = {id(c) for c in chains(new)}
+            carried += len(now & before)
+            replaced += len(before - now)
+            rs = new
+            del new, alive
+            if cache.nft_saves.full_reads == fulls:  # type: ignore[union-attr]
+                texts = {id(r.text) for c in chains(rs) for r in c.rules}
+                kept = [x for t in cache.nft_saves.states[4].values()  # type: ignore
+                        for body in t.rules.values() for x in body]
+                assert kept and all(id(x) in texts for x in kept), \
+                    f"step {n}: the kept text is a second copy of the rules' text"
+    assert replaced > 0 and carried > 10 * replaced, (carried, replaced)
