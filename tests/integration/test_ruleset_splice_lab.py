@@ -18,6 +18,7 @@ import pytest
 from nodeward.collect import nfgen
 from nodeward.collect.iptsplice import NftSaves
 from nodeward.collect.ruleset import LIVE, ParseCache, collect_ruleset, run_local
+from nodeward.ruleset.iptables import parse_iptables_save
 from tests.lab import setns
 
 pytestmark = [pytest.mark.lab,
@@ -156,6 +157,8 @@ def test_spliced_read_equals_full_save_under_churn(lab) -> None:
         for f in fams:
             cmd = "iptables-nft-save" if f == 4 else "ip6tables-nft-save"
             out[f] = saves.read(f, lambda c=cmd: run_local([c], lines=True), run_local)
+            # as the collector does: the next splice lays its re-read chains over the parse
+            saves.parsed(f, parse_iptables_save(out[f], frontend="iptables-nft", family=f))
         full = {f: run_local(["iptables-nft-save" if f == 4 else "ip6tables-nft-save"],
                              lines=True) for f in fams}
         return out, full, nfgen.generation_id()
@@ -300,7 +303,7 @@ def test_chain_listing_prints_what_the_save_prints_on_real_rulesets(lab) -> None
 
     if rw.available():
         pytest.skip(rw.available())
-    from nodeward.collect.iptsplice import TableText, index, render
+    from nodeward.collect.iptsplice import TableText, kept, render, reproducible
 
     ns = lab.netns("splicereal")
     saves = NftSaves()
@@ -322,13 +325,14 @@ def test_chain_listing_prints_what_the_save_prints_on_real_rulesets(lab) -> None
 
             def relist(fam=fam, save=save):
                 lines = run_local([save], lines=True)
-                tables = index(lines)
-                if tables is None:
+                if not reproducible(lines):
                     return None, lines
+                tables = kept(parse_iptables_save(lines, frontend="iptables-nft",
+                                                  family=fam))
                 rebuilt = {}
                 for name, t in tables.items():
-                    new = TableText(list(t.builtins))
-                    for chain in [*t.builtins, *sorted(c for c in t.policy
+                    new = TableText(list(t.builtins))  # nothing kept: every chain read
+                    for chain in [*t.builtins, *sorted(c for c in t.names()
                                                        if c not in t.builtins)]:
                         assert saves._chain(fam, name, chain, new, run_local), (name, chain)
                     rebuilt[name] = new
@@ -346,7 +350,8 @@ def test_superseded_rulesets_are_freed_and_the_kept_text_is_the_rules_own(lab) -
     each kube-proxy-like change every chain and table of the superseded ruleset that the
     new one does not carry over is garbage (weak references die once the caller lets the
     old ruleset go), the unchanged chains are carried over (the same objects, not parsed
-    again), and the text kept for splicing is the live rules' own strings, not a copy."""
+    again), and what the splice keeps is the live tables' own chains (their rules' texts
+    are its lines), not a copy of the text."""
     import gc
     import weakref
 
@@ -372,7 +377,6 @@ def test_superseded_rulesets_are_freed_and_the_kept_text_is_the_rules_own(lab) -
             before = {id(c) for c in chains(rs)}
             seen += [weakref.ref(c) for c in chains(rs)]
             seen += [weakref.ref(t) for t in rs.tables]
-            fulls = cache.nft_saves.full_reads  # type: ignore[union-attr]
             if n % 3 == 2:
                 churn.step()  # any of the other changes (policy, flush, rename, ...)
             else:
@@ -389,10 +393,12 @@ def test_superseded_rulesets_are_freed_and_the_kept_text_is_the_rules_own(lab) -
             replaced += len(before - now)
             rs = new
             del new, alive
-            if cache.nft_saves.full_reads == fulls:  # type: ignore[union-attr]
-                texts = {id(r.text) for c in chains(rs) for r in c.rules}
-                kept = [x for t in cache.nft_saves.states[4].values()  # type: ignore
-                        for body in t.rules.values() for x in body]
-                assert kept and all(id(x) in texts for x in kept), \
-                    f"step {n}: the kept text is a second copy of the rules' text"
+            # what the splice keeps is the live tables' own chains, nothing beside them
+            state = cache.nft_saves.states[4]  # type: ignore[union-attr]
+            live4 = {t.name: t.chains for t in rs.tables
+                     if t.frontend == "iptables-nft" and t.family == "ip"}
+            assert state is not None and set(state) == set(live4), n
+            assert all(t.base is live4[name] and not t.rules and not t.policy and not t.gone
+                       for name, t in state.items()), f"step {n}: a copy kept beside the rules"
+            del state, live4  # the test holds nothing of this ruleset but `rs`
     assert replaced > 0 and carried > 10 * replaced, (carried, replaced)

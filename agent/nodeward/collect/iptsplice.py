@@ -3,7 +3,9 @@
 kube-proxy rewrites a few endpoint chains per sync; a fresh `iptables-nft-save` of a
 50,000-rule ruleset costs 1.2 s of CPU each time (it grows about quadratically), where
 `iptables-nft -t nat -S CHAIN` fetches one table's chain list and one chain's rules (a few
-ms). So after one full save, the text is kept per table and chain, and a read
+ms). So after one full save, its parse is kept (the live ruleset's own chains: their
+rules' texts are the save's lines; the caller hands each parse over with parsed()), and a
+read
 - takes the nf_tables change events since the last read (nfchanges.Watch), provably
   complete (generation ids without a gap, no overflow) or else saves everything;
 - re-reads each chain a rule or chain event names (`-S CHAIN`), and after a chain event
@@ -21,9 +23,10 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..ruleset.model import Chain, Table
 from . import nfchanges, nfgen
 
 #: Past this many chains to re-read, one save is cheaper than that many `-S`.
@@ -37,69 +40,108 @@ Runner = Callable[[Sequence[str]], str | None]
 
 @dataclass
 class TableText:
+    """One table as the splice renders it: the chains of the last parse (`base`, the live
+    ruleset's own Chain objects: their rules' texts are the lines) with what was re-read
+    since laid over them. Nothing of the text is copied: at 50,000 rules a table kept as
+    text per chain cost ~7 MB (joined) or ~4 MB (lists of the rules' strings, dicts of
+    15,000 policies) beside the parsed rules that hold the same lines."""
+
     builtins: list[str]  # built-in chains, in save order
-    policy: dict[str, str] = field(default_factory=dict)  # chain -> policy ("-": user)
-    #: chain -> its -A lines: the very strings the parsed rules hold as their text (the
-    #: save's lines, kept by the parse; a re-read chain's equal lines are swapped for the
-    #: old ones), so the kept text costs a list of references per chain, not a second copy
-    #: of the ruleset's text (~7 MB at 50,000 rules). That once cost RSS after churn
-    #: re-reads, when every cycle parsed the whole text again and the live strings pinned
-    #: the pages of each freed parse; the parse now reuses unchanged rules
-    #: (parse_iptables_save's `reuse`), so a cycle allocates only what changed.
-    rules: dict[str, list[str]] = field(default_factory=dict)
+    base: Mapping[str, Chain] = field(default_factory=dict)
+    policy: dict[str, str] = field(default_factory=dict)  # re-read chains ("-": user)
+    rules: dict[str, Sequence[str]] = field(default_factory=dict)  # re-read chains' lines
+    gone: set[str] = field(default_factory=set)  # chains of `base` deleted since
+
+    def has(self, chain: str) -> bool:
+        return chain in self.policy or (chain in self.base and chain not in self.gone)
+
+    def names(self) -> list[str]:
+        return [*(c for c in self.base if c not in self.gone),
+                *(c for c in self.policy if c not in self.base)]
+
+    def policy_of(self, chain: str) -> str:
+        got = self.policy.get(chain)
+        if got is None:
+            got = self.base[chain].policy or "-"
+        return got
+
+    def lines(self, chain: str) -> Sequence[str]:
+        got = self.rules.get(chain)
+        if got is None:
+            c = self.base.get(chain)
+            got = [r.text for r in c.rules] if c is not None and chain not in self.gone else ()
+        return got
+
+    def put(self, chain: str, policy: str, lines: Sequence[str]) -> None:
+        self.gone.discard(chain)
+        self.policy[chain] = policy
+        self.rules[chain] = lines
+
+    def drop(self, chain: str) -> None:
+        self.policy.pop(chain, None)
+        self.rules.pop(chain, None)
+        if chain in self.base:
+            self.gone.add(chain)
+
+    def copy(self) -> TableText:
+        return TableText(self.builtins, self.base, dict(self.policy), dict(self.rules),
+                         set(self.gone))
 
 
-def index(lines: Sequence[str]) -> dict[str, TableText] | None:
-    """The tables of one iptables-nft-save, or None when it has anything this module does
-    not reproduce (an "incompatible" table note, a line of another form)."""
-    tables: dict[str, TableText] = {}
-    cur: TableText | None = None
-    pending: dict[str, list[str]] = {}
+def reproducible(lines: Sequence[str]) -> bool:
+    """Whether kept() of this save's parse renders it again: False when it has anything
+    this module does not reproduce (an "incompatible" table note, a line of another form,
+    a table twice, a built-in chain after a user chain, a rule of no declared chain)."""
+    tables: set[str] = set()
+    cur: set[str] | None = None
+    user = False
     for line in lines:
         if not line or line[0] == "#":
             if "incompatible" in line:
-                return None
+                return False
             continue
         if line[0] == "*":
             name = line[1:]
             if cur is not None or name in tables or name not in IPT_TABLES:
-                return None
-            cur = tables[name] = TableText([])
-            pending = {}
+                return False
+            tables.add(name)
+            cur, user = set(), False
         elif cur is None:
-            return None
+            return False
         elif line == "COMMIT":
-            cur.rules = pending
             cur = None
         elif line[0] == ":":
             m = _DECL.match(line)
-            if not m or m.group(1) in cur.policy:
-                return None
-            cur.policy[m.group(1)] = m.group(2)
-            if m.group(2) != "-":
-                if any(cur.policy[b] == "-" for b in cur.policy if b != m.group(1)):
-                    return None  # a built-in after a user chain: not the order we know
-                cur.builtins.append(m.group(1))
+            if not m or m.group(1) in cur:
+                return False
+            cur.add(m.group(1))
+            if m.group(2) == "-":
+                user = True
+            elif user:
+                return False  # a built-in after a user chain: not the order we know
         elif line.startswith("-A "):
-            chain = line[3:].split(" ", 1)[0]
-            if chain not in cur.policy:
-                return None
-            pending.setdefault(chain, []).append(line)
+            if line[3:].split(" ", 1)[0] not in cur or line != line.strip():
+                return False
         else:
-            return None
-    return tables if cur is None else None
+            return False
+    return cur is None
+
+
+def kept(tables: Sequence[Table]) -> dict[str, TableText]:
+    """The splice's state from the parse of a save reproducible() accepted."""
+    return {t.name: TableText([c for c, ch in t.chains.items() if ch.policy is not None],
+                              t.chains) for t in tables}
 
 
 def render(tables: dict[str, TableText]) -> Lines:
     out: Lines = []
     for name, t in tables.items():
         out.append(f"*{name}")
-        order = [*t.builtins, *sorted(c for c in t.policy if c not in t.builtins)]
-        out += [f":{c} {t.policy[c]} [0:0]" for c in order]
+        builtin = set(t.builtins)
+        order = [*t.builtins, *sorted(c for c in t.names() if c not in builtin)]
+        out += [f":{c} {t.policy_of(c)} [0:0]" for c in order]
         for c in order:
-            body = t.rules.get(c)
-            if body:
-                out += body
+            out += t.lines(c)
         out.append("COMMIT")
     return out
 
@@ -119,6 +161,8 @@ class NftSaves:
         self.states: dict[int, dict[str, TableText] | None] = {}
         self.plan: dict[int, set[tuple[str, str]] | None] = {}
         self.plan_gen: int | None = None
+        #: families whose last read returned lines parsed() may rebase the state on
+        self._rebase: dict[int, bool] = {}
         self.full_reads = 0
         self.chain_reads = 0
         # the watch's thread and socket go with this object (a dropped ParseCache)
@@ -176,18 +220,26 @@ class NftSaves:
         todo = self.plan.get(family)
         if state is None or todo is None:
             return self._full(family, full)
-        if not todo:
-            return render(state)
-        if len(todo) > MAX_CHAINS or not self._splice(family, state, todo, run):
-            return self._full(family, full)
-        if nfgen.generation_id() != self.plan_gen:
-            return self._full(family, full)  # written meanwhile: one consistent snapshot
+        if todo:
+            if len(todo) > MAX_CHAINS or not self._splice(family, state, todo, run):
+                return self._full(family, full)
+            if nfgen.generation_id() != self.plan_gen:
+                return self._full(family, full)  # written meanwhile: one consistent snapshot
+        self._rebase[family] = True
         return render(state)
+
+    def parsed(self, family: int, tables: Sequence[Table]) -> None:
+        """The parse of the lines the last read(family) returned: the state the next read
+        splices on. Without it, a full save is not kept (the next read saves again) and a
+        splice keeps its own overlay."""
+        if self._rebase.pop(family, False):
+            self.states[family] = kept(tables)
 
     def _full(self, family: int, full: Callable[[], Lines | None]) -> Lines | None:
         self.full_reads += 1
+        self.states[family] = None
         lines = full()
-        self.states[family] = index(lines) if lines is not None else None
+        self._rebase[family] = lines is not None and reproducible(lines)
         return lines
 
     def _splice(self, family: int, state: dict[str, TableText],
@@ -201,21 +253,18 @@ class NftSaves:
             return False
         work: dict[str, TableText] = {}
         for table in tables:
-            old = state[table]
-            new = TableText(list(old.builtins), dict(old.policy), dict(old.rules))
+            new = state[table].copy()
             chains = {c for t, c in todo if t == table and c}
             if (table, "") in todo:
                 kernel = listed.get(table, {})
                 if any(base and c not in new.builtins for c, base in kernel.items()):
                     return False  # a base chain iptables-nft does not name
-                for c in [c for c in new.policy if c not in kernel]:
+                for c in [c for c in new.names() if c not in kernel]:
                     if c in new.builtins:  # printed as an empty ACCEPT chain
-                        new.policy[c] = "ACCEPT"
-                        new.rules.pop(c, None)
+                        new.put(c, "ACCEPT", ())
                     else:
-                        del new.policy[c]
-                        new.rules.pop(c, None)
-                chains |= {c for c in kernel if c not in new.policy}
+                        new.drop(c)
+                chains |= {c for c in kernel if not new.has(c)}
                 chains &= set(kernel) | set(new.builtins)
             for chain in sorted(chains):
                 if not self._chain(family, table, chain, new, run):
@@ -238,19 +287,16 @@ class NftSaves:
             return False
         head = lines[0].split(" ")
         if head[:2] == ["-N", chain] and len(head) == 2 and chain not in t.builtins:
-            t.policy[chain] = "-"
+            policy = "-"
         elif head[:2] == ["-P", chain] and len(head) == 3 and chain in t.builtins:
-            t.policy[chain] = head[2]
+            policy = head[2]
         else:
             return False
         prefix = f"-A {chain} "
         rules = lines[1:]
-        if any(not r.startswith(prefix) for r in rules):
+        if any(not r.startswith(prefix) or r != r.strip() for r in rules):
             return False
-        if rules:
-            # equal lines are the kept ones (the parsed rules' texts): no second copy
-            was = {x: x for x in t.rules.get(chain, ())}
-            t.rules[chain] = [was.get(x, x) for x in rules]
-        else:
-            t.rules.pop(chain, None)
+        # equal lines are the kept ones (the parsed rules' texts): no second copy
+        was = {x: x for x in t.lines(chain)} if t.has(chain) else {}
+        t.put(chain, policy, [was.get(x, x) for x in rules])
         return True

@@ -593,9 +593,13 @@ def _read_nf(r: _Reader, probes: Probes, sizes: dict[tuple[str, str], int]) -> _
         # the last parse's unchanged rules and chains are reused, not built again
         last = r.cache.last(cmd) if r.cache is not None else None
         prev = last[1] if last is not None and isinstance(last[1], tuple) else ()
-        found.extend(r.parsed(cmd, text, lambda t, f=fam, c=cmd, p=prev: parse_iptables_save(
-            t, frontend="iptables-nft", family=f, source=c, reuse=p), (), _count_ipt))
-        del text, prev, last
+        problems = len(r.problems)
+        got = r.parsed(cmd, text, lambda t, f=fam, c=cmd, p=prev: parse_iptables_save(
+            t, frontend="iptables-nft", family=f, source=c, reuse=p), (), _count_ipt)
+        if saves is not None and len(r.problems) == problems:  # parsed, not refused
+            saves.parsed(fam, got)  # the next splice lays its re-read chains over these
+        found.extend(got)
+        del text, prev, last, got
     holding = ("iptables-nft",) if has_rules(found) else ()
     # iptables-nft's own tables show up in nf_tables too (xt compat); already read above.
     owned = {(t.family, t.name) for t in found}
