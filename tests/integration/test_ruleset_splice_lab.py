@@ -151,12 +151,12 @@ def test_spliced_read_equals_full_save_under_churn(lab) -> None:
     saves = NftSaves()
     fams = (4, 6) if have6 else (4,)
 
-    def read_both():
+    def read_both(run=run_local):
         saves.begin()
         out = {}
         for f in fams:
             cmd = "iptables-nft-save" if f == 4 else "ip6tables-nft-save"
-            out[f] = saves.read(f, lambda c=cmd: run_local([c], lines=True), run_local)
+            out[f] = saves.read(f, lambda c=cmd: run_local([c], lines=True), run)
             # as the collector does: the next splice lays its re-read chains over the parse
             saves.parsed(f, parse_iptables_save(out[f], frontend="iptables-nft", family=f))
         full = {f: run_local(["iptables-nft-save" if f == 4 else "ip6tables-nft-save"],
@@ -174,6 +174,22 @@ def test_spliced_read_equals_full_save_under_churn(lab) -> None:
             for f in fams:
                 assert _norm(got[f]) == _norm(full[f]), f"step {n}: {what}: v{f} differs"
             spliced += saves.full_reads == fulls
+        # a write while it reads (kube-proxy syncing meanwhile): the chains that write
+        # touched are read again on top, with no full save, and the text is what a save
+        # after the write prints
+        churn.endpoints(4)
+        wrote: list[str] = []
+
+        def racing(argv):
+            if not wrote:
+                wrote.append(churn.endpoints(4))
+            return run_local(argv)
+
+        fulls = saves.full_reads
+        got, full, _g = pool.submit(read_both, racing).result(60)
+        assert wrote and saves.full_reads == fulls, "a write during the read: saved in full"
+        for f in fams:
+            assert _norm(got[f]) == _norm(full[f]), f"v{f} differs after a write during the read"
         # a full rewrite (kube-proxy's full sync) is too many changes to follow: the watch
         # gives up, the next read saves in full, and the one after splices again
         import nodeward.collect.nfchanges as nc
