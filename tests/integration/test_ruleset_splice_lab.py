@@ -18,6 +18,7 @@ import pytest
 from nodeward.collect import nfgen
 from nodeward.collect.iptsplice import NftSaves
 from nodeward.collect.ruleset import LIVE, ParseCache, collect_ruleset, run_local
+from nodeward.ruleset.iptables import parse_iptables_save
 from tests.lab import setns
 
 pytestmark = [pytest.mark.lab,
@@ -150,12 +151,14 @@ def test_spliced_read_equals_full_save_under_churn(lab) -> None:
     saves = NftSaves()
     fams = (4, 6) if have6 else (4,)
 
-    def read_both():
+    def read_both(run=run_local):
         saves.begin()
         out = {}
         for f in fams:
             cmd = "iptables-nft-save" if f == 4 else "ip6tables-nft-save"
-            out[f] = saves.read(f, lambda c=cmd: run_local([c], lines=True), run_local)
+            out[f] = saves.read(f, lambda c=cmd: run_local([c], lines=True), run)
+            # as the collector does: the next splice lays its re-read chains over the parse
+            saves.parsed(f, parse_iptables_save(out[f], frontend="iptables-nft", family=f))
         full = {f: run_local(["iptables-nft-save" if f == 4 else "ip6tables-nft-save"],
                              lines=True) for f in fams}
         return out, full, nfgen.generation_id()
@@ -171,6 +174,22 @@ def test_spliced_read_equals_full_save_under_churn(lab) -> None:
             for f in fams:
                 assert _norm(got[f]) == _norm(full[f]), f"step {n}: {what}: v{f} differs"
             spliced += saves.full_reads == fulls
+        # a write while it reads (kube-proxy syncing meanwhile): the chains that write
+        # touched are read again on top, with no full save, and the text is what a save
+        # after the write prints
+        churn.endpoints(4)
+        wrote: list[str] = []
+
+        def racing(argv):
+            if not wrote:
+                wrote.append(churn.endpoints(4))
+            return run_local(argv)
+
+        fulls = saves.full_reads
+        got, full, _g = pool.submit(read_both, racing).result(60)
+        assert wrote and saves.full_reads == fulls, "a write during the read: saved in full"
+        for f in fams:
+            assert _norm(got[f]) == _norm(full[f]), f"v{f} differs after a write during the read"
         # a full rewrite (kube-proxy's full sync) is too many changes to follow: the watch
         # gives up, the next read saves in full, and the one after splices again
         import nodeward.collect.nfchanges as nc
@@ -300,7 +319,7 @@ def test_chain_listing_prints_what_the_save_prints_on_real_rulesets(lab) -> None
 
     if rw.available():
         pytest.skip(rw.available())
-    from nodeward.collect.iptsplice import TableText, index, render
+    from nodeward.collect.iptsplice import TableText, kept, render, reproducible
 
     ns = lab.netns("splicereal")
     saves = NftSaves()
@@ -322,13 +341,14 @@ def test_chain_listing_prints_what_the_save_prints_on_real_rulesets(lab) -> None
 
             def relist(fam=fam, save=save):
                 lines = run_local([save], lines=True)
-                tables = index(lines)
-                if tables is None:
+                if not reproducible(lines):
                     return None, lines
+                tables = kept(parse_iptables_save(lines, frontend="iptables-nft",
+                                                  family=fam))
                 rebuilt = {}
                 for name, t in tables.items():
-                    new = TableText(list(t.builtins))
-                    for chain in [*t.builtins, *sorted(c for c in t.policy
+                    new = TableText(list(t.builtins))  # nothing kept: every chain read
+                    for chain in [*t.builtins, *sorted(c for c in t.names()
                                                        if c not in t.builtins)]:
                         assert saves._chain(fam, name, chain, new, run_local), (name, chain)
                     rebuilt[name] = new
@@ -339,3 +359,62 @@ def test_chain_listing_prints_what_the_save_prints_on_real_rulesets(lab) -> None
             assert got == _norm(lines), rw.rel(path)
             checked += 1
     assert checked >= 30, (checked, refused)
+
+
+def test_superseded_rulesets_are_freed_and_the_kept_text_is_the_rules_own(lab) -> None:
+    """Memory under churn, as the daemon reads (one ParseCache, the per-chain read): after
+    each kube-proxy-like change every chain and table of the superseded ruleset that the
+    new one does not carry over is garbage (weak references die once the caller lets the
+    old ruleset go), the unchanged chains are carried over (the same objects, not parsed
+    again), and what the splice keeps is the live tables' own chains (their rules' texts
+    are its lines), not a copy of the text."""
+    import gc
+    import weakref
+
+    ns = lab.netns("splicemem")
+    churn = Churn(lab, ns, random.Random(23))
+    churn.restore(4, _base(False))
+    if shutil.which("ip6tables-nft-restore"):
+        churn.restore(6, _base(True))
+    cache = ParseCache()
+
+    def read():
+        return collect_ruleset(run_local, cache, probes=LIVE)
+
+    def chains(rs):
+        return [c for t in rs.tables if t.frontend == "iptables-nft"
+                for c in t.chains.values()]
+
+    with ThreadPoolExecutor(1, initializer=setns, initargs=(ns.name,)) as pool:
+        rs = pool.submit(read).result(60)
+        seen: list[weakref.ref] = []
+        carried = replaced = 0
+        for n in range(12):
+            before = {id(c) for c in chains(rs)}
+            seen += [weakref.ref(c) for c in chains(rs)]
+            seen += [weakref.ref(t) for t in rs.tables]
+            if n % 3 == 2:
+                churn.step()  # any of the other changes (policy, flush, rename, ...)
+            else:
+                churn.endpoints(4)
+            new = pool.submit(read).result(60)
+            del rs
+            gc.collect()
+            live = {id(c) for c in chains(new)} | {id(t) for t in new.tables}
+            alive = [r() for r in seen if r() is not None]
+            stray = [x for x in alive if id(x) not in live]
+            assert not stray, f"step {n}: {len(stray)} superseded chains/tables alive"
+            now = {id(c) for c in chains(new)}
+            carried += len(now & before)
+            replaced += len(before - now)
+            rs = new
+            del new, alive
+            # what the splice keeps is the live tables' own chains, nothing beside them
+            state = cache.nft_saves.states[4]  # type: ignore[union-attr]
+            live4 = {t.name: t.chains for t in rs.tables
+                     if t.frontend == "iptables-nft" and t.family == "ip"}
+            assert state is not None and set(state) == set(live4), n
+            assert all(t.base is live4[name] and not t.rules and not t.policy and not t.gone
+                       for name, t in state.items()), f"step {n}: a copy kept beside the rules"
+            del state, live4  # the test holds nothing of this ruleset but `rs`
+    assert replaced > 0 and carried > 10 * replaced, (carried, replaced)

@@ -1,6 +1,6 @@
 """The pure parts of the per-chain iptables-nft read: nf_tables event parsing (bytes built
 by hand, in the kernel's layout), the gap check on generation ids, and the save text kept
-per chain (index/render round trip on iptables-nft-save's real layout)."""
+per chain (reproducible/kept/render round trip on iptables-nft-save's real layout)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import struct
 import pytest
 
 from nodeward.collect import nfchanges as nc
-from nodeward.collect.iptsplice import index, render
+from nodeward.collect.iptsplice import kept, render, reproducible
+from nodeward.ruleset.iptables import parse_iptables_save
 
 
 def _nla(t: int, payload: bytes) -> bytes:
@@ -90,8 +91,9 @@ COMMIT
 
 
 def test_kept_text_renders_as_the_save_printed_it() -> None:
-    tables = index(SAVE.splitlines())
-    assert tables is not None and list(tables) == ["raw", "filter"]
+    assert reproducible(SAVE.splitlines())
+    tables = kept(parse_iptables_save(SAVE, frontend="iptables-nft"))
+    assert list(tables) == ["raw", "filter"]
     want = [ln.replace("[10:600]", "[0:0]") for ln in SAVE.splitlines()
             if not ln.startswith("#")]
     assert render(tables) == want
@@ -106,4 +108,4 @@ def test_kept_text_renders_as_the_save_printed_it() -> None:
     "*filter\n:INPUT ACCEPT [0:0]\n",  # no COMMIT
 ])
 def test_text_it_cannot_reproduce_is_not_kept(bad) -> None:
-    assert index(bad.splitlines()) is None
+    assert not reproducible(bad.splitlines())

@@ -3,14 +3,20 @@
 kube-proxy rewrites a few endpoint chains per sync; a fresh `iptables-nft-save` of a
 50,000-rule ruleset costs 1.2 s of CPU each time (it grows about quadratically), where
 `iptables-nft -t nat -S CHAIN` fetches one table's chain list and one chain's rules (a few
-ms). So after one full save, the text is kept per table and chain, and a read
+ms). So after one full save, its parse is kept (the live ruleset's own chains: their
+rules' texts are the save's lines; the caller hands each parse over with parsed()), and a
+read
 - takes the nf_tables change events since the last read (nfchanges.Watch), provably
   complete (generation ids without a gap, no overflow) or else saves everything;
 - re-reads each chain a rule or chain event names (`-S CHAIN`), and after a chain event
   the table's chain list (one NFT_MSG_GETCHAIN dump: creations, deletions, renames);
+- after a write during the read (kube-proxy syncing meanwhile), re-reads the chains that
+  write touched, on top (up to RETRIES times), so the text is one moment's: a chain no
+  write touched since the plan's generation id reads the same at the last id;
 - saves everything instead on a table, set or object event in an iptables table, an
-  unexpected answer, more than MAX_CHAINS chains to read, or a write during the read (the
-  spliced text would mix two moments; one save is one consistent snapshot).
+  unexpected answer, more than MAX_CHAINS chains to read, or writes through every retry.
+  (A full save after every racing write was 1.2 s of CPU and a 64 MB child each time,
+  ~1 in 6 cycles of a node syncing every 10 s.)
 The text it returns is what `iptables-nft-save` prints, without its comment lines and with
 chain counters [0:0]: tables in the last save's order, each table's built-in chains in the
 last save's order then the other chains by name, rules grouped in that chain order.
@@ -21,13 +27,16 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..ruleset.model import Chain, Table
 from . import nfchanges, nfgen
 
 #: Past this many chains to re-read, one save is cheaper than that many `-S`.
 MAX_CHAINS = 200
+#: Splices again on top when a write came while reading (then one save).
+RETRIES = 3
 IPT_TABLES = frozenset({"filter", "nat", "mangle", "raw", "security"})
 _DECL = re.compile(r"^:(\S+) (\S+)(?: \[\d+:\d+\])?$")
 
@@ -37,67 +46,129 @@ Runner = Callable[[Sequence[str]], str | None]
 
 @dataclass
 class TableText:
+    """One table as the splice renders it: the chains of the last parse (`base`, the live
+    ruleset's own Chain objects: their rules' texts are the lines) with what was re-read
+    since laid over them. Nothing of the text is copied: at 50,000 rules a table kept as
+    text per chain cost ~7 MB (joined) or ~4 MB (lists of the rules' strings, dicts of
+    15,000 policies) beside the parsed rules that hold the same lines."""
+
     builtins: list[str]  # built-in chains, in save order
-    policy: dict[str, str] = field(default_factory=dict)  # chain -> policy ("-": user)
-    #: chain -> its -A lines, joined: keeping the line strings themselves (shared with the
-    #: parsed rules) saved 5 MB after the first read at 50,000 rules but cost 25 MB of RSS
-    #: after churn re-reads (long-lived strings pin the pages each freed parse used)
-    rules: dict[str, str] = field(default_factory=dict)
+    base: Mapping[str, Chain] = field(default_factory=dict)
+    policy: dict[str, str] = field(default_factory=dict)  # re-read chains ("-": user)
+    rules: dict[str, Sequence[str]] = field(default_factory=dict)  # re-read chains' lines
+    gone: set[str] = field(default_factory=set)  # chains of `base` deleted since
+
+    def has(self, chain: str) -> bool:
+        return chain in self.policy or (chain in self.base and chain not in self.gone)
+
+    def names(self) -> list[str]:
+        return [*(c for c in self.base if c not in self.gone),
+                *(c for c in self.policy if c not in self.base)]
+
+    def policy_of(self, chain: str) -> str:
+        got = self.policy.get(chain)
+        if got is None:
+            got = self.base[chain].policy or "-"
+        return got
+
+    def lines(self, chain: str) -> Sequence[str]:
+        got = self.rules.get(chain)
+        if got is None:
+            c = self.base.get(chain)
+            got = [r.text for r in c.rules] if c is not None and chain not in self.gone else ()
+        return got
+
+    def put(self, chain: str, policy: str, lines: Sequence[str]) -> None:
+        self.gone.discard(chain)
+        self.policy[chain] = policy
+        self.rules[chain] = lines
+
+    def drop(self, chain: str) -> None:
+        self.policy.pop(chain, None)
+        self.rules.pop(chain, None)
+        if chain in self.base:
+            self.gone.add(chain)
+
+    def copy(self) -> TableText:
+        return TableText(self.builtins, self.base, dict(self.policy), dict(self.rules),
+                         set(self.gone))
 
 
-def index(lines: Sequence[str]) -> dict[str, TableText] | None:
-    """The tables of one iptables-nft-save, or None when it has anything this module does
-    not reproduce (an "incompatible" table note, a line of another form)."""
-    tables: dict[str, TableText] = {}
-    cur: TableText | None = None
-    pending: dict[str, list[str]] = {}
+def reproducible(lines: Sequence[str]) -> bool:
+    """Whether kept() of this save's parse renders it again: False when it has anything
+    this module does not reproduce (an "incompatible" table note, a line of another form,
+    a table twice, a built-in chain after a user chain, a rule of no declared chain)."""
+    tables: set[str] = set()
+    cur: set[str] | None = None
+    user = False
     for line in lines:
         if not line or line[0] == "#":
             if "incompatible" in line:
-                return None
+                return False
             continue
         if line[0] == "*":
             name = line[1:]
             if cur is not None or name in tables or name not in IPT_TABLES:
-                return None
-            cur = tables[name] = TableText([])
-            pending = {}
+                return False
+            tables.add(name)
+            cur, user = set(), False
         elif cur is None:
-            return None
+            return False
         elif line == "COMMIT":
-            cur.rules = {c: "\n".join(r) for c, r in pending.items()}
             cur = None
         elif line[0] == ":":
             m = _DECL.match(line)
-            if not m or m.group(1) in cur.policy:
-                return None
-            cur.policy[m.group(1)] = m.group(2)
-            if m.group(2) != "-":
-                if any(cur.policy[b] == "-" for b in cur.policy if b != m.group(1)):
-                    return None  # a built-in after a user chain: not the order we know
-                cur.builtins.append(m.group(1))
+            if not m or m.group(1) in cur:
+                return False
+            cur.add(m.group(1))
+            if m.group(2) == "-":
+                user = True
+            elif user:
+                return False  # a built-in after a user chain: not the order we know
         elif line.startswith("-A "):
-            chain = line[3:].split(" ", 1)[0]
-            if chain not in cur.policy:
-                return None
-            pending.setdefault(chain, []).append(line)
+            if line[3:].split(" ", 1)[0] not in cur or line != line.strip():
+                return False
         else:
-            return None
-    return tables if cur is None else None
+            return False
+    return cur is None
+
+
+def kept(tables: Sequence[Table]) -> dict[str, TableText]:
+    """The splice's state from the parse of a save reproducible() accepted."""
+    return {t.name: TableText([c for c, ch in t.chains.items() if ch.policy is not None],
+                              t.chains) for t in tables}
 
 
 def render(tables: dict[str, TableText]) -> Lines:
     out: Lines = []
     for name, t in tables.items():
         out.append(f"*{name}")
-        order = [*t.builtins, *sorted(c for c in t.policy if c not in t.builtins)]
-        out += [f":{c} {t.policy[c]} [0:0]" for c in order]
+        builtin = set(t.builtins)
+        order = [*t.builtins, *sorted(c for c in t.names() if c not in builtin)]
+        out += [f":{c} {t.policy_of(c)} [0:0]" for c in order]
         for c in order:
-            body = t.rules.get(c)
-            if body:
-                out += body.split("\n")
+            out += t.lines(c)
         out.append("COMMIT")
     return out
+
+
+def _plan(after: Sequence[nfchanges.Transaction]) -> dict[int, set[tuple[str, str]] | None]:
+    """Per family, the (table, chain) pairs these transactions touched ("" for the chain:
+    list the table's chains); None: a table, set or object event, save it in full."""
+    plan: dict[int, set[tuple[str, str]] | None] = {4: set(), 6: set()}
+    for t in after:
+        for family, kind, table, chain in t.changes:
+            fam = {"ip": 4, "ip6": 6}.get(family)
+            todo = plan.get(fam) if fam is not None else None
+            if todo is None or table not in IPT_TABLES:
+                continue
+            if kind == "rule":
+                todo.add((table, chain))
+            elif kind == "chain":
+                todo |= {(table, chain), (table, "")}  # "": list the table's chains
+            else:
+                plan[fam] = None  # table, set, object: save in full
+    return plan
 
 
 def _close(box: list) -> None:
@@ -115,6 +186,12 @@ class NftSaves:
         self.states: dict[int, dict[str, TableText] | None] = {}
         self.plan: dict[int, set[tuple[str, str]] | None] = {}
         self.plan_gen: int | None = None
+        self._read_now: set[int] = set()  # families read since begin()
+        #: chains written after their family was read this cycle (a retry of another
+        #: family saw them): read next cycle (None: that family saves in full)
+        self.carry: dict[int, set[tuple[str, str]] | None] = {}
+        #: families whose last read returned lines parsed() may rebase the state on
+        self._rebase: dict[int, bool] = {}
         self.full_reads = 0
         self.chain_reads = 0
         # the watch's thread and socket go with this object (a dropped ParseCache)
@@ -128,6 +205,8 @@ class NftSaves:
     def begin(self) -> None:
         """Before the reads of one cycle: what changed since the last, per family."""
         self.plan = {}
+        self._read_now = set()
+        carry, self.carry = self.carry, {}
         fresh = False
         if self.watch is None or not self.watch.alive:  # first read, or it gave up
             if self.watch is not None:
@@ -150,19 +229,10 @@ class NftSaves:
         after = nfchanges.contiguous(txns, since, now)
         if after is None:
             return
-        plan: dict[int, set[tuple[str, str]] | None] = {4: set(), 6: set()}
-        for t in after:
-            for family, kind, table, chain in t.changes:
-                fam = {"ip": 4, "ip6": 6}.get(family)
-                todo = plan.get(fam) if fam is not None else None
-                if todo is None or table not in IPT_TABLES:
-                    continue
-                if kind == "rule":
-                    todo.add((table, chain))
-                elif kind == "chain":
-                    todo |= {(table, chain), (table, "")}  # "": list the table's chains
-                else:
-                    plan[fam] = None  # table, set, object: save in full
+        plan = _plan(after)
+        for fam, more in carry.items():  # what the last cycle's retries saw after its reads
+            todo = plan.get(fam)
+            plan[fam] = None if more is None or todo is None else todo | more
         self.plan = plan
 
     def read(self, family: int, full: Callable[[], Lines | None],
@@ -170,20 +240,66 @@ class NftSaves:
         """One family's save lines: spliced when provably possible, else `full()`."""
         state = self.states.get(family)
         todo = self.plan.get(family)
+        self._read_now.add(family)
         if state is None or todo is None:
             return self._full(family, full)
-        if not todo:
-            return render(state)
-        if len(todo) > MAX_CHAINS or not self._splice(family, state, todo, run):
-            return self._full(family, full)
-        if nfgen.generation_id() != self.plan_gen:
-            return self._full(family, full)  # written meanwhile: one consistent snapshot
+        for _attempt in range(RETRIES + 1):
+            if not todo:
+                break
+            if len(todo) > MAX_CHAINS or not self._splice(family, state, todo, run):
+                return self._full(family, full)
+            now = nfgen.generation_id()
+            if now == self.plan_gen:
+                break  # nothing written while it read: one moment's text
+            # written meanwhile (kube-proxy syncs while we read): the chains those writes
+            # touched are read again on top, so the text is the last id's moment
+            todo = self._advance(now, family)
+            if todo is None:
+                return self._full(family, full)
+        else:
+            return self._full(family, full)  # written through every retry: one save
+        self._rebase[family] = True
         return render(state)
+
+    def _advance(self, now: int | None, family: int) -> set[tuple[str, str]] | None:
+        """The transactions from plan_gen to `now` into the plans: `family`'s chains to
+        read again (None: not provable, save it in full), added to the plans of the
+        families not read yet this cycle, carried into the next cycle for those read."""
+        txns = self.watch.take(now) if self.watch is not None and self.watch.alive and \
+            now is not None else None
+        after = nfchanges.contiguous(txns, self.plan_gen, now) if txns is not None and \
+            self.plan_gen is not None and now is not None else None
+        self.gen = self.plan_gen = now
+        if after is None:
+            self.plan = {}  # the families not read yet save in full
+            for fam in self._read_now - {family}:  # and those read, next cycle
+                self.states[fam] = None
+                self._rebase.pop(fam, None)
+            return None
+        mine: set[tuple[str, str]] | None = set()
+        for fam, more in _plan(after).items():
+            if fam == family:
+                mine = more
+            elif fam in self._read_now:
+                was = self.carry.get(fam, set())
+                self.carry[fam] = None if more is None or was is None else was | more
+            else:
+                todo = self.plan.get(fam)
+                self.plan[fam] = None if more is None or todo is None else todo | more
+        return mine
+
+    def parsed(self, family: int, tables: Sequence[Table]) -> None:
+        """The parse of the lines the last read(family) returned: the state the next read
+        splices on. Without it, a full save is not kept (the next read saves again) and a
+        splice keeps its own overlay."""
+        if self._rebase.pop(family, False):
+            self.states[family] = kept(tables)
 
     def _full(self, family: int, full: Callable[[], Lines | None]) -> Lines | None:
         self.full_reads += 1
+        self.states[family] = None
         lines = full()
-        self.states[family] = index(lines) if lines is not None else None
+        self._rebase[family] = lines is not None and reproducible(lines)
         return lines
 
     def _splice(self, family: int, state: dict[str, TableText],
@@ -197,21 +313,18 @@ class NftSaves:
             return False
         work: dict[str, TableText] = {}
         for table in tables:
-            old = state[table]
-            new = TableText(list(old.builtins), dict(old.policy), dict(old.rules))
+            new = state[table].copy()
             chains = {c for t, c in todo if t == table and c}
             if (table, "") in todo:
                 kernel = listed.get(table, {})
                 if any(base and c not in new.builtins for c, base in kernel.items()):
                     return False  # a base chain iptables-nft does not name
-                for c in [c for c in new.policy if c not in kernel]:
+                for c in [c for c in new.names() if c not in kernel]:
                     if c in new.builtins:  # printed as an empty ACCEPT chain
-                        new.policy[c] = "ACCEPT"
-                        new.rules.pop(c, None)
+                        new.put(c, "ACCEPT", ())
                     else:
-                        del new.policy[c]
-                        new.rules.pop(c, None)
-                chains |= {c for c in kernel if c not in new.policy}
+                        new.drop(c)
+                chains |= {c for c in kernel if not new.has(c)}
                 chains &= set(kernel) | set(new.builtins)
             for chain in sorted(chains):
                 if not self._chain(family, table, chain, new, run):
@@ -234,17 +347,16 @@ class NftSaves:
             return False
         head = lines[0].split(" ")
         if head[:2] == ["-N", chain] and len(head) == 2 and chain not in t.builtins:
-            t.policy[chain] = "-"
+            policy = "-"
         elif head[:2] == ["-P", chain] and len(head) == 3 and chain in t.builtins:
-            t.policy[chain] = head[2]
+            policy = head[2]
         else:
             return False
         prefix = f"-A {chain} "
         rules = lines[1:]
-        if any(not r.startswith(prefix) for r in rules):
+        if any(not r.startswith(prefix) or r != r.strip() for r in rules):
             return False
-        if rules:
-            t.rules[chain] = "\n".join(rules)
-        else:
-            t.rules.pop(chain, None)
+        # equal lines are the kept ones (the parsed rules' texts): no second copy
+        was = {x: x for x in t.lines(chain)} if t.has(chain) else {}
+        t.put(chain, policy, [was.get(x, x) for x in rules])
         return True

@@ -77,12 +77,13 @@ def _string(data: bytes, a: int, end: int) -> str:
     return data[a + 4:end].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
-def parse_events(data: bytes, pending: set[Change], out: list[Transaction]) -> None:
-    """Add to `pending` each object event in `data`, and close it into a Transaction in
-    `out` at each NFT_MSG_NEWGEN. Pure (tested on bytes built by hand). Raises OSError on
-    a corrupt buffer."""
+def parse_events(data: bytes | bytearray, pending: set[Change], out: list[Transaction],
+                 size: int | None = None) -> None:
+    """Add to `pending` each object event in the first `size` bytes of `data` (all of it
+    by default), and close it into a Transaction in `out` at each NFT_MSG_NEWGEN. Pure
+    (tested on bytes built by hand). Raises OSError on a corrupt buffer."""
     off = 0
-    size = len(data)
+    size = len(data) if size is None else size
     unpack_hdr, unpack_nla = _HDR.unpack_from, _NLA.unpack_from
     while off + _HDR.size <= size:
         length, mtype, _f, _seq, _pid = unpack_hdr(data, off)
@@ -112,10 +113,10 @@ def parse_events(data: bytes, pending: set[Change], out: list[Transaction]) -> N
                         raise OSError("corrupt netlink attribute")
                     t = nla_type & 0x3FFF
                     if t == NFTA_TABLE:
-                        table = data[a + 4:a + nla_len].split(b"\0", 1)[0].decode(
+                        table = data[a + 4:min(a + nla_len, end)].split(b"\0", 1)[0].decode(
                             "utf-8", "surrogateescape")
                     elif t == want:
-                        chain = data[a + 4:a + nla_len].split(b"\0", 1)[0].decode(
+                        chain = data[a + 4:min(a + nla_len, end)].split(b"\0", 1)[0].decode(
                             "utf-8", "surrogateescape")
                     if table and (chain or (not rule and msg not in _CHAIN_MSGS)):
                         break
@@ -189,7 +190,7 @@ class Watch:
         buf = bytearray(1 << 20)  # one buffer: no megabyte allocation per message batch
         while not self._closed:
             try:
-                data = bytes(memoryview(buf)[:self.sock.recv_into(buf)])
+                got = self.sock.recv_into(buf)
             except TimeoutError:
                 continue
             except OSError:  # ENOBUFS (the kernel dropped events), or closed
@@ -197,7 +198,7 @@ class Watch:
                 return
             out: list[Transaction] = []
             try:
-                parse_events(data, pending, out)
+                parse_events(buf, pending, out, got)  # in place: no copy per datagram
             except OSError:
                 self._give_up()
                 return

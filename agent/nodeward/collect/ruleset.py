@@ -626,9 +626,6 @@ def _nft_save_lines(r: _Reader, cmd: str, family: int, saves: NftSaves | None) -
         r.answered += 1
         if not any(x.strip() for x in out or ()):
             r.blank.append(cmd)
-        texts = r._texts(cmd)  # unchanged lines: the old rules' texts, not a second copy
-        if texts and isinstance(out, list):
-            out = [texts.get(x, x) for x in out]
     return out
 
 
@@ -642,9 +639,16 @@ def _read_nf(r: _Reader, probes: Probes, sizes: dict[tuple[str, str], int]) -> _
         text = _nft_save_lines(r, cmd, fam, saves)
         if text is None:
             continue
-        found.extend(r.parsed(cmd, text, lambda t, f=fam, c=cmd: parse_iptables_save(
-            t, frontend="iptables-nft", family=f, source=c), (), _count_ipt))
-        del text
+        # the last parse's unchanged rules and chains are reused, not built again
+        last = r.cache.last(cmd) if r.cache is not None else None
+        prev = last[1] if last is not None and isinstance(last[1], tuple) else ()
+        problems = len(r.problems)
+        got = r.parsed(cmd, text, lambda t, f=fam, c=cmd, p=prev: parse_iptables_save(
+            t, frontend="iptables-nft", family=f, source=c, reuse=p), (), _count_ipt)
+        if saves is not None and len(r.problems) == problems:  # parsed, not refused
+            saves.parsed(fam, got)  # the next splice lays its re-read chains over these
+        found.extend(got)
+        del text, prev, last, got
     holding = ("iptables-nft",) if has_rules(found) else ()
     # iptables-nft's own tables show up in nf_tables too (xt compat); already read above.
     owned = {(t.family, t.name) for t in found}
