@@ -139,7 +139,8 @@ def run(args) -> dict:
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="nw-bench-agent-") as tmp:
         ns = lab.netns("agent")
         node_shape(lab, ns, args.listeners, args.established)
-        load_s = install_ruleset(ns, args.frontend, args.rules) if args.rules else 0.0
+        load_s = install_ruleset(ns, args.frontend, args.rules, nft_shape="kube-proxy") \
+            if args.rules else 0.0
         if args.churn:
             churn(lab, ns, args.frontend, args.rules, args.churn_every, args.churn_mode)
         cfg = Path(tmp) / "config.yaml"

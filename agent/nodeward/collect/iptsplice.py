@@ -115,6 +115,9 @@ class NftSaves:
         self.states: dict[int, dict[str, TableText] | None] = {}
         self.plan: dict[int, set[tuple[str, str]] | None] = {}
         self.plan_gen: int | None = None
+        #: every change committed since the last read (all tables), provably complete;
+        #: None: unknown (the native splice, collect/nftsplice.py, then reads in full)
+        self.changes: set[nfchanges.Change] | None = None
         self.full_reads = 0
         self.chain_reads = 0
         # the watch's thread and socket go with this object (a dropped ParseCache)
@@ -128,6 +131,7 @@ class NftSaves:
     def begin(self) -> None:
         """Before the reads of one cycle: what changed since the last, per family."""
         self.plan = {}
+        self.changes = None
         fresh = False
         if self.watch is None or not self.watch.alive:  # first read, or it gave up
             if self.watch is not None:
@@ -150,6 +154,7 @@ class NftSaves:
         after = nfchanges.contiguous(txns, since, now)
         if after is None:
             return
+        self.changes = set().union(*(t.changes for t in after))
         plan: dict[int, set[tuple[str, str]] | None] = {4: set(), 6: set()}
         for t in after:
             for family, kind, table, chain in t.changes:
