@@ -34,6 +34,7 @@ from .nfchanges import Change
 from .nfgen import FAMILY_NUMBERS, DumpSocket, NetlinkReadFailed
 from .nftdelin import SetInfo, attrs, decode_rule, text_attr
 
+_NLA = struct.Struct("=HH")
 #: Past this many chains and sets to re-read, one full read is cheaper.
 MAX_OBJECTS = 2000
 
@@ -70,6 +71,19 @@ class _Sets:
         if name not in self.fetched:
             self.fetched[name] = fetch_set(self.sk, self.fam, self.tname, name, self.h)
         return self.fetched[name]
+
+
+def _chain_name(msg: bytes) -> str | None:
+    """NFTA_CHAIN_NAME of a NEWCHAIN message (the kernel puts it third: table, handle)."""
+    a, end = 0, len(msg)
+    while a + 4 <= end:
+        ln, typ = _NLA.unpack_from(msg, a)
+        if ln < 4:
+            break
+        if typ & 0x3FFF == 3:
+            return msg[a + 4:a + ln].split(b"\0", 1)[0].decode("utf-8", "replace")
+        a += (ln + 3) & ~3
+    return None
 
 
 def fetch_set(sk: DumpSocket, fam: int, tname: bytes, name: str, h: Any) -> SetInfo | None:
@@ -186,15 +200,18 @@ class NativeTables:
             if relist:
                 meta: dict[str, dict[str, Any] | None] = {}
                 for _f, msg in sk.dump(nftnl.GETCHAIN, fam, nftnl._nla(1, tname)):
-                    a = attrs(msg)
-                    if text_attr(a.get(1)) != name:
-                        continue
-                    c = nftnl.chain_info(family, name, a)
-                    meta[c["name"]] = c
-                    if c["name"] in chains:
+                    cname = _chain_name(msg)  # (25,000 chains: only the touched decoded)
+                    if cname in chains:
+                        a = attrs(msg)
+                        if text_attr(a.get(1)) != name:
+                            raise SpliceFailed("a chain of another table in the dump")
+                        c = nftnl.chain_info(family, name, a)
+                        meta[cname] = c
                         h.update(repr(sorted(c.items())).encode())
-                    elif c["name"] not in old:
-                        raise SpliceFailed(f"chain {c['name']} appeared without an event")
+                    elif cname in old:
+                        meta[cname] = None
+                    else:
+                        raise SpliceFailed(f"chain {cname} appeared without an event")
                 h.update("\0".join(meta).encode())  # the order
                 if any(c not in meta and c not in chains for c in old):
                     raise SpliceFailed("a chain went without an event")
@@ -226,7 +243,7 @@ class NativeTables:
                     rules.append(nftnl.rule_model(r, setkey, shared))
                 self.chains_read += 1
                 total += len(rules) - (len(was.rules) if was is not None else 0)
-                if c is None:  # rule events only: the chain itself is as it was
+                if c is None:  # no chain event: the chain itself is as it was
                     if was is None:
                         raise SpliceFailed(f"chain {cname} not read before")
                     out[cname] = Chain(cname, tuple(rules), was.policy, was.hook,
