@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -178,6 +179,8 @@ def run(args) -> dict:
             tail.close()
             lab.stop(agent)
         evs = events(logp)
+        if args.log:
+            shutil.copy(logp, args.log)
         # 10,000-socket holders take a while to die on a loaded machine: kill and wait here
         # (Lab.stop gives up after 5 s)
         for p in lab.procs:
@@ -271,6 +274,7 @@ def main() -> int:
                     help="kube-proxy >= 1.27's partial sync, or every chain rewritten "
                          "(older kube-proxy, and its periodic full resync)")
     ap.add_argument("--out", help="also append the result as one JSON line here")
+    ap.add_argument("--log", help="keep the agent's log here")
     args = ap.parse_args()
     reason = have_netns()
     if reason:

@@ -556,7 +556,9 @@ def _nft_saves(r: _Reader, probes: Probes) -> NftSaves | None:
     if r.cache is None or r.run is not run_local or probes is not LIVE:
         return None
     if r.cache.nft_saves is None:
-        r.cache.nft_saves = NftSaves()
+        from .iptdigest import DigestSaves  # NftSaves, and digests where events give up
+
+        r.cache.nft_saves = DigestSaves()
     return r.cache.nft_saves
 
 
