@@ -148,9 +148,11 @@ class DigestSaves(NftSaves):
             got = self._by_digest(family, state, old, run)
             if got is not None:
                 return got
-        self.digests[family] = None
         if self.plan.get(family) is not None:  # events decide (and digests go stale)
+            if self.plan[family]:
+                self.digests[family] = None
             return super().read(family, full, run)
+        self.digests[family] = None
         lines = super().read(family, full, run)
         if family in self._first and lines is not None and self.plan_gen is not None:
             self._digest_now(family)  # the baseline for the next full rewrite
