@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -124,3 +125,23 @@ def test_a_digest_blind_to_rules_is_caught(lab, monkeypatch) -> None:
         iptdigest._text(iptdigest._attrs(msg).get(2)), b""))  # the rules' content ignored
     diffs, _saves = _run(lab, 6, seed=7)
     assert diffs, "a digest that ignores the rules went unnoticed"
+
+
+def test_live_counters_do_not_move_a_chains_digest(lab) -> None:
+    ns = lab.netns("iptcount")
+    lab.sh("ip", "link", "set", "lo", "up", ns=ns)
+    lab.sh("iptables-nft", "-A", "OUTPUT", "-o", "lo", "-p", "udp", "-j", "ACCEPT", ns=ns)
+
+    def digests():
+        return iptdigest.chain_digests("ip", ["filter"])[0]["filter"]["OUTPUT"]
+
+    with ThreadPoolExecutor(1, initializer=setns, initargs=(ns.name,)) as pool:
+        before = pool.submit(digests).result(30)
+        lab.sh(sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, "
+               "socket.SOCK_DGRAM); [s.sendto(b'x', ('127.0.0.1', 9)) for _ in range(3)]",
+               ns=ns)
+        counted = lab.sh("iptables-nft", "-v", "-S", "OUTPUT", ns=ns).stdout
+        assert "-p udp -c 3 " in counted, counted  # the counter moved
+        assert pool.submit(digests).result(30) == before
+        lab.sh("iptables-nft", "-A", "OUTPUT", "-p", "tcp", "-j", "ACCEPT", ns=ns)
+        assert pool.submit(digests).result(30) != before

@@ -51,23 +51,45 @@ def _text(b: bytes | None) -> str:
     return b.split(b"\0", 1)[0].decode("utf-8", "surrogateescape") if b else ""
 
 
+#: The NFTA_EXPR_NAME attribute of each of them, as the kernel lays it out (a rule's
+#: expressions are compared with these at their start: no decoding of the others).
+_STATEFUL_NAMES = tuple(_NLA.pack(4 + len(n), 1) + n for n in _STATEFUL)
+
+
 def rule_bytes(msg: bytes) -> tuple[str, bytes]:
     """(chain, what the rule is): its expressions with stateful ones reduced to their
-    name, and its user data; not its handle or position. Pure."""
-    a = _attrs(msg)
-    parts = []
-    exprs = a.get(4, b"")
-    pos, end = 0, len(exprs)
-    while pos + 4 <= end:
-        ln, _t = _NLA.unpack_from(exprs, pos)
+    name, and its user data; not its handle or position. Pure. (50,000 rules a read: the
+    expressions are walked by their lengths only.)"""
+    unpack = _NLA.unpack_from
+    a, end = 0, len(msg)
+    chain, user = b"", b""
+    ex, ex_end = 0, 0
+    while a + 4 <= end:
+        ln, typ = unpack(msg, a)
         if ln < 4:
             raise NetlinkReadFailed("corrupt netlink attribute")
-        e = exprs[pos + 4:pos + ln]
-        name = _attrs(e).get(1, b"")
-        parts.append(name if name in _STATEFUL else e)
+        t = typ & 0x3FFF
+        if t == 2:
+            chain = msg[a + 4:a + ln]
+        elif t == 4:
+            ex, ex_end = a + 4, min(a + ln, end)
+        elif t == 7:
+            user = msg[a + 4:a + ln]
+        a += (ln + 3) & ~3
+    parts = []
+    keep = pos = ex
+    while pos + 4 <= ex_end:
+        ln, _t = unpack(msg, pos)
+        if ln < 4:
+            raise NetlinkReadFailed("corrupt netlink attribute")
+        if msg.startswith(_STATEFUL_NAMES, pos + 4):  # its name only, not its state
+            name_len = unpack(msg, pos + 4)[0]
+            parts.append(msg[keep:pos + 4 + name_len])
+            keep = pos + ((ln + 3) & ~3)
         pos += (ln + 3) & ~3
-    parts.append(b"\0u\0" + a.get(7, b""))
-    return _text(a.get(2)), b"\0e\0".join(parts)
+    parts.append(msg[keep:ex_end])
+    parts.append(b"\0u\0" + user)
+    return chain.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"), b"\0e\0".join(parts)
 
 
 def chain_digests(family: str, tables: Iterable[str], timeout: float = 30.0
