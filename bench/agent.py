@@ -7,7 +7,8 @@ its RSS every second and its CPU time (its own plus every command it waited for:
 iptables-save, nft, ipset) from half a second after start (start-up imports left out). With
 --churn a kube-proxy-like writer syncs new endpoints for five services every 10 s
 (--churn-mode partial: kube-proxy >= 1.27's partial sync; full: every chain rewritten, as
-older kube-proxy does each sync; see bench/nodeshape.churn_payloads).
+older kube-proxy does each sync; see bench/nodeshape.churn_payloads). Native nft: the table
+of kube-proxy's nftables mode (nodeshape.kube_proxy_nft_text) and its partial syncs.
 
 Printed per run: RSS first (after the first cycle) / last / peak (VmHWM) and the peak of the
 agent together with the commands it runs (sampled every 5 ms), the RSS slope per
@@ -27,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -139,7 +141,8 @@ def run(args) -> dict:
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="nw-bench-agent-") as tmp:
         ns = lab.netns("agent")
         node_shape(lab, ns, args.listeners, args.established)
-        load_s = install_ruleset(ns, args.frontend, args.rules) if args.rules else 0.0
+        load_s = install_ruleset(ns, args.frontend, args.rules, nft_shape="kube-proxy") \
+            if args.rules else 0.0
         if args.churn:
             churn(lab, ns, args.frontend, args.rules, args.churn_every, args.churn_mode)
         cfg = Path(tmp) / "config.yaml"
@@ -176,6 +179,8 @@ def run(args) -> dict:
             tail.close()
             lab.stop(agent)
         evs = events(logp)
+        if args.log:
+            shutil.copy(logp, args.log)
         # 10,000-socket holders take a while to die on a loaded machine: kill and wait here
         # (Lab.stop gives up after 5 s)
         for p in lab.procs:
@@ -212,6 +217,8 @@ def run(args) -> dict:
         "ruleset_reads_skipped": last.get("ruleset_reads_skipped"),
         "full_saves": last.get("ruleset_full_saves"),
         "chains_read": last.get("ruleset_chains_read"),
+        "native_full_reads": last.get("ruleset_native_full_reads"),
+        "native_splices": last.get("ruleset_native_splices"),
         "checks_reused": last.get("checks_reused"),
         "verdicts_reused_last": (reused[-1] - reused[-2]) if len(reused) >= 2 else None,
         "sockets": last.get("sockets"),
@@ -244,7 +251,9 @@ def report(r: dict) -> str:
         f"  cycle median {r['cycle_ms_median']} ms  max {r['cycle_ms_max']} ms; nf_tables "
         f"reads {r['ruleset_reads']} done / {r['ruleset_reads_skipped']} skipped (generation "
         f"id unchanged), iptables-nft full saves {r.get('full_saves')}, chains re-read "
-        f"{r.get('chains_read')}; verdicts reused in the last cycle {r['verdicts_reused_last']}; "
+        f"{r.get('chains_read')}, native tables read in full {r.get('native_full_reads')} / "
+        f"spliced {r.get('native_splices')}; verdicts reused in the last cycle "
+        f"{r['verdicts_reused_last']}; "
         f"check results reused {r['checks_reused']} times",
     ]
     return "\n".join(lines)
@@ -265,6 +274,7 @@ def main() -> int:
                     help="kube-proxy >= 1.27's partial sync, or every chain rewritten "
                          "(older kube-proxy, and its periodic full resync)")
     ap.add_argument("--out", help="also append the result as one JSON line here")
+    ap.add_argument("--log", help="keep the agent's log here")
     args = ap.parse_args()
     reason = have_netns()
     if reason:

@@ -121,11 +121,198 @@ def nft_text(rules: int, table: str = "kube") -> str:
     return "\n".join(lines) + "\n"
 
 
-def install_ruleset(ns: Netns, frontend: str, rules: int) -> float:
-    """Load the ruleset into `ns`; returns the seconds it took."""
+KP = "ip kube-proxy"  # kube-proxy's nftables mode: one table per family
+
+
+def _kp_hash(name: str) -> str:
+    """kube-proxy's chain name prefix: the first 8 base32 characters of sha256(name)."""
+    import base64
+    import hashlib
+
+    return base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()[:8]
+
+
+def kp_service_chain(i: int) -> str:
+    base = f"ns{i % 50}/svc{i}/tcp/p80"
+    return f"service-{_kp_hash(base)}-{base}"
+
+
+def kp_endpoint_chain(i: int, pod: str) -> str:
+    base = f"ns{i % 50}/svc{i}/tcp/p80__{pod}/8080"
+    return f"endpoint-{_kp_hash(base)}-{base}"
+
+
+def kp_cluster_ip(i: int) -> str:
+    return f"10.96.{i // 250 % 250}.{i % 250 + 1}"
+
+
+def kp_pods(i: int, gen: int = 0) -> list[str]:
+    """Service i's two endpoints at endpoint generation `gen` (0: as installed)."""
+    if gen == 0:
+        return [f"10.244.{(i * 2 + e) // 250 % 250}.{(i * 2 + e) % 250 + 1}" for e in range(2)]
+    return [f"10.245.{gen % 250}.{(i * 2 + e) % 250 + 1}" for e in range(2)]
+
+
+def kp_service_cmds(i: int, pods: list[str]) -> list[str]:
+    """The chains and rules of service i with endpoints `pods`, as kube-proxy's nftables
+    proxier writes them (ensureChain: add + flush, then the rules)."""
+    svc, cip = kp_service_chain(i), kp_cluster_ip(i)
+    eps = [kp_endpoint_chain(i, p) for p in pods]
+    out = []
+    for ep, pod in zip(eps, pods, strict=True):
+        out += [f"add chain {KP} {ep}", f"flush chain {KP} {ep}",
+                f"add rule {KP} {ep} ip saddr {pod} jump mark-for-masquerade",
+                f"add rule {KP} {ep} meta l4proto tcp dnat to {pod}:8080"]
+    vmap = " , ".join(f"{k} : goto {ep}" for k, ep in enumerate(eps))
+    out += [f"add chain {KP} {svc}", f"flush chain {KP} {svc}",
+            f"add rule {KP} {svc} ip daddr {cip} tcp dport 80 ip saddr != 10.244.0.0/16 "
+            "jump mark-for-masquerade",
+            f"add rule {KP} {svc} numgen random mod {len(eps)} vmap {{ {vmap} }}"]
+    return out
+
+
+def kube_proxy_nft_text(rules: int) -> str:
+    """An `nft -f` script of about `rules` rules shaped like kube-proxy's nftables mode
+    (pkg/proxy/nftables, as its TestOverallNFTablesRules in ../shared/realworld/nft shows
+    it): the skeleton of base and helper chains, the service-ips / service-nodeports /
+    no-endpoint-* verdict maps and the cluster-ips set, per service a service chain
+    picking one of two endpoint chains with a numgen vmap, every 5th an external chain
+    behind a NodePort, every 10th without endpoints (rejected through no-endpoint-services);
+    plus an operator's small `inet host` input filter. Tables, sets and maps first, then
+    chains, rules and elements (elements name chains)."""
+    services = max(10, (rules - 25) * 10 // 58)
+    head = [f"add table {KP} {{ comment \"rules for kube-proxy\" ; }}",
+            f"add set {KP} cluster-ips {{ type ipv4_addr ; comment \"Active ClusterIPs\" ; }}",
+            f"add set {KP} nodeport-ips {{ type ipv4_addr ; }}"]
+    for m in ("service-ips", "no-endpoint-services", "firewall-ips"):
+        head.append(f"add map {KP} {m} {{ type ipv4_addr . inet_proto . inet_service : "
+                    "verdict ; }")
+    for m in ("service-nodeports", "no-endpoint-nodeports"):
+        head.append(f"add map {KP} {m} {{ type inet_proto . inet_service : verdict ; }}")
+    for name, typ, hook, prio in (
+            ("filter-prerouting", "filter", "prerouting", -110),
+            ("filter-input", "filter", "input", -110),
+            ("filter-forward", "filter", "forward", -110),
+            ("filter-output", "filter", "output", -110),
+            ("nat-prerouting", "nat", "prerouting", -100),
+            ("nat-output", "nat", "output", -100),
+            ("nat-postrouting", "nat", "postrouting", 100)):
+        head.append(f"add chain {KP} {name} {{ type {typ} hook {hook} priority {prio} ; }}")
+    for name in ("cluster-ips-check", "firewall-check", "mark-for-masquerade",
+                 "masquerading", "nodeport-endpoints-check", "reject-chain", "services",
+                 "service-endpoints-check"):
+        head.append(f"add chain {KP} {name}")
+    head += [
+        f"add rule {KP} filter-prerouting ct state new jump firewall-check",
+        f"add rule {KP} filter-forward ct state new jump service-endpoints-check",
+        f"add rule {KP} filter-forward ct state new jump cluster-ips-check",
+        f"add rule {KP} filter-input ct state new jump nodeport-endpoints-check",
+        f"add rule {KP} filter-input ct state new jump service-endpoints-check",
+        f"add rule {KP} filter-output ct state new jump service-endpoints-check",
+        f"add rule {KP} filter-output ct state new jump cluster-ips-check",
+        f"add rule {KP} cluster-ips-check ip daddr @cluster-ips reject",
+        f"add rule {KP} cluster-ips-check ip daddr {{ 10.96.0.0/12 }} drop",
+        f"add rule {KP} firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips",
+        f"add rule {KP} mark-for-masquerade mark set mark or 0x4000",
+        f"add rule {KP} masquerading mark and 0x4000 == 0 return",
+        f"add rule {KP} masquerading mark set mark xor 0x4000",
+        f"add rule {KP} masquerading masquerade fully-random",
+        f"add rule {KP} nat-output jump services",
+        f"add rule {KP} nat-postrouting jump masquerading",
+        f"add rule {KP} nat-prerouting jump services",
+        f"add rule {KP} nodeport-endpoints-check ip daddr @nodeport-ips meta l4proto . "
+        "th dport vmap @no-endpoint-nodeports",
+        f"add rule {KP} reject-chain reject",
+        f"add rule {KP} services ip daddr . meta l4proto . th dport vmap @service-ips",
+        f"add rule {KP} services ip daddr @nodeport-ips meta l4proto . th dport "
+        "vmap @service-nodeports",
+        f"add rule {KP} service-endpoints-check ip daddr . meta l4proto . th dport "
+        "vmap @no-endpoint-services",
+        f"add element {KP} nodeport-ips {{ 10.0.1.5 }}"]
+    body: list[str] = []
+    elems: list[str] = []
+    for i in range(services):
+        cip = kp_cluster_ip(i)
+        elems.append(f"add element {KP} cluster-ips {{ {cip} }}")
+        if i % 10 == 9:
+            elems.append(f"add element {KP} no-endpoint-services {{ {cip} . tcp . 80 comment "
+                         f"\"ns{i % 50}/svc{i}:p80\" : goto reject-chain }}")
+            continue
+        body += kp_service_cmds(i, kp_pods(i))
+        elems.append(f"add element {KP} service-ips {{ {cip} . tcp . 80 : goto "
+                     f"{kp_service_chain(i)} }}")
+        if i % 5 == 0:
+            ext = kp_service_chain(i).replace("service-", "external-", 1)
+            body += [f"add chain {KP} {ext}", f"add rule {KP} {ext} jump mark-for-masquerade",
+                     f"add rule {KP} {ext} goto {kp_service_chain(i)}"]
+            elems.append(f"add element {KP} service-nodeports {{ tcp . {30000 + i // 5 % 2000} "
+                         f": goto {ext} }}")
+    host = ["add table inet host",
+            "add chain inet host input { type filter hook input priority 0 ; policy accept ; }",
+            "add rule inet host input ct state established,related accept",
+            "add rule inet host input ip saddr 10.244.0.0/16 tcp dport { 10250, 10255, 2379 } "
+            "drop",
+            "add rule inet host input ip saddr != 10.0.0.0/16 tcp dport 22 reject"]
+    return "\n".join(head + body + elems + host) + "\n"
+
+
+def kube_proxy_nft_churn(rules: int, seed: int = 0):
+    """kube-proxy nftables-mode partial syncs (pkg/proxy/nftables/proxier.go, 1.31+: only
+    the services whose endpoints changed are written, map and set elements only where
+    they changed, nftElementStorage): each item is the transactions of one sync, each one
+    `nft -f` run: first the stale endpoint chains of the sync before deleted (kube-proxy
+    flushes them in one sync and deletes them in a separate transaction of the next),
+    then the sync: five services get new endpoints (new endpoint chains, the service chain
+    flushed and refilled with a new numgen vmap, the old endpoint chains flushed); every
+    other sync one of them loses its endpoints instead (service-ips element deleted, a
+    no-endpoint-services element added, its chains flushed) or gets them back."""
+    import itertools
+    import random
+
+    services = max(10, (rules - 25) * 10 // 58)
+    rnd = random.Random(seed)
+    gens = {i: 0 for i in range(services) if i % 10 != 9}
+    stale: list[str] = []
+    for n in itertools.count(1):
+        txns = []
+        if stale:
+            txns.append("\n".join(f"delete chain {KP} {c}" for c in stale) + "\n")
+            stale = []
+        out: list[str] = []
+        for k, i in enumerate(rnd.sample(range(services), 5)):
+            cip = kp_cluster_ip(i)
+            svc = kp_service_chain(i)
+            if i % 10 == 9 or i % 5 == 0:
+                continue  # (never-endpoint services and NodePort ones keep theirs)
+            if k == 0 and n % 2 == 0 and gens.get(i) is not None:  # endpoints gone
+                stale += [kp_endpoint_chain(i, p) for p in kp_pods(i, gens[i])] + [svc]
+                out += [f"flush chain {KP} {c}" for c in stale[-3:]]
+                out += [f"delete element {KP} service-ips {{ {cip} . tcp . 80 }}",
+                        f"add element {KP} no-endpoint-services {{ {cip} . tcp . 80 comment "
+                        f"\"ns{i % 50}/svc{i}:p80\" : goto reject-chain }}"]
+                gens[i] = None  # type: ignore[assignment]
+                continue
+            if gens.get(i, 0) is None:  # endpoints back
+                gens[i] = n
+                out += kp_service_cmds(i, kp_pods(i, n))
+                out += [f"delete element {KP} no-endpoint-services {{ {cip} . tcp . 80 }}",
+                        f"add element {KP} service-ips {{ {cip} . tcp . 80 : goto {svc} }}"]
+                continue
+            old = [kp_endpoint_chain(i, p) for p in kp_pods(i, gens[i])]
+            gens[i] = n
+            out += kp_service_cmds(i, kp_pods(i, n))
+            out += [f"flush chain {KP} {c}" for c in old]
+            stale += old
+        txns.append("\n".join(out) + "\n")
+        yield tuple(t for t in txns if t.strip())
+
+
+def install_ruleset(ns: Netns, frontend: str, rules: int, nft_shape: str = "node") -> float:
+    """Load the ruleset into `ns`; returns the seconds it took. nft: `nft_shape` "node"
+    (nft_text) or "kube-proxy" (kube_proxy_nft_text)."""
     t0 = time.monotonic()
     if frontend == "nft":
-        text = nft_text(rules)
+        text = kube_proxy_nft_text(rules) if nft_shape == "kube-proxy" else nft_text(rules)
         cmd = ["nft", "-f", "-"]
     else:
         text = kube_proxy_text(rules)
@@ -143,7 +330,8 @@ ns, frontend, every, rules, mode = {ns!r}, {frontend!r}, {every}, {rules}, {mode
 tool = ["nft", "-f", "-"] if frontend == "nft" else [frontend + "-restore", "--noflush"]
 for n, payload in enumerate(churn_payloads(frontend, rules, mode), 1):
     time.sleep(every)
-    subprocess.run(["ip", "netns", "exec", ns, *tool], input=payload, text=True, check=True)
+    for one in payload if isinstance(payload, tuple) else (payload,):  # transactions
+        subprocess.run(["ip", "netns", "exec", ns, *tool], input=one, text=True, check=True)
     print(n, flush=True)
 """
 
@@ -160,11 +348,15 @@ def churn_payloads(frontend: str, rules: int, mode: str = "partial"):
       sync;
     - "full" (older kube-proxy, and its periodic full resync): every chain of nat and
       filter declared, so flushed and rewritten: all 50,000 rules replaced.
-    nft: kube-proxy's nftables mode shape of nodeshape.nft_text: the five services'
-    chains flushed and refilled in one `nft -f` transaction."""
+    nft: kube-proxy's nftables mode (kube_proxy_nft_churn: a tuple of `nft -f`
+    transactions per sync) on kube_proxy_nft_text's table; "node": the old shape of
+    nft_text, the five services' chains flushed and refilled in one transaction."""
     import itertools
 
     services = max(10, rules // 10)
+    if frontend == "nft" and mode != "node":
+        yield from kube_proxy_nft_churn(rules)
+        return
     if frontend == "nft":
         for n in itertools.count(1):
             out = []

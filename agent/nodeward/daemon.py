@@ -38,8 +38,11 @@ if TYPE_CHECKING:  # the sink (and requests) load only when one is configured
 def _splice_counts(cache: ParseCache) -> dict[str, int]:
     """iptables-nft full saves and chains re-read one by one (collect/iptsplice.py)."""
     s = cache.nft_saves
+    n = cache.nft_native  # native tables (collect/nftsplice.py)
     return {"ruleset_full_saves": s.full_reads if s else 0,
-            "ruleset_chains_read": s.chain_reads if s else 0}
+            "ruleset_chains_read": s.chain_reads if s else 0,
+            "ruleset_native_full_reads": n.full_reads if n else 0,
+            "ruleset_native_splices": n.splices if n else 0}
 
 
 def diff_findings(previous: dict[tuple, Finding],

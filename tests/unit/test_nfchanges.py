@@ -37,6 +37,8 @@ def test_events_become_transactions_of_table_and_chain() -> None:
             + _gen(41)
             + _msg(nc.NFT_MSG_DELTABLE, 2, _nla(1, b"raw\0"))
             + _msg(9, 1, _nla(1, b"mine\0"), _nla(2, b"set1\0"))  # NFT_MSG_NEWSET
+            + _msg(14, 1, _nla(1, b"mine\0"), _nla(2, b"m2\0"))  # NFT_MSG_DELSETELEM
+            + _msg(18, 1, _nla(1, b"mine\0"), _nla(2, b"cnt\0"))  # NFT_MSG_NEWOBJ
             + _gen(42)
             + _msg(nc.NFT_MSG_NEWRULE, 2, _nla(1, b"nat\0"), _nla(2, b"X\0")))
     pending: set = set()
@@ -45,7 +47,8 @@ def test_events_become_transactions_of_table_and_chain() -> None:
     assert [t.gen for t in out] == [41, 42]
     assert out[0].changes == {("ip", "rule", "nat", "KUBE-SEP-A"),
                               ("ip6", "chain", "filter", "FORWARD")}
-    assert out[1].changes == {("ip", "table", "raw", ""), ("inet", "other", "mine", "")}
+    assert out[1].changes == {("ip", "table", "raw", ""), ("inet", "set", "mine", "set1"),
+                              ("inet", "set", "mine", "m2"), ("inet", "other", "mine", "")}
     assert pending == {("ip", "rule", "nat", "X")}  # its NEWGEN has not come yet
 
 

@@ -192,6 +192,9 @@ class NftSaves:
         self.carry: dict[int, set[tuple[str, str]] | None] = {}
         #: families whose last read returned lines parsed() may rebase the state on
         self._rebase: dict[int, bool] = {}
+        #: every change committed since the last read (all tables), provably complete;
+        #: None: unknown (the native splice, collect/nftsplice.py, then reads in full)
+        self.changes: set[nfchanges.Change] | None = None
         self.full_reads = 0
         self.chain_reads = 0
         # the watch's thread and socket go with this object (a dropped ParseCache)
@@ -207,6 +210,7 @@ class NftSaves:
         self.plan = {}
         self._read_now = set()
         carry, self.carry = self.carry, {}
+        self.changes = None
         fresh = False
         if self.watch is None or not self.watch.alive:  # first read, or it gave up
             if self.watch is not None:
@@ -229,6 +233,7 @@ class NftSaves:
         after = nfchanges.contiguous(txns, since, now)
         if after is None:
             return
+        self.changes = set().union(*(t.changes for t in after))
         plan = _plan(after)
         for fam, more in carry.items():  # what the last cycle's retries saw after its reads
             todo = plan.get(fam)

@@ -40,6 +40,7 @@ SO_RCVBUFFORCE = 33
 NFT_MSG_NEWTABLE, NFT_MSG_DELTABLE = 0, 2
 NFT_MSG_NEWCHAIN, NFT_MSG_GETCHAIN, NFT_MSG_DELCHAIN = 3, 4, 5
 NFT_MSG_NEWRULE, NFT_MSG_DELRULE = 6, 8
+NFT_MSG_NEWSET, NFT_MSG_DELSET, NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 9, 11, 12, 14
 NFT_MSG_NEWGEN = 15
 NFTA_GEN_ID = 1
 #: every nf_tables object message names its table in attribute 1 (NFTA_*_TABLE)
@@ -51,8 +52,9 @@ RCVBUF = 16 << 20
 
 
 #: One object event: (family, kind, table, chain). kind "rule" or "chain" (with its
-#: chain), "table", or "other" (sets, set elements, stateful objects, flowtables:
-#: iptables-nft writes none).
+#: chain), "set" (a set or its elements, with the set's name in the chain slot: the native
+#: splice re-reads that set), "table", or "other" (stateful objects, flowtables).
+#: iptables-nft writes no sets or objects.
 Change = tuple[str, str, str, str]
 
 
@@ -105,7 +107,8 @@ def parse_events(data: bytes | bytearray, pending: set[Change], out: list[Transa
                 pending.clear()
             else:
                 rule = msg in (NFT_MSG_NEWRULE, NFT_MSG_DELRULE)
-                want = NFTA_RULE_CHAIN if rule else NFTA_CHAIN_NAME
+                named = rule or msg in _NAMED_MSGS  # NFTA_SET_NAME, ..._ELEM_LIST_SET: 2
+                want = NFTA_RULE_CHAIN if rule or msg in _SET_MSGS else NFTA_CHAIN_NAME
                 table = chain = ""
                 while a + 4 <= end:  # the kernel puts the table and chain first
                     nla_len, nla_type = unpack_nla(data, a)
@@ -118,15 +121,17 @@ def parse_events(data: bytes | bytearray, pending: set[Change], out: list[Transa
                     elif t == want:
                         chain = data[a + 4:min(a + nla_len, end)].split(b"\0", 1)[0].decode(
                             "utf-8", "surrogateescape")
-                    if table and (chain or (not rule and msg not in _CHAIN_MSGS)):
+                    if table and (chain or not named):
                         break
                     a += (nla_len + 3) & ~3
-                if not table or ((rule or msg in _CHAIN_MSGS) and not chain):
+                if not table or (named and not chain):
                     raise OSError("nf_tables event without its table or chain")
                 if rule:
                     pending.add((fam, "rule", table, chain))
                 elif msg in _CHAIN_MSGS:
                     pending.add((fam, "chain", table, chain))
+                elif msg in _SET_MSGS:
+                    pending.add((fam, "set", table, chain))
                 elif msg in (NFT_MSG_NEWTABLE, NFT_MSG_DELTABLE):
                     pending.add((fam, "table", table, ""))
                 else:
@@ -136,6 +141,8 @@ def parse_events(data: bytes | bytearray, pending: set[Change], out: list[Transa
 
 _FAMILIES = {v: k for k, v in FAMILY_NUMBERS.items()}
 _CHAIN_MSGS = (NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN)
+_SET_MSGS = (NFT_MSG_NEWSET, NFT_MSG_DELSET, NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM)
+_NAMED_MSGS = _CHAIN_MSGS + _SET_MSGS
 #: Transactions kept between two reads; past it the watch gives up (read everything).
 MAX_PENDING = 10_000
 #: Distinct (family, kind, table, chain) changes in one transaction past which the watch

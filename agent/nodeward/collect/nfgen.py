@@ -190,6 +190,31 @@ class DumpSocket:
                 off += (length + 3) & ~3
             del data
 
+    def get(self, msg: int, family: int, body: bytes) -> bytes | None:
+        """The attributes of the one object a GET request names (a chain, a set: the
+        kernel looks it up by name, no dump); None when it does not exist (ENOENT)."""
+        self.seq += 1
+        seq = self.seq
+        payload = _NFGEN.pack(family, 0, 0) + body
+        self.sock.send(_HDR.pack(_HDR.size + len(payload), (NFNL_SUBSYS_NFTABLES << 8) | msg,
+                                 NLM_F_REQUEST, seq, 0) + payload)
+        while True:
+            data = self.sock.recv(1 << 17)
+            off = 0
+            while off + _HDR.size <= len(data):
+                length, mtype, _flags, mseq, _p = _HDR.unpack_from(data, off)
+                if length < _HDR.size or off + length > len(data):
+                    raise NetlinkReadFailed("corrupt netlink message")
+                if mseq == seq:
+                    if mtype == NLMSG_ERROR:
+                        (err,) = struct.unpack_from("=i", data, off + _HDR.size)
+                        if err == -2:  # ENOENT
+                            return None
+                        raise NetlinkReadFailed(f"{socket.errno.errorcode.get(-err, err)}"
+                                                " from an nf_tables get")
+                    return data[off + _HDR.size + 4:off + length]
+                off += (length + 3) & ~3
+
     def close(self) -> None:
         self.sock.close()
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..ruleset.model import Chain, IpSet, Match, Rule, Table
@@ -79,6 +79,9 @@ class TableRead:
     sets: dict[str, IpSet]
     rules: int
     digest: str
+    #: the named sets as a rule's lookup needs them (their elements left out: the IpSets
+    #: in `sets` hold them), for the per-chain splice (collect/nftsplice.py)
+    named: dict[str, SetInfo] = field(default_factory=dict)
 
 
 def read_table(family: str, name: str, *, max_rules: int | None = None,
@@ -129,6 +132,69 @@ def _read_once(family: str, fam: int, name: str, tname: bytes, max_rules: int | 
         sk.close()
 
 
+def fetch_elems(sk: DumpSocket, fam: int, tname: bytes, info: SetInfo, h: Any) -> None:
+    """One set's elements (one GETSETELEM dump) into info.elems, hashed into `h`."""
+    raw = []
+    body = _nla(1, tname) + _nla(2, info.name.encode() + b"\0")
+    for _f, msg in sk.dump(GETSETELEM, fam, body):
+        a = attrs(msg)
+        for el in attr_list(a.get(3, b"")):
+            ea = attrs(el)
+            key = data_value(ea.get(1))
+            kend = data_value(ea.get(10)) if 10 in ea else None
+            raw.append((key, ea.get(2), u32_attr(ea.get(3)), kend))
+            h.update(ea.get(1, b""))
+            h.update(ea.get(2, b""))
+            h.update(ea.get(3, b""))
+    finish_elems(info, raw)
+
+
+def set_info(a: dict[int, bytes], h: Any) -> SetInfo:
+    """A NEWSET message's attributes -> SetInfo (no elements yet), hashed into `h`."""
+    for t in (2, 3, 4, 5, 6, 7):
+        h.update(a.get(t, b""))
+    return _set_info(a)
+
+
+def chain_info(family: str, name: str, a: dict[int, bytes]) -> dict[str, Any]:
+    """A NEWCHAIN message's attributes -> the chain as nft -j lists it (no rules)."""
+    c: dict[str, Any] = {"family": family, "table": name, "name": text_attr(a.get(3))}
+    if 4 in a:
+        hk = attrs(a[4])
+        num = u32_attr(hk.get(1))
+        c["type"] = text_attr(a.get(7)) or "filter"
+        c["hook"] = HOOKS[num] if num < len(HOOKS) else str(num)
+        c["prio"] = _S32.unpack_from(hk[2])[0] if 2 in hk else 0
+        c["policy"] = "accept" if u32_attr(a.get(5), 1) == 1 else "drop"
+    return c
+
+
+def chain_model(c: dict[str, Any], rules: tuple[Rule, ...]) -> Chain:
+    hook = c.get("hook") if c.get("type") in ("filter", "nat", "route") else None
+    return Chain(c["name"], rules, c.get("policy", "accept").upper() if hook else None, hook,
+                 int(c.get("prio", 0)) if hook else 0)
+
+
+def rule_model(r: dict[str, Any], setkey, shared: tuple[dict, dict]) -> Rule:
+    """A decoded rule -> Rule. Its `line` is the rule's handle: stable while other chains
+    change (a spliced read and a fresh one agree), and what `nft -a` shows."""
+    try:
+        return _rule(r, r["handle"], setkey, shared)
+    except RecursionError:
+        why = "expression nested too deeply"
+        return Rule((Match("unknown", (why,), False, why),), "NFT-nested", "",
+                    f"{r['family']} {r['table']} {r['chain']}", r["handle"])
+
+
+def out_set(family: str, name: str, info: SetInfo) -> IpSet:
+    key = f"nft:{family}:{name}:{info.name}"
+    s = {"family": family, "table": name, "name": info.name, "type": info.type_json(),
+         "elem": info.elems if info.ok else [{"netlink": "elements not decoded"}]}
+    if info.is_map:
+        s["map"] = "verdict" if info.verdict_map else "data"
+    return _set(s, key, info.is_map)
+
+
 def _read(sk: DumpSocket, family: str, fam: int, name: str, tname: bytes, h: Any,
           max_rules: int | None, rule_hook) -> TableRead:
     sets: dict[str, SetInfo] = {}
@@ -136,39 +202,17 @@ def _read(sk: DumpSocket, family: str, fam: int, name: str, tname: bytes, h: Any
         a = attrs(msg)
         if text_attr(a.get(1)) != name:
             continue
-        info = _set_info(a)
+        info = set_info(a, h)
         sets[info.name] = info
-        for t in (2, 3, 4, 5, 6, 7):
-            h.update(a.get(t, b""))
     for info in sets.values():
-        raw = []
-        body = _nla(1, tname) + _nla(2, info.name.encode() + b"\0")
-        for _f, msg in sk.dump(GETSETELEM, fam, body):
-            a = attrs(msg)
-            for el in attr_list(a.get(3, b"")):
-                ea = attrs(el)
-                key = data_value(ea.get(1))
-                kend = data_value(ea.get(10)) if 10 in ea else None
-                raw.append((key, ea.get(2), u32_attr(ea.get(3)), kend))
-                h.update(ea.get(1, b""))
-                h.update(ea.get(2, b""))
-                h.update(ea.get(3, b""))
-        finish_elems(info, raw)
+        fetch_elems(sk, fam, tname, info, h)
     chains: dict[str, Any] = {}
     for _f, msg in sk.dump(GETCHAIN, fam, _nla(1, tname)):
         a = attrs(msg)
         if text_attr(a.get(1)) != name:
             continue
-        cname = text_attr(a.get(3))
-        c: dict[str, Any] = {"family": family, "table": name, "name": cname}
-        if 4 in a:
-            hk = attrs(a[4])
-            num = u32_attr(hk.get(1))
-            c["type"] = text_attr(a.get(7)) or "filter"
-            c["hook"] = HOOKS[num] if num < len(HOOKS) else str(num)
-            c["prio"] = _S32.unpack_from(hk[2])[0] if 2 in hk else 0
-            c["policy"] = "accept" if u32_attr(a.get(5), 1) == 1 else "drop"
-        chains[cname] = c
+        c = chain_info(family, name, a)
+        chains[c["name"]] = c
         h.update(repr(sorted(c.items())).encode())
     rules: dict[str, list[Rule]] = {c: [] for c in chains}
     n = 0
@@ -185,28 +229,15 @@ def _read(sk: DumpSocket, family: str, fam: int, name: str, tname: bytes, h: Any
             raise CeilingPassed(f"more than {max_rules:,} rules")
         if rule_hook is not None:
             rule_hook(r)
-        try:
-            rule = _rule(r, n, setkey, shared)
-        except RecursionError:
-            why = "expression nested too deeply"
-            rule = Rule((Match("unknown", (why,), False, why),), "NFT-nested", "",
-                        f"{family} {name} {r['chain']}", n)
-        rules.setdefault(r["chain"], []).append(rule)
+        rules.setdefault(r["chain"], []).append(rule_model(r, setkey, shared))
         del r
-    ch = {}
-    for cname, c in chains.items():
-        hook = c.get("hook") if c.get("type") in ("filter", "nat", "route") else None
-        ch[cname] = Chain(cname, tuple(rules.get(cname, ())),
-                          c.get("policy", "accept").upper() if hook else None, hook,
-                          int(c.get("prio", 0)) if hook else 0)
+    ch = {cname: chain_model(c, tuple(rules.get(cname, ()))) for cname, c in chains.items()}
     out_sets = {}
+    named = {}
     for info in sets.values():
         if info.anonymous:
             continue
-        key = f"nft:{family}:{name}:{info.name}"
-        s = {"family": family, "table": name, "name": info.name, "type": info.type_json(),
-             "elem": info.elems if info.ok else [{"netlink": "elements not decoded"}]}
-        if info.is_map:
-            s["map"] = "verdict" if info.verdict_map else "data"
-        out_sets[key] = _set(s, key, info.is_map)
-    return TableRead((Table("nft", family, name, ch),), out_sets, n, h.hexdigest())
+        out_sets[f"nft:{family}:{name}:{info.name}"] = out_set(family, name, info)
+        info.elems = []  # (the IpSet has them)
+        named[info.name] = info
+    return TableRead((Table("nft", family, name, ch),), out_sets, n, h.hexdigest(), named)

@@ -172,8 +172,8 @@ class ParseCache:
     """Parsed tables per dump digest, for the dumps seen in the last read only (bounded),
     and the nf_tables part of the last read with the generation id it was read at."""
 
-    __slots__ = ("_last", "_now", "gen", "hits", "misses", "nf_part", "nft_saves",
-                 "nft_sizes", "reads", "reads_skipped")
+    __slots__ = ("_last", "_now", "gen", "hits", "misses", "nf_part", "nft_native",
+                 "nft_saves", "nft_sizes", "reads", "reads_skipped")
 
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], Any] = {}
@@ -186,6 +186,7 @@ class ParseCache:
         self.reads = 0  # nf_tables reads done
         self.reads_skipped = 0  # nf_tables reads saved by an unchanged generation id
         self.nft_saves: NftSaves | None = None  # iptables-nft-save kept per chain
+        self.nft_native: Any = None  # native tables kept per chain (nftsplice.NativeTables)
 
     def get(self, cmd: str, text: str, parse: Callable[[str], Any],
             text_digest: str = "") -> Any:
@@ -604,7 +605,9 @@ def _nft_saves(r: _Reader, probes: Probes) -> NftSaves | None:
     if r.cache is None or r.run is not run_local or probes is not LIVE:
         return None
     if r.cache.nft_saves is None:
-        r.cache.nft_saves = NftSaves()
+        from .iptdigest import DigestSaves  # NftSaves, and digests where events give up
+
+        r.cache.nft_saves = DigestSaves()
     return r.cache.nft_saves
 
 
@@ -671,11 +674,13 @@ def _read_nf(r: _Reader, probes: Probes, sizes: dict[tuple[str, str], int]) -> _
             sets.update(nft_sets)
     else:
         r.answered += 1  # nf_tables answered (possibly with no table at all)
+        if r.cache is not None and r.cache.nft_native is not None:
+            r.cache.nft_native.retain(listed)  # a table gone: its kept model goes too
         for family, name in listed:
             if (family, name) in owned or family not in ("ip", "ip6", "inet"):
                 continue  # arp/bridge/netdev tables never see a packet to a local socket
             argv = ["nft", "-s", "-j", "list", "table", family, name]
-            got = _native_netlink(r, probes, family, name, sizes)
+            got = _native_netlink(r, probes, family, name, sizes, saves)
             if got is not None:
                 tables.extend(got[0])
                 sets.update(got[1])
@@ -709,15 +714,31 @@ def _read_nf(r: _Reader, probes: Probes, sizes: dict[tuple[str, str], int]) -> _
                  tuple(dict.fromkeys(r.notes)))
 
 
+def _native_read(r: _Reader, probes: Probes, family: str, name: str,
+                 saves: NftSaves | None) -> Any:
+    """probes.nft_read, through the cache's per-chain splice (collect/nftsplice.py: only
+    the chains and sets nf_tables says changed are read again) when the change events
+    are followed here (`saves`: the live probes in this thread's namespace)."""
+    if saves is None or r.cache is None or probes.nft_read is not read_native:
+        return probes.nft_read(family, name, r.max_rules - r.rules)
+    from .nftsplice import NativeTables
+
+    if r.cache.nft_native is None:
+        r.cache.nft_native = NativeTables()
+    return r.cache.nft_native.read(family, name, r.max_rules - r.rules, saves.changes,
+                                   saves.plan_gen)
+
+
 def _native_netlink(r: _Reader, probes: Probes, family: str, name: str,
-                    sizes: dict[tuple[str, str], int]) -> tuple[Any, Any] | None:
+                    sizes: dict[tuple[str, str], int],
+                    saves: NftSaves | None = None) -> tuple[Any, Any] | None:
     """A native table read over netlink (collect/nftnl.py: no `nft` child, whose memory
     grows ~7 KB a rule), as (tables, sets); None when that read is not available or failed
     (then `nft -j` reads it, and a note says why). Past the rule ceiling: a problem, and
     ((), {})."""
     from . import nftnl
 
-    got = probes.nft_read(family, name, r.max_rules - r.rules)
+    got = _native_read(r, probes, family, name, saves)
     if got is None:
         return None
     src = f"nf_tables netlink dump of {family} {name}"

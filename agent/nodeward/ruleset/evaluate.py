@@ -105,10 +105,25 @@ def _xt_addrtype6(ctx: _Ctx, addr: str, types: tuple[str, ...]) -> bool | None:
     return True
 
 
+def _named_set(ctx: _Ctx, name: str):
+    """ruleset.sets[name] (None: missing), recorded in ctx.visited as ("set", "", name,
+    "*"): whatever in the set changes, the walk may go otherwise."""
+    if ctx.visited is not None:
+        ctx.visited.add(("set", "", name, "*"))
+    return ctx.sets.get(name)
+
+
+def set_key(name: str, key: tuple) -> int:
+    """What ctx.visited records for one lookup of `key` in exact-keyed named set `name`:
+    its verdict can only change when the element of that key does (kube-proxy's service
+    maps change on most syncs, and every packet is looked up in them)."""
+    return hash((name, key))
+
+
 def _set_members(ctx: _Ctx, name: str) -> tuple | None:
     if name in ctx.set_cache:
         return ctx.set_cache[name]
-    s = ctx.sets.get(name)
+    s = _named_set(ctx, name)
     out = None
     if s is not None and s.type in ("hash:ip", "hash:net", "bitmap:ip"):
         try:
@@ -274,19 +289,31 @@ def _key(ctx: _Ctx, sels: tuple[str, ...], p: Packet):
     return tuple(out)
 
 
-def _lookup(ctx: _Ctx, sels: tuple[str, ...], name, p: Packet) -> int | None:
+def _lookup(ctx: _Ctx, sels: tuple[str, ...], name, p: Packet, named: str = "") -> int | None:
     """Index of the first element of set/map `name` (a key into ruleset.sets, or an inline
-    IpSet) whose key holds the packet's key; -1 when none; None when undecidable."""
-    s = ctx.sets.get(name) if isinstance(name, str) else name
+    IpSet) whose key holds the packet's key; -1 when none; None when undecidable.
+    `named`: the set's name when `name` is the named set itself (recorded as a lookup)."""
+    if isinstance(name, str):
+        named, s = name, ctx.sets.get(name)
+    else:
+        s = name
+    seen = ctx.visited if named else None
     if s is None or not s.keyed:
+        if seen is not None:
+            seen.add(("set", "", named, "*"))
         return None
     key = _key(ctx, sels, p)
     if key is _NOVAL:
         return -1
-    if key is None or len(key) != len(s.keyed):
-        return None
     exact = s.exact
+    if key is None or len(key) != len(s.keyed) or exact is None:
+        if seen is not None:
+            seen.add(("set", "", named, "*"))
+        if key is None or len(key) != len(s.keyed):
+            return None
     if exact is not None:
+        if seen is not None:
+            seen.add(set_key(named, key))
         return exact.get(key, -1)
     try:
         for i, (ranges, _) in enumerate(s.elements):
@@ -429,8 +456,10 @@ def _vmap_verdicts(ctx: _Ctx, rule: Rule, p: Packet) -> list[str] | None:
     sels, name = rule.vmap
     s = ctx.sets.get(name) if isinstance(name, str) else name
     if s is None or not s.keyed:
+        if isinstance(name, str) and ctx.visited is not None:
+            ctx.visited.add(("set", "", name, "*"))
         return None
-    i = _lookup(ctx, sels, s, p)
+    i = _lookup(ctx, sels, s, p, name if isinstance(name, str) else "")
     if i is None:
         every = [*dict.fromkeys(v for _, v in s.elements)]
         if sels[0].startswith("numgen "):  # numgen OFFSET MOD: covered values need no ""

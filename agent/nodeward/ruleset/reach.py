@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -50,13 +51,37 @@ class ReachMemo:
 
     def __init__(self) -> None:
         self.key: tuple = ()
-        self.entries: dict[tuple, tuple[tuple[dict, dict], frozenset]] = {}
+        self.entries: dict[tuple, tuple[tuple[dict, dict], frozenset, array]] = {}
         self.hits = 0
         self.reevaluated = 0  # sockets evaluated again because a chain they walked changed
         self.fingerprint = ""
         self.chains: dict[tuple, int] = {}
         self.layout: tuple = ()
         self.sets: dict = {}
+
+
+def _changed_sets(was: dict, now: dict, changed: set) -> set[int]:
+    """Add to `changed` ("set", "", name, "*") for every named set that changed in a way
+    a lookup cannot pin down; return the lookups (evaluate.set_key) of exact-keyed sets
+    whose element changed (kube-proxy: a service's map element, not the other 10,000
+    sockets' answers)."""
+    from .evaluate import set_key
+
+    keys: set[int] = set()
+    for name in was.keys() | now.keys():
+        a, b = was.get(name), now.get(name)
+        if a is b or a == b:
+            continue
+        if a is None or b is None or a.exact is None or b.exact is None or \
+                (a.type, a.members, a.keyed) != (b.type, b.members, b.keyed):
+            changed.add(("set", "", name, "*"))
+            continue
+        ea, eb = a.exact, b.exact
+        for k in ea.keys() | eb.keys():
+            ia, ib = ea.get(k), eb.get(k)
+            if ia is None or ib is None or a.elements[ia][1] != b.elements[ib][1]:
+                keys.add(set_key(name, k))
+    return keys
 
 
 def chain_signatures(ruleset: Ruleset) -> tuple[dict[tuple, int], tuple]:
@@ -159,6 +184,7 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
     old: dict[tuple, tuple[tuple[dict, dict], frozenset]] = {}
     new: dict[tuple, tuple[tuple[dict, dict], frozenset]] = {}
     changed: set | None = None  # chain keys that differ from the memo's ruleset
+    changed_keys: set[int] = set()  # exact set lookups whose answer changed
     if memo is not None and ruleset.fingerprint:
         key = (tuple(node_addresses), tuple(sorted(extra.items())),
                tuple(sorted((k, tuple(v)) for k, v in (interface_addresses or {}).items())),
@@ -170,9 +196,10 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
             changed = set()
         else:
             sigs, layout = chain_signatures(ruleset)
-            if memo.key == key and layout == memo.layout and ruleset.sets == memo.sets:
+            if memo.key == key and layout == memo.layout:
                 changed = {k for k in sigs.keys() | memo.chains.keys()
                            if sigs.get(k) != memo.chains.get(k)}
+                changed_keys = _changed_sets(memo.sets, ruleset.sets, changed)
         if memo.key == key and changed is not None:
             old = memo.entries
         memo.key, memo.entries, memo.fingerprint = key, new, ruleset.fingerprint
@@ -182,8 +209,9 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
         hit = new.get(skey)
         if hit is None:
             hit = old.get(skey)
-            if hit is not None and changed and not hit[1].isdisjoint(changed):
-                hit = None  # a chain its walks went through changed: evaluate again
+            if hit is not None and ((changed and not hit[1].isdisjoint(changed)) or (
+                    changed_keys and any(k in changed_keys for k in hit[2]))):
+                hit = None  # a chain or set lookup its walks went through changed
                 memo.reevaluated += 1  # type: ignore[union-attr]
         if hit is not None:
             new[skey] = hit
@@ -230,7 +258,10 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
         pair = (verdicts, where)
         pair = shared.setdefault(tuple((c, v, where.get(c)) for c, v in verdicts.items()), pair)
         if walked is not None:
-            fw = frozenset(walked)
-            new[skey] = (pair, walks.setdefault(fw, fw))
+            # chains and whole sets (shared between sockets), and apart the exact set
+            # lookups (unique per socket: its port is in the key), 8 bytes each
+            keys = array("q", sorted(k for k in walked if isinstance(k, int)))
+            fw = frozenset(k for k in walked if not isinstance(k, int))
+            new[skey] = (pair, walks.setdefault(fw, fw), keys)
         out.append(Reach(s, *pair))
     return out

@@ -1,0 +1,263 @@
+"""Native nf_tables tables kept per chain and re-read only where nf_tables says they changed.
+
+kube-proxy's nftables mode changes endpoints by rewriting a few per-service chains (new
+endpoint chains, the service chain flushed and refilled, the stale endpoint chains flushed
+then deleted a sync later) and by adding or removing map elements; a full netlink read of
+its 50,000-rule table decodes every rule and dumps every anonymous set again (~1 s of CPU).
+After one full read (collect/nftnl.py) the table's model is kept, and a read
+- takes the change events since the last read, provably complete (iptsplice.NftSaves owns
+  the one nfchanges.Watch: generation ids without a gap, no overflow), else reads in full;
+- re-reads each chain a rule or chain event names (one GETRULE dump filtered by table and
+  chain), after a chain event the table's chain list (creations, deletions, order), and
+  each named set an event names (GETSET, GETSETELEM); anonymous sets are fetched as the
+  rules that own them are decoded;
+- reads in full instead on a table event, more than MAX_OBJECTS objects to re-read, an
+  unexpected answer, or a write during the read (the generation id moved, or a dump was
+  interrupted: the spliced model would mix two moments).
+Unchanged chains are the same Chain objects as before (the evaluator's index on them
+stays). The digest is chained: the last one and every re-read object's bytes, so equal
+digests still mean equal models (a fresh read's digest differs: a cache miss, no more).
+Read-only: only GET requests are sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..ruleset.model import Chain, IpSet, Rule, Table
+from . import nfgen, nftnl
+from .nfchanges import Change
+from .nfgen import FAMILY_NUMBERS, DumpSocket, NetlinkReadFailed
+from .nftdelin import SetInfo, attrs, decode_rule, text_attr
+
+_NLA = struct.Struct("=HH")
+#: Past this many chains and sets to re-read, one full read is cheaper.
+MAX_OBJECTS = 2000
+
+
+class SpliceFailed(Exception):
+    """The splice cannot vouch for its result: read the table in full."""
+
+
+@dataclass
+class _Kept:
+    table: Table
+    sets: dict[str, IpSet]
+    named: dict[str, SetInfo]
+    rules: int
+    digest: str
+
+    def as_read(self) -> nftnl.TableRead:
+        return nftnl.TableRead((self.table,), self.sets, self.rules, self.digest, self.named)
+
+
+class _Sets:
+    """The sets a rule's lookup names: the named ones kept, any other (an anonymous set,
+    bound to the rule being decoded) fetched with its elements on first use."""
+
+    def __init__(self, sk: DumpSocket, fam: int, tname: bytes, named: dict[str, SetInfo],
+                 h: Any) -> None:
+        self.sk, self.fam, self.tname, self.named, self.h = sk, fam, tname, named, h
+        self.fetched: dict[str, SetInfo | None] = {}
+
+    def get(self, name: str) -> SetInfo | None:
+        got = self.named.get(name)
+        if got is not None:
+            return got
+        if name not in self.fetched:
+            self.fetched[name] = fetch_set(self.sk, self.fam, self.tname, name, self.h)
+        return self.fetched[name]
+
+
+def _chain_name(msg: bytes) -> str | None:
+    """NFTA_CHAIN_NAME of a NEWCHAIN message (the kernel puts it third: table, handle)."""
+    a, end = 0, len(msg)
+    while a + 4 <= end:
+        ln, typ = _NLA.unpack_from(msg, a)
+        if ln < 4:
+            break
+        if typ & 0x3FFF == 3:
+            return msg[a + 4:a + ln].split(b"\0", 1)[0].decode("utf-8", "replace")
+        a += (ln + 3) & ~3
+    return None
+
+
+def fetch_set(sk: DumpSocket, fam: int, tname: bytes, name: str, h: Any) -> SetInfo | None:
+    """One set and its elements (None: it does not exist), hashed into `h`."""
+    a = sk.get(nftnl.GETSET, fam, nftnl._nla(1, tname) + nftnl._nla(2, name.encode() + b"\0"))
+    h.update(b"\0set\0" + name.encode())
+    if a is None:
+        return None
+    info = nftnl.set_info(attrs(a), h)
+    if info.name != name:
+        raise SpliceFailed(f"asked for set {name}, got {info.name}")
+    nftnl.fetch_elems(sk, fam, tname, info, h)
+    return info
+
+
+class NativeTables:
+    """The kept native tables of one network namespace, by (family, name)."""
+
+    def __init__(self) -> None:
+        self.kept: dict[tuple[str, str], _Kept] = {}
+        self.full_reads = 0
+        self.splices = 0
+        self.chains_read = 0
+        self.sets_read = 0
+        self.why: dict[str, int] = {}  # why reads were not spliced (the benchmark prints it)
+
+    def retain(self, tables: Iterable[tuple[str, str]]) -> None:
+        """Forget the tables not listed any more."""
+        keep = set(tables)
+        for key in [k for k in self.kept if k not in keep]:
+            del self.kept[key]
+
+    def read(self, family: str, name: str, max_rules: int,
+             changes: set[Change] | None, gen: int | None) -> Any:
+        """The table as nftnl.read_table gives it (a TableRead), or the exception that
+        stopped the read (NetlinkReadFailed, CeilingPassed), as ruleset.read_native.
+        `changes`: every change since the last read, at generation `gen` (None: unknown)."""
+        key = (family, name)
+        kept = self.kept.pop(key, None)  # (a failed read keeps nothing)
+        if kept is not None and changes is not None and gen is not None:
+            mine = {(kind, obj) for fam, kind, table, obj in changes
+                    if fam == family and table == name}
+            if not mine:
+                self.kept[key] = kept
+                return kept.as_read()
+            try:
+                got = self._splice(family, name, kept, mine, gen, max_rules)
+            except nftnl.CeilingPassed as e:
+                return e
+            except (SpliceFailed, NetlinkReadFailed, OSError, struct.error, IndexError,
+                    KeyError, ValueError, TypeError, AttributeError) as e:
+                self._note(f"{type(e).__name__}: {e}")
+                got = None
+            del kept
+            if got is not None:
+                self.splices += 1
+                self.kept[key] = got
+                return got.as_read()
+        else:
+            self._note("not read before" if kept is None else "changes unknown")
+            del kept
+        return self._full(family, name, max_rules)
+
+    def _note(self, why: str) -> None:
+        self.why[why[:120]] = self.why.get(why[:120], 0) + 1
+
+    def _full(self, family: str, name: str, max_rules: int) -> Any:
+        self.full_reads += 1
+        try:
+            got = nftnl.read_table(family, name, max_rules=max_rules)
+        except (nftnl.NetlinkReadFailed, nftnl.CeilingPassed) as e:
+            return e
+        self.kept[(family, name)] = _Kept(got.tables[0], got.sets, got.named, got.rules,
+                                          got.digest)
+        return got
+
+    def _splice(self, family: str, name: str, kept: _Kept, mine: set[tuple[str, str]],
+                gen: int, max_rules: int) -> _Kept | None:
+        """The kept table with the changed objects re-read; None when a full read must
+        decide (a table event, too much changed, a write during the read)."""
+        if any(kind == "table" for kind, _o in mine):
+            self._note("a table event")
+            return None
+        chains = {o for kind, o in mine if kind in ("rule", "chain")}
+        sets = {o for kind, o in mine if kind == "set"}
+        relist = any(kind == "chain" for kind, _o in mine)
+        if len(chains) + len(sets) > MAX_OBJECTS:
+            self._note("too many changes")
+            return None
+        fam = FAMILY_NUMBERS[family]
+        tname = name.encode() + b"\0"
+        h = hashlib.sha256(kept.digest.encode())
+        try:
+            sk = DumpSocket(5.0)
+        except OSError as e:
+            raise SpliceFailed(str(e)) from None
+        try:
+            named = dict(kept.named)
+            out_sets = dict(kept.sets)
+            lookups = _Sets(sk, fam, tname, named, h)
+            for sname in sorted(sets):
+                info = fetch_set(sk, fam, tname, sname, h)
+                skey = f"nft:{family}:{name}:{sname}"
+                named.pop(sname, None)
+                out_sets.pop(skey, None)
+                if info is None or info.anonymous:
+                    lookups.fetched[sname] = info  # gone, or bound to a rule decoded below
+                    continue
+                out_sets[skey] = nftnl.out_set(family, name, info)
+                info.elems = []
+                named[sname] = info
+                self.sets_read += 1
+            old = kept.table.chains
+            if relist:
+                meta: dict[str, dict[str, Any] | None] = {}
+                for _f, msg in sk.dump(nftnl.GETCHAIN, fam, nftnl._nla(1, tname)):
+                    cname = _chain_name(msg)  # (25,000 chains: only the touched decoded)
+                    if cname in chains:
+                        a = attrs(msg)
+                        if text_attr(a.get(1)) != name:
+                            raise SpliceFailed("a chain of another table in the dump")
+                        c = nftnl.chain_info(family, name, a)
+                        meta[cname] = c
+                        h.update(repr(sorted(c.items())).encode())
+                    elif cname in old:
+                        meta[cname] = None
+                    else:
+                        raise SpliceFailed(f"chain {cname} appeared without an event")
+                h.update("\0".join(meta).encode())  # the order
+                if any(c not in meta and c not in chains for c in old):
+                    raise SpliceFailed("a chain went without an event")
+            else:
+                meta = {c: None for c in old}
+                if any(c not in old for c in chains):
+                    raise SpliceFailed("a rule event for a chain not read before")
+            memo: dict[bytes, Any] = {}
+            shared: tuple[dict, dict] = ({}, {})
+
+            def setkey(s: str) -> str:
+                return f"nft:{family}:{name}:{s}"
+
+            out: dict[str, Chain] = {}
+            total = kept.rules
+            for cname, c in meta.items():
+                was = old.get(cname)
+                if cname not in chains:
+                    out[cname] = was  # type: ignore[assignment]
+                    continue
+                rules: list[Rule] = []
+                h.update(b"\0chain\0" + cname.encode())
+                body = nftnl._nla(1, tname) + nftnl._nla(2, cname.encode() + b"\0")
+                # the whole chain first: decoding may ask for a set on the same socket
+                for msg in [m for _f, m in sk.dump(nftnl.GETRULE, fam, body)]:
+                    r = decode_rule(family, name, msg, lookups, h, memo)  # type: ignore[arg-type]
+                    if r["chain"] != cname:
+                        raise SpliceFailed(f"a rule of {r['chain']} in the dump of {cname}")
+                    rules.append(nftnl.rule_model(r, setkey, shared))
+                self.chains_read += 1
+                total += len(rules) - (len(was.rules) if was is not None else 0)
+                if c is None:  # no chain event: the chain itself is as it was
+                    if was is None:
+                        raise SpliceFailed(f"chain {cname} not read before")
+                    out[cname] = Chain(cname, tuple(rules), was.policy, was.hook,
+                                       was.priority)
+                else:
+                    out[cname] = nftnl.chain_model(c, tuple(rules))
+            for cname in chains:
+                if cname not in meta and old.get(cname) is not None:
+                    total -= len(old[cname].rules)  # deleted
+            if total > max_rules:
+                raise nftnl.CeilingPassed(f"more than {max_rules:,} rules")
+            if sk.interrupted or nfgen.generation_id() != gen:
+                self._note("written during the read")
+                return None  # written meanwhile: one consistent snapshot instead
+        finally:
+            sk.close()
+        return _Kept(Table("nft", family, name, out), out_sets, named, total, h.hexdigest())

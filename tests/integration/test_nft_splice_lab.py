@@ -1,0 +1,212 @@
+"""The per-chain native nf_tables read (collect/nftsplice.py) against the real thing: a real
+namespace holding kube-proxy's nftables-mode table (bench/nodeshape.kube_proxy_nft_text)
+and an operator's `inet host` table, seeded random steps through the real `nft` (kube-proxy
+partial syncs: new endpoint chains, service chains flushed and refilled with new numgen
+vmaps, stale chains flushed then deleted, service-ips / no-endpoint-services elements moved;
+chains added and deleted; named sets created, filled, emptied, deleted; anonymous sets
+added to a chain that is later re-read; a base chain's policy; counters reset; a new
+table), and after every step the spliced model must equal a fresh full netlink read
+exactly (chains in order, every Rule, every set) and the model built from
+`nft -s -j list table` (what tests/lab/nftnl_compare.py compares). Most steps must be
+spliced, not read in full; and a splice that ignores set events must be caught."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from nodeward.collect import nftnl, nftsplice
+from nodeward.collect.iptsplice import NftSaves
+from nodeward.collect.nfgen import list_tables
+from nodeward.ruleset.nft import parse_nft_json
+from tests.lab import setns
+
+pytestmark = [pytest.mark.lab,
+              pytest.mark.skipif(not shutil.which("nft"), reason="needs nft")]
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = 700  # ~110 services
+KP = ("ip", "kube-proxy")
+
+
+def _model_diffs(label: str, got: nftnl.TableRead, fresh: nftnl.TableRead,
+                 ref: tuple) -> list[str]:
+    """What differs between the spliced read, a fresh netlink read and nft -j's model."""
+    sys.path.insert(0, str(ROOT))
+    from tests.lab.nftnl_compare import _m, _vmap
+
+    out = []
+    (t,), (f,) = got.tables, fresh.tables
+    if list(t.chains) != list(f.chains):
+        out.append(f"{label}: chains differ from a fresh read: "
+                   f"{sorted(set(t.chains) ^ set(f.chains))[:6]} (or their order)")
+    for name, c in f.chains.items():
+        if t.chains.get(name) != c:
+            out.append(f"{label}: chain {name} differs from a fresh read")
+    if got.sets != fresh.sets:
+        out.append(f"{label}: sets differ from a fresh read: "
+                   f"{[k for k in fresh.sets if got.sets.get(k) != fresh.sets[k]]}")
+    if got.rules != fresh.rules:
+        out.append(f"{label}: {got.rules} rules counted, a fresh read {fresh.rules}")
+    (rt,), rsets = ref
+    if set(rt.chains) != set(t.chains):
+        out.append(f"{label}: chains differ from nft -j")
+    for name, rc in rt.chains.items():
+        oc = t.chains.get(name)
+        if oc is None:
+            continue
+        if (rc.policy, rc.hook, rc.priority) != (oc.policy, oc.hook, oc.priority) or \
+                [(r.target, r.arg, _m(r), r.effects, _vmap(r.vmap)) for r in rc.rules] != \
+                [(r.target, r.arg, _m(r), r.effects, _vmap(r.vmap)) for r in oc.rules]:
+            out.append(f"{label}: chain {name} differs from nft -j")
+    for key, s in rsets.items():
+        o = got.sets.get(key)
+        if o is None or (s.type, sorted(s.members), sorted(s.elements), s.keyed) != \
+                (o.type, sorted(o.members), sorted(o.elements), o.keyed):
+            out.append(f"{label}: set {key} differs from nft -j")
+    if set(rsets) != set(got.sets):
+        out.append(f"{label}: set names differ from nft -j")
+    return out
+
+
+class Steps:
+    """Seeded kube-proxy-like and operator writes, through the real nft."""
+
+    def __init__(self, lab, ns, rnd: random.Random) -> None:
+        from bench.nodeshape import kube_proxy_nft_churn
+
+        self.lab, self.ns, self.rnd = lab, ns, rnd
+        self.syncs = kube_proxy_nft_churn(RULES, seed=rnd.randrange(1 << 30))
+        self.n = 0
+        self.extra: list[str] = []  # chains this test added
+        self.sets: list[str] = []
+
+    def nft(self, script: str) -> None:
+        r = subprocess.run(["ip", "netns", "exec", self.ns.name, "nft", "-f", "-"],
+                           input=script, text=True, capture_output=True, timeout=60)
+        assert r.returncode == 0, f"nft: {r.stderr.strip()}\n{script[:1500]}"
+
+    def step(self, kind: str = "") -> str:
+        self.n += 1
+        kind = kind or self.rnd.choice(["sync"] * 5 + ["chain+", "chain-", "set", "anon",
+                                                       "policy", "element", "counters"])
+        k = "ip kube-proxy"
+        if kind == "sync":
+            txns = next(self.syncs)
+            for t in txns:
+                self.nft(t)
+            return f"kube-proxy sync ({len(txns)} transactions)"
+        if kind == "chain+" or (kind == "chain-" and not self.extra):
+            c = f"extra-{self.n}"
+            self.nft(f"add chain {k} {c}\nadd rule {k} {c} tcp dport {1000 + self.n} drop\n"
+                     f"add rule {k} services jump {c}\n")
+            self.extra.append(c)
+            return f"chain {c} added, jumped to from services"
+        if kind == "chain-":
+            c = self.extra.pop(self.rnd.randrange(len(self.extra)))
+            h = subprocess.run(["ip", "netns", "exec", self.ns.name, "nft", "-a", "list",
+                                "chain", "ip", "kube-proxy", "services"], capture_output=True,
+                               text=True, check=True).stdout
+            handle = next(x.rsplit(" ", 1)[1] for x in h.splitlines() if f"jump {c} " in
+                          x + " ")
+            self.nft(f"delete rule {k} services handle {handle}\ndelete chain {k} {c}\n")
+            return f"chain {c} deleted"
+        if kind == "set":
+            if self.sets and self.rnd.random() < 0.4:
+                s = self.sets.pop()
+                self.nft(f"flush set {k} {s}\ndelete set {k} {s}\n")
+                return f"set {s} deleted"
+            s = self.sets[-1] if self.sets and self.rnd.random() < 0.5 else f"allow-{self.n}"
+            if s not in self.sets:
+                self.nft(f"add set {k} {s} {{ type ipv4_addr ; flags interval ; }}\n")
+                self.sets.append(s)
+            self.nft(f"add element {k} {s} {{ 10.{self.n % 250}.0.0/16, "
+                     f"192.168.{self.n % 250}.7 }}\n")
+            return f"elements into set {s}"
+        if kind == "anon":
+            self.nft(f"add rule {k} filter-input ip saddr {{ 10.9.{self.n % 250}.1, "
+                     f"10.9.{self.n % 250}.2 }} tcp dport {{ 22, {2000 + self.n} }} drop\n")
+            return "a rule with anonymous sets appended to filter-input"
+        if kind == "policy":
+            pol = self.rnd.choice(["drop", "accept"])
+            self.nft(f"chain inet host input {{ policy {pol} ; }}\n")
+            return f"inet host input policy {pol}"
+        if kind == "element":
+            ip = f"10.97.{self.n % 250}.{self.rnd.randrange(1, 250)}"
+            self.nft(f"add element {k} service-ips {{ {ip} . tcp . 443 : goto reject-chain }}\n"
+                     f"add element {k} cluster-ips {{ {ip} }}\n")
+            return f"service-ips / cluster-ips element {ip} added"
+        self.nft("reset counters\n" if self.rnd.random() < 0.5 else
+                 f"add rule {k} filter-input counter\n")
+        return "counters"
+
+
+def _run(lab, steps_n: int, seed: int, broken: bool = False) -> tuple[list[str], int, int]:
+    from bench.nodeshape import kube_proxy_nft_text
+
+    ns = lab.netns("nftsplice")
+    r = subprocess.run(["ip", "netns", "exec", ns.name, "nft", "-f", "-"],
+                       input=kube_proxy_nft_text(RULES), text=True, capture_output=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-1500:]
+    steps = Steps(lab, ns, random.Random(seed))
+    saves = NftSaves()
+    native = nftsplice.NativeTables()
+
+    def read(label: str) -> list[str]:
+        saves.begin()
+        changes = saves.changes
+        if broken and changes is not None:  # the deliberately broken splice: no set events
+            changes = {c for c in changes if c[1] != "set"}
+        diffs = []
+        listed = [t for t in list_tables() or [] if t[0] in ("ip", "ip6", "inet")]
+        native.retain(listed)
+        for fam, name in listed:
+            got = native.read(fam, name, 10**6, changes, saves.plan_gen)
+            assert isinstance(got, nftnl.TableRead), got
+            fresh = nftnl.read_table(fam, name)
+            text = subprocess.run(["nft", "-s", "-j", "list", "table", fam, name],
+                                  capture_output=True, text=True, check=True).stdout
+            diffs += _model_diffs(f"{label}: {fam} {name}", got, fresh,
+                                  parse_nft_json(text, source="nft -j"))
+        return diffs
+
+    diffs: list[str] = []
+    with ThreadPoolExecutor(1, initializer=setns, initargs=(ns.name,)) as pool:
+        diffs += pool.submit(read, "first read").result(60)
+        fulls = native.full_reads
+        for n in range(steps_n):
+            what = steps.step()
+            diffs += pool.submit(read, f"step {n}: {what}").result(60)
+        what = steps.step("element")
+        diffs += pool.submit(read, f"last step: {what}").result(60)
+        loop_fulls = native.full_reads - fulls
+        # a new table is read in full (nothing kept), and the others still splice
+        steps.nft("add table ip extra\nadd chain ip extra c\nadd rule ip extra c drop\n")
+        diffs += pool.submit(read, "a new table").result(60)
+        # a table event (its comment changed) cannot be spliced: read in full
+        before = native.full_reads
+        steps.nft("delete table ip extra\nadd table ip extra\nadd chain ip extra c\n")
+        diffs += pool.submit(read, "a table deleted and made again").result(60)
+        if not broken:
+            assert native.full_reads > before, "a table event was spliced"
+    saves.close()
+    print("not spliced:", native.why)
+    return diffs, native.splices, loop_fulls
+
+
+def test_spliced_native_read_equals_fresh_read_and_nft_j(lab) -> None:
+    diffs, spliced, fulls = _run(lab, 36, seed=2217)
+    assert not diffs, "\n".join(diffs[:20])
+    assert spliced >= 30 and fulls <= 2, f"{spliced} table reads spliced, {fulls} full"
+
+
+def test_a_splice_that_ignores_set_events_is_caught(lab) -> None:
+    diffs, _s, _f = _run(lab, 10, seed=99, broken=True)
+    assert any("set" in d for d in diffs), "the broken splice went unnoticed"
