@@ -276,11 +276,14 @@ class NftSaves:
             self.plan_gen is not None and now is not None else None
         self.gen = self.plan_gen = now
         if after is None:
+            self.changes = None  # the native tables, read after these, read in full
             self.plan = {}  # the families not read yet save in full
             for fam in self._read_now - {family}:  # and those read, next cycle
                 self.states[fam] = None
                 self._rebase.pop(fam, None)
             return None
+        if self.changes is not None:  # the native tables are read after these families
+            self.changes |= set().union(*(t.changes for t in after))
         mine: set[tuple[str, str]] | None = set()
         for fam, more in _plan(after).items():
             if fam == family:
