@@ -21,6 +21,7 @@ import nodeward.collect.nfchanges as nc
 from nodeward.collect import iptdigest
 from nodeward.collect.iptdigest import DigestSaves, changed, rule_bytes
 from nodeward.collect.ruleset import run_local
+from nodeward.ruleset.iptables import parse_iptables_save
 from tests.integration.test_ruleset_splice_lab import _base, _norm
 from tests.lab import setns
 
@@ -90,6 +91,8 @@ def _run(lab, steps: int, seed: int) -> tuple[list[str], DigestSaves]:
     def read():
         saves.begin()
         got = saves.read(4, lambda: run_local(["iptables-nft-save"], lines=True), run_local)
+        if got is not None:  # as the collector does: the parse becomes the splice's state
+            saves.parsed(4, parse_iptables_save(got, frontend="iptables-nft", family=4))
         return got, run_local(["iptables-nft-save"], lines=True)
 
     diffs = []

@@ -161,6 +161,7 @@ class DigestSaves(NftSaves):
         self.digests: dict[int, Digests | None] = {}
         self.digest_reads = 0  # reads decided by digests, not events
         self._first: set[int] = set()
+        self._baseline: set[int] = set()  # families to digest when their parse comes
 
     def read(self, family: int, full: Callable[[], Lines | None],
              run: Runner) -> Lines | None:
@@ -177,9 +178,15 @@ class DigestSaves(NftSaves):
         self.digests[family] = None
         lines = super().read(family, full, run)
         if family in self._first and lines is not None and self.plan_gen is not None:
-            self._digest_now(family)  # the baseline for the next full rewrite
+            self._baseline.add(family)  # digested once its parse is the state: parsed()
         self._first.add(family)
         return lines
+
+    def parsed(self, family: int, tables) -> None:
+        super().parsed(family, tables)
+        if family in self._baseline:
+            self._baseline.discard(family)
+            self._digest_now(family)  # the baseline for the next full rewrite
 
     def _digest_now(self, family: int) -> Digests | None:
         state = self.states.get(family)
@@ -212,4 +219,5 @@ class DigestSaves(NftSaves):
             return None
         self.digests[family] = new
         self.digest_reads += 1
+        self._rebase[family] = True  # parsed() keeps the parse of these lines
         return render(state)
