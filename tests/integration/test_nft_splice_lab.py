@@ -210,3 +210,50 @@ def test_spliced_native_read_equals_fresh_read_and_nft_j(lab) -> None:
 def test_a_splice_that_ignores_set_events_is_caught(lab) -> None:
     diffs, _s, _f = _run(lab, 10, seed=99, broken=True)
     assert any("set" in d for d in diffs), "the broken splice went unnoticed"
+
+
+@pytest.mark.skipif(not shutil.which("iptables-nft"), reason="needs iptables-nft")
+def test_a_native_write_during_the_iptables_read_reaches_the_native_splice(lab) -> None:
+    """kube-proxy (nftables mode) syncs while the iptables-nft part is re-read: the
+    iptables splice takes the transactions committed meanwhile to read its chains again;
+    the native tables, read after it, must see those transactions' changes too (a native
+    change lost there stays invisible until its chain is written again)."""
+    from bench.nodeshape import kube_proxy_nft_text
+
+    from nodeward.collect.ruleset import run_local
+    from nodeward.ruleset.iptables import parse_iptables_save
+
+    ns = lab.netns("nftsplice-race")
+    steps = Steps(lab, ns, random.Random(5))
+    steps.nft(kube_proxy_nft_text(RULES))
+    lab.sh("iptables-nft", "-N", "KUBE-FIREWALL", ns=ns)
+    saves, native = NftSaves(), nftsplice.NativeTables()
+    ip = "10.97.200.9"
+    wrote: list[str] = []
+
+    def run(argv):  # the -S read of the iptables chain: kube-proxy writes meanwhile
+        if "-S" in argv and not wrote:
+            steps.nft(f"add element ip kube-proxy service-ips {{ {ip} . tcp . 443 : "
+                      "goto reject-chain }\n")
+            wrote.append(ip)
+        return run_local(argv)
+
+    def cycle() -> list[str]:
+        saves.begin()
+        got = saves.read(4, lambda: run_local(["iptables-nft-save"], lines=True), run)
+        saves.parsed(4, parse_iptables_save(got, frontend="iptables-nft", family=4))
+        out = native.read(*KP, 10**6, saves.changes, saves.plan_gen)
+        fresh = nftnl.read_table(*KP)
+        text = subprocess.run(["nft", "-s", "-j", "list", "table", *KP],
+                              capture_output=True, text=True, check=True).stdout
+        return _model_diffs("cycle", out, fresh, parse_nft_json(text, source="nft -j"))
+
+    with ThreadPoolExecutor(1, initializer=setns, initargs=(ns.name,)) as pool:
+        assert pool.submit(cycle).result(60) == []
+        lab.sh("iptables-nft", "-A", "KUBE-FIREWALL", "-p", "tcp", "--dport", "1", "-j",
+               "DROP", ns=ns)
+        diffs = pool.submit(cycle).result(60)
+    saves.close()
+    assert wrote, "the iptables read did not re-read a chain (no -S): nothing was tested"
+    assert not diffs, "\n".join(diffs[:10])
+    assert native.splices >= 1, native.why
