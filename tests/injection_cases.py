@@ -13,7 +13,8 @@ ISSUE_NAMES = [
     'x" ; flush ruleset ; #',
     "x\nCOMMIT\n*filter\n-P INPUT ACCEPT",
 ]
-ISSUE_IFACES = ['cali"; flush ruleset; "', "cali+\n-F", "eth0 -j ACCEPT", "*", "a/b", "x\x00"]
+ISSUE_IFACES = ['cali"; flush ruleset; "', "cali+\n-F", "eth0 -j ACCEPT", "*", "a/b", "x\x00",
+                "-F", "-X*"]  # hypothesis found "-F" rendered as `-i -F`
 #: Characters and tokens with a meaning to one of the two parsers.
 NASTY = [*"\"'\\;{}#\n\r\x00\t -/*+:.@$`|&<>!=,",
     "-j", "-g", "-F", "-X", "-P", "COMMIT", "*filter", "ACCEPT", "flush ruleset", "table",

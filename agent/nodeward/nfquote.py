@@ -55,6 +55,12 @@ def check_ifglob(value: object, where: str) -> str:
     if bad:
         raise UnsafeText(f"{where}: {value!r} has {bad[0]!r}: an interface pattern may hold "
                          "letters, digits, '.', '_', '-', '@' and one trailing '*'")
+    if body.startswith("-"):
+        # iptables' own getopt takes `-i -F` as an interface named -F (tried), but a word
+        # that reads as an option is one mistake away from being one, in every tool that
+        # tokenises these rules; no CNI names its interfaces so
+        raise UnsafeText(f"{where}: {value!r} starts with '-': an interface pattern must "
+                         "start with a letter, digit, '.', '_' or '@'")
     if len(body) > IFNAME_MAX or body in (".", ".."):
         raise UnsafeText(f"{where}: {value!r} is not a possible interface name (at most "
                          f"{IFNAME_MAX} characters, not '.' or '..')")
