@@ -11,6 +11,7 @@ here, so CI runs it whole too."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -39,19 +40,19 @@ VARIANTS4 = """*filter
 :A-CHAIN - [0:0]
 :B-CHAIN - [0:0]
 -A INPUT -s 10.0.0.0/8 ! -d 192.168.1.1/32 -i eth+ -p tcp -m tcp ! --sport 1000:2000 --dport 22 -j ACCEPT
--A INPUT ! -s 10.1.0.0/255.0.255.0 ! -i lo -o wg0 ! -p udp -j DROP
+-A FORWARD ! -s 10.1.0.0/255.0.255.0 ! -i lo -o wg0 ! -p udp -j DROP
 -A INPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -j A-CHAIN
 -A INPUT -p tcp -m tcp ! --tcp-flags ALL NONE --tcp-option 7 -g B-CHAIN
 -A INPUT -f -j DROP
--A INPUT ! -f -p 47 -j ACCEPT
+-A INPUT ! -f -p sctp -j ACCEPT
 -A INPUT -p udp -m udp --sport 53 ! --dport 1024:65535 -j RETURN
 -A INPUT -p tcp -m multiport ! --sports 1,2:5,80 -j ACCEPT
 -A INPUT -p udp -m multiport --ports 53,67:68 -j ACCEPT
 -A INPUT -m conntrack ! --ctstate INVALID,NEW,UNTRACKED,SNAT,DNAT --ctproto 6 --ctorigsrc 10.0.0.0/8 ! --ctorigdst 10.0.0.1 --ctreplsrc 1.2.3.4/16 --ctrepldst 5.6.7.8 -j ACCEPT
--A INPUT -m conntrack --ctorigsrcport 10 ! --ctorigdstport 20:30 --ctreplsrcport 40 --ctrepldstport 50 --ctstatus SEEN_REPLY,ASSURED --ctexpire 5:10 --ctdir REPLY -j ACCEPT
+-A INPUT -m conntrack --ctstatus SEEN_REPLY,ASSURED --ctexpire 5:10 --ctdir REPLY -j ACCEPT
 -A INPUT -m conntrack --ctstatus NONE --ctexpire 7 --ctdir ORIGINAL -j ACCEPT
 -A INPUT -m addrtype ! --src-type LOCAL,BROADCAST --dst-type UNICAST --limit-iface-in -j ACCEPT
--A INPUT -m addrtype --dst-type MULTICAST,BLACKHOLE --limit-iface-out -j ACCEPT
+-A OUTPUT -m addrtype --dst-type MULTICAST,BLACKHOLE --limit-iface-out -j ACCEPT
 -A INPUT -m mark --mark 0x1 -m mark ! --mark 0x4000/0xc000 -j ACCEPT
 -A INPUT -m statistic --mode nth --every 3 --packet 1 -j ACCEPT
 -A INPUT -m statistic --mode random ! --probability 0.25 -j ACCEPT
@@ -74,7 +75,6 @@ VARIANTS4 = """*filter
 -A INPUT -j LOG --log-prefix "in: " --log-level 6 --log-tcp-sequence --log-tcp-options --log-ip-options --log-uid
 -A INPUT -j LOG
 -A INPUT -j NFLOG --nflog-prefix "x y" --nflog-group 5 --nflog-size 100
--A INPUT -j NFLOG --nflog-range 64
 -A INPUT -j MARK --set-xmark 0x10/0xff
 -A INPUT -j MARK --xor-mark 0x4
 -A INPUT -j MARK --set-mark 0x1
@@ -129,7 +129,14 @@ COMMIT
 def _inputs() -> list[tuple[str, str, int]]:
     """(name, text, family) of every ruleset to load."""
     out = [("generated-kube-proxy", kube_proxy_dump(300, 3000, hardened=True), 4),
-           ("variants", VARIANTS4, 4), ("variants6", VARIANTS6, 6)]
+           ("variants", VARIANTS4, 4), ("variants6", VARIANTS6, 6),
+           # a protocol the save names through /etc/protocols: left to the tool
+           ("gre", "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                   "-A PREROUTING -p 47 -j ACCEPT\nCOMMIT\n", 4),
+           # conntrack's port options (their byte order differs by option): left to the tool
+           ("ctports", "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                       "-A PREROUTING -m conntrack --ctorigsrcport 10 ! --ctorigdstport 20:30"
+                       " --ctreplsrcport 40 -j ACCEPT\nCOMMIT\n", 4)]
     if rw.available() is None:
         files = [(p, f) for p, f in rw.ipt_files()
                  if rw.rel(p) not in ("ipt/issues/omr-1940-wrapped-paste.iptables",)]
@@ -151,7 +158,10 @@ def _compare(pool, ns, fam: int) -> list[tuple[str, str, object]]:
             d = xtables.table_lines(fam, name)
         except xtdecode.Undecodable as e:
             return None, str(e), ""
-        got = [d[i] for i in range(len(d))]
+        try:
+            got = [d[i] for i in range(len(d))]
+        except xtdecode.Undecodable as e:  # found while printing (the collector falls back)
+            return None, f"late: {e}", ""
         return got, d.digest, xtables.table_digest(fam, name).digest
 
     out = []
@@ -186,9 +196,15 @@ def _run(lab):
                         text="".join(f"*{t}\nCOMMIT\n" for t in names))
             for cmd in rw.ipt_objects(text, fam):
                 _sh(ns, *cmd)
+            # kube-proxy's saved node dump prints `--nfacct-name  NAME` (two spaces)
+            for name in dict.fromkeys(re.findall(r"--nfacct-name\s+(\S+)", text)):
+                _sh(ns, "nfacct", "add", name)
             r = _sh(ns, restore, text=text)
             if r.returncode != 0:
                 stats["files the kernel refused"] += 1
+                reasons[f"refused: {label}"] += 1
+                if any(m in label for m in MUST_DECODE):
+                    must.append((label, "refused by iptables-legacy-restore", r.stderr))
                 continue
             stats["files loaded"] += 1
             for table, kind, detail in _compare(pool, ns, fam):
@@ -206,10 +222,13 @@ def test_decode_equals_the_real_save_or_falls_back(lab):
     if rw.available() is not None and os.environ.get("CI") == "true":
         pytest.fail(rw.available())
     stats, reasons, mismatches, must = _run(lab)
-    print(f"\nlegacy decode vs iptables-legacy-save: {dict(stats)}; fallbacks by reason: "
+    print(f"\nlegacy decode vs iptables-legacy-save: {dict(stats)}; fallbacks (and refused "
+          "files) by reason: "
           f"{dict(reasons.most_common())}")
     assert not mismatches, mismatches[:5]
     assert not must, must
+    assert reasons["protocol 47"] == 1  # the raw table of "gre"
+    assert reasons["late: conntrack port options"] == 1  # found while printing
     assert stats["tables decoded"] >= 10 and stats["files loaded"] >= 3
     if rw.available() is None:
         assert stats["files loaded"] >= 300 and stats["tables decoded"] >= 1000

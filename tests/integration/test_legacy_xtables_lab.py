@@ -178,3 +178,24 @@ def test_a_big_table_is_not_held_but_decoded_again(lab, monkeypatch) -> None:
 def collect_ruleset_fresh(pool: ThreadPoolExecutor, max_rules: int):
     return pool.submit(lambda: collect_ruleset(run_local, ParseCache(), probes=LIVE,
                                                max_rules=max_rules)).result(60)
+
+
+def test_a_table_the_decoder_does_not_print_is_read_by_the_save(lab, monkeypatch) -> None:
+    """Found at layout (an unknown target) or only while printing (conntrack's port
+    options): either way that table alone falls back to its save, the others decode."""
+    ns = lab.netns("xtf")
+    restore(ns, DUMP)
+    restore(ns, "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A PREROUTING -m "
+                "conntrack --ctorigdstport 20:30 -j ACCEPT\nCOMMIT\n*mangle\n"
+                ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n"
+                ":OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A PREROUTING -p tcp -j "
+                "TPROXY --on-port 1 --tproxy-mark 0x1/0x1\nCOMMIT\n")
+    spawned = Spawned(monkeypatch)
+    with ThreadPoolExecutor(1, initializer=setns, initargs=(ns.name,)) as pool:
+        rs = pool.submit(lambda: collect_ruleset(run_local, ParseCache(), probes=LIVE)).result(60)
+    assert sorted(spawned.saves()) == ["iptables-legacy-save -t mangle",
+                                       "iptables-legacy-save -t raw"]
+    assert not rs.problems
+    raw = next(t for t in rs.tables if t.name == "raw")
+    assert "--ctorigdstport 20:30" in raw.chains["PREROUTING"].rules[0].text
+    assert {t.name for t in rs.tables} >= {"filter", "nat", "raw", "mangle"}

@@ -956,7 +956,7 @@ def _decoded(r: _Reader, probes: Probes, family: int, name: str,
              cmd: str) -> list[Table] | None:
     """A changed legacy table decoded from its blob in-process (no child) and parsed as
     the blob is given back; None: not decodable here, the save reads it (noted)."""
-    from . import xtables
+    from . import xtables, xtdecode
 
     key = f"{cmd} -t {name}"
     dec = probes.legacy_lines(family, name)
@@ -966,17 +966,22 @@ def _decoded(r: _Reader, probes: Probes, family: int, name: str,
         r.notes.append(f"iptables-legacy table {name} (IPv{family}) read with `{key}`: "
                        f"the in-process decode does not print it ({dec})")
         return None
-    r.answered += 1
     if r.rules + dec.rules > r.max_rules:  # grew past it since the digest
         dec.close()
+        r.answered += 1
         r.problems.append(Problem(cmd, (
             f"{key}: {dec.rules:,} rules would pass the ceiling of {r.max_rules:,} "
             f"(firewall_max_rules; {r.rules:,} read before it): not evaluated")))
         return []
     try:
         tables = _legacy_parser(cmd, family)(dec)
+    except xtdecode.Undecodable as e:  # a value found only while printing: the save reads it
+        r.notes.append(f"iptables-legacy table {name} (IPv{family}) read with `{key}`: "
+                       f"the in-process decode does not print it ({e})")
+        return None
     finally:
         dec.close()
+    r.answered += 1
     r.rules += dec.rules
     r.digests.append((key, dec.digest))
     if r.cache is not None and dec.rules <= LEGACY_HOLD_MAX_RULES:

@@ -5,8 +5,10 @@ entries are printed, so the blob and the parse of its lines never coexist whole.
 
 Only the matches and targets kube-proxy, flannel and k3s rulesets use are printed, each as
 iptables 1.8's extension `save` function prints it (libxt_*.c); an entry whose match or
-target name or revision is not here raises Undecodable and the caller reads that table with
-the real tool instead: a line is printed exactly, or not at all (never a guess).
+target name or revision is not here raises Undecodable (in layout(), before any line; a
+value inside a known one that is not printed here, e.g. conntrack's port options, while
+printing) and the caller reads that table with the real tool instead: a line is printed
+exactly, or not at all (never a guess).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ _HEAD = struct.Struct("=H29sB")  # xt_entry_match / xt_entry_target: size, name,
 #: invflags (ipt_ip / ip6t_ip6)
 _INV_IN, _INV_OUT, _INV_SRC, _INV_DST, _INV_FRAG, _INV_PROTO = 0x01, 0x02, 0x08, 0x10, 0x20, \
     0x40
-#: xtables_chain_protos (iptables-save prints these names, other protocols as numbers)
+#: xtables_chain_protos (iptables-save prints these names; others as /etc/protocols names
+#: them, which the decode leaves to the tool)
 _PROTOS = {6: "tcp", 132: "sctp", 17: "udp", 136: "udplite", 1: "icmp", 58: "ipv6-icmp",
            50: "esp", 51: "ah", 135: "mh"}
 #: standard verdicts (-NF_x - 1)
@@ -185,17 +188,15 @@ def _conntrack(rev: int) -> Callable[[bytes, int], str]:
     def save(d: bytes, family: int) -> str:
         n = 16 if family == 6 else 4
         addrs = [d[i * 16:i * 16 + n] for i in range(8)]
-        emin, emax, l4, osp, odp, rsp, rdp, mflags, iflags = struct.unpack_from(
-            "=IIH4HHH", d, 128)
-        osp, odp, rsp, rdp = (socket.ntohs(x) for x in (osp, odp, rsp, rdp))
+        emin, emax, l4, mflags, iflags = struct.unpack_from("=IIH8xHH", d, 128)
         if rev == 1:
             state, status = d[150], d[151]
-            highs = (0, 0, 0, 0)
         else:
             state, status = struct.unpack_from("=HH", d, 150)
-            highs = struct.unpack_from("=4H", d, 154) if rev == 3 else (0, 0, 0, 0)
         if mflags & (1 << 13):
             raise Undecodable("-m state alias")
+        if mflags & 0xF00:  # --ctorigsrcport etc.: their byte order differs by option
+            raise Undecodable("conntrack port options")
         out = ""
         if mflags & 1:
             out += f"{_neg(iflags & 1)} --ctstate " + ",".join(
@@ -209,13 +210,6 @@ def _conntrack(rev: int) -> Callable[[bytes, int], str]:
                 mask = "" if bits == n * 8 else f"/{bits}" if bits is not None else \
                     f"/{_addr(family, addrs[i + 1])}"
                 out += f"{_neg(iflags & bit)} --{opt} {_addr(family, addrs[i])}{mask}"
-        for bit, opt, lo, hi in ((1 << 8, "ctorigsrcport", osp, highs[0]),
-                                 (1 << 9, "ctorigdstport", odp, highs[1]),
-                                 (1 << 10, "ctreplsrcport", rsp, highs[2]),
-                                 (1 << 11, "ctrepldstport", rdp, highs[3])):
-            if mflags & bit:
-                rng = f"{lo}" if hi in (0, lo) else f"{lo}:{hi}"
-                out += f"{_neg(iflags & bit)} --{opt} {rng}"
         if mflags & 64:
             out += f"{_neg(iflags & 64)} --ctstatus " + (",".join(
                 s for b, s in _CT_STATUS if status & b) or "NONE")
@@ -516,6 +510,9 @@ def layout(mm, base: int, size: int, family: int, hooks: tuple[int, ...],
         tgt, nxt = _U16.unpack_from(mm, p + t_at)
         if nxt < least or off + nxt > size or tgt > nxt or tgt < least:
             raise Undecodable("the blob does not walk")
+        (proto,) = _U16.unpack_from(mm, p + (80 if family == 4 else 128))[:1]
+        if proto and proto not in _PROTOS:
+            raise Undecodable(f"protocol {proto}")
         q = p + least
         while q < p + tgt:  # matches
             msize, mname, mrev = _HEAD.unpack_from(mm, q)
@@ -630,7 +627,10 @@ def _rule(mm, p: int, off: int, tgt: int, nxt: int, family: int, hdr: struct.Str
     out += _iface("i", inif, inm, bool(inv & _INV_IN))
     out += _iface("o", outif, outm, bool(inv & _INV_OUT))
     if proto:
-        out += f"{_neg(inv & _INV_PROTO)} -p {_PROTOS.get(proto, proto)}"
+        pname = _PROTOS.get(proto)
+        if pname is None:  # the save asks getprotobynumber (/etc/protocols, NSS): not us
+            raise Undecodable(f"protocol {proto}")
+        out += f"{_neg(inv & _INV_PROTO)} -p {pname}"
     if family == 4 and flags & 0x01:
         out += f"{_neg(inv & _INV_FRAG)} -f"
     q = p + least
