@@ -161,62 +161,71 @@ class DigestSaves(NftSaves):
         self.digests: dict[int, Digests | None] = {}
         self.digest_reads = 0  # reads decided by digests, not events
         self._first: set[int] = set()
-        self._baseline: set[int] = set()  # families to digest when their parse comes
+        self._last_failure = ""
 
     def read(self, family: int, full: Callable[[], Lines | None],
              run: Runner) -> Lines | None:
         state = self.states.get(family)
         old = self.digests.get(family)
         if state is not None and self.plan.get(family) is None and old is not None:
-            got = self._by_digest(family, state, old, run)
-            if got is not None:
-                return got
+            for _ in range(2):  # a write during the read: once more, then a save
+                got = self._by_digest(family, state, old, run)
+                if got is not None:
+                    return got
+                if self.digests.get(family) is None and got is None and \
+                        self._last_failure != "moved":
+                    break
         if self.plan.get(family) is not None:  # events decide (and digests go stale)
             if self.plan[family]:
                 self.digests[family] = None
             return super().read(family, full, run)
         self.digests[family] = None
+        if family not in self._first or state is None:
+            self._first.add(family)
+            return super().read(family, full, run)
+        # the baseline for the next full rewrite, taken before the save and kept when no
+        # write came between the two
+        before = nfgen.generation_id()
+        base = self._digests(family, state)
         lines = super().read(family, full, run)
-        if family in self._first and lines is not None and self.plan_gen is not None:
-            self._baseline.add(family)  # digested once its parse is the state: parsed()
-        self._first.add(family)
+        if base is not None and lines is not None and before is not None and \
+                nfgen.generation_id() == before and set(base) == {
+                    x[1:] for x in lines if x.startswith("*")}:
+            self.digests[family] = base
         return lines
 
-    def parsed(self, family: int, tables) -> None:
-        super().parsed(family, tables)
-        if family in self._baseline:
-            self._baseline.discard(family)
-            self._digest_now(family)  # the baseline for the next full rewrite
-
-    def _digest_now(self, family: int) -> Digests | None:
-        state = self.states.get(family)
-        if state is None:
-            return None
+    def _digests(self, family: int, tables) -> Digests | None:
         try:
-            got, torn = chain_digests("ip" if family == 4 else "ip6", state)
+            got, torn = chain_digests("ip" if family == 4 else "ip6", tables)
         except NetlinkReadFailed:
             return None
-        if torn or nfgen.generation_id() != self.plan_gen:
-            return None
-        self.digests[family] = got
-        return got
+        return None if torn else got
 
     def _by_digest(self, family: int, state, old: Digests, run: Runner) -> Lines | None:
+        """The save by digests, consistent at one generation id; None (and why in
+        _last_failure: "moved" when a write came during it) when it cannot be."""
         self.digests[family] = None
-        new = None
-        try:
-            new, torn = chain_digests("ip" if family == 4 else "ip6", state)
-        except NetlinkReadFailed:
-            return None
-        if torn or nfgen.generation_id() != self.plan_gen:
+        self._last_failure = "other"
+        before = nfgen.generation_id()
+        new = self._digests(family, state)
+        if new is None or before is None:
+            self._last_failure = "moved" if new is None else "other"
             return None
         todo = changed(old, new)
         if todo is None or len(todo) > MAX_CHAINS:
             return None
-        if todo and not self._splice(family, state, todo, run):
+        if nfgen.generation_id() != before:
+            self._last_failure = "moved"
+            self.digests[family] = old
             return None
-        if nfgen.generation_id() != self.plan_gen:
+        work = {t: x.copy() for t, x in state.items()}
+        if todo and not self._splice(family, work, todo, run):
             return None
+        if nfgen.generation_id() != before:
+            self._last_failure = "moved"
+            self.digests[family] = old
+            return None
+        state.update(work)
         self.digests[family] = new
         self.digest_reads += 1
         self._rebase[family] = True  # parsed() keeps the parse of these lines

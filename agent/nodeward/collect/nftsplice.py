@@ -123,6 +123,9 @@ class NativeTables:
         `changes`: every change since the last read, at generation `gen` (None: unknown)."""
         key = (family, name)
         kept = self.kept.pop(key, None)  # (a failed read keeps nothing)
+        if kept is not None and kept.rules > max_rules:
+            kept = None  # the ceiling moved below it (other front-ends grew): the full
+            # read reports it
         if kept is not None and changes is not None and gen is not None:
             mine = {(kind, obj) for fam, kind, table, obj in changes
                     if fam == family and table == name}
