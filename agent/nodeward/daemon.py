@@ -10,9 +10,10 @@ and says why); SIGTERM/SIGINT finish the current cycle and exit 0.
 
 from __future__ import annotations
 
+import select
 import signal
+import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -88,7 +89,12 @@ class Agent:
         self.attempts = 0
         self.last_ok = 0.0
         self.last_error = ""
-        self._wake = threading.Event()
+        # the sleep between cycles ends on a signal through this pair: a signal handler
+        # must take no lock (a threading.Event's, taken by a handler that interrupted
+        # the main thread inside that Event's wait/clear, hung the daemon for good)
+        self._wake_r, self._wake_w = socket.socketpair()
+        for s in (self._wake_r, self._wake_w):
+            s.setblocking(False)
         self._stop = False
         self._reload = False
         self.applied_once = False
@@ -422,11 +428,21 @@ class Agent:
 
     # -- loop -------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        """Flags only: the C-level handler has already written to the wakeup socket."""
         if signum == signal.SIGHUP:
             self._reload = True
         else:
             self._stop = True
-        self._wake.set()
+
+    def _sleep(self, seconds: float) -> None:
+        """Until the next cycle, or a signal (set_wakeup_fd's byte; a flag set before)."""
+        if not (self._stop or self._reload):
+            select.select([self._wake_r], [], [], seconds)
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
 
     def run(self, max_cycles: int | None = None) -> int:
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
@@ -443,6 +459,7 @@ class Agent:
         self.log.info("daemon_started", config=self.cfg.source, mode=self.cfg.mode,
                       interval=self.cfg.interval, status_address=self.status.address)
         self._recover_rollback()
+        old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         try:
             while not self._stop:
                 if self._reload:
@@ -457,9 +474,9 @@ class Agent:
                     self.log.error("scan_failed", error=self.last_error)
                 if max_cycles is not None and self.attempts >= max_cycles:
                     break
-                self._wake.wait(self.cfg.interval)
-                self._wake.clear()
+                self._sleep(self.cfg.interval)
         finally:
+            signal.set_wakeup_fd(old_wakeup)
             self.log.info("daemon_stopping", cycles=self.cycles)
             if self.sink is not None:
                 self.sink.close()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import select
 import signal
+import socket
 import sys
-import threading
 
 from ..config import Config
 from . import seconds_arg
@@ -45,11 +46,15 @@ def cmd_relay(args: argparse.Namespace, cfg: Config) -> int:
         print(f"nodeward relay: cannot serve on {host}:{port} with {args.cert}: {e}",
               file=sys.stderr)
         return 2
-    done = threading.Event()
+    # woken through a socket the C-level handler writes to: a Python handler that set a
+    # threading.Event could find its lock held by the very wait it interrupted
+    wake_r, wake_w = socket.socketpair()
+    wake_w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+        signal.signal(sig, lambda *_: None)
     print(f"nodeward relay: serving on https://{host}:{relay.server.port}", flush=True)
-    done.wait()
+    select.select([wake_r], [], [])
     relay.stop()
     return 0
 
