@@ -204,16 +204,27 @@ def _read(sk: DumpSocket, family: str, fam: int, name: str, tname: bytes, h: Any
             continue
         info = set_info(a, h)
         sets[info.name] = info
+    out_sets = {}
+    named = {}
     for info in sets.values():
         fetch_elems(sk, fam, tname, info, h)
+        if info.anonymous:
+            continue  # (a rule's listing shows its elements)
+        # modelled at once and its nft -j elements dropped: kube-proxy's maps hold
+        # thousands, and all of them waiting for the rules were ~9 MB of the read's peak
+        out_sets[f"nft:{family}:{name}:{info.name}"] = out_set(family, name, info)
+        info.elems = []  # (the IpSet has them)
+        named[info.name] = info
     chains: dict[str, Any] = {}
     for _f, msg in sk.dump(GETCHAIN, fam, _nla(1, tname)):
         a = attrs(msg)
         if text_attr(a.get(1)) != name:
             continue
         c = chain_info(family, name, a)
-        chains[c["name"]] = c
         h.update(repr(sorted(c.items())).encode())
+        # a user chain is its name (25,000 of kube-proxy's: a dict each was ~4 MB while
+        # the rules are read)
+        chains[c["name"]] = c if "hook" in c else None
     rules: dict[str, list[Rule]] = {c: [] for c in chains}
     n = 0
 
@@ -231,13 +242,6 @@ def _read(sk: DumpSocket, family: str, fam: int, name: str, tname: bytes, h: Any
             rule_hook(r)
         rules.setdefault(r["chain"], []).append(rule_model(r, setkey, shared))
         del r
-    ch = {cname: chain_model(c, tuple(rules.get(cname, ()))) for cname, c in chains.items()}
-    out_sets = {}
-    named = {}
-    for info in sets.values():
-        if info.anonymous:
-            continue
-        out_sets[f"nft:{family}:{name}:{info.name}"] = out_set(family, name, info)
-        info.elems = []  # (the IpSet has them)
-        named[info.name] = info
+    ch = {cname: chain_model(c, tuple(rules.get(cname, ()))) if c is not None else
+          Chain(cname, tuple(rules.get(cname, ()))) for cname, c in chains.items()}
     return TableRead((Table("nft", family, name, ch),), out_sets, n, h.hexdigest(), named)
