@@ -195,6 +195,24 @@ def out_set(family: str, name: str, info: SetInfo) -> IpSet:
     return _set(s, key, info.is_map)
 
 
+class _BoundOnce:
+    """The sets as a rule's lookup asks for them, an anonymous set handed out once and
+    then forgotten: the kernel binds one to a single lookup (a second bind is EBUSY), and
+    kube-proxy's numgen vmaps are ~10,000 of them whose elements would otherwise all wait
+    for the end of the rule dump (a second ask would read "set not read": may match)."""
+
+    __slots__ = ("sets",)
+
+    def __init__(self, sets: dict[str, SetInfo]) -> None:
+        self.sets = sets
+
+    def get(self, name: str) -> SetInfo | None:
+        info = self.sets.get(name)
+        if info is not None and info.anonymous:
+            del self.sets[name]
+        return info
+
+
 def _read(sk: DumpSocket, family: str, fam: int, name: str, tname: bytes, h: Any,
           max_rules: int | None, rule_hook) -> TableRead:
     sets: dict[str, SetInfo] = {}
@@ -231,10 +249,11 @@ def _read(sk: DumpSocket, family: str, fam: int, name: str, tname: bytes, h: Any
     def setkey(s: str) -> str:
         return f"nft:{family}:{name}:{s}"
 
+    lookups = _BoundOnce(sets)
     memo: dict[bytes, Any] = {}
     shared: tuple[dict, dict] = ({}, {})  # one object per distinct Match / tuple, as nft -j's
     for _f, msg in sk.dump(GETRULE, fam, _nla(1, tname)):
-        r = decode_rule(family, name, msg, sets, h, memo)
+        r = decode_rule(family, name, msg, lookups, h, memo)  # type: ignore[arg-type]
         n += 1
         if max_rules is not None and n > max_rules:
             raise CeilingPassed(f"more than {max_rules:,} rules")
