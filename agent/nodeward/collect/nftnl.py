@@ -22,6 +22,7 @@ import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any
 
 from ..ruleset.model import Chain, IpSet, Match, Rule, Table
@@ -158,7 +159,9 @@ def set_info(a: dict[int, bytes], h: Any) -> SetInfo:
 
 def chain_info(family: str, name: str, a: dict[int, bytes]) -> dict[str, Any]:
     """A NEWCHAIN message's attributes -> the chain as nft -j lists it (no rules)."""
-    c: dict[str, Any] = {"family": family, "table": name, "name": text_attr(a.get(3))}
+    # interned: the rules jumping to it (Rule.arg, interned) then share the chain's name
+    c: dict[str, Any] = {"family": family, "table": name,
+                         "name": intern(text_attr(a.get(3)))}
     if 4 in a:
         hk = attrs(a[4])
         num = u32_attr(hk.get(1))
