@@ -80,7 +80,7 @@ def _changed_sets(was: dict, now: dict, changed: set) -> set[int]:
         for k in ea.keys() | eb.keys():
             ia, ib = ea.get(k), eb.get(k)
             if ia is None or ib is None or a.elements[ia][1] != b.elements[ib][1]:
-                keys.add(set_key(name, k))
+                keys.add(set_key(name, tuple(lo for lo, _hi in k)))  # (the packet's key)
     return keys
 
 
