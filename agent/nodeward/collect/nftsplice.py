@@ -145,7 +145,7 @@ class NativeTables:
             if got is not None:
                 self.splices += 1
                 self.kept[key] = got
-                give_back()  # (the replaced chains' pages)
+                give_back()  # (the splice's dumps and decoded rules)
                 return got.as_read()
         else:
             self._note("not read before" if kept is None else "changes unknown")
@@ -163,7 +163,7 @@ class NativeTables:
             give_back()
             return e
         # the read's buffers, decoded dicts and memo are freed by now; glibc keeps their
-        # pages between the model's objects unless asked (measured below)
+        # pages between the model's objects unless asked
         give_back()
         self.kept[(family, name)] = _Kept(got.tables[0], got.sets, got.named, got.rules,
                                           got.digest)
