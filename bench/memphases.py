@@ -87,12 +87,14 @@ if TRACE:
 from nodeward import config as config_mod, daemon, snapshot
 from nodeward.collect import ruleset as cr
 from nodeward import checks
+from nodeward.collect import nftnl, nftsplice
 cfg = config_mod.load(CFG)
 agent = daemon.Agent(CFG, cfg, io.StringIO())
 for mod, name in ((snapshot, "collect_interfaces"), (snapshot, "collect_sockets"),
                   (snapshot, "attribute"), (snapshot, "collect_auth"),
                   (snapshot, "read_ruleset"), (cr, "parse_iptables_save"),
                   (cr, "parse_nft_json"), (cr, "digest_lines"), (cr, "digest_dump"),
+                  (nftnl, "read_table"), (nftsplice.NativeTables, "_splice"),
                   (daemon, "run_checks")):
     wrap(mod, name)
 top = []
@@ -156,10 +158,9 @@ def main() -> int:
         ns = lab.netns("mem")
         node_shape(lab, ns, args.listeners, args.established)
         if args.rules:
-            install_ruleset(ns, args.frontend, args.rules)
+            install_ruleset(ns, args.frontend, args.rules, nft_shape="kube-proxy")
         if args.churn:
-            churn(lab, ns, args.frontend if args.frontend != "nft" else "iptables-nft",
-                  args.rules, 10.0)
+            churn(lab, ns, args.frontend, args.rules, 10.0)
         cfg = Path(tmp) / "config.yaml"
         cfg.write_text("node_name: bench\ninterval: 30\nmetrics_address: 127.0.0.1:0\n"
                        "node_cidrs: [10.0.0.0/16]\npod_cidrs: [10.244.0.0/16]\n")

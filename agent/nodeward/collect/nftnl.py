@@ -22,6 +22,7 @@ import hashlib
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any
 
 from ..ruleset.model import Chain, IpSet, Match, Rule, Table
@@ -158,7 +159,9 @@ def set_info(a: dict[int, bytes], h: Any) -> SetInfo:
 
 def chain_info(family: str, name: str, a: dict[int, bytes]) -> dict[str, Any]:
     """A NEWCHAIN message's attributes -> the chain as nft -j lists it (no rules)."""
-    c: dict[str, Any] = {"family": family, "table": name, "name": text_attr(a.get(3))}
+    # interned: the rules jumping to it (Rule.arg, interned) then share the chain's name
+    c: dict[str, Any] = {"family": family, "table": name,
+                         "name": intern(text_attr(a.get(3)))}
     if 4 in a:
         hk = attrs(a[4])
         num = u32_attr(hk.get(1))
@@ -195,6 +198,24 @@ def out_set(family: str, name: str, info: SetInfo) -> IpSet:
     return _set(s, key, info.is_map)
 
 
+class _BoundOnce:
+    """The sets as a rule's lookup asks for them, an anonymous set handed out once and
+    then forgotten: the kernel binds one to a single lookup (a second bind is EBUSY), and
+    kube-proxy's numgen vmaps are ~10,000 of them whose elements would otherwise all wait
+    for the end of the rule dump (a second ask would read "set not read": may match)."""
+
+    __slots__ = ("sets",)
+
+    def __init__(self, sets: dict[str, SetInfo]) -> None:
+        self.sets = sets
+
+    def get(self, name: str) -> SetInfo | None:
+        info = self.sets.get(name)
+        if info is not None and info.anonymous:
+            del self.sets[name]
+        return info
+
+
 def _read(sk: DumpSocket, family: str, fam: int, name: str, tname: bytes, h: Any,
           max_rules: int | None, rule_hook) -> TableRead:
     sets: dict[str, SetInfo] = {}
@@ -204,26 +225,38 @@ def _read(sk: DumpSocket, family: str, fam: int, name: str, tname: bytes, h: Any
             continue
         info = set_info(a, h)
         sets[info.name] = info
+    out_sets = {}
+    named = {}
     for info in sets.values():
         fetch_elems(sk, fam, tname, info, h)
+        if info.anonymous:
+            continue  # (a rule's listing shows its elements)
+        # modelled at once and its nft -j elements dropped: kube-proxy's maps hold
+        # thousands, and all of them waiting for the rules were ~9 MB of the read's peak
+        out_sets[f"nft:{family}:{name}:{info.name}"] = out_set(family, name, info)
+        info.elems = []  # (the IpSet has them)
+        named[info.name] = info
     chains: dict[str, Any] = {}
     for _f, msg in sk.dump(GETCHAIN, fam, _nla(1, tname)):
         a = attrs(msg)
         if text_attr(a.get(1)) != name:
             continue
         c = chain_info(family, name, a)
-        chains[c["name"]] = c
         h.update(repr(sorted(c.items())).encode())
+        # a user chain is its name (25,000 of kube-proxy's: a dict each was ~4 MB while
+        # the rules are read)
+        chains[c["name"]] = c if "hook" in c else None
     rules: dict[str, list[Rule]] = {c: [] for c in chains}
     n = 0
 
     def setkey(s: str) -> str:
         return f"nft:{family}:{name}:{s}"
 
+    lookups = _BoundOnce(sets)
     memo: dict[bytes, Any] = {}
     shared: tuple[dict, dict] = ({}, {})  # one object per distinct Match / tuple, as nft -j's
     for _f, msg in sk.dump(GETRULE, fam, _nla(1, tname)):
-        r = decode_rule(family, name, msg, sets, h, memo)
+        r = decode_rule(family, name, msg, lookups, h, memo)  # type: ignore[arg-type]
         n += 1
         if max_rules is not None and n > max_rules:
             raise CeilingPassed(f"more than {max_rules:,} rules")
@@ -231,13 +264,8 @@ def _read(sk: DumpSocket, family: str, fam: int, name: str, tname: bytes, h: Any
             rule_hook(r)
         rules.setdefault(r["chain"], []).append(rule_model(r, setkey, shared))
         del r
-    ch = {cname: chain_model(c, tuple(rules.get(cname, ()))) for cname, c in chains.items()}
-    out_sets = {}
-    named = {}
-    for info in sets.values():
-        if info.anonymous:
-            continue
-        out_sets[f"nft:{family}:{name}:{info.name}"] = out_set(family, name, info)
-        info.elems = []  # (the IpSet has them)
-        named[info.name] = info
+    del memo, shared, lookups  # (the model holds what it uses)
+    # each chain's list goes as its tuple is made: 25,000 of them never all twice
+    ch = {cname: chain_model(c, tuple(rules.pop(cname, ()))) if c is not None else
+          Chain(cname, tuple(rules.pop(cname, ()))) for cname, c in chains.items()}
     return TableRead((Table("nft", family, name, ch),), out_sets, n, h.hexdigest(), named)

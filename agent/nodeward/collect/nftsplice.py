@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..memtrim import give_back
 from ..ruleset.model import Chain, IpSet, Rule, Table
 from . import nfgen, nftnl
 from .nfchanges import Change
@@ -144,6 +145,7 @@ class NativeTables:
             if got is not None:
                 self.splices += 1
                 self.kept[key] = got
+                give_back()  # (the splice's dumps and decoded rules)
                 return got.as_read()
         else:
             self._note("not read before" if kept is None else "changes unknown")
@@ -158,7 +160,11 @@ class NativeTables:
         try:
             got = nftnl.read_table(family, name, max_rules=max_rules)
         except (nftnl.NetlinkReadFailed, nftnl.CeilingPassed) as e:
+            give_back()
             return e
+        # the read's buffers, decoded dicts and memo are freed by now; glibc keeps their
+        # pages between the model's objects unless asked
+        give_back()
         self.kept[(family, name)] = _Kept(got.tables[0], got.sets, got.named, got.rules,
                                           got.digest)
         return got

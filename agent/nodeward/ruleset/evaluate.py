@@ -314,7 +314,7 @@ def _lookup(ctx: _Ctx, sels: tuple[str, ...], name, p: Packet, named: str = "") 
     if exact is not None:
         if seen is not None:
             seen.add(set_key(named, key))
-        return exact.get(key, -1)
+        return exact.get(tuple((v, v) for v in key), -1)
     try:
         for i, (ranges, _) in enumerate(s.elements):
             if all(lo <= v <= hi for v, (lo, hi) in zip(key, ranges, strict=True)):
