@@ -161,17 +161,7 @@ def _digest_blob(s: socket.socket, info: TableInfo) -> TableDigest:
     total = _GET_HEAD + info.size
     mm = mmap.mmap(-1, max(total, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
-        struct.pack_into("=32sI", mm, 0, info.name.encode()[:31], info.size)
-        cbuf = ctypes.c_char.from_buffer(mm)
-        try:
-            _getsockopt(s, family, SO_GET_ENTRIES, cbuf, total)
-        except OSError as e:
-            if e.errno == errno.EAGAIN:
-                raise BlockingIOError from None
-            raise XtablesUnreadable(f"IPT_SO_GET_ENTRIES for IPv{family} table {info.name}: "
-                                    f"{e.strerror}") from None
-        finally:
-            del cbuf
+        _fetch(s, info, mm)
         nxt, cnt, least = _NEXT[family], _COUNTERS[family], _ENTRY_MIN[family]
         unpack = struct.Struct("=HH").unpack_from
         off, end, n, errors = _GET_HEAD, total, 0, 0
