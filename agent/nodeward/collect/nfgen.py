@@ -160,60 +160,52 @@ class DumpSocket:
         self.seq = 100
         self.interrupted = False
 
-    def dump(self, msg: int, family: int, body: bytes = b"") -> Iterator[tuple[int, bytes]]:
-        """(nfgen family, attributes) of each answer to a dump request."""
+    def _ask(self, msg: int, family: int, body: bytes, flags: int) -> Iterator[tuple]:
+        """Send one request; (type, flags, buffer, offset, length) of each answer to it."""
         self.seq += 1
         seq = self.seq
         payload = _NFGEN.pack(family, 0, 0) + body
         self.sock.send(_HDR.pack(_HDR.size + len(payload), (NFNL_SUBSYS_NFTABLES << 8) | msg,
-                                 NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + payload)
+                                 NLM_F_REQUEST | flags, seq, 0) + payload)
         while True:
             data = self.sock.recv(1 << 17)
             off = 0
             while off + _HDR.size <= len(data):
-                length, mtype, flags, mseq, _p = _HDR.unpack_from(data, off)
+                length, mtype, mflags, mseq, _p = _HDR.unpack_from(data, off)
                 if length < _HDR.size or off + length > len(data):
                     raise NetlinkReadFailed("corrupt netlink message")
                 if mseq == seq:
-                    if mtype == NLMSG_DONE:
-                        return
-                    if mtype == NLMSG_ERROR:
-                        (err,) = struct.unpack_from("=i", data, off + _HDR.size)
-                        if err:
-                            raise NetlinkReadFailed(f"{socket.errno.errorcode.get(-err, err)}"
-                                                    " from the nf_tables dump")
-                        return
-                    if flags & NLM_F_DUMP_INTR:  # a write during the dump (any table)
-                        self.interrupted = True
-                    fam = data[off + _HDR.size]
-                    yield fam, data[off + _HDR.size + 4:off + length]
+                    yield mtype, mflags, data, off, length
                 off += (length + 3) & ~3
             del data
+
+    def dump(self, msg: int, family: int, body: bytes = b"") -> Iterator[tuple[int, bytes]]:
+        """(nfgen family, attributes) of each answer to a dump request."""
+        for mtype, flags, data, off, length in self._ask(msg, family, body, NLM_F_DUMP):
+            if mtype == NLMSG_DONE:
+                return
+            if mtype == NLMSG_ERROR:
+                (err,) = struct.unpack_from("=i", data, off + _HDR.size)
+                if err:
+                    raise NetlinkReadFailed(f"{socket.errno.errorcode.get(-err, err)}"
+                                            " from the nf_tables dump")
+                return
+            if flags & NLM_F_DUMP_INTR:  # a write during the dump (any table)
+                self.interrupted = True
+            yield data[off + _HDR.size], data[off + _HDR.size + 4:off + length]
 
     def get(self, msg: int, family: int, body: bytes) -> bytes | None:
         """The attributes of the one object a GET request names (a chain, a set: the
         kernel looks it up by name, no dump); None when it does not exist (ENOENT)."""
-        self.seq += 1
-        seq = self.seq
-        payload = _NFGEN.pack(family, 0, 0) + body
-        self.sock.send(_HDR.pack(_HDR.size + len(payload), (NFNL_SUBSYS_NFTABLES << 8) | msg,
-                                 NLM_F_REQUEST, seq, 0) + payload)
-        while True:
-            data = self.sock.recv(1 << 17)
-            off = 0
-            while off + _HDR.size <= len(data):
-                length, mtype, _flags, mseq, _p = _HDR.unpack_from(data, off)
-                if length < _HDR.size or off + length > len(data):
-                    raise NetlinkReadFailed("corrupt netlink message")
-                if mseq == seq:
-                    if mtype == NLMSG_ERROR:
-                        (err,) = struct.unpack_from("=i", data, off + _HDR.size)
-                        if err == -2:  # ENOENT
-                            return None
-                        raise NetlinkReadFailed(f"{socket.errno.errorcode.get(-err, err)}"
-                                                " from an nf_tables get")
-                    return data[off + _HDR.size + 4:off + length]
-                off += (length + 3) & ~3
+        for mtype, _flags, data, off, length in self._ask(msg, family, body, 0):
+            if mtype == NLMSG_ERROR:
+                (err,) = struct.unpack_from("=i", data, off + _HDR.size)
+                if err == -2:  # ENOENT
+                    return None
+                raise NetlinkReadFailed(f"{socket.errno.errorcode.get(-err, err)}"
+                                        " from an nf_tables get")
+            return data[off + _HDR.size + 4:off + length]
+        return None  # not reached: _ask reads until an answer
 
     def close(self) -> None:
         self.sock.close()
