@@ -199,3 +199,33 @@ def test_a_table_the_decoder_does_not_print_is_read_by_the_save(lab, monkeypatch
     raw = next(t for t in rs.tables if t.name == "raw")
     assert "--ctorigdstport 20:30" in raw.chains["PREROUTING"].rules[0].text
     assert {t.name for t in rs.tables} >= {"filter", "nat", "raw", "mangle"}
+
+
+def test_a_table_read_by_the_save_says_so_while_it_is_unchanged(lab, monkeypatch) -> None:
+    """Why a table went to the save is a note of the ruleset, on the read that decoded it
+    and on every unchanged read after (the notes are the snapshot's state: a note that came
+    and went would change the check results' key and the log), until the table decodes."""
+    ns = lab.netns("xtn")
+    restore(ns, DUMP)
+    restore(ns, "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n"
+                ":FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+                "-A PREROUTING -p tcp -j TPROXY --on-port 1 --tproxy-mark 0x1/0x1\nCOMMIT\n")
+    cache = ParseCache()
+    spawned = Spawned(monkeypatch)
+
+    def mangle_notes(rs) -> list[str]:
+        return [n for n in rs.notes if "iptables-legacy-save -t mangle" in n]
+
+    with ThreadPoolExecutor(1, initializer=setns, initargs=(ns.name,)) as pool:
+        first = pool.submit(lambda: collect_ruleset(run_local, cache, probes=LIVE)).result(60)
+        second = pool.submit(lambda: collect_ruleset(run_local, cache, probes=LIVE)).result(60)
+        assert spawned.saves() == ["iptables-legacy-save -t mangle"]  # the second: no child
+        restore(ns, "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n"
+                    ":FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+                    "-A PREROUTING -p tcp -j MARK --set-xmark 0x1/0xffffffff\nCOMMIT\n")
+        third = pool.submit(lambda: collect_ruleset(run_local, cache, probes=LIVE)).result(60)
+    said = mangle_notes(first)
+    assert len(said) == 1 and "TPROXY" in said[0], first.notes
+    assert mangle_notes(second) == said and second.notes == first.notes
+    assert mangle_notes(third) == []
+    assert not any("iptables-legacy table" in n for n in third.notes)

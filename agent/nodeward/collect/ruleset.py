@@ -172,8 +172,8 @@ class ParseCache:
     """Parsed tables per dump digest, for the dumps seen in the last read only (bounded),
     and the nf_tables part of the last read with the generation id it was read at."""
 
-    __slots__ = ("_last", "_now", "gen", "hits", "misses", "nf_part", "nft_native",
-                 "nft_saves", "nft_sizes", "reads", "reads_skipped")
+    __slots__ = ("_last", "_now", "gen", "hits", "legacy_notes", "misses", "nf_part",
+                 "nft_native", "nft_saves", "nft_sizes", "reads", "reads_skipped")
 
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], Any] = {}
@@ -187,6 +187,9 @@ class ParseCache:
         self.reads_skipped = 0  # nf_tables reads saved by an unchanged generation id
         self.nft_saves: NftSaves | None = None  # iptables-nft-save kept per chain
         self.nft_native: Any = None  # native tables kept per chain (nftsplice.NativeTables)
+        #: legacy table -> why its last read went through the save, said again while the
+        #: table is unchanged (notes are the snapshot's state, not events of one read)
+        self.legacy_notes: dict[str, str] = {}
 
     def get(self, cmd: str, text: str, parse: Callable[[str], Any],
             text_digest: str = "") -> Any:
@@ -901,6 +904,9 @@ def _read_legacy(r: _Reader, probes: Probes, family: int, cmd: str) -> list[Tabl
             r.digests.append((key, one.digest))
             r.cache.keep(key, one.digest)  # type: ignore[union-attr]
             r.cache.hits += 1  # type: ignore[union-attr]
+            said = r.cache.legacy_notes.get(key)  # type: ignore[union-attr]
+            if said is not None:
+                r.notes.append(said)
             out.extend(last[1])
             continue
         if one is not None and r.rules + one.rules > r.max_rules:
@@ -913,7 +919,13 @@ def _read_legacy(r: _Reader, probes: Probes, family: int, cmd: str) -> list[Tabl
         if r.cache is not None:
             r.cache.drop(key)  # the old parse is garbage before the new dump arrives
         last = None
+        said = len(r.notes)
         decoded = _decoded(r, probes, family, name, cmd) if one is not None else None
+        if r.cache is not None:
+            if len(r.notes) > said:
+                r.cache.legacy_notes[key] = r.notes[-1]
+            else:
+                r.cache.legacy_notes.pop(key, None)
         if decoded is not None:
             out.extend(decoded)
             continue
@@ -1045,6 +1057,7 @@ def collect_ruleset(run: Runner = run_local, cache: ParseCache | None = None, *,
             t, frontend="iptables-legacy", family=f, source=c), (), _count_ipt))
         del text
     notes.extend(part.notes)
+    notes.extend(dict.fromkeys(r.notes))  # the legacy tables' (the nf part's are above)
     holding = [*part.holding, *(("iptables-legacy",) if has_rules(legacy) else ())]
     if len(holding) == 2:
         notes.append("both iptables-legacy and iptables-nft hold rules; a packet must pass "
