@@ -120,3 +120,14 @@ def test_packing_keeps_any_text_but_nul() -> None:
     odd = ['-A X -m comment --comment "two\nlines" -j DROP', "ü \udcff é", "", "-A X"]
     assert unpack_texts(pack_texts(odd)) == odd
     assert pack_texts(["a\0b"]) is None and pack_texts(["a", "b"]) != pack_texts(["a b"])
+
+
+def test_a_chain_whose_rules_come_in_two_runs_keeps_them_all_in_order() -> None:
+    save = ["*filter", ":INPUT ACCEPT [0:0]", ":X - [0:0]", "-A INPUT -j X",
+            "-A X -p tcp -j ACCEPT", "-A INPUT -p udp -j DROP", "-A X -p icmp -j DROP",
+            '-A X -m comment --comment "a\0b" -j DROP', "COMMIT"]
+    for reuse in ((), parse_iptables_save(save[:-3] + ["COMMIT"])):
+        chains = parse_iptables_save(save, reuse=reuse)[0].chains
+        assert chains["INPUT"].rule_texts() == ["-A INPUT -j X", "-A INPUT -p udp -j DROP"]
+        assert chains["X"].rule_texts() == [save[4], save[6], save[7]]  # (NUL: unpacked)
+        assert not chains["X"].texts and chains["INPUT"].texts

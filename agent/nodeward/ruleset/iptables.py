@@ -15,7 +15,7 @@ from socket import AF_INET, inet_pton
 from sys import intern
 
 from .errors import RulesetParseError
-from .model import IPT_HOOKS, IPT_PRIORITY, Chain, Match, Rule, Table, pack_texts
+from .model import IPT_HOOKS, IPT_PRIORITY, Chain, Match, Rule, Table, pack_texts, unpack_texts
 
 BUILTIN_TARGETS = frozenset({"ACCEPT", "DROP", "RETURN", "QUEUE"})
 PROTO_NAMES = {"6": "tcp", "17": "udp", "1": "icmp", "58": "ipv6-icmp", "icmpv6": "ipv6-icmp",
@@ -481,7 +481,36 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
     start = 0
     decl: dict[str, tuple[str | None, int]] = {}
     rules: dict[str, list[Rule]] = {}
-    texts: dict[str, list[str]] = {}  # per chain its rules' lines (packed into the Chain)
+    # per chain its rules' lines, packed (model.pack_texts) once another chain's lines come:
+    # a dump's lines then never all exist at once (the legacy decoder hands them out one at
+    # a time), nor leave 50,000 freed strs between the rules in the heap
+    texts: dict[str, list[str] | bytes] = {}
+    last = ""  # the chain of the last -A line
+
+    def close(name: str) -> None:
+        got = texts[name]
+        if not isinstance(got, list):
+            return
+        was = old.get(name)
+        new = rules[name]
+        if was is not None and was.texts and len(was.rules) == len(new) and \
+                all(a is b for a, b in zip(was.rules, new, strict=True)):
+            texts[name] = was.texts  # (the chain itself is reused: see _table)
+        else:
+            blob = pack_texts(got)
+            if blob is not None:
+                texts[name] = blob
+
+    def add(name: str, line: str) -> None:
+        nonlocal last
+        if name != last:
+            if last:
+                close(last)
+            last = name
+            got = texts[name]
+            if not isinstance(got, list):  # its rules again after another chain's
+                texts[name] = unpack_texts(got) if got else []
+        texts[name].append(line)  # type: ignore[union-attr]
     before = {t.name: t for t in reuse if t.family == fam} if not strict else {}
     old: dict[str, Chain] = {}  # the current table's chains in the last parse
     # the chain of the last -A line, its rules and their texts in the last parse, those by
@@ -527,7 +556,7 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
                         prev = by_text.get(line)
                     if prev is not None and _reusable(prev, line, rules):
                         have.append(prev)
-                        texts[cur].append(line)
+                        add(cur, line)
                         continue
             while True:
                 try:
@@ -555,7 +584,7 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
                 chain, rule = tokens[1], unreadable_rule(tokens, "", lineno,
                                                          str(e) or "malformed rule")
             rules[chain].append(rule)
-            texts[chain].append(line)
+            add(chain, line)
         elif c == ":":
             if tname is None:
                 raise RulesetParseError(source, lineno, "chain outside a table")
@@ -575,13 +604,15 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
             tname = line[1:].strip()
             if not tname:
                 raise RulesetParseError(source, lineno, "empty table name")
-            start, decl, rules, texts = lineno, {}, {}, {}
+            start, decl, rules, texts, last = lineno, {}, {}, {}, ""
             was_table = before.get(tname)
             old = was_table.chains if was_table is not None else {}
             cur, cur_prefix, cur_old = "", "", ()
         elif line == "COMMIT":
             if tname is None:
                 raise RulesetParseError(source, lineno, "COMMIT outside a table")
+            if last:
+                close(last)
             tables.append(_table(frontend, fam, tname, decl, rules, texts, before.get(tname)))
             tname = None
             old = {}
@@ -635,7 +666,7 @@ def _table(frontend: str, fam: str, name: str, decl: dict, rules: dict, texts: d
             chains[cname] = prev
         else:
             lines = texts[cname]
-            blob = pack_texts(lines) if lines else b""
+            blob = lines if isinstance(lines, bytes) else pack_texts(lines) if lines else b""
             if blob is None:  # (a NUL in a line: each rule keeps its own)
                 chains[cname] = Chain(cname, tuple(r._replace(text=t) for r, t in
                                                    zip(new, lines, strict=True)),
