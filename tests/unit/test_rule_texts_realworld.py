@@ -126,7 +126,7 @@ def test_a_chain_whose_rules_come_in_two_runs_keeps_them_all_in_order() -> None:
     save = ["*filter", ":INPUT ACCEPT [0:0]", ":X - [0:0]", "-A INPUT -j X",
             "-A X -p tcp -j ACCEPT", "-A INPUT -p udp -j DROP", "-A X -p icmp -j DROP",
             '-A X -m comment --comment "a\0b" -j DROP', "COMMIT"]
-    for reuse in ((), parse_iptables_save(save[:-3] + ["COMMIT"])):
+    for reuse in ((), parse_iptables_save([*save[:-3], "COMMIT"])):
         chains = parse_iptables_save(save, reuse=reuse)[0].chains
         assert chains["INPUT"].rule_texts() == ["-A INPUT -j X", "-A INPUT -p udp -j DROP"]
         assert chains["X"].rule_texts() == [save[4], save[6], save[7]]  # (NUL: unpacked)
