@@ -118,8 +118,10 @@ def test_every_real_nft_rule_text_is_its_rendering() -> None:
 
 def test_packing_keeps_any_text_but_nul() -> None:
     odd = ['-A X -m comment --comment "two\nlines" -j DROP', "ü \udcff é", "", "-A X"]
-    assert unpack_texts(pack_texts(odd)) == odd
+    assert unpack_texts(pack_texts(odd)) == odd  # type: ignore[arg-type]
+    assert unpack_texts(pack_texts(odd, "X"), "X") == odd  # type: ignore[arg-type]
     assert pack_texts(["a\0b"]) is None and pack_texts(["a", "b"]) != pack_texts(["a b"])
+    assert pack_texts(["-A X -m comment --comment \x01"], "X") is None
 
 
 def test_a_chain_whose_rules_come_in_two_runs_keeps_them_all_in_order() -> None:

@@ -186,13 +186,13 @@ def _tuple(got: list[Rule] | tuple | Chain) -> tuple[Rule, ...] | Chain:
     return got if isinstance(got, Chain) else tuple(got)
 
 
-def _packed(got: list[Rule] | Chain) -> list[Rule] | Chain:
+def _packed(name: str, got: list[Rule] | Chain) -> list[Rule] | Chain:
     """A chain's rules read so far as a Chain holding their texts packed (model.Chain), once
     the dump has gone on to another chain's: 50,000 rule texts never all wait for the end
     of the dump (~9 MB of the read's peak, then holes in the heap); back to a list when
     its rules come again (the kernel dumps a chain's rules together)."""
     if isinstance(got, list):
-        return Chain("", tuple(got)) if got else got
+        return Chain(name, tuple(got)) if got else got
     return [r._replace(text=t) for r, t in zip(got.rules, got.rule_texts(), strict=True)]
 
 
@@ -284,15 +284,15 @@ def _read(sk: DumpSocket, family: str, fam: int, name: str, tname: bytes, h: Any
         cname = r["chain"]
         if cname != last:
             if last:
-                rules[last] = _packed(rules[last])
+                rules[last] = _packed(last, rules[last])
             got = rules.get(cname)
             if isinstance(got, Chain):
-                rules[cname] = _packed(got)
+                rules[cname] = _packed(cname, got)
             last = cname
         rules.setdefault(cname, []).append(rule_model(r, setkey, shared))  # type: ignore
         del r
     if last:
-        rules[last] = _packed(rules[last])
+        rules[last] = _packed(last, rules[last])
     del memo, shared, lookups  # (the model holds what it uses)
     # each chain's list goes as its tuple is made: 25,000 of them never all twice
     ch = {cname: chain_model(c if c is not None else {"name": cname},

@@ -497,7 +497,7 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
                 all(a is b for a, b in zip(was.rules, new, strict=True)):
             texts[name] = was.texts  # (the chain itself is reused: see _table)
         else:
-            blob = pack_texts(got)
+            blob = pack_texts(got, name)
             if blob is not None:
                 texts[name] = blob
 
@@ -509,7 +509,7 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
             last = name
             got = texts[name]
             if not isinstance(got, list):  # its rules again after another chain's
-                texts[name] = unpack_texts(got) if got else []
+                texts[name] = unpack_texts(got, name) if got else []
         texts[name].append(line)  # type: ignore[union-attr]
     before = {t.name: t for t in reuse if t.family == fam} if not strict else {}
     old: dict[str, Chain] = {}  # the current table's chains in the last parse
@@ -666,7 +666,8 @@ def _table(frontend: str, fam: str, name: str, decl: dict, rules: dict, texts: d
             chains[cname] = prev
         else:
             lines = texts[cname]
-            blob = lines if isinstance(lines, bytes) else pack_texts(lines) if lines else b""
+            blob = lines if isinstance(lines, bytes) else pack_texts(lines, cname) if lines \
+                else b""
             if blob is None:  # (a NUL in a line: each rule keeps its own)
                 chains[cname] = Chain(cname, tuple(r._replace(text=t) for r, t in
                                                    zip(new, lines, strict=True)),

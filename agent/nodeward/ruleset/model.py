@@ -53,6 +53,10 @@ class Rule(NamedTuple):
 #: (a chain of kube-proxy's holds 2-3 rules, too few for deflate to find its own repeats).
 #: Part of the packed form: changing it changes every chain's signature (one cold cycle).
 _ZDICT = (
+    b' {"numgen":{"mode":"random","mod":2,"offset":0}} vmap { { 0, goto endpoint-'
+    b" ip daddr . meta l4proto . th dport vmap @ ip saddr != 10.244.0.0/16"
+    b" tcp dport 80 meta l4proto tcp dnat to 10.244.0.1:8080 jump mark-for-masquerade"
+    b" ip kube-proxy endpoint-/tcp/p80__10.244.0.1/8080 handle 1"
     b" counter packets 0 bytes 0 meta l4proto udp meta l4proto tcp th dport ip6 daddr"
     b" ip6 saddr ip daddr ip saddr ct state new ct state established,related fib daddr"
     b" type local numgen random mod vmap @ dnat to masquerade reject accept drop return"
@@ -69,29 +73,34 @@ _ZDICT = (
 _WBITS = -12  # raw deflate, 4 KB window: a chain's texts are small, and so is the state
 
 
-def pack_texts(texts: Sequence[str]) -> bytes | None:
-    """The rule texts of one chain as one deflated blob (about a sixth of one str per
-    rule: ~1.4 MB instead of ~8.4 MB at 50,000 kube-proxy rules), or None when a text
-    holds the separator NUL (no text the kernel's tools print does: netlink strings end
-    at one) and so cannot be packed. Equal texts give equal blobs."""
+def pack_texts(texts: Sequence[str], chain: str = "") -> bytes | None:
+    """The rule texts of one chain (named `chain`) as one deflated blob (~1.2 MB instead
+    of ~8.4 MB of one str per rule at 50,000 kube-proxy rules), or None when a text holds
+    NUL (the separator) or \\x01 (the chain's name, which every text of nft's and
+    iptables-save's names once and kube-proxy's are long and random), and so cannot be
+    packed: no text the kernel's tools print does (netlink strings end at a NUL; \\x01
+    in a comment is the only way). Equal texts give equal blobs."""
     joined = "\0".join(texts)
-    if joined.count("\0") != len(texts) - 1:
+    if joined.count("\0") != len(texts) - 1 or "\x01" in joined:
         return None
+    if chain:
+        joined = joined.replace(chain, "\x01")
     z = zlib.compressobj(6, zlib.DEFLATED, _WBITS, 4, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
     return z.compress(joined.encode("utf-8", "surrogatepass")) + z.flush()
 
 
-def unpack_texts(blob: bytes) -> list[str]:
-    """pack_texts' texts again."""
+def unpack_texts(blob: bytes, chain: str = "") -> list[str]:
+    """pack_texts' texts again (`chain`: the name given to it)."""
     z = zlib.decompressobj(_WBITS, _ZDICT)
-    return (z.decompress(blob) + z.flush()).decode("utf-8", "surrogatepass").split("\0")
+    joined = (z.decompress(blob) + z.flush()).decode("utf-8", "surrogatepass")
+    return (joined.replace("\x01", chain) if chain else joined).split("\0")
 
 
 @lru_cache(maxsize=8)
-def _unpacked(blob: bytes) -> tuple[str, ...]:
+def _unpacked(blob: bytes, chain: str) -> tuple[str, ...]:
     """unpack_texts, the last few kept: the evidence of a verdict names rules of a few
     chains, and a chain of 5,000 rules is not unpacked once per rule shown."""
-    return tuple(unpack_texts(blob))
+    return tuple(unpack_texts(blob, chain))
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
@@ -118,7 +127,7 @@ class Chain:
     def __post_init__(self) -> None:
         if self.texts or not any(r.text for r in self.rules):
             return
-        blob = pack_texts([r.text for r in self.rules])
+        blob = pack_texts([r.text for r in self.rules], self.name)
         if blob is not None:
             object.__setattr__(self, "texts", blob)
             object.__setattr__(self, "rules", tuple(r._replace(text="") for r in self.rules))
@@ -126,12 +135,12 @@ class Chain:
     def rule_texts(self) -> list[str]:
         """Its rules' texts, in order (what iptables-save / nft print for them)."""
         if self.texts:
-            return unpack_texts(self.texts)
+            return unpack_texts(self.texts, self.name)
         return [r.text for r in self.rules]
 
     def rule_text(self, i: int) -> str:
         """The text of rules[i]."""
-        return _unpacked(self.texts)[i] if self.texts else self.rules[i].text
+        return _unpacked(self.texts, self.name)[i] if self.texts else self.rules[i].text
 
 
 @dataclass(frozen=True)
@@ -250,7 +259,8 @@ class Step:
     table: str
     chain: str
     index: int  # 1-based rule number; 0 for the chain policy
-    #: the rule's text, or its chain's packed texts (Chain.texts), read only when shown:
+    #: the rule's text, or its chain's (named `chain`) packed texts (Chain.texts), read
+    #: only when shown:
     #: the evaluator meets thousands of rules a cycle and few become evidence
     shown: str | bytes
     effect: str  # jump/goto/return/accept/drop/reject/log/dnat/policy/may-match
@@ -260,7 +270,7 @@ class Step:
         """The rule's text as its front-end's tool prints it."""
         if isinstance(self.shown, str):
             return self.shown
-        return _unpacked(self.shown)[self.index - 1]
+        return _unpacked(self.shown, self.chain)[self.index - 1]
 
     def __str__(self) -> str:
         where = f"{self.frontend} {self.table} {self.chain}"
