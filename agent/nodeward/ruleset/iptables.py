@@ -443,7 +443,7 @@ _WRONG_KIND = (("table ", "this is `nft list ruleset` text: save it with "
 
 
 def _reusable(rule: Rule, line: str, chains: dict) -> bool:
-    """Whether parsing `line` (equal to `rule.text`) against the declared `chains` gives
+    """Whether parsing `line` (`rule`'s text in its chain) against the declared `chains` gives
     `rule` again. The only outside input of parse_rule is whether a `-j` value names a
     chain (JUMP) or not (a target, which ends the rule), so a line with one `-j` or `-g`
     at most (no long forms, no tabs) is reused when that answer is unchanged; anything
