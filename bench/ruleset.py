@@ -471,6 +471,14 @@ def _alternatives(text: str, tables, sockets, parse: float, ev: float) -> None:
           "faster than that one step")
     print(f"vs plain rule-by-rule walk: {plain:.3f}s -> indexed evaluation {plain / ev:.1f}x "
           "faster")
+    chains = [c for t in tables for c in t.chains.values() if c.rules]
+    packed = sum(sys.getsizeof(c.texts) for c in chains if c.texts)
+    t0 = time.perf_counter()
+    strs = sum(sys.getsizeof(x) for c in chains for x in c.rule_texts())
+    unpack = time.perf_counter() - t0
+    print(f"rule texts packed per chain (model.Chain.texts): {packed / 2**20:.2f} MB vs one str "
+          f"per rule {strs / 2**20:.2f} MB -> {strs / packed:.1f}x smaller; unpacking every "
+          f"chain {unpack:.3f}s")
 
 
 def kube_proxy_nft_json(services: int, nodes: tuple[str, ...] = tuple(NODE_ADDRS)) -> str:

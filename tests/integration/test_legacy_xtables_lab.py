@@ -102,8 +102,8 @@ SAVE_ONLY = dataclasses.replace(LIVE, legacy_lines=lambda family, name: None)
 
 
 def _texts(rs) -> list[tuple[str, str, str]]:
-    return [(t.name, c.name, r.text) for t in rs.tables for c in t.chains.values()
-            for r in c.rules]
+    return [(t.name, c.name, text) for t in rs.tables for c in t.chains.values()
+            for text in c.rule_texts()]
 
 
 @pytest.mark.parametrize("way", ["decode", "save"])
@@ -144,7 +144,7 @@ def test_unchanged_legacy_table_spawns_no_save(lab, monkeypatch, way) -> None:
         third = pool.submit(read).result(60)
         assert spawned.saves() == saves("iptables-legacy-save -t nat")  # filter: unchanged
         nat = next(t for t in third.tables if t.name == "nat")
-        assert "--dport 81" in nat.chains["KUBE-SERVICES"].rules[0].text
+        assert "--dport 81" in nat.chains["KUBE-SERVICES"].rule_text(0)
         assert third.fingerprint != first.fingerprint
         # the ceiling, from the blob walk, before any child: nat is past it, filter not
         fourth = pool.submit(lambda: collect_ruleset(run_local, ParseCache(), probes=probes,
@@ -197,7 +197,7 @@ def test_a_table_the_decoder_does_not_print_is_read_by_the_save(lab, monkeypatch
                                        "iptables-legacy-save -t raw"]
     assert not rs.problems
     raw = next(t for t in rs.tables if t.name == "raw")
-    assert "--ctorigdstport 20:30" in raw.chains["PREROUTING"].rules[0].text
+    assert "--ctorigdstport 20:30" in raw.chains["PREROUTING"].rule_text(0)
     assert {t.name for t in rs.tables} >= {"filter", "nat", "raw", "mangle"}
 
 

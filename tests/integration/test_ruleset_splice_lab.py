@@ -255,7 +255,7 @@ def test_collector_reads_changed_chains_only(lab) -> None:
         fresh, _ = pool.submit(read, ParseCache()).result(60)
     assert rs.fingerprint == fresh.fingerprint
     def shape(r):
-        return {(t.family, t.name): {n: (c.policy, [x.text for x in c.rules])
+        return {(t.family, t.name): {n: (c.policy, c.rule_texts())
                                      for n, c in t.chains.items()} for t in r.tables}
 
     assert shape(rs) == shape(fresh)

@@ -108,7 +108,7 @@ def compare_loaded(label: str, counts: Counter, diffs: list[str], text: str = ""
             if len(rc.rules) != len(oc.rules):
                 diffs.append(f"{label}: chain {cname}: {len(rc.rules)} vs {len(oc.rules)} rules")
                 continue
-            for rr, orr in zip(rc.rules, oc.rules, strict=True):
+            for rr, orr, text in zip(rc.rules, oc.rules, rc.rule_texts(), strict=True):
                 counts["rules"] += 1
                 ru, ou = uncertain(rr), uncertain(orr)
                 counts["rules uncertain via nft -j"] += ru
@@ -116,11 +116,11 @@ def compare_loaded(label: str, counts: Counter, diffs: list[str], text: str = ""
                 if ou and not ru:
                     counts["uncertain via netlink only"] += 1
                     diffs.append(f"{label}: uncertain via netlink only: {_kinds(orr)} "
-                                 f"({rr.text[:160]})")
+                                 f"({text[:160]})")
                 elif ru and not ou:
                     counts["uncertain via nft -j only"] += 1
                     diffs.append(f"{label}: uncertain via nft -j only: {_kinds(rr)} "
-                                 f"({rr.text[:160]})")
+                                 f"({text[:160]})")
                 same = (rr.target, rr.arg, _m(rr), rr.effects) == \
                     (orr.target, orr.arg, _m(orr), orr.effects) and \
                     _vmap(rr.vmap) == _vmap(orr.vmap)
@@ -130,7 +130,7 @@ def compare_loaded(label: str, counts: Counter, diffs: list[str], text: str = ""
                                  f"{[(m.op, m.args, m.negate) for m in rr.matches]} "
                                  f"{rr.effects} {_vmap(rr.vmap)}\n    netlink: {orr.target} "
                                  f"{orr.arg} {[(m.op, m.args, m.negate) for m in orr.matches]}"
-                                 f" {orr.effects} {_vmap(orr.vmap)}\n    ({rr.text[:200]})")
+                                 f" {orr.effects} {_vmap(orr.vmap)}\n    ({text[:200]})")
     for key, s in ref_sets.items():
         counts["sets"] += 1
         o = our_sets.get(key)

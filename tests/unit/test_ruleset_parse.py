@@ -30,7 +30,7 @@ def test_kube_proxy_dump_hundreds_of_services():
     last = nat.chains["KUBE-SERVICES"].rules[-1]
     assert last.target == "JUMP" and last.arg == "KUBE-NODEPORTS"
     assert [m.op for m in last.matches] == ["addrtype"]  # comments stay in the text only
-    assert "NOTE: this must be the last rule" in last.text
+    assert "NOTE: this must be the last rule" in nat.chains["KUBE-SERVICES"].rule_text(-1)
     # statistic is not modelled: kept as an unknown match, not dropped
     svc = nat.chains["KUBE-SVC-0000000000000000"]
     assert any(m.op == "unknown" and "statistic" in m.text for m in svc.rules[1].matches)

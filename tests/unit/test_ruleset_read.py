@@ -261,8 +261,9 @@ def test_rule_ceiling_stops_the_read_itself() -> None:
 
 
 def test_reread_shares_unchanged_rule_texts(tmp_path, monkeypatch) -> None:
-    """On churn the new dump's unchanged lines are the old rules' text objects (one copy of
-    50,000 lines, not two, while the old ruleset is still held); the changed rule is new."""
+    """On churn the new dump's lines are not held as one str each beside the old ruleset:
+    each chain holds its rules' texts packed (a fraction of the lines' size) and the new
+    dump's lines go after the parse; the changed rule's text is the new line."""
     from nodeward.collect import ruleset as cr
 
     src = tmp_path / "dump.txt"
@@ -272,10 +273,14 @@ def test_reread_shares_unchanged_rule_texts(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     cache = ParseCache()
     probes = Probes(legacy_tables=lambda fam: fam == 4)
-    old = cr.collect_ruleset(cache=cache, probes=probes).tables[0].chains["INPUT"].rules
+    was = cr.collect_ruleset(cache=cache, probes=probes).tables[0].chains["INPUT"]
     src.write_text(dump(1000).replace("--dport 1005 ", "--dport 9005 "))
-    new = cr.collect_ruleset(cache=cache, probes=probes).tables[0].chains["INPUT"].rules
+    now = cr.collect_ruleset(cache=cache, probes=probes).tables[0].chains["INPUT"]
+    old, new = was.rules, now.rules
     assert cache.misses == 2 and len(new) == len(old) == 20
-    assert all(a.text is b.text for i, (a, b) in enumerate(zip(old, new, strict=True))
-               if i != 5)
-    assert new[5].text != old[5].text and "9005" in new[5].text
+    assert all(a == b for i, (a, b) in enumerate(zip(old, new, strict=True)) if i != 5)
+    assert new[5] != old[5] and "1005" in was.rule_text(5) and "9005" in now.rule_text(5)
+    lines = [x for x in dump(1000).replace("--dport 1005 ", "--dport 9005 ").splitlines()
+             if x.startswith("-A INPUT ")]
+    assert now.rule_texts() == lines and all(not r.text for r in new)
+    assert isinstance(now.texts, bytes) and len(now.texts) < sum(map(len, lines)) / 3

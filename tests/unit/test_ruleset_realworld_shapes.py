@@ -139,8 +139,9 @@ def test_min_vmap_and_xt_comment():
 
 def test_xt_match_is_an_uncertain_match_not_an_unknown_target():
     rs = read_dump_files([str(real("nft/flannel-worker1-as-iptables-nft.json"))])
-    rule = next(r for t in rs.tables for c in t.chains.values() for r in c.rules
-                if "KUBE-PROXY-FIREWALL" in r.text and c.name == "INPUT")
+    rule = next(r for t in rs.tables for c in t.chains.values()
+                for r, text in zip(c.rules, c.rule_texts(), strict=True)
+                if "KUBE-PROXY-FIREWALL" in text and c.name == "INPUT")
     assert rule.target == "JUMP" and any("xt match conntrack" in m.text for m in rule.matches)
 
 

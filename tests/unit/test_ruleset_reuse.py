@@ -16,8 +16,8 @@ from tests.lab import realworld as rw
 
 def _value(tables) -> list:
     return [(t.frontend, t.family, t.name,
-             [(c.name, c.policy, c.hook, c.priority, [r._replace(line=0) for r in c.rules])
-              for c in t.chains.values()]) for t in tables]
+             [(c.name, c.policy, c.hook, c.priority, [r._replace(line=0) for r in c.rules],
+               c.rule_texts()) for c in t.chains.values()]) for t in tables]
 
 
 def _parse(lines, fam, reuse=()):

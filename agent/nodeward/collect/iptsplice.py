@@ -75,7 +75,7 @@ class TableText:
         got = self.rules.get(chain)
         if got is None:
             c = self.base.get(chain)
-            got = [r.text for r in c.rules] if c is not None and chain not in self.gone else ()
+            got = c.rule_texts() if c is not None and chain not in self.gone else ()
         return got
 
     def put(self, chain: str, policy: str, lines: Sequence[str]) -> None:

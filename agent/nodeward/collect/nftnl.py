@@ -172,10 +172,28 @@ def chain_info(family: str, name: str, a: dict[int, bytes]) -> dict[str, Any]:
     return c
 
 
-def chain_model(c: dict[str, Any], rules: tuple[Rule, ...]) -> Chain:
+def chain_model(c: dict[str, Any], rules: tuple[Rule, ...] | Chain) -> Chain:
+    """The chain of `c`, with `rules` (or those of a Chain holding them, texts packed)."""
     hook = c.get("hook") if c.get("type") in ("filter", "nat", "route") else None
+    texts = b""
+    if isinstance(rules, Chain):
+        rules, texts = rules.rules, rules.texts
     return Chain(c["name"], rules, c.get("policy", "accept").upper() if hook else None, hook,
-                 int(c.get("prio", 0)) if hook else 0)
+                 int(c.get("prio", 0)) if hook else 0, texts)
+
+
+def _tuple(got: list[Rule] | tuple | Chain) -> tuple[Rule, ...] | Chain:
+    return got if isinstance(got, Chain) else tuple(got)
+
+
+def _packed(name: str, got: list[Rule] | Chain) -> list[Rule] | Chain:
+    """A chain's rules read so far as a Chain holding their texts packed (model.Chain), once
+    the dump has gone on to another chain's: 50,000 rule texts never all wait for the end
+    of the dump (~9 MB of the read's peak, then holes in the heap); back to a list when
+    its rules come again (the kernel dumps a chain's rules together)."""
+    if isinstance(got, list):
+        return Chain(name, tuple(got)) if got else got
+    return [r._replace(text=t) for r, t in zip(got.rules, got.rule_texts(), strict=True)]
 
 
 def rule_model(r: dict[str, Any], setkey, shared: tuple[dict, dict]) -> Rule:
@@ -246,8 +264,9 @@ def _read(sk: DumpSocket, family: str, fam: int, name: str, tname: bytes, h: Any
         # a user chain is its name (25,000 of kube-proxy's: a dict each was ~4 MB while
         # the rules are read)
         chains[c["name"]] = c if "hook" in c else None
-    rules: dict[str, list[Rule]] = {c: [] for c in chains}
+    rules: dict[str, list[Rule] | Chain] = {c: [] for c in chains}
     n = 0
+    last = ""
 
     def setkey(s: str) -> str:
         return f"nft:{family}:{name}:{s}"
@@ -262,10 +281,20 @@ def _read(sk: DumpSocket, family: str, fam: int, name: str, tname: bytes, h: Any
             raise CeilingPassed(f"more than {max_rules:,} rules")
         if rule_hook is not None:
             rule_hook(r)
-        rules.setdefault(r["chain"], []).append(rule_model(r, setkey, shared))
+        cname = r["chain"]
+        if cname != last:
+            if last:
+                rules[last] = _packed(last, rules[last])
+            got = rules.get(cname)
+            if isinstance(got, Chain):
+                rules[cname] = _packed(cname, got)
+            last = cname
+        rules.setdefault(cname, []).append(rule_model(r, setkey, shared))  # type: ignore
         del r
+    if last:
+        rules[last] = _packed(last, rules[last])
     del memo, shared, lookups  # (the model holds what it uses)
     # each chain's list goes as its tuple is made: 25,000 of them never all twice
-    ch = {cname: chain_model(c, tuple(rules.pop(cname, ()))) if c is not None else
-          Chain(cname, tuple(rules.pop(cname, ()))) for cname, c in chains.items()}
+    ch = {cname: chain_model(c if c is not None else {"name": cname},
+                             _tuple(rules.pop(cname, ()))) for cname, c in chains.items()}
     return TableRead((Table("nft", family, name, ch),), out_sets, n, h.hexdigest(), named)

@@ -525,7 +525,7 @@ def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[St
                 reasons = (*reasons, reason)
             t = rule.target
             arg = rule.arg
-            step = Step(fe, tn, chain.name, idx, rule.text, "")
+            step = Step(fe, tn, chain.name, idx, chain.texts or rule.text, "")
             if rule.effects and not picking:
                 p = _apply(rule.effects, p)
             if t == "VMAP":
@@ -643,7 +643,7 @@ def _run(ctx: _Ctx, table: Table, frames: list[list], p: Packet, trace: tuple[St
 
 
 def _eff(step: Step, effect: str) -> Step:
-    return Step(step.frontend, step.table, step.chain, step.index, step.text, effect)
+    return Step(step.frontend, step.table, step.chain, step.index, step.shown, effect)
 
 
 def _family_ok(table: Table, family: int) -> bool:

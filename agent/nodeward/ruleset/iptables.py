@@ -15,7 +15,7 @@ from socket import AF_INET, inet_pton
 from sys import intern
 
 from .errors import RulesetParseError
-from .model import IPT_HOOKS, IPT_PRIORITY, Chain, Match, Rule, Table
+from .model import IPT_HOOKS, IPT_PRIORITY, Chain, Match, Rule, Table, pack_texts, unpack_texts
 
 BUILTIN_TARGETS = frozenset({"ACCEPT", "DROP", "RETURN", "QUEUE"})
 PROTO_NAMES = {"6": "tcp", "17": "udp", "1": "icmp", "58": "ipv6-icmp", "icmpv6": "ipv6-icmp",
@@ -443,7 +443,7 @@ _WRONG_KIND = (("table ", "this is `nft list ruleset` text: save it with "
 
 
 def _reusable(rule: Rule, line: str, chains: dict) -> bool:
-    """Whether parsing `line` (equal to `rule.text`) against the declared `chains` gives
+    """Whether parsing `line` (`rule`'s text in its chain) against the declared `chains` gives
     `rule` again. The only outside input of parse_rule is whether a `-j` value names a
     chain (JUMP) or not (a target, which ends the rule), so a line with one `-j` or `-g`
     at most (no long forms, no tabs) is reused when that answer is unchanged; anything
@@ -481,10 +481,42 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
     start = 0
     decl: dict[str, tuple[str | None, int]] = {}
     rules: dict[str, list[Rule]] = {}
+    # per chain its rules' lines, packed (model.pack_texts) once another chain's lines come:
+    # a dump's lines then never all exist at once (the legacy decoder hands them out one at
+    # a time), nor leave 50,000 freed strs between the rules in the heap
+    texts: dict[str, list[str] | bytes] = {}
+    last = ""  # the chain of the last -A line
+
+    def close(name: str) -> None:
+        got = texts[name]
+        if not isinstance(got, list):
+            return
+        was = old.get(name)
+        new = rules[name]
+        if was is not None and was.texts and len(was.rules) == len(new) and \
+                all(a is b for a, b in zip(was.rules, new, strict=True)):
+            texts[name] = was.texts  # (the chain itself is reused: see _table)
+        else:
+            blob = pack_texts(got, name)
+            if blob is not None:
+                texts[name] = blob
+
+    def add(name: str, line: str) -> None:
+        nonlocal last
+        if name != last:
+            if last:
+                close(last)
+            last = name
+            got = texts[name]
+            if not isinstance(got, list):  # its rules again after another chain's
+                texts[name] = unpack_texts(got, name) if got else []
+        texts[name].append(line)  # type: ignore[union-attr]
     before = {t.name: t for t in reuse if t.family == fam} if not strict else {}
     old: dict[str, Chain] = {}  # the current table's chains in the last parse
-    # the chain of the last -A line, its rules in the last parse, those by text (on a miss)
+    # the chain of the last -A line, its rules and their texts in the last parse, those by
+    # text (on a miss)
     cur, cur_prefix, cur_old = "", "", ()
+    cur_texts: Sequence[str] = ()
     by_text: dict[str, Rule] | None = None
     # a list of lines is taken as is (the live collector reads a dump that way)
     lines = text.splitlines() if isinstance(text, str) else text
@@ -511,17 +543,20 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
                     was = old.get(name)
                     if name in rules and was is not None:
                         cur, cur_prefix, cur_old, by_text = name, f"-A {name} ", was.rules, None
+                        cur_texts = was.rule_texts()
                     else:
                         cur, cur_prefix, cur_old = "", "", ()
                 if cur_prefix:
                     have = rules[cur]
-                    prev = cur_old[len(have)] if len(have) < len(cur_old) else None
-                    if prev is None or prev.text != line:  # moved (an insert): by its text
+                    at = len(have)
+                    prev = cur_old[at] if at < len(cur_old) and cur_texts[at] == line else None
+                    if prev is None:  # moved (an insert): by its text
                         if by_text is None:
-                            by_text = {r.text: r for r in cur_old}
+                            by_text = dict(zip(cur_texts, cur_old, strict=True))
                         prev = by_text.get(line)
                     if prev is not None and _reusable(prev, line, rules):
                         have.append(prev)
+                        add(cur, line)
                         continue
             while True:
                 try:
@@ -541,14 +576,15 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
                 raise RulesetParseError(source, lineno, f"rule for undeclared chain "
                                                         f"{tokens[1]!r} in table {tname}")
             try:
-                chain, rule = parse_rule(tokens, rules, line, lineno)
+                chain, rule = parse_rule(tokens, rules, "", lineno)  # (its text: `texts`)
             except (ValueError, IndexError) as e:
                 if strict:
                     raise RulesetParseError(source, lineno, str(e) or "malformed rule") \
                         from None
-                chain, rule = tokens[1], unreadable_rule(tokens, line, lineno,
+                chain, rule = tokens[1], unreadable_rule(tokens, "", lineno,
                                                          str(e) or "malformed rule")
             rules[chain].append(rule)
+            add(chain, line)
         elif c == ":":
             if tname is None:
                 raise RulesetParseError(source, lineno, "chain outside a table")
@@ -560,6 +596,7 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
                 raise RulesetParseError(source, lineno, f"bad policy {pol!r} for chain {name}")
             decl[name] = (None if pol == "-" else pol, lineno)
             rules[name] = []
+            texts[name] = []
         elif c == "*":
             if tname is not None:
                 raise RulesetParseError(source, lineno, f"table {tname} (line {start}) "
@@ -567,14 +604,16 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
             tname = line[1:].strip()
             if not tname:
                 raise RulesetParseError(source, lineno, "empty table name")
-            start, decl, rules = lineno, {}, {}
+            start, decl, rules, texts, last = lineno, {}, {}, {}, ""
             was_table = before.get(tname)
             old = was_table.chains if was_table is not None else {}
             cur, cur_prefix, cur_old = "", "", ()
         elif line == "COMMIT":
             if tname is None:
                 raise RulesetParseError(source, lineno, "COMMIT outside a table")
-            tables.append(_table(frontend, fam, tname, decl, rules, before.get(tname)))
+            if last:
+                close(last)
+            tables.append(_table(frontend, fam, tname, decl, rules, texts, before.get(tname)))
             tname = None
             old = {}
         else:
@@ -609,9 +648,10 @@ def guess_family(text: str) -> int:
     return 0
 
 
-def _table(frontend: str, fam: str, name: str, decl: dict, rules: dict,
+def _table(frontend: str, fam: str, name: str, decl: dict, rules: dict, texts: dict,
            was: Table | None = None) -> Table:
-    """The table; its chains (and itself) the last parse's objects where nothing changed."""
+    """The table; its chains (and itself) the last parse's objects where nothing changed.
+    A new chain holds its rules' lines packed (model.pack_texts), its rules none."""
     prio = IPT_PRIORITY.get(name, 0)
     chains = {}
     old = was.chains if was is not None and was.frontend == frontend else {}
@@ -625,7 +665,15 @@ def _table(frontend: str, fam: str, name: str, decl: dict, rules: dict,
                 all(a is b for a, b in zip(prev.rules, new, strict=True)):
             chains[cname] = prev
         else:
-            chains[cname] = Chain(cname, tuple(new), policy, hook, prio)
+            lines = texts[cname]
+            blob = lines if isinstance(lines, bytes) else pack_texts(lines, cname) if lines \
+                else b""
+            if blob is None:  # (a NUL in a line: each rule keeps its own)
+                chains[cname] = Chain(cname, tuple(r._replace(text=t) for r, t in
+                                                   zip(new, lines, strict=True)),
+                                      policy, hook, prio)
+            else:
+                chains[cname] = Chain(cname, tuple(new), policy, hook, prio, blob)
             same = False
     if same and was is not None and list(old) == list(chains):
         return was

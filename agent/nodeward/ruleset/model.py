@@ -7,8 +7,10 @@ Frozen so the evaluator is a pure function of them. Matches keep their original 
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, NamedTuple
 
 #: Hook priorities of the iptables tables (as iptables-nft registers them, and the legacy
@@ -33,6 +35,9 @@ class Rule(NamedTuple):
     matches: tuple[Match, ...]
     target: str  # ACCEPT DROP REJECT RETURN LOG JUMP GOTO DNAT REDIRECT NOTRACK "" (none)...
     arg: str = ""  # chain for JUMP/GOTO, destination for DNAT, ports for REDIRECT/TPROXY
+    #: The rule as its front-end's tool prints it (the save line, nft's rendering), until
+    #: the rule is in a Chain: the chain then holds its rules' texts packed (Chain.texts)
+    #: and this is "". Read it as Chain.rule_text(i).
     text: str = ""
     line: int = 0
     #: Mark changes applied when the rule matches, before its target, in order:
@@ -44,19 +49,98 @@ class Rule(NamedTuple):
     vmap: tuple = ()
 
 
+#: Preset dictionary of the packed rule texts: the words iptables-save and nft print most
+#: (a chain of kube-proxy's holds 2-3 rules, too few for deflate to find its own repeats).
+#: Part of the packed form: changing it changes every chain's signature (one cold cycle).
+_ZDICT = (
+    b' {"numgen":{"mode":"random","mod":2,"offset":0}} vmap { { 0, goto endpoint-'
+    b" ip daddr . meta l4proto . th dport vmap @ ip saddr != 10.244.0.0/16"
+    b" tcp dport 80 meta l4proto tcp dnat to 10.244.0.1:8080 jump mark-for-masquerade"
+    b" ip kube-proxy endpoint-/tcp/p80__10.244.0.1/8080 handle 1"
+    b" counter packets 0 bytes 0 meta l4proto udp meta l4proto tcp th dport ip6 daddr"
+    b" ip6 saddr ip daddr ip saddr ct state new ct state established,related fib daddr"
+    b" type local numgen random mod vmap @ dnat to masquerade reject accept drop return"
+    b" goto jump inet kube-proxy handle -m conntrack --ctstate NEW,RELATED,ESTABLISHED"
+    b" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS -j KUBE-POSTROUTING -j KUBE-FIREWALL"
+    b" -m mark --mark 0x4000/0x4000 -j MARK --set-xmark 0x4000/0x4000 -j MASQUERADE"
+    b" -m statistic --mode random --probability 0.50000000000 -j KUBE-MARK-MASQ"
+    b" -m udp -p udp -m tcp -p tcp --dport -j DNAT --to-destination 10.244.0.1:8080"
+    b" -j KUBE-SEP-0000000000000000 -j KUBE-SVC-0000000000000000 -j KUBE-EXT-"
+    b' -s 10.244.0.0/32 -d 10.96.0.0/32 -m comment --comment "default/kubernetes:https'
+    b' cluster IP" ip kube-proxy service-"'
+    b"\n-A KUBE-SEP-0000000000000000 -s 10.244.0.10/32 -m comment --comment "
+)
+_WBITS = -12  # raw deflate, 4 KB window: a chain's texts are small, and so is the state
+
+
+def pack_texts(texts: Sequence[str], chain: str = "") -> bytes | None:
+    """The rule texts of one chain (named `chain`) as one deflated blob (~1.5 MB instead
+    of ~8.4 MB of one str per rule at 50,000 kube-proxy rules), or None when a text holds
+    NUL (the separator) or \\x01 (the chain's name, which every text of nft's and
+    iptables-save's names once and kube-proxy's are long and random), and so cannot be
+    packed: no text the kernel's tools print does (netlink strings end at a NUL; \\x01
+    in a comment is the only way). Equal texts give equal blobs."""
+    joined = "\0".join(texts)
+    if joined.count("\0") != len(texts) - 1 or "\x01" in joined:
+        return None
+    if chain:
+        joined = joined.replace(chain, "\x01")
+    z = zlib.compressobj(6, zlib.DEFLATED, _WBITS, 4, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
+    return z.compress(joined.encode("utf-8", "surrogatepass")) + z.flush()
+
+
+def unpack_texts(blob: bytes, chain: str = "") -> list[str]:
+    """pack_texts' texts again (`chain`: the name given to it)."""
+    z = zlib.decompressobj(_WBITS, _ZDICT)
+    joined = (z.decompress(blob) + z.flush()).decode("utf-8", "surrogatepass")
+    return (joined.replace("\x01", chain) if chain else joined).split("\0")
+
+
+@lru_cache(maxsize=8)
+def _unpacked(blob: bytes, chain: str) -> tuple[str, ...]:
+    """unpack_texts, the last few kept: the evidence of a verdict names rules of a few
+    chains, and a chain of 5,000 rules is not unpacked once per rule shown."""
+    return tuple(unpack_texts(blob, chain))
+
+
 @dataclass(frozen=True, slots=True, weakref_slot=True)
 class Chain:
-    """Slotted: a kube-proxy table has ~15,000 chains, and a __dict__ each cost ~2 MB."""
+    """Slotted: a kube-proxy table has ~15,000 chains, and a __dict__ each cost ~2 MB.
+
+    Its rules' texts are held packed in `texts` (pack_texts: one str per rule was the
+    ruleset's biggest held cost), its rules' own `text` then "": a chain built from rules
+    with texts packs them (and takes the rules without them); one built with `texts` takes
+    them as its rules' (the parsers). Read them with rule_texts() / rule_text(i)."""
 
     name: str
     rules: tuple[Rule, ...]
     policy: str | None = None  # ACCEPT/DROP for base chains; None for user chains
     hook: str | None = None  # prerouting/input/forward/... for base chains
     priority: int = 0
+    #: pack_texts of the rules' texts; b"": each rule holds its own (or there are none)
+    texts: bytes = field(default=b"", repr=False)
     #: The evaluator's run index, built on first use and kept here so it dies with the
     #: chain (not part of its value: equality and hash ignore it; not an init argument, so
     #: dataclasses.replace never carries it over to other rules).
     run_index: Any = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.texts or not any(r.text for r in self.rules):
+            return
+        blob = pack_texts([r.text for r in self.rules], self.name)
+        if blob is not None:
+            object.__setattr__(self, "texts", blob)
+            object.__setattr__(self, "rules", tuple(r._replace(text="") for r in self.rules))
+
+    def rule_texts(self) -> list[str]:
+        """Its rules' texts, in order (what iptables-save / nft print for them)."""
+        if self.texts:
+            return unpack_texts(self.texts, self.name)
+        return [r.text for r in self.rules]
+
+    def rule_text(self, i: int) -> str:
+        """The text of rules[i]."""
+        return _unpacked(self.texts, self.name)[i] if self.texts else self.rules[i].text
 
 
 @dataclass(frozen=True)
@@ -175,8 +259,18 @@ class Step:
     table: str
     chain: str
     index: int  # 1-based rule number; 0 for the chain policy
-    text: str
+    #: the rule's text, or its chain's (named `chain`) packed texts (Chain.texts), read
+    #: only when shown:
+    #: the evaluator meets thousands of rules a cycle and few become evidence
+    shown: str | bytes
     effect: str  # jump/goto/return/accept/drop/reject/log/dnat/policy/may-match
+
+    @property
+    def text(self) -> str:
+        """The rule's text as its front-end's tool prints it."""
+        if isinstance(self.shown, str):
+            return self.shown
+        return _unpacked(self.shown, self.chain)[self.index - 1]
 
     def __str__(self) -> str:
         where = f"{self.frontend} {self.table} {self.chain}"

@@ -105,7 +105,9 @@ def chain_signatures(ruleset: Ruleset) -> tuple[dict[tuple, dict[str, int]], tup
     for table in ruleset.tables:
         per = sigs.setdefault((table.frontend, table.family, table.name), {})
         for name, c in table.chains.items():
-            per[name] = hash((tuple(r.text for r in c.rules), c.policy, c.hook, c.priority))
+            # a packed chain's blob is its texts (equal texts, equal blob: no unpacking)
+            per[name] = hash((c.texts or tuple(r.text for r in c.rules), c.policy, c.hook,
+                              c.priority))
             if c.hook is not None:
                 layout.append((table.frontend, table.family, table.name, name, c.hook,
                                c.priority))
