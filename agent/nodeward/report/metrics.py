@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,7 +29,7 @@ class Metrics:
         r = self.registry = Registry(process=True)
         Gauge("nodeward_build_info", "nodeward build: always 1, the version in labels",
               ["version", "python_version"], registry=r).labels(
-            __version__, platform.python_version()).set(1)
+            __version__, sys.version.split()[0]).set(1)  # = platform.python_version()
         self.findings = Gauge("nodeward_findings", "Open findings by ID and severity",
                               ["id", "severity"], registry=r)
         self.findings_opened = Counter("nodeward_findings_opened",
