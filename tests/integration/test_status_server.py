@@ -96,6 +96,7 @@ def test_limits_and_answers_of_the_selector_server():
         assert _send(server.address, b"POST /livez HTTP/1.1\r\n\r\n").startswith(
             b"HTTP/1.1 400 ")
         assert _send(server.address, b"GET /x HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 404 ")
+        assert _send(server.address, b"\r\n\r\n").startswith(b"HTTP/1.1 400 ")  # empty
         metrics = _send(server.address, b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
         assert b"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n" in metrics
         assert b'\r\n\r\n# HELP process_' in metrics and b"nodeward_scans_total" in metrics

@@ -235,8 +235,8 @@ class StatusServer:
                 self._drop(sel, conns, c)
         except (BlockingIOError, InterruptedError):
             return
-        except (OSError, ValueError):
-            self._drop(sel, conns, c)  # a broken client: just close it
+        except Exception:  # a broken client (or an answer that failed): close it, serve on
+            self._drop(sel, conns, c)
 
     def _response(self, head: bytes) -> bytes:
         parts = head.split(b"\r\n", 1)[0].split()
@@ -248,7 +248,7 @@ class StatusServer:
                   503: "Service Unavailable"}[code]
         return (f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                .encode() + (b"" if parts[0] == b"HEAD" else body))
+                .encode() + (b"" if parts[:1] == [b"HEAD"] else body))
 
     def _answer(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
