@@ -7,9 +7,10 @@ remediation, evidence. Then the bound context and the call's fields in the order
 call site rather than configured globally; the module loggers (`get_logger`) follow the one
 process-wide route `route_module_logs` sets.
 
-Written here rather than with structlog: the daemon needs one renderer, and structlog with
-its dev/traceback modules (rich, pygments when installed, asyncio) cost the daemon ~10 MB of
-RSS for it. The lines are the ones structlog's JSONRenderer wrote with the same processors.
+Written here rather than with structlog: the daemon needs one renderer, and structlog's
+import (its dev and traceback modules, rich and pygments where installed) cost the daemon
+4-8 MB of RSS for it. The lines are the ones structlog's JSONRenderer wrote with the
+processors the daemon used.
 """
 
 from __future__ import annotations

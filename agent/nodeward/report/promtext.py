@@ -1,10 +1,11 @@
 """Gauges, counters and histograms in Prometheus' text exposition format (version 0.0.4).
 
 Written here rather than with prometheus_client: the daemon exports a dozen series, and the
-client library imports asyncio, http.server, wsgiref and email for its servers (about 8 MB
-of the daemon's RSS). The text is the one prometheus_client's generate_latest writes for the
-same metrics (label names sorted, Go float formatting, counters' `_total`, no `_created`),
-checked by promtool and by prometheus_client's own parser in the tests.
+client library imports asyncio, http.server and wsgiref for its own servers (2-4 MB of the
+daemon's RSS, as much again for asyncio). The text is the one prometheus_client's
+generate_latest writes for the same metrics (label names sorted, Go float formatting,
+counters' `_total`, no `_created`), checked by promtool and by prometheus_client's own
+parser in the tests.
 """
 
 from __future__ import annotations
