@@ -10,12 +10,14 @@ import functools
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from . import settings_load
 from . import settings_schema as ss
 from .model import SCOPE_RANK, BindScope, ProcessInfo, Severity
+
+_DATA = Path(__file__).parent  # catalog.yaml beside this file (see findings._DATA)
 
 #: Widest acceptable bind per `max_scope` value, on the SCOPE_RANK scale.
 MAX_SCOPE_RANK = {"loopback": 0, "node-private": 1, "node": 2, "any": 99}
@@ -264,7 +266,7 @@ class Catalog:
 @functools.cache
 def load_default() -> Catalog:
     """The shipped catalog; cached because it is immutable and read on every config load."""
-    text = resources.files("nodeward").joinpath("catalog.yaml").read_text()
+    text = _DATA.joinpath("catalog.yaml").read_text(encoding="utf-8")
     return Catalog.from_entries(settings_load.load_text(text, "catalog.yaml")["components"],
                                 "catalog.yaml")
 

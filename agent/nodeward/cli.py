@@ -50,7 +50,7 @@ def _scan_parser(sub: argparse._SubParsersAction) -> None:
     scan = sub.add_parser("scan", help="scan listening sockets and report findings")
     scan.add_argument("--format", choices=FORMATS, default="table",
                       help="table (default), one JSON document, one finding per line, "
-                           "structlog events, SARIF 2.1.0, JUnit XML, or a wgpolicyk8s.io "
+                           "JSON-lines log events, SARIF 2.1.0, JUnit XML, or a wgpolicyk8s.io "
                            "ClusterPolicyReport (YAML)")
     scan.add_argument("--output", "-o", metavar="FILE",
                       help="write the report to FILE (replaced whole, never half-written) "
@@ -290,8 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config_mod.ConfigError as e:
         print(f"nodeward: config error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    # Module loggers (cluster collector, Kubernetes client) as JSON on stderr: structlog's
-    # default is console text on stdout, which corrupted `scan --format json`.
+    # Module loggers (cluster collector, Kubernetes client) as JSON on stderr, never on
+    # stdout, where they would corrupt `scan --format json`.
     route_module_logs(cfg.node_name if cfg is not None else "")
     try:
         return args.handler(args, cfg)

@@ -9,9 +9,13 @@ from __future__ import annotations
 import functools
 import textwrap
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 
 import yaml
+
+#: The package's data files (a plain path: importlib.resources pulls in tempfile, zipfile
+#: and random for the daemon, for files pip always installs as files).
+_DATA = Path(__file__).parent
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class FindingInfo:
 
 @functools.cache
 def registry() -> dict[str, FindingInfo]:
-    data = yaml.safe_load(resources.files("nodeward").joinpath("findings.yaml").read_text())
+    data = yaml.safe_load(_DATA.joinpath("findings.yaml").read_text(encoding="utf-8"))
     base = data["help_base"]
     return {fid: FindingInfo(fid, e["title"], str(e["severity"]), e["check"],
                              " ".join(e["explain"].split()), " ".join(e["fix"].split()),

@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from . import settings_load
+from .report.logs import get_logger
 
 if TYPE_CHECKING:  # requests (~60 ms to import) loads only when an API is used
     import requests
 
-log = structlog.get_logger("nodeward.kubeapi")
+log = get_logger("nodeward.kubeapi")
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 

@@ -238,10 +238,15 @@ def test_image_is_built_lean_and_labelled(image):
            "for c in gcc cc pip pip3 apt-get iptables-legacy-save iptables-nft-save nft ip; "
            "do command -v $c >/dev/null && echo HAVE $c; done; "
            "ls /var/lib/apt/lists | grep -v -e lock -e partial | wc -l; "
-           "python3 -c 'import iptc, nodeward; print(\"IMPORT ok\")'")
+           "python3 -c 'import iptc, nodeward; print(\"IMPORT ok\")'; "
+           "python3 -c 'import os, nodeward.daemon as d, yaml; "
+           "print(\"PYC\", os.path.isfile(d.__cached__), os.path.isfile(yaml.__cached__))'")
     have = {ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("HAVE")}
     assert have == {"apt-get", "iptables-legacy-save", "iptables-nft-save", "nft", "ip"}, have
     assert "IMPORT ok" in r.stdout and "\n0\n" in r.stdout, r.stdout
+    # byte-compiled at build: a read-only root and PYTHONDONTWRITEBYTECODE would otherwise
+    # compile the agent from source at every start (CPU, and ~3 MB more RSS)
+    assert "PYC True True" in r.stdout, r.stdout
 
 
 def test_daemonset_flags_are_read_not_retyped(tmp_path):

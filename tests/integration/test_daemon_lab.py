@@ -5,6 +5,7 @@ the old one, SIGTERM exits 0."""
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import shutil
 import signal
@@ -31,22 +32,28 @@ class DaemonLog:
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc = proc
         self.events: list[dict] = []
+        self.partial = b""  # the start of a line not yet complete
+        self.cursor = 0  # events before it were looked at by an earlier wait_for
         self.sel = selectors.DefaultSelector()
         self.sel.register(proc.stdout, selectors.EVENT_READ)
 
     def wait_for(self, pred, timeout: float) -> dict:
+        """The first event after the last one returned that `pred` matches."""
         deadline = time.monotonic() + timeout
-        seen = len(self.events)
         while time.monotonic() < deadline:
-            for e in self.events[seen:]:
+            while self.cursor < len(self.events):
+                e = self.events[self.cursor]
+                self.cursor += 1
                 if pred(e):
                     return e
-            seen = len(self.events)
             if self.sel.select(0.2):
-                line = self.proc.stdout.readline()
-                if not line:
+                # every complete line that arrived (a buffered readline() took two lines
+                # from the pipe and returned one: the second waited unseen for the next)
+                data = os.read(self.proc.stdout.fileno(), 1 << 16)
+                if not data:
                     break
-                self.events.append(json.loads(line))
+                *lines, self.partial = (self.partial + data).split(b"\n")
+                self.events += [json.loads(line) for line in lines]
         raise AssertionError(f"no matching event in {timeout}s; last: {self.events[-5:]}")
 
 

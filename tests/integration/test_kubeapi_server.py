@@ -15,10 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from structlog.testing import capture_logs
 
 from nodeward.checks.calico import calico_findings
 from nodeward.collect.cluster import ClusterSettings, collect_cluster
+from nodeward.report.logs import capture_logs
 
 TOKEN = "s3cret-token"
 

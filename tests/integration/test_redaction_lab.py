@@ -123,7 +123,7 @@ def test_daemon_log_sink_and_policy_report_carry_no_secret(node, tmp_path):
     finally:
         log.proc.terminate()
         log.proc.wait(10)
-    rest = log.proc.stdout.read()
+    rest = log.partial.decode() + log.proc.stdout.read()
     daemon_out = "\n".join(json.dumps(e) for e in log.events) + rest
     assert_clean(daemon_out, "daemon log")
     opened = [e for e in log.events if e["event"] == "finding_opened" and e["pid"] == proc.pid]

@@ -19,10 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
 
 from nodeward.checks.calico import calico_findings
 from nodeward.collect.cluster import ClusterSettings, collect_cluster
+from nodeward.report.logs import capture_logs
 
 NODE = {"kind": "Node", "metadata": {"name": "n1"}, "spec": {"podCIDRs": ["10.244.1.0/24"]},
         "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]}}

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from nodeward.daemon_settings import SinkSettings
 from nodeward.report.logs import make_logger
@@ -58,9 +59,10 @@ def invariant(case: str, sink: HttpSink, collector: Collector | None = None) -> 
     print(f"[{case}] produced={produced} delivered={sink.delivered} dropped={sink.dropped} "
           f"backlog={sink.backlog}")
     assert produced == sink.delivered + sink.dropped + sink.backlog
-    registry = sink.test_metrics.registry
-    assert registry.get_sample_value("nodeward_sink_dropped_events_total") == sink.dropped
-    assert registry.get_sample_value("nodeward_sink_backlog_events") == sink.backlog
+    scraped = {s.name: s.value for fam in text_string_to_metric_families(
+        sink.test_metrics.exposition().decode()) for s in fam.samples}
+    assert scraped["nodeward_sink_dropped_events_total"] == sink.dropped
+    assert scraped["nodeward_sink_backlog_events"] == sink.backlog
     if collector is not None:
         ids = {e["event_id"] for e in collector.accepted}
         assert len(ids) == sink.delivered

@@ -255,3 +255,32 @@ def test_apiserver_delegated_and_kube_proxy_rules(tmp_path):
                                                  "metricsBindAddress: 0.0.0.0:10249\n"})
     assert ev.state == AUTH_NONE
     assert ev.settings["/var/lib/kube-proxy/c.yaml:2 metricsBindAddress"] == "0.0.0.0:10249"
+
+
+def test_probes_run_in_parallel_bounded_and_in_order():
+    """collect_auth's probe pool: answers in the order asked, at most `workers` at once
+    (yet more than one), and a probe that raises is an error answer, not a lost scan."""
+    import threading
+    import time
+
+    from nodeward.collect.auth import _in_threads
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def slow(x):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.1)
+        with lock:
+            running[0] -= 1
+        if x == 5:
+            raise RuntimeError("boom")
+        return {"x": x}
+
+    t0 = time.monotonic()
+    out = _in_threads(slow, list(range(12)), 4)
+    took = time.monotonic() - t0
+    assert out == [{"x": i} if i != 5 else {"error": "RuntimeError"} for i in range(12)]
+    assert peak[0] == 4 and took < 0.9, (peak, took)  # 3 rounds of 0.1 s, not 12
+    assert _in_threads(slow, [], 4) == []

@@ -58,3 +58,17 @@ def test_start_up_imports_neither_pyroute2_nor_requests() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=ENV, timeout=60, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_daemon_imports_no_event_loop_logging_or_metrics_library() -> None:
+    """`nodeward run`'s modules (agent, status server, logs, metrics, the cluster and relay
+    clients) load neither asyncio, structlog nor prometheus_client (~17 MB of RSS), nor
+    http.server/wsgiref, which only the relay server and the test harness serve with."""
+    code = ("import sys; from nodeward import cli, daemon, snapshot, checks;"
+            " from nodeward.collect import cluster, watch, ruleset;"
+            " from nodeward.relay import client; from nodeward.commands import daemon as d;"
+            " print(sorted(m for m in ('asyncio', 'structlog', 'prometheus_client',"
+            " 'http.server', 'wsgiref') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=ENV, timeout=60, check=True).stdout
+    assert out.strip() == "[]"

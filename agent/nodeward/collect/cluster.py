@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from .. import settings_load
 from ..checks.encryption import PeerNode
 from ..kubeapi import (
@@ -28,9 +26,10 @@ from ..kubeapi import (
     read_token,
 )
 from ..relay.client import relay_api
+from ..report.logs import get_logger
 from ..settings_table import ClusterSettings
 
-log = structlog.get_logger("nodeward.cluster")
+log = get_logger("nodeward.cluster")
 
 #: kind -> (API paths tried in order: Calico CRD shape, then the v3 aggregated API)
 CALICO_KINDS = {

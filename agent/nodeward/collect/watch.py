@@ -21,12 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import structlog
-
 from ..kubeapi import ApiUnavailable, Gone, KubeApi, NotFound
+from ..report.logs import get_logger
 from .cluster import CALICO_KINDS, ClusterView, build_view, trim_node
 
-log = structlog.get_logger("nodeward.watch")
+log = get_logger("nodeward.watch")
 
 NODES = "/api/v1/nodes"
 

@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from ..kubeapi import SA_DIR, ApiConfig, ApiUnavailable, KubeApi, read_token
+from ..report.logs import get_logger
 from ..settings_table import RelaySettings
 
-log = structlog.get_logger("nodeward.relay")
+log = get_logger("nodeward.relay")
 
 
 def relay_api_config(relay: RelaySettings, timeout: float, retries: int) -> ApiConfig:

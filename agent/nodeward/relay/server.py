@@ -24,14 +24,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-import structlog
-
 from ..collect.watch import ClusterWatcher
 from ..kubeapi import KubeApi
+from ..report.logs import get_logger
 from .auth import TokenReviewer
 from .store import Expired, KindState, RelayStore
 
-log = structlog.get_logger("nodeward.relay")
+log = get_logger("nodeward.relay")
 
 
 @dataclass(frozen=True)

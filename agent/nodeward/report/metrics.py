@@ -1,46 +1,35 @@
 """Prometheus metrics and the /healthz endpoint of `nodeward run`.
 
-A registry per daemon (not the process-global default), so tests and reloads never see
-another instance's series. Names follow Prometheus' conventions (checked by `promtool
-check metrics` in the tests): base units, `_total` on counters, no label value in a name
-(per-severity counts are `sum by (severity) (nodeward_findings)`), no `_created` series.
+A registry per daemon (report/promtext.py: no process-global default), so tests and
+reloads never see another instance's series. Names follow Prometheus' conventions (checked
+by `promtool check metrics` in the tests): base units, `_total` on counters, no label value
+in a name (per-severity counts are `sum by (severity) (nodeward_findings)`), no `_created`
+series.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
-import platform
+import selectors
 import socket
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
-
-import prometheus_client
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    ProcessCollector,
-    generate_latest,
-)
 
 from .. import __version__
 from ..model import Finding
-
-# `_created` samples double every counter's series for a timestamp nobody queries; the
-# switch is process-wide in prometheus_client, and this process exports nothing else.
-prometheus_client.disable_created_metrics()
+from .promtext import CONTENT_TYPE, Counter, Gauge, Histogram, Registry
 
 
 class Metrics:
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        ProcessCollector(registry=r)  # process_cpu_seconds_total, _resident_memory_bytes, ...
+        # process_cpu_seconds_total, _resident_memory_bytes, ... first, then ours
+        r = self.registry = Registry(process=True)
         Gauge("nodeward_build_info", "nodeward build: always 1, the version in labels",
               ["version", "python_version"], registry=r).labels(
-            __version__, platform.python_version()).set(1)
+            __version__, sys.version.split()[0]).set(1)  # = platform.python_version()
         self.findings = Gauge("nodeward_findings", "Open findings by ID and severity",
                               ["id", "severity"], registry=r)
         self.findings_opened = Counter("nodeward_findings_opened",
@@ -92,31 +81,49 @@ class Metrics:
         if dropped:
             self.sink_dropped.inc(dropped)
 
+    def exposition(self) -> bytes:
+        """What /metrics answers."""
+        return self.registry.exposition()
+
 
 class StatusServerError(OSError):
     """The status address cannot be served (port taken, address not local): one line."""
 
 
+class _Conn:
+    """One client of the status server: its request head so far, then its answer."""
+
+    __slots__ = ("deadline", "head", "out", "sock")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock, self.deadline = sock, deadline
+        self.head = bytearray()
+        self.out: memoryview | None = None
+
+
 class StatusServer:
     """/metrics, /healthz (everything, delivery included) and /livez (the agent itself:
     for a liveness probe, since restarting it does not bring a collector back) on one
-    asyncio thread.
+    thread with a selector.
 
     Why not http.server: one thread per connection and a backlog of 5 let a handful of
     idle clients (slowloris) hold /healthz hostage. Here an idle connection costs a few
-    hundred bytes, not a thread; each one has TIMEOUT seconds to send its request and read
-    the answer, at most MAX_CONNECTIONS are open (more are closed at once) and a request
-    head is at most 8 KiB. The answer is computed in the loop thread: it is cheap."""
+    hundred bytes, not a thread; each one has TIMEOUT seconds to send its request and as
+    long again to read the answer, at most MAX_CONNECTIONS are open (more are closed at
+    once) and a request head is at most MAX_HEAD bytes. The answer is computed in the
+    server's thread: it is cheap. (Not asyncio either: the event loop's modules cost the
+    daemon several MB of RSS for what a selector does.)"""
 
     TIMEOUT = 5.0
     MAX_CONNECTIONS = 256
+    MAX_HEAD = 8192
 
     def __init__(self, address: str, metrics: Metrics,
                  healthy: Callable[[], tuple[bool, str]],
                  live: Callable[[], tuple[bool, str]] | None = None) -> None:
         host, _, port = address.rpartition(":")
         host = host.strip("[]")
-        self.registry = metrics.registry
+        self.metrics = metrics
         self.healthy = healthy
         self.live = live or healthy
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -125,9 +132,11 @@ class StatusServer:
         except OSError as e:
             why = os.strerror(e.errno) if e.errno else str(e)
             raise StatusServerError(e.errno, f"status server {address}: {why}") from None
+        self.sock.setblocking(False)
         self.open = 0
         self.served = 0
-        self.loop = asyncio.new_event_loop()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="nodeward-status",
                                        daemon=True)
@@ -143,55 +152,108 @@ class StatusServer:
 
     def close(self) -> None:
         if self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
             self.thread.join(5)
         self.sock.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def _serve(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(
-            asyncio.start_server(self._handle, sock=self.sock, limit=8192))
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ, None)
+        sel.register(self._wake_r, selectors.EVENT_READ, None)
+        conns: dict[int, _Conn] = {}
         self._ready.set()
         try:
-            self.loop.run_forever()
+            while True:
+                now = time.monotonic()
+                for c in [c for c in conns.values() if c.deadline <= now]:
+                    self._drop(sel, conns, c)  # too slow: just close it
+                timeout = min((c.deadline for c in conns.values()), default=now + 60) - now
+                for key, _events in sel.select(max(timeout, 0.0)):
+                    if key.fileobj is self._wake_r:
+                        return
+                    if key.fileobj is self.sock:
+                        self._accept(sel, conns)
+                        continue
+                    c = conns.get(key.fd)  # type: ignore[arg-type]
+                    if c is not None:
+                        self._step(sel, conns, c)
         finally:
-            server.close()
-            for task in asyncio.all_tasks(self.loop):
-                task.cancel()
-            self.loop.run_until_complete(asyncio.sleep(0))
-            self.loop.close()
+            for c in list(conns.values()):
+                self._drop(sel, conns, c)
+            sel.close()
+
+    def _accept(self, sel: selectors.BaseSelector, conns: dict[int, _Conn]) -> None:
+        for _ in range(64):  # then let the open connections have their turn
+            try:
+                sock, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # ECONNABORTED, EMFILE, ...: try again on the next wakeup
+                return
+            if self.open >= self.MAX_CONNECTIONS:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            c = _Conn(sock, time.monotonic() + self.TIMEOUT)
+            conns[sock.fileno()] = c
+            self.open += 1
+            sel.register(sock, selectors.EVENT_READ, None)
+
+    def _drop(self, sel: selectors.BaseSelector, conns: dict[int, _Conn], c: _Conn) -> None:
+        fd = c.sock.fileno()
+        if conns.pop(fd, None) is None:
+            return
+        self.open -= 1
+        with contextlib.suppress(KeyError, ValueError):
+            sel.unregister(c.sock)
+        c.sock.close()
+
+    def _step(self, sel: selectors.BaseSelector, conns: dict[int, _Conn], c: _Conn) -> None:
+        """Read more of the head, or send more of the answer; close when done or wrong."""
+        try:
+            if c.out is None:
+                data = c.sock.recv(self.MAX_HEAD + 4 - len(c.head))
+                if not data:
+                    self._drop(sel, conns, c)  # gone before a whole head
+                    return
+                c.head += data
+                end = c.head.find(b"\r\n\r\n")
+                if end < 0 or end > self.MAX_HEAD:
+                    if len(c.head) >= self.MAX_HEAD:
+                        self._drop(sel, conns, c)  # oversized head
+                    return
+                c.out = memoryview(self._response(bytes(c.head[:end])))
+                c.deadline = time.monotonic() + self.TIMEOUT
+                sel.modify(c.sock, selectors.EVENT_WRITE, None)
+            sent = c.sock.send(c.out)
+            c.out = c.out[sent:]
+            if not c.out:
+                self.served += 1
+                self._drop(sel, conns, c)
+        except (BlockingIOError, InterruptedError):
+            return
+        except Exception:  # a broken client (or an answer that failed): close it, serve on
+            self._drop(sel, conns, c)
+
+    def _response(self, head: bytes) -> bytes:
+        parts = head.split(b"\r\n", 1)[0].split()
+        if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD"):
+            code, ctype, body = 400, "text/plain", b"bad request\n"
+        else:
+            code, ctype, body = self._answer(parts[1].decode("latin-1"))
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found",
+                  503: "Service Unavailable"}[code]
+        return (f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                .encode() + (b"" if parts[:1] == [b"HEAD"] else body))
 
     def _answer(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            return 200, CONTENT_TYPE, self.metrics.exposition()
         if path in ("/healthz", "/livez"):
             ok, why = (self.healthy if path == "/healthz" else self.live)()
             return (200 if ok else 503), "text/plain", (why + "\n").encode()
         return 404, "text/plain", b"not found\n"
-
-    async def _handle(self, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        if self.open >= self.MAX_CONNECTIONS:
-            writer.close()
-            return
-        self.open += 1
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.TIMEOUT)
-            parts = head.split(b"\r\n", 1)[0].split()
-            if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD"):
-                code, ctype, body = 400, "text/plain", b"bad request\n"
-            else:
-                code, ctype, body = self._answer(parts[1].decode("latin-1"))
-            reason = {200: "OK", 400: "Bad Request", 404: "Not Found",
-                      503: "Service Unavailable"}[code]
-            writer.write(f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                         .encode() + (b"" if parts[:1] == [b"HEAD"] else body))
-            await asyncio.wait_for(writer.drain(), self.TIMEOUT)
-            self.served += 1
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ValueError, OSError):
-            pass  # a slow, broken or oversized client: just close it
-        finally:
-            self.open -= 1
-            writer.close()
