@@ -133,3 +133,39 @@ def test_a_chain_whose_rules_come_in_two_runs_keeps_them_all_in_order() -> None:
         assert chains["INPUT"].rule_texts() == ["-A INPUT -j X", "-A INPUT -p udp -j DROP"]
         assert chains["X"].rule_texts() == [save[4], save[6], save[7]]  # (NUL: unpacked)
         assert not chains["X"].texts and chains["INPUT"].texts
+
+
+def test_the_splice_renders_the_kept_chains_texts_as_they_are_read() -> None:
+    """iptsplice.render's lines (a kept chain's unpacked when reached): the same lines, by
+    index, slice and iteration, as the eager rendering, on every real iptables dump."""
+    from nodeward.collect.iptsplice import kept, render
+
+    if rw.available():
+        pytest.skip(rw.available())
+    rendered = 0
+    for path, fam in rw.ipt_files()[::7]:
+        try:
+            tables = parse_iptables_save(path.read_text().splitlines(), family=fam)
+        except ValueError:
+            continue
+        if not tables:
+            continue
+        state = kept(tables)
+        want: list[str] = []
+        for name, t in state.items():
+            order = [*t.builtins, *sorted(c for c in t.names() if c not in set(t.builtins))]
+            want += [f"*{name}", *(f":{c} {t.policy_of(c)} [0:0]" for c in order)]
+            for c in order:
+                want += t.lines(c)
+            want.append("COMMIT")
+        got = render(state)
+        assert list(got) == want and len(got) == len(want)
+        assert [got[i] for i in range(len(want))] == want and got[-1] == "COMMIT"
+        assert [got[i] for i in reversed(range(len(want)))] == want[::-1]
+        assert [x for i in range(0, len(want), 7) for x in got[i:i + 7]] == want
+        assert got[3:2] == [] and got[::2] == want[::2]
+        again = parse_iptables_save(got, family=fam, reuse=tables)
+        assert all(c is t.chains[n] for a, t in zip(again, tables, strict=True)
+                   for n, c in a.chains.items())  # (the chains in the splice's order)
+        rendered += 1
+    assert rendered >= 20, rendered

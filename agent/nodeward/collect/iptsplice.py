@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..ruleset.model import Chain, Table
@@ -40,7 +41,7 @@ RETRIES = 3
 IPT_TABLES = frozenset({"filter", "nat", "mangle", "raw", "security"})
 _DECL = re.compile(r"^:(\S+) (\S+)(?: \[\d+:\d+\])?$")
 
-Lines = list[str]
+Lines = Sequence[str]  # a list, or render's Rendered
 Runner = Callable[[Sequence[str]], str | None]
 
 
@@ -76,6 +77,14 @@ class TableText:
         if got is None:
             c = self.base.get(chain)
             got = c.rule_texts() if c is not None and chain not in self.gone else ()
+        return got
+
+    def part(self, chain: str) -> Sequence[str] | Chain:
+        """lines(chain), or the kept Chain holding them (packed: see Rendered)."""
+        got = self.rules.get(chain)
+        if got is None:
+            c = self.base.get(chain)
+            return c if c is not None and chain not in self.gone else ()
         return got
 
     def put(self, chain: str, policy: str, lines: Sequence[str]) -> None:
@@ -139,17 +148,78 @@ def kept(tables: Sequence[Table]) -> dict[str, TableText]:
                               t.chains) for t in tables}
 
 
-def render(tables: dict[str, TableText]) -> Lines:
-    out: Lines = []
+class Rendered(Sequence[str]):
+    """render's lines, made as they are read: a kept chain's are its rules' texts, held
+    packed (model.Chain.texts) and unpacked when the reader reaches them, so the splice's
+    50,000 lines never all exist at once beside the ruleset (read in order, as the digest
+    and the parser do, each chain is unpacked once a pass)."""
+
+    __slots__ = ("_at", "_cur", "_n", "_parts", "_starts")
+
+    def __init__(self, parts: list[Sequence[str] | Chain]) -> None:
+        self._parts = [p for p in parts if (p.rules if isinstance(p, Chain) else p)]
+        self._starts: list[int] = []
+        n = 0
+        for p in self._parts:
+            self._starts.append(n)
+            n += len(p.rules) if isinstance(p, Chain) else len(p)
+        self._n = n
+        self._at = -1
+        self._cur: Sequence[str] = ()
+
+    def _part(self, i: int) -> Sequence[str]:
+        if i != self._at:
+            p = self._parts[i]
+            self._at, self._cur = i, (p.rule_texts() if isinstance(p, Chain) else p)
+        return self._cur
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, k):  # type: ignore[override]
+        if isinstance(k, slice):
+            lo, hi, step = k.indices(self._n)
+            if step != 1:
+                return [self[j] for j in range(lo, hi, step)]
+            out: list[str] = []
+            i = bisect_right(self._starts, lo) - 1 if lo < hi else len(self._parts)
+            while lo < hi and i < len(self._parts):
+                part, at = self._part(i), self._starts[i]
+                out += part[lo - at:hi - at]
+                lo = at + len(part)
+                i += 1
+            return out
+        if k < 0:
+            k += self._n
+        if not 0 <= k < self._n:
+            raise IndexError(k)
+        i = self._at
+        if i < 0 or not self._starts[i] <= k < self._starts[i] + len(self._cur):
+            i = bisect_right(self._starts, k) - 1
+        return self._part(i)[k - self._starts[i]]
+
+    def __iter__(self) -> Iterator[str]:
+        for p in self._parts:
+            yield from (p.rule_texts() if isinstance(p, Chain) else p)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to a sequence of the same lines (a list of them, as a save's)."""
+        if isinstance(other, str) or not isinstance(other, Sequence):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def render(tables: dict[str, TableText]) -> Rendered:
+    out: list[Sequence[str] | Chain] = []
     for name, t in tables.items():
-        out.append(f"*{name}")
         builtin = set(t.builtins)
         order = [*t.builtins, *sorted(c for c in t.names() if c not in builtin)]
-        out += [f":{c} {t.policy_of(c)} [0:0]" for c in order]
-        for c in order:
-            out += t.lines(c)
-        out.append("COMMIT")
-    return out
+        out.append([f"*{name}", *(f":{c} {t.policy_of(c)} [0:0]" for c in order)])
+        out += [t.part(c) for c in order]
+        out.append(["COMMIT"])
+    return Rendered(out)
 
 
 def _plan(after: Sequence[nfchanges.Transaction]) -> dict[int, set[tuple[str, str]] | None]:
