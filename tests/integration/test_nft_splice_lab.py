@@ -257,3 +257,42 @@ def test_a_native_write_during_the_iptables_read_reaches_the_native_splice(lab) 
     assert wrote, "the iptables read did not re-read a chain (no -S): nothing was tested"
     assert not diffs, "\n".join(diffs[:10])
     assert native.splices >= 1, native.why
+
+
+def test_a_set_deleted_during_the_full_read_is_read_again_not_given_up(lab, monkeypatch) -> None:
+    """kube-proxy flushes a service chain while the table is read: the numgen vmap bound to
+    its rule (an anonymous set) goes with it, between the set listing and the dump of its
+    elements, and that dump answers ENOENT. A write raced the read: it must be read again
+    (and equal a fresh read), not given up (the caller then ran `nft -j`: 370 MB)."""
+    from bench.nodeshape import kube_proxy_nft_text
+
+    from nodeward.collect.nfgen import DumpVanished
+
+    ns = lab.netns("nftsplice-gone")
+    steps = Steps(lab, ns, random.Random(7))
+    steps.nft(kube_proxy_nft_text(RULES))
+    real = nftnl.fetch_elems
+    seen: list[str] = []
+
+    def fetch_elems(sk, fam, tname, info, h):
+        if info.anonymous and not seen:
+            seen.append(info.name)  # every rule goes, and the anonymous sets bound to them
+            steps.nft("flush table ip kube-proxy\n")
+        try:
+            return real(sk, fam, tname, info, h)
+        except DumpVanished:
+            seen.append("ENOENT")
+            raise
+
+    monkeypatch.setattr(nftnl, "fetch_elems", fetch_elems)
+    with ThreadPoolExecutor(1, initializer=setns, initargs=(ns.name,)) as pool:
+        got = pool.submit(nftnl.read_table, *KP).result(60)
+        monkeypatch.setattr(nftnl, "fetch_elems", real)
+        fresh = pool.submit(nftnl.read_table, *KP).result(60)
+        text = pool.submit(lambda: subprocess.run(
+            ["nft", "-s", "-j", "list", "table", *KP], capture_output=True, text=True,
+            check=True).stdout).result(60)
+    assert "ENOENT" in seen, f"the set did not vanish mid-read: {seen}"
+    assert got.rules == 0 < len(got.sets), (got.rules, list(got.sets))
+    diffs = _model_diffs("re-read", got, fresh, parse_nft_json(text, source="nft -j"))
+    assert not diffs, "\n".join(diffs[:10])
