@@ -28,7 +28,7 @@ CHILD = r"""
 import gc, sys, time, tracemalloc, io
 sys.path.insert(0, {agent!r})
 TRACE, CYCLES, SLEEP, CFG, TRIM = {trace!r}, {cycles!r}, {sleep!r}, {cfg!r}, {trim!r}
-FROM, FRAMES, STEP, HEAP = {trace_from!r}, {frames!r}, {step!r}, {heap!r}
+FROM, FRAMES, STEP, HEAP, KEPT = {trace_from!r}, {frames!r}, {step!r}, {heap!r}, {kept!r}
 
 def status():
     rss = hwm = 0
@@ -94,7 +94,7 @@ def leave():
     fr[2] = max(fr[2], hwm)
     fr[4] = max(fr[4], py[1])
     rows.append((len(stack), fr[0], fr[1], fr[2], rss, (fr[4] - fr[3]) / 2**20,
-                 (py[0] - fr[3]) / 2**20))
+                 (py[0] - fr[3]) / 2**20, heap()[:2] if HEAP else ()))
     if stack:
         stack[-1][2] = max(stack[-1][2], fr[2])
         stack[-1][4] = max(stack[-1][4], fr[4])
@@ -106,9 +106,18 @@ def wrap(mod, name, label=None):
     fn = getattr(mod, name)
     def w(*a, **k):
         enter(label or name)
+        first = tracemalloc.take_snapshot() if name == KEPT and tracemalloc.is_tracing() \
+            else None
         try:
             return fn(*a, **k)
         finally:
+            if first is not None:
+                print(f"  what {{name}} left allocated:")
+                for d in tracemalloc.take_snapshot().compare_to(first, "traceback")[:10]:
+                    print(f"    {{d.size_diff / 2**10:+8.1f}} kB {{d.count_diff:+7d}}")
+                    for line in d.traceback.format()[::-1][:FRAMES * 2]:
+                        print(f"          {{line}}")
+                del first
             leave()
     setattr(mod, name, w)
 
@@ -155,10 +164,11 @@ for c in range(CYCLES):
         print(f"  malloc_trim(0) after the cycle: RSS {{before:.1f}} -> {{status()[0]:.1f}} MB")
     print(f"-- cycle {{c + 1}}: phase  (RSS at start -> peak inside, MB; rise)"
           + ("  [python peak rise / kept, MB]" if TRACE else ""))
-    for depth, name, rss0, peak, rss1, pyrise, pykept in rows:
+    for depth, name, rss0, peak, rss1, pyrise, pykept, arenas in rows:
         print(f"  {{'  ' * depth}}{{name:22}} {{rss0:7.1f}} -> {{peak:7.1f}}"
               f"  (+{{peak - rss0:5.1f}})  end {{rss1:7.1f}}"
-              + (f"  [+{{pyrise:6.1f}} / {{pykept:+6.1f}}]" if TRACE else ""))
+              + (f"  [+{{pyrise:6.1f}} / {{pykept:+6.1f}}]" if TRACE else "")
+              + (f"  {{arenas[0]}} arenas, {{arenas[1]:.1f}} MB used" if arenas else ""))
     if HEAP:
         gc.collect()
         a, used, gheap, gfree = heap()
@@ -199,6 +209,8 @@ def main() -> int:
     ap.add_argument("--trace-from", type=int, default=1, metavar="CYCLE",
                     help="start tracing at this cycle (a traced full read is ~3x slower, "
                     "and under churn a write then races it)")
+    ap.add_argument("--kept", metavar="PHASE",
+                    help="with --trace: what that phase (a wrapped name) left allocated")
     ap.add_argument("--frames", type=int, default=1, help="traceback depth of --trace")
     ap.add_argument("--churn", action="store_true")
     ap.add_argument("--churn-step", type=int, default=0, metavar="SYNCS",
@@ -231,7 +243,8 @@ def main() -> int:
                             sleep=args.sleep, cfg=str(cfg), trim=args.trim,
                             trace_from=args.trace_from, frames=args.frames, root=str(ROOT),
                             step=(args.frontend, args.rules, args.churn_step)
-                            if args.churn_step else None, heap=args.heap)
+                            if args.churn_step else None, heap=args.heap,
+                            kept=args.kept)
         t0 = time.monotonic()
         subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", code],
                        timeout=3600, check=False)
