@@ -234,7 +234,7 @@ class NativeTables:
                         if text_attr(a.get(1)) != name:
                             raise SpliceFailed("a chain of another table in the dump")
                         c = nftnl.chain_info(family, name, a)
-                        meta[cname] = c
+                        meta[c["name"]] = c  # (the key is the Chain's own name)
                         h.update(repr(sorted(c.items())).encode())
                     elif cname in old:
                         meta[cname] = None
