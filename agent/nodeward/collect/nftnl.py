@@ -143,6 +143,11 @@ def _read_once(family: str, fam: int, name: str, tname: bytes, max_rules: int | 
 
 def fetch_elems(sk: DumpSocket, fam: int, tname: bytes, info: SetInfo, h: Any) -> None:
     """One set's elements (one GETSETELEM dump) into info.elems, hashed into `h`."""
+    finish_elems(info, read_elems(sk, fam, tname, info, h))
+
+
+def read_elems(sk: DumpSocket, fam: int, tname: bytes, info: SetInfo, h: Any) -> list:
+    """One set's raw elements (key, data, flags, key end), hashed into `h`."""
     raw = []
     body = _nla(1, tname) + _nla(2, info.name.encode() + b"\0")
     for _f, msg in sk.dump(GETSETELEM, fam, body):
@@ -155,7 +160,7 @@ def fetch_elems(sk: DumpSocket, fam: int, tname: bytes, info: SetInfo, h: Any) -
             h.update(ea.get(1, b""))
             h.update(ea.get(2, b""))
             h.update(ea.get(3, b""))
-    finish_elems(info, raw)
+    return raw
 
 
 def set_info(a: dict[int, bytes], h: Any) -> SetInfo:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..memtrim import give_back
@@ -33,7 +33,7 @@ from ..ruleset.model import Chain, IpSet, Rule, Table
 from . import nfgen, nftnl
 from .nfchanges import Change
 from .nfgen import FAMILY_NUMBERS, DumpSocket, NetlinkReadFailed
-from .nftdelin import SetInfo, attrs, decode_rule, text_attr
+from .nftdelin import SetInfo, attrs, decode_rule, elem_order, finish_elems, text_attr
 
 _NLA = struct.Struct("=HH")
 #: Past this many chains and sets to re-read, one full read is cheaper.
@@ -100,8 +100,7 @@ def shared_with(new: IpSet, old: IpSet | None) -> IpSet:
                  tuple([els.get(e, e) for e in new.elements]), new.keyed)
 
 
-def fetch_set(sk: DumpSocket, fam: int, tname: bytes, name: str, h: Any) -> SetInfo | None:
-    """One set and its elements (None: it does not exist), hashed into `h`."""
+def _set_head(sk: DumpSocket, fam: int, tname: bytes, name: str, h: Any) -> SetInfo | None:
     a = sk.get(nftnl.GETSET, fam, nftnl._nla(1, tname) + nftnl._nla(2, name.encode() + b"\0"))
     h.update(b"\0set\0" + name.encode())
     if a is None:
@@ -109,8 +108,43 @@ def fetch_set(sk: DumpSocket, fam: int, tname: bytes, name: str, h: Any) -> SetI
     info = nftnl.set_info(attrs(a), h)
     if info.name != name:
         raise SpliceFailed(f"asked for set {name}, got {info.name}")
-    nftnl.fetch_elems(sk, fam, tname, info, h)
     return info
+
+
+def fetch_set(sk: DumpSocket, fam: int, tname: bytes, name: str, h: Any) -> SetInfo | None:
+    """One set and its elements (None: it does not exist), hashed into `h`."""
+    info = _set_head(sk, fam, tname, name, h)
+    if info is not None:
+        nftnl.fetch_elems(sk, fam, tname, info, h)
+    return info
+
+
+#: Elements of a re-read map decoded and modelled per slice of this many: all of a kube-proxy
+#: map's 8,600 as nft -j lists them (three dicts each) were ~9 MB at once, beside the model.
+CHUNK = 512
+
+
+def model_set(family: str, table: str, info: SetInfo, raw: list, old: IpSet | None) -> IpSet:
+    """The named set from its raw elements, sharing `old`'s equal ones (shared_with). A map
+    is decoded a CHUNK of (sorted) elements at a time; what finish_elems cannot decode, or
+    an interval set (its ends pair across elements), goes the whole way at once."""
+    if not info.is_map or info.flags & 0x4 or not info.key_types or len(raw) <= CHUNK:
+        finish_elems(info, raw)
+        return shared_with(nftnl.out_set(family, table, info), old)
+    raw.sort(key=elem_order(info))
+    pool = {e: e for e in old.elements} if old is not None else {}
+    els: list = []
+    parts: list[IpSet] = []
+    for i in range(0, len(raw), CHUNK):
+        part = replace(info, elems=[])
+        finish_elems(part, raw[i:i + CHUNK])
+        if not part.ok:
+            finish_elems(info, raw)  # (it says what was not understood, as a full read)
+            return shared_with(nftnl.out_set(family, table, info), old)
+        parts[:] = [nftnl.out_set(family, table, part)]
+        els.extend(pool.get(e, e) for e in parts[0].elements)
+        del part
+    return IpSet(parts[0].name, parts[0].type, (), tuple(els), parts[0].keyed)
 
 
 class NativeTables:
@@ -207,15 +241,18 @@ class NativeTables:
             out_sets = dict(kept.sets)
             lookups = _Sets(sk, fam, tname, named, h)
             for sname in sorted(sets):
-                info = fetch_set(sk, fam, tname, sname, h)
+                info = _set_head(sk, fam, tname, sname, h)
+                raw = nftnl.read_elems(sk, fam, tname, info, h) if info is not None else []
                 skey = f"nft:{family}:{name}:{sname}"
                 named.pop(sname, None)
                 out_sets.pop(skey, None)
                 if info is None or info.anonymous:
+                    if info is not None:
+                        finish_elems(info, raw)
                     lookups.fetched[sname] = info  # gone, or bound to a rule decoded below
                     continue
-                out_sets[skey] = shared_with(nftnl.out_set(family, name, info),
-                                             kept.sets.get(skey))
+                out_sets[skey] = model_set(family, name, info, raw, kept.sets.get(skey))
+                del raw
                 info.elems = []
                 named[sname] = info
                 self.sets_read += 1
