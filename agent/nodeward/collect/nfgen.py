@@ -148,6 +148,12 @@ class NetlinkReadFailed(Exception):
     falls back to `nft -j`."""
 
 
+class DumpVanished(NetlinkReadFailed):
+    """ENOENT from a dump of one named object (a set's elements): it went between being
+    listed and being dumped, so a write raced the read (kube-proxy deletes a service's
+    numgen vmap when it flushes the chain); the read is started again, not given up."""
+
+
 class DumpSocket:
     """One NETLINK_NETFILTER socket for nf_tables dump requests: the rule count, the chain
     list (collect/nfchanges.py) and the native-table reader (collect/nftnl.py) share it."""
@@ -187,8 +193,8 @@ class DumpSocket:
             if mtype == NLMSG_ERROR:
                 (err,) = struct.unpack_from("=i", data, off + _HDR.size)
                 if err:
-                    raise NetlinkReadFailed(f"{socket.errno.errorcode.get(-err, err)}"
-                                            " from the nf_tables dump")
+                    raise (DumpVanished if err == -2 else NetlinkReadFailed)(
+                        f"{socket.errno.errorcode.get(-err, err)} from the nf_tables dump")
                 return
             if flags & NLM_F_DUMP_INTR:  # a write during the dump (any table)
                 self.interrupted = True

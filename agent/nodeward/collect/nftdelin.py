@@ -356,6 +356,14 @@ def _verdict(b: bytes) -> Any:
     return {word: None}
 
 
+def elem_order(info: SetInfo):
+    """The sort key of finish_elems' raw elements (not interval sets of one field): nft
+    lists elements sorted by value, host-order types compared as such."""
+    single = len(info.key_types) == 1
+    order = "big" if info.key_types[0][0] in _BIG_ENDIAN or not single else "little"
+    return lambda x: int.from_bytes(x[0], order)
+
+
 def finish_elems(info: SetInfo, raw: list[tuple[bytes, bytes | None, int, bytes | None]]
                   ) -> None:
     """Raw (key, data, flags, key_end) -> info.elems as nft -j lists them; interval sets
@@ -383,8 +391,7 @@ def finish_elems(info: SetInfo, raw: list[tuple[bytes, bytes | None, int, bytes 
             if start is not None:
                 info.elems.append(_range_value(word, size, start, b"\xff" * size))
             return
-        order = "big" if word in _BIG_ENDIAN or not single else "little"
-        for k, d, f, kend in sorted(raw, key=lambda x: int.from_bytes(x[0], order)):
+        for k, d, f, kend in sorted(raw, key=elem_order(info)):
             # nft lists elements sorted by value (host-order types compare as such)
             if f & 1:
                 continue  # interval ends of a map/concat: key_end carries the range

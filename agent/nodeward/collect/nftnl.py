@@ -27,7 +27,7 @@ from typing import Any
 
 from ..ruleset.model import Chain, IpSet, Match, Rule, Table
 from ..ruleset.nft import _rule, _set  # the element code nft -j listings go through
-from .nfgen import FAMILY_NUMBERS, DumpSocket, NetlinkReadFailed, generation_id
+from .nfgen import FAMILY_NUMBERS, DumpSocket, DumpVanished, NetlinkReadFailed, generation_id
 from .nftdelin import (
     HOOKS,
     SetInfo,
@@ -102,7 +102,15 @@ def read_table(family: str, name: str, *, max_rules: int | None = None,
         # nft also checks. The id is global, so a write to another table moves it too: a
         # table read twice with the same digest did not change meanwhile.
         before = generation_id()
-        got, raced = _read_once(family, fam, name, tname, max_rules, rule_hook, timeout)
+        try:
+            got, raced = _read_once(family, fam, name, tname, max_rules, rule_hook, timeout)
+        except DumpVanished:
+            # a set listed a moment ago is gone: written meanwhile, so read again (before,
+            # this fell back to `nft -j`: 370 MB beside the daemon on a churning node)
+            if before is not None and generation_id() == before:
+                raise  # (not a write: gone without one)
+            last = ""
+            continue
         if not raced and (before is None or generation_id() == before):
             return got
         if got.digest == last:
@@ -135,6 +143,11 @@ def _read_once(family: str, fam: int, name: str, tname: bytes, max_rules: int | 
 
 def fetch_elems(sk: DumpSocket, fam: int, tname: bytes, info: SetInfo, h: Any) -> None:
     """One set's elements (one GETSETELEM dump) into info.elems, hashed into `h`."""
+    finish_elems(info, read_elems(sk, fam, tname, info, h))
+
+
+def read_elems(sk: DumpSocket, fam: int, tname: bytes, info: SetInfo, h: Any) -> list:
+    """One set's raw elements (key, data, flags, key end), hashed into `h`."""
     raw = []
     body = _nla(1, tname) + _nla(2, info.name.encode() + b"\0")
     for _f, msg in sk.dump(GETSETELEM, fam, body):
@@ -147,7 +160,7 @@ def fetch_elems(sk: DumpSocket, fam: int, tname: bytes, info: SetInfo, h: Any) -
             h.update(ea.get(1, b""))
             h.update(ea.get(2, b""))
             h.update(ea.get(3, b""))
-    finish_elems(info, raw)
+    return raw
 
 
 def set_info(a: dict[int, bytes], h: Any) -> SetInfo:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..memtrim import give_back
@@ -33,7 +33,7 @@ from ..ruleset.model import Chain, IpSet, Rule, Table
 from . import nfgen, nftnl
 from .nfchanges import Change
 from .nfgen import FAMILY_NUMBERS, DumpSocket, NetlinkReadFailed
-from .nftdelin import SetInfo, attrs, decode_rule, text_attr
+from .nftdelin import SetInfo, attrs, decode_rule, elem_order, finish_elems, text_attr
 
 _NLA = struct.Struct("=HH")
 #: Past this many chains and sets to re-read, one full read is cheaper.
@@ -87,8 +87,20 @@ def _chain_name(msg: bytes) -> str | None:
     return None
 
 
-def fetch_set(sk: DumpSocket, fam: int, tname: bytes, name: str, h: Any) -> SetInfo | None:
-    """One set and its elements (None: it does not exist), hashed into `h`."""
+def shared_with(new: IpSet, old: IpSet | None) -> IpSet:
+    """`new` holding `old`'s own element and member objects where they are equal: a
+    kube-proxy map of 8,600 elements re-read for one changed element would otherwise be
+    ~2.5 MB of new tuples a sync, each beside the live model (pymalloc's arenas then
+    stay, half used: the daemon's RSS grew ~15 MB over cycles of churn)."""
+    if old is None or (not old.elements and not old.members):
+        return new
+    els = {e: e for e in old.elements}
+    mem = {m: m for m in old.members}
+    return IpSet(new.name, new.type, tuple([mem.get(m, m) for m in new.members]),
+                 tuple([els.get(e, e) for e in new.elements]), new.keyed)
+
+
+def _set_head(sk: DumpSocket, fam: int, tname: bytes, name: str, h: Any) -> SetInfo | None:
     a = sk.get(nftnl.GETSET, fam, nftnl._nla(1, tname) + nftnl._nla(2, name.encode() + b"\0"))
     h.update(b"\0set\0" + name.encode())
     if a is None:
@@ -96,8 +108,43 @@ def fetch_set(sk: DumpSocket, fam: int, tname: bytes, name: str, h: Any) -> SetI
     info = nftnl.set_info(attrs(a), h)
     if info.name != name:
         raise SpliceFailed(f"asked for set {name}, got {info.name}")
-    nftnl.fetch_elems(sk, fam, tname, info, h)
     return info
+
+
+def fetch_set(sk: DumpSocket, fam: int, tname: bytes, name: str, h: Any) -> SetInfo | None:
+    """One set and its elements (None: it does not exist), hashed into `h`."""
+    info = _set_head(sk, fam, tname, name, h)
+    if info is not None:
+        nftnl.fetch_elems(sk, fam, tname, info, h)
+    return info
+
+
+#: Elements of a re-read map decoded and modelled per slice of this many: all of a kube-proxy
+#: map's 8,600 as nft -j lists them (three dicts each) were ~9 MB at once, beside the model.
+CHUNK = 512
+
+
+def model_set(family: str, table: str, info: SetInfo, raw: list, old: IpSet | None) -> IpSet:
+    """The named set from its raw elements, sharing `old`'s equal ones (shared_with). A map
+    is decoded a CHUNK of (sorted) elements at a time; what finish_elems cannot decode, or
+    an interval set (its ends pair across elements), goes the whole way at once."""
+    if not info.is_map or info.flags & 0x4 or not info.key_types or len(raw) <= CHUNK:
+        finish_elems(info, raw)
+        return shared_with(nftnl.out_set(family, table, info), old)
+    raw.sort(key=elem_order(info))
+    pool = {e: e for e in old.elements} if old is not None else {}
+    els: list = []
+    parts: list[IpSet] = []
+    for i in range(0, len(raw), CHUNK):
+        part = replace(info, elems=[])
+        finish_elems(part, raw[i:i + CHUNK])
+        if not part.ok:
+            finish_elems(info, raw)  # (it says what was not understood, as a full read)
+            return shared_with(nftnl.out_set(family, table, info), old)
+        parts[:] = [nftnl.out_set(family, table, part)]
+        els.extend(pool.get(e, e) for e in parts[0].elements)
+        del part
+    return IpSet(parts[0].name, parts[0].type, (), tuple(els), parts[0].keyed)
 
 
 class NativeTables:
@@ -194,53 +241,68 @@ class NativeTables:
             out_sets = dict(kept.sets)
             lookups = _Sets(sk, fam, tname, named, h)
             for sname in sorted(sets):
-                info = fetch_set(sk, fam, tname, sname, h)
+                info = _set_head(sk, fam, tname, sname, h)
+                raw = nftnl.read_elems(sk, fam, tname, info, h) if info is not None else []
                 skey = f"nft:{family}:{name}:{sname}"
                 named.pop(sname, None)
                 out_sets.pop(skey, None)
                 if info is None or info.anonymous:
+                    if info is not None:
+                        finish_elems(info, raw)
                     lookups.fetched[sname] = info  # gone, or bound to a rule decoded below
                     continue
-                out_sets[skey] = nftnl.out_set(family, name, info)
+                out_sets[skey] = model_set(family, name, info, raw, kept.sets.get(skey))
+                del raw
                 info.elems = []
                 named[sname] = info
                 self.sets_read += 1
             old = kept.table.chains
+            # the new table's chains in order, the unchanged ones as they were, the changed
+            # ones None until re-read below; one dict of 25,000 built, not three (a copy,
+            # the chain list and its joined names were ~4 MB of glibc heap a splice)
+            out: dict[str, Chain | None]
+            infos: dict[str, dict[str, Any]] = {}  # a chain event's chain: its metadata
             if relist:
-                meta: dict[str, dict[str, Any] | None] = {}
+                out = {}
+                order = hashlib.sha256()
                 for _f, msg in sk.dump(nftnl.GETCHAIN, fam, nftnl._nla(1, tname)):
                     cname = _chain_name(msg)  # (25,000 chains: only the touched decoded)
+                    was = old.get(cname)  # type: ignore[arg-type]
+                    if was is not None:
+                        # its own name, not the one just decoded: 25,000 new strs (2.4 MB)
+                        # a splice kept as the new dict's keys, beside the chains' names
+                        cname = was.name
                     if cname in chains:
                         a = attrs(msg)
                         if text_attr(a.get(1)) != name:
                             raise SpliceFailed("a chain of another table in the dump")
                         c = nftnl.chain_info(family, name, a)
-                        meta[cname] = c
+                        cname = c["name"]  # (the key is the Chain's own name)
+                        infos[cname] = c
+                        out[cname] = None
                         h.update(repr(sorted(c.items())).encode())
-                    elif cname in old:
-                        meta[cname] = None
+                    elif was is not None:
+                        out[cname] = was
                     else:
                         raise SpliceFailed(f"chain {cname} appeared without an event")
-                h.update("\0".join(meta).encode())  # the order
-                if any(c not in meta and c not in chains for c in old):
+                    order.update(cname.encode() + b"\0")
+                h.update(order.digest())  # the order
+                if any(c not in out and c not in chains for c in old):
                     raise SpliceFailed("a chain went without an event")
             else:
-                meta = {c: None for c in old}
                 if any(c not in old for c in chains):
                     raise SpliceFailed("a rule event for a chain not read before")
+                out = dict(old)
             memo: dict[bytes, Any] = {}
             shared: tuple[dict, dict] = ({}, {})
 
             def setkey(s: str) -> str:
                 return f"nft:{family}:{name}:{s}"
 
-            out: dict[str, Chain] = {}
             total = kept.rules
-            for cname, c in meta.items():
+            for cname in [n for n in out if n in chains]:  # (in the table's order)
                 was = old.get(cname)
-                if cname not in chains:
-                    out[cname] = was  # type: ignore[assignment]
-                    continue
+                c = infos.get(cname)
                 rules: list[Rule] = []
                 h.update(b"\0chain\0" + cname.encode())
                 body = nftnl._nla(1, tname) + nftnl._nla(2, cname.encode() + b"\0")
@@ -260,7 +322,7 @@ class NativeTables:
                 else:
                     out[cname] = nftnl.chain_model(c, tuple(rules))
             for cname in chains:
-                if cname not in meta and old.get(cname) is not None:
+                if cname not in out and old.get(cname) is not None:
                     total -= len(old[cname].rules)  # deleted
             if total > max_rules:
                 raise nftnl.CeilingPassed(f"more than {max_rules:,} rules")
@@ -269,4 +331,5 @@ class NativeTables:
                 return None  # written meanwhile: one consistent snapshot instead
         finally:
             sk.close()
-        return _Kept(Table("nft", family, name, out), out_sets, named, total, h.hexdigest())
+        return _Kept(Table("nft", family, name, out), out_sets, named, total,  # type: ignore[arg-type]
+                     h.hexdigest())

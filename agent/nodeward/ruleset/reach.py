@@ -95,7 +95,8 @@ def _changed_chains(was: dict[tuple, dict[str, int]],
     return out
 
 
-def chain_signatures(ruleset: Ruleset) -> tuple[dict[tuple, dict[str, int]], tuple]:
+def chain_signatures(ruleset: Ruleset, prev: dict[tuple, dict[str, int]] | None = None,
+                     ) -> tuple[dict[tuple, dict[str, int]], tuple]:
     """((frontend, family, table) -> chain name -> signature, base-chain layout). A rule's
     text is its whole meaning (its line number is not: an earlier insertion shifts it); str
     hashes are cached, so this costs a few ms at 50,000 rules. Per table, by the chain's
@@ -103,11 +104,17 @@ def chain_signatures(ruleset: Ruleset) -> tuple[dict[tuple, dict[str, int]], tup
     sigs: dict[tuple, dict[str, int]] = {}
     layout = []
     for table in ruleset.tables:
-        per = sigs.setdefault((table.frontend, table.family, table.name), {})
+        tk = (table.frontend, table.family, table.name)
+        per = sigs.setdefault(tk, {})
+        # an unchanged chain keeps the last scan's int: 25,000 new ones a churn cycle, made
+        # while the old are alive, left pymalloc's arenas half used (RSS kept growing)
+        was = (prev or {}).get(tk, {})
         for name, c in table.chains.items():
             # a packed chain's blob is its texts (equal texts, equal blob: no unpacking)
-            per[name] = hash((c.texts or tuple(r.text for r in c.rules), c.policy, c.hook,
-                              c.priority))
+            v = hash((c.texts or tuple(r.text for r in c.rules), c.policy, c.hook,
+                      c.priority))
+            w = was.get(name)
+            per[name] = w if w == v else v
             if c.hook is not None:
                 layout.append((table.frontend, table.family, table.name, name, c.hook,
                                c.priority))
@@ -209,7 +216,7 @@ def reachability(sockets: Iterable[Socket], ruleset: Ruleset, *, node_addresses:
             sigs, layout = memo.chains, memo.layout
             changed = set()
         else:
-            sigs, layout = chain_signatures(ruleset)
+            sigs, layout = chain_signatures(ruleset, memo.chains)
             if memo.key == key and layout == memo.layout:
                 changed = _changed_chains(memo.chains, sigs)
                 changed_keys = _changed_sets(memo.sets, ruleset.sets, changed)
