@@ -6,8 +6,8 @@ ServiceAccount token and CA from `SA_DIR`, here a test directory) by list-then-w
     python tests/lab/incluster_client.py SA_DIR CONFIG [--preimport MODULE]
 
 Prints one JSON object: the view's node names, which HTTP-library modules were loaded, the
-RSS and peak RSS in MB after the view was read. --preimport loads MODULE first (bench/kubeclient.py: the
-cost of the client the daemon no longer imports, measured in the same run)."""
+RSS and peak RSS in MB after the view was read. --preimport loads MODULE first
+(bench/kubeclient.py: the cost of the client the daemon no longer imports, same run)."""
 
 from __future__ import annotations
 
