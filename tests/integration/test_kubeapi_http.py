@@ -10,20 +10,15 @@ import json
 import os
 import shutil
 import socket
-import ssl
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from nodeward.kubeapi import ApiConfig, ApiUnavailable, KubeApi
 from nodeward.report.logs import capture_logs
-from tests.lab.fakeapi import FakeApi
+from tests.lab.incluster_client import in_cluster_lab
 
-ROOT = Path(__file__).resolve().parents[2]
 NODES = "/api/v1/nodes"
 TOKEN = "kubeapi-http-token"
 LIST = json.dumps({"kind": "NodeList", "metadata": {"resourceVersion": "7"},
@@ -181,14 +176,6 @@ def test_no_secret_in_transport_errors():
     assert reasons[0].endswith("(after 2 attempts)")
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "k.pem", "-out",
-                    "c.pem", "-days", "1", "-subj", "/CN=kubernetes", "-addext",
-                    "subjectAltName=IP:127.0.0.1"], cwd=tmp, check=True, capture_output=True)
-    return tmp / "c.pem", tmp / "k.pem"
-
-
 def test_incluster_daemon_path_loads_no_http_library(tmp_path):
     """The DaemonSet's `cluster: {}`: in-cluster service host, ServiceAccount token and CA,
     an Agent listing and watching over verified TLS; requests & co. are never loaded."""
@@ -196,29 +183,12 @@ def test_incluster_daemon_path_loads_no_http_library(tmp_path):
         if os.environ.get("CI") == "true":
             raise AssertionError("openssl CLI missing")
         pytest.skip("needs the openssl CLI")
-    crt, key = _self_signed(tmp_path)
-    sa = tmp_path / "sa"
-    sa.mkdir()
-    (sa / "token").write_text(TOKEN + "\n")
-    shutil.copy(crt, sa / "ca.crt")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(crt), str(key))
-    api = FakeApi(token=TOKEN, tls=ctx).start()
-    for name in ("n1", "n2"):
-        api.put(NODES, {"kind": "Node", "metadata": {"name": name}})
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text("node_name: n1\nfirewall: false\ncluster: {}\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "agent"),
-           "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(api.port)}
+    lab = in_cluster_lab(tmp_path, TOKEN)
     try:
-        p = subprocess.run([sys.executable, str(ROOT / "tests/lab/incluster_client.py"),
-                            str(sa), str(cfg)], capture_output=True, text=True, env=env,
-                           timeout=60)
+        out = lab.run()
     finally:
-        api.stop()
-    assert p.returncode == 0, p.stderr
-    out = json.loads(p.stdout)
+        lab.api.stop()
     assert out["nodes"] == ["n1", "n2"] and out["unknown"] == []
-    assert api.requests[f"LIST {NODES}"] >= 1
+    assert lab.api.requests[f"LIST {NODES}"] >= 1
     assert out["http_libs"] == []
     print(f"in-cluster daemon path: RSS {out['rss_mb']} MB, no HTTP library loaded")
