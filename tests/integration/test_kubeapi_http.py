@@ -6,6 +6,7 @@ requests, urllib3, charset_normalizer or idna loaded (~7-9 MB of RSS)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -66,8 +67,11 @@ class RawApi:
                               b"%x\r\n%s\r\n" % (len(event), event))
                     self.release.wait(10)
                     return
-                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n%s" % (len(LIST), LIST))
+                body, enc = LIST, b""
+                if "accept-encoding: gzip" in head.decode().lower():
+                    body, enc = gzip.compress(LIST), b"Content-Encoding: gzip\r\n"
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s"
+                          b"Content-Length: %d\r\n\r\n%s" % (enc, len(body), body))
 
     def close(self) -> None:
         self.release.set()
@@ -101,6 +105,7 @@ def test_kept_alive_connection_is_reused(raw):
         assert srv.conns == 1 and len(srv.heads) == 3
         assert srv.heads[0].startswith(f"GET {NODES}?limit=1 HTTP/1.1\r\n")
         assert f"Authorization: Bearer {TOKEN}\r\n" in srv.heads[0]
+        assert "Accept-Encoding: gzip\r\n" in srv.heads[0]  # and the gzip answer read
     finally:
         api.close()
 
@@ -192,3 +197,14 @@ def test_incluster_daemon_path_loads_no_http_library(tmp_path):
     assert lab.api.requests[f"LIST {NODES}"] >= 1
     assert out["http_libs"] == []
     print(f"in-cluster daemon path: RSS {out['rss_mb']} MB, no HTTP library loaded")
+
+
+def test_gzip_answers_bounded_and_checked(monkeypatch):
+    from nodeward import kubeapi
+
+    assert kubeapi._gunzip(gzip.compress(LIST), "GET /x") == LIST
+    with pytest.raises(ApiUnavailable, match="GET /x: malformed gzip answer"):
+        kubeapi._gunzip(b"\x1f\x8bnot gzip", "GET /x")
+    monkeypatch.setattr(kubeapi, "MAX_BODY", 1 << 20)
+    with pytest.raises(ApiUnavailable, match="GET /x: answer over 1 MiB uncompressed"):
+        kubeapi._gunzip(gzip.compress(b" " * (2 << 20)), "GET /x")
