@@ -194,7 +194,7 @@ class Reply:
 
 class KubeApi:
     """HTTP/1.1 on the standard library (http.client + ssl): importing requests and urllib3
-    cost the daemon ~7-9 MB of RSS for four list calls and a few watches. TLS is verified
+    cost the daemon 5-9 MB of RSS for a few lists and watches (bench/kubeclient.py). TLS is verified
     with hostname checks (the cluster CA, else the system store); proxies from the
     environment are not used (see README, cluster settings). Connections are kept alive
     and reused; a kept-alive connection the server dropped is redialled once, silently.
@@ -213,7 +213,8 @@ class KubeApi:
         except ValueError:
             self.port, self.bad = 0, "bad port"
         self.prefix = u.path.rstrip("/")
-        self.where = f"{u.hostname}:{self.port}"
+        self.where = f"[{self.host}]:{self.port}" if ":" in self.host else \
+            f"{self.host}:{self.port}"
         self._ctx: ssl.SSLContext | None = None
         self._lock = threading.Lock()
         self._idle: list[http.client.HTTPConnection] = []
