@@ -317,8 +317,8 @@ def relay_process(n: int, steady: float, certs: Path) -> dict:
         probe = relay_client(port, certs)
         end = time.monotonic() + 120
         while time.monotonic() < end:
-            r = probe.s.get(f"https://127.0.0.1:{port}/healthz", verify=probe.verify)
-            if r.status_code == 200:
+            r = probe.request("GET", "/healthz")
+            if r.status == 200:
                 break
             time.sleep(0.2)
         time.sleep(1.0)

@@ -379,8 +379,7 @@ def test_the_relay_command_serves_and_refuses_bad_input(api, pki, tmp_path):
         port = int(line.rsplit(":", 1)[1])
         client = KubeApi(ApiConfig(url=f"https://127.0.0.1:{port}", token=AGENT_TOKEN,
                                    ca_file=str(good / "ca.crt"), retries=0))
-        assert until(lambda: client.s.get(f"https://127.0.0.1:{port}/healthz",
-                                          verify=client.verify).status_code == 200)
+        assert until(lambda: client.request("GET", "/healthz").status == 200)
         names = sorted(o["metadata"]["name"] for o in client.get(NODES)["items"])
         assert names == ["n1", "n2"]
         proc.send_signal(signal.SIGTERM)

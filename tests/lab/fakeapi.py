@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import ssl
 import threading
 import time
 from collections import defaultdict
@@ -24,8 +25,9 @@ from urllib.parse import parse_qs, urlparse
 
 class FakeApi:
     def __init__(self, token: str = "", bookmark_interval: float = 1.0,
-                 port: int = 0) -> None:
+                 port: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self.token = token
+        self.tls = tls  # a server context: HTTPS, as the in-cluster API is
         self.bookmark_interval = bookmark_interval
         self.port = port
         self.rv = 100
@@ -83,7 +85,8 @@ class FakeApi:
     @property
     def url(self) -> str:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
 
     def start(self) -> FakeApi:
         api = self
@@ -107,6 +110,8 @@ class FakeApi:
         self.server = Server(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]  # a restart comes back on the same port
+        if self.tls is not None:
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

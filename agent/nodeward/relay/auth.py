@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..kubeapi import TOKEN_CHARS, KubeApi
+from ..kubeapi import TOKEN_CHARS, KubeApi, Transport
 
 REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 
@@ -79,8 +79,6 @@ class TokenReviewer:
         return verdict
 
     def _review(self, token: str) -> Verdict:
-        import requests
-
         spec: dict = {"token": token}
         if self.audiences:
             spec["audiences"] = list(self.audiences)
@@ -88,15 +86,16 @@ class TokenReviewer:
         with self._lock:
             self.reviews += 1
         try:
-            r = self.api.s.post(self.api.cfg.url + REVIEW_PATH, data=json.dumps(body),
-                                headers={"Content-Type": "application/json"},
-                                verify=self.api.verify,
-                                timeout=(self.api.cfg.connect_timeout, self.api.cfg.read_timeout))
-            answer = r.json() if r.status_code < 400 else None
-        except (requests.RequestException, ValueError) as e:
+            r = self.api.request("POST", REVIEW_PATH, body=json.dumps(body).encode(),
+                                 content_type="application/json")
+        except Transport as e:
+            return Verdict(503, f"TokenReview failed: {e.kind}")
+        try:
+            answer = json.loads(r.body) if r.status < 400 else None
+        except ValueError as e:
             return Verdict(503, f"TokenReview failed: {type(e).__name__}")
         if answer is None or not isinstance(answer, dict):
-            return Verdict(503, f"TokenReview failed: HTTP {r.status_code}")
+            return Verdict(503, f"TokenReview failed: HTTP {r.status}")
         status = answer.get("status") or {}
         if not status.get("authenticated"):
             return Verdict(401, "token not authenticated by the API server")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 from ..kubeapi import SA_DIR, ApiConfig, ApiUnavailable, KubeApi, read_token
 from ..report.logs import get_logger
@@ -42,7 +41,7 @@ def token_file(relay: RelaySettings) -> str:
 
 
 class FileToken:
-    """A requests auth callable sending the token file's current content: the projected
+    """KubeApi's `auth`: the token file's current content, re-read each minute: the projected
     ServiceAccount token the relay checks expires (1 h in kubernetes/relay) and the kubelet
     rewrites the file well before, so a token read once would lock the agent out."""
 
@@ -50,22 +49,18 @@ class FileToken:
         self.path, self.token, self.refresh_s = path, token, refresh_s
         self.read_at = time.monotonic()
 
-    def __call__(self, r: Any) -> Any:
+    def __call__(self) -> str:
         if time.monotonic() - self.read_at >= self.refresh_s:
             self.read_at = time.monotonic()
             try:
                 self.token = read_token(Path(self.path), f"relay token_file {self.path}")
             except ApiUnavailable as e:  # keep the last one; the relay will say if it is bad
                 log.warning("relay_token_unreadable", reason=e.reason)
-        r.headers["Authorization"] = f"Bearer {self.token}"
-        return r
+        return self.token
 
 
 def relay_api(relay: RelaySettings, timeout: float, retries: int,
               token_refresh_s: float = 60.0) -> KubeApi:
     """The agent's client for the relay, its token re-read from the file as it rotates."""
     cfg = relay_api_config(relay, timeout, retries)
-    api = KubeApi(cfg)
-    api.s.headers.pop("Authorization", None)
-    api.s.auth = FileToken(token_file(relay), cfg.token, token_refresh_s)
-    return api
+    return KubeApi(cfg, auth=FileToken(token_file(relay), cfg.token, token_refresh_s))
