@@ -267,6 +267,10 @@ class NftSaves:
         self.changes: set[nfchanges.Change] | None = None
         self.full_reads = 0
         self.chain_reads = 0
+        #: native tables read since begin() (collect/nftsplice.py), and the changes of the
+        #: transactions the last _advance took in
+        self.native_done: set[tuple[str, str]] = set()
+        self._advanced: set[nfchanges.Change] = set()
         # the watch's thread and socket go with this object (a dropped ParseCache)
         self._box: list[nfchanges.Watch | None] = [None]
         weakref.finalize(self, _close, self._box)
@@ -279,6 +283,7 @@ class NftSaves:
         """Before the reads of one cycle: what changed since the last, per family."""
         self.plan = {}
         self._read_now = set()
+        self.native_done = set()
         carry, self.carry = self.carry, {}
         self.changes = None
         fresh = False
@@ -352,8 +357,9 @@ class NftSaves:
                 self.states[fam] = None
                 self._rebase.pop(fam, None)
             return None
+        self._advanced = set().union(*(t.changes for t in after))
         if self.changes is not None:  # the native tables are read after these families
-            self.changes |= set().union(*(t.changes for t in after))
+            self.changes |= self._advanced
         mine: set[tuple[str, str]] | None = set()
         for fam, more in _plan(after).items():
             if fam == family:
@@ -365,6 +371,27 @@ class NftSaves:
                 todo = self.plan.get(fam)
                 self.plan[fam] = None if more is None or todo is None else todo | more
         return mine
+
+    def native_advance(self, table: tuple[str, str]
+                       ) -> tuple[set[nfchanges.Change] | None, int | None,
+                                  set[tuple[str, str]]]:
+        """For a native splice (nftsplice.NativeTables) that saw a write during its read:
+        the transactions committed since plan_gen taken in as a retry of an iptables
+        family's does (the families read this cycle carry theirs into the next, the native
+        tables read after see them). Returns every change since the last read and the
+        generation it is complete at (None, None: not provable: read in full), and the
+        native tables read earlier this cycle that those transactions touched (all of
+        them when unknown): their kept models are older than the generation the next cycle
+        starts from, so they must not be spliced on."""
+        done = self.native_done - {table}
+        now = nfgen.generation_id()
+        if self.changes is None or now is None:
+            return None, None, done
+        self._advanced = set()
+        self._advance(now, 0)  # (0: no iptables family is this read's)
+        if self.changes is None:
+            return None, None, done
+        return self.changes, now, {(fam, t) for fam, _k, t, _o in self._advanced} & done
 
     def parsed(self, family: int, tables: Sequence[Table]) -> None:
         """The parse of the lines the last read(family) returned: the state the next read

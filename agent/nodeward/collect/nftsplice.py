@@ -11,9 +11,14 @@ After one full read (collect/nftnl.py) the table's model is kept, and a read
   chain), after a chain event the table's chain list (creations, deletions, order), and
   each named set an event names (GETSET, GETSETELEM); anonymous sets are fetched as the
   rules that own them are decoded;
-- reads in full instead on a table event, more than MAX_OBJECTS objects to re-read, an
-  unexpected answer, or a write during the read (the generation id moved, or a dump was
-  interrupted: the spliced model would mix two moments).
+- reads in full instead on a table event, more than MAX_OBJECTS objects to re-read, or an
+  unexpected answer;
+- on a write during the read (the generation id moved, or a dump was interrupted: the
+  spliced model would mix two moments) takes the transactions committed meanwhile
+  (iptsplice.NftSaves.native_advance) and splices again from the kept model with every
+  change since it, up to RETRIES times, then reads in full. kube-proxy syncs every second
+  at scale: a full read each time a sync lands inside the read was the churn's memory and
+  CPU spikes.
 Unchanged chains are the same Chain objects as before (the evaluator's index on them
 stays). The digest is chained: the last one and every re-read object's bytes, so equal
 digests still mean equal models (a fresh read's digest differs: a cache miss, no more).
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,10 +43,22 @@ from .nftdelin import SetInfo, attrs, decode_rule, elem_order, finish_elems, tex
 _NLA = struct.Struct("=HH")
 #: Past this many chains and sets to re-read, one full read is cheaper.
 MAX_OBJECTS = 2000
+#: Splices again after a write during the read, at most this many times.
+RETRIES = 3
+
+#: What a splice that saw a write during its read asks for (NftSaves.native_advance):
+#: (every change since the kept models, the generation that is complete at, the native
+#: tables read earlier this cycle whose kept models those writes made stale); the first two
+#: None when that cannot be proved.
+Advance = Callable[[], tuple[set[Change] | None, int | None, set[tuple[str, str]]]]
 
 
 class SpliceFailed(Exception):
     """The splice cannot vouch for its result: read the table in full."""
+
+
+class Raced(SpliceFailed):
+    """Written during the read: the splice mixed two moments (splice again, or read)."""
 
 
 @dataclass
@@ -157,6 +174,7 @@ class NativeTables:
         self.chains_read = 0
         self.sets_read = 0
         self.why: dict[str, int] = {}  # why reads were not spliced (the benchmark prints it)
+        self.retries = 0  # splices done again after a write during the read
 
     def retain(self, tables: Iterable[tuple[str, str]]) -> None:
         """Forget the tables not listed any more."""
@@ -165,10 +183,13 @@ class NativeTables:
             del self.kept[key]
 
     def read(self, family: str, name: str, max_rules: int,
-             changes: set[Change] | None, gen: int | None) -> Any:
+             changes: set[Change] | None, gen: int | None,
+             advance: Advance | None = None) -> Any:
         """The table as nftnl.read_table gives it (a TableRead), or the exception that
         stopped the read (NetlinkReadFailed, CeilingPassed), as ruleset.read_native.
-        `changes`: every change since the last read, at generation `gen` (None: unknown)."""
+        `changes`: every change since the last read, at generation `gen` (None: unknown);
+        `advance`: where a splice that saw a write during its read gets the changes up to
+        now (None: it reads in full)."""
         key = (family, name)
         kept = self.kept.pop(key, None)  # (a failed read keeps nothing)
         if kept is not None and kept.rules > max_rules:
@@ -180,14 +201,31 @@ class NativeTables:
             if not mine:
                 self.kept[key] = kept
                 return kept.as_read()
-            try:
-                got = self._splice(family, name, kept, mine, gen, max_rules)
-            except nftnl.CeilingPassed as e:
-                return e
-            except (SpliceFailed, NetlinkReadFailed, OSError, struct.error, IndexError,
-                    KeyError, ValueError, TypeError, AttributeError) as e:
-                self._note(f"{type(e).__name__}: {e}")
-                got = None
+            got = None
+            for attempt in range(RETRIES + 1):
+                try:
+                    got = self._splice(family, name, kept, mine, gen, max_rules)
+                except nftnl.CeilingPassed as e:
+                    return e
+                except (Raced, nfgen.DumpVanished):  # (a set deleted mid-read: raced too)
+                    self._note("written during the read")
+                    if advance is None or attempt == RETRIES:
+                        break
+                    now, gen, stale = advance()
+                    for other in stale - {key}:  # read in full next cycle
+                        self.kept.pop(other, None)
+                    if now is None or gen is None:
+                        break
+                    # every change since the kept model: the first read's and the writes'
+                    # that raced it (a chain written in both is read once, as it is now)
+                    mine = {(kind, obj) for fam, kind, table, obj in now
+                            if fam == family and table == name}
+                    self.retries += 1
+                    continue
+                except (SpliceFailed, NetlinkReadFailed, OSError, struct.error, IndexError,
+                        KeyError, ValueError, TypeError, AttributeError) as e:
+                    self._note(f"{type(e).__name__}: {e}")
+                break
             del kept
             if got is not None:
                 self.splices += 1
@@ -219,7 +257,8 @@ class NativeTables:
     def _splice(self, family: str, name: str, kept: _Kept, mine: set[tuple[str, str]],
                 gen: int, max_rules: int) -> _Kept | None:
         """The kept table with the changed objects re-read; None when a full read must
-        decide (a table event, too much changed, a write during the read)."""
+        decide (a table event, too much changed). Raises Raced on a write during the
+        read."""
         if any(kind == "table" for kind, _o in mine):
             self._note("a table event")
             return None
@@ -327,8 +366,7 @@ class NativeTables:
             if total > max_rules:
                 raise nftnl.CeilingPassed(f"more than {max_rules:,} rules")
             if sk.interrupted or nfgen.generation_id() != gen:
-                self._note("written during the read")
-                return None  # written meanwhile: one consistent snapshot instead
+                raise Raced("written during the read")  # the model would mix two moments
         finally:
             sk.close()
         return _Kept(Table("nft", family, name, out), out_sets, named, total,  # type: ignore[arg-type]

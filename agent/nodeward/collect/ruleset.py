@@ -729,8 +729,12 @@ def _native_read(r: _Reader, probes: Probes, family: str, name: str,
 
     if r.cache.nft_native is None:
         r.cache.nft_native = NativeTables()
-    return r.cache.nft_native.read(family, name, r.max_rules - r.rules, saves.changes,
-                                   saves.plan_gen)
+    try:
+        return r.cache.nft_native.read(family, name, r.max_rules - r.rules, saves.changes,
+                                       saves.plan_gen,
+                                       lambda: saves.native_advance((family, name)))
+    finally:
+        saves.native_done.add((family, name))
 
 
 def _native_netlink(r: _Reader, probes: Probes, family: str, name: str,
