@@ -218,6 +218,8 @@ def run(args) -> dict:
         "full_saves": last.get("ruleset_full_saves"),
         "chains_read": last.get("ruleset_chains_read"),
         "native_full_reads": last.get("ruleset_native_full_reads"),
+        "native_retries": last.get("ruleset_native_retries"),
+        "native_not_spliced": last.get("ruleset_native_not_spliced"),
         "native_splices": last.get("ruleset_native_splices"),
         "checks_reused": last.get("checks_reused"),
         "verdicts_reused_last": (reused[-1] - reused[-2]) if len(reused) >= 2 else None,
@@ -252,7 +254,9 @@ def report(r: dict) -> str:
         f"reads {r['ruleset_reads']} done / {r['ruleset_reads_skipped']} skipped (generation "
         f"id unchanged), iptables-nft full saves {r.get('full_saves')}, chains re-read "
         f"{r.get('chains_read')}, native tables read in full {r.get('native_full_reads')} / "
-        f"spliced {r.get('native_splices')}; verdicts reused in the last cycle "
+        f"spliced {r.get('native_splices')} (spliced again after a write during the read "
+        f"{r.get('native_retries')}; not spliced: {r.get('native_not_spliced')}); verdicts "
+        f"reused in the last cycle "
         f"{r['verdicts_reused_last']}; "
         f"check results reused {r['checks_reused']} times",
     ]

@@ -36,14 +36,18 @@ if TYPE_CHECKING:  # the sink (and requests) load only when one is configured
     from .report.sink import HttpSink
 
 
-def _splice_counts(cache: ParseCache) -> dict[str, int]:
-    """iptables-nft full saves and chains re-read one by one (collect/iptsplice.py)."""
+def _splice_counts(cache: ParseCache) -> dict[str, Any]:
+    """iptables-nft full saves and chains re-read one by one (collect/iptsplice.py), native
+    tables read in full, spliced, spliced again after a write during the read, and why
+    they were not spliced (collect/nftsplice.py)."""
     s = cache.nft_saves
     n = cache.nft_native  # native tables (collect/nftsplice.py)
     return {"ruleset_full_saves": s.full_reads if s else 0,
             "ruleset_chains_read": s.chain_reads if s else 0,
             "ruleset_native_full_reads": n.full_reads if n else 0,
-            "ruleset_native_splices": n.splices if n else 0}
+            "ruleset_native_splices": n.splices if n else 0,
+            "ruleset_native_retries": n.retries if n else 0,
+            "ruleset_native_not_spliced": dict(n.why) if n else {}}
 
 
 def diff_findings(previous: dict[tuple, Finding],
