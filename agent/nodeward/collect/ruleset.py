@@ -582,6 +582,7 @@ class _Reader:
     def parsed(self, key: str, text: str, parse: Callable[[str], Any], empty: Any,
                count: Callable[[str], int]) -> Any:
         n = count(text) if isinstance(text, str | Pieces) else \
+            text.count_rules() if hasattr(text, "count_rules") else \
             sum(1 for x in text if x[:3] == "-A " or x[:1] == "[")
         if self.rules + n > self.max_rules:
             self.problems.append(Problem(key.split()[0], (
