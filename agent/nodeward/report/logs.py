@@ -99,11 +99,15 @@ class Logger:
     def bind(self, **fields: Any) -> Logger:
         return Logger(self._node, self._stream, {**self._context, **fields})
 
+    def _where(self) -> tuple[str, IO[str] | None]:
+        """The node its lines name and the stream they go to."""
+        return self._node, self._stream
+
     def _log(self, method: str, event: str, fields: dict[str, Any]) -> None:
         if method == "exception":
             fields.setdefault("exc_info", True)
-        _write(self._stream, render(self._node, METHODS[method], event,
-                                    {**self._context, **fields}))
+        node, stream = self._where()
+        _write(stream, render(node, METHODS[method], event, {**self._context, **fields}))
 
     def debug(self, event: str, **fields: Any) -> None:
         self._log("debug", event, fields)
@@ -149,15 +153,15 @@ class ModuleLogger(Logger):
     def bind(self, **fields: Any) -> ModuleLogger:
         return ModuleLogger(self.name, {**self._context, **fields})
 
+    def _where(self) -> tuple[str, IO[str] | None]:
+        return _Route.node, _Route.stream
+
     def _log(self, method: str, event: str, fields: dict[str, Any]) -> None:
         if _Route.captured is not None:
             _Route.captured.append({**self._context, **fields, "event": event,
                                     "log_level": METHODS[method]})
             return
-        if method == "exception":
-            fields.setdefault("exc_info", True)
-        _write(_Route.stream, render(_Route.node, METHODS[method], event,
-                                     {**self._context, **fields}))
+        super()._log(method, event, fields)
 
 
 def get_logger(name: str) -> ModuleLogger:
