@@ -32,7 +32,7 @@ from .report.metrics import Metrics, StatusServer, StatusServerError
 from .ruleset.reach import ReachMemo
 from .snapshot import take_snapshot
 
-if TYPE_CHECKING:  # the sink (and requests) load only when one is configured
+if TYPE_CHECKING:  # the sink (http.client, ssl) loads only when one is configured
     from .report.sink import HttpSink
 
 

@@ -327,8 +327,12 @@ class KubeApi:
             return self._exchange(method, path, params, body,
                                   {"Content-Type": content_type} if content_type else None)
         except _Failed as f:
-            raise Transport(scrub(f"{method} {path}: {f.kind}: {self.where}: {f.err}",
-                                  self.cfg), f.kind) from None
+            raise Transport(self._why(method, path, f), f.kind) from None
+
+    def _why(self, verb: str, path: str, f: _Failed) -> str:
+        """One unanswered request's reason: verb, path, what failed, where, and why, with
+        no secret in it (scrub)."""
+        return scrub(f"{verb} {path}: {f.kind}: {self.where}: {f.err}", self.cfg)
 
     # -- the API ----------------------------------------------------------------------
 
@@ -344,7 +348,7 @@ class KubeApi:
                 if f.kind == "SSLError":
                     raise ApiUnavailable(scrub(f"GET {path}: TLS verification failed: "
                                                f"{f.err}", self.cfg)) from None
-                reason = scrub(f"GET {path}: {f.kind}: {self.where}: {f.err}", self.cfg)
+                reason = self._why("GET", path, f)
             else:
                 if r.status == 404:
                     raise NotFound(path)
@@ -420,8 +424,7 @@ class KubeApi:
             # the server is gone even if the socket is not closed
             conn, r = self._send("GET", path, params, None, None, timeout_s + 30)
         except _Failed as f:
-            raise ApiUnavailable(scrub(f"WATCH {path}: {f.kind}: {self.where}: {f.err}",
-                                       self.cfg)) from None
+            raise ApiUnavailable(self._why("WATCH", path, f)) from None
         ended = False
         try:
             if r.status >= 400:
@@ -436,9 +439,7 @@ class KubeApi:
                 try:
                     line = r.readline(MAX_LINE)
                 except BaseException as e:
-                    f = _kind(e)
-                    raise ApiUnavailable(scrub(f"WATCH {path}: {f.kind}: {self.where}: "
-                                               f"{f.err}", self.cfg)) from None
+                    raise ApiUnavailable(self._why("WATCH", path, _kind(e))) from None
                 if not line:
                     ended = True
                     return
