@@ -73,11 +73,8 @@ class TableText:
         return got
 
     def lines(self, chain: str) -> Sequence[str]:
-        got = self.rules.get(chain)
-        if got is None:
-            c = self.base.get(chain)
-            got = c.rule_texts() if c is not None and chain not in self.gone else ()
-        return got
+        got = self.part(chain)
+        return got.rule_texts() if isinstance(got, Chain) else got
 
     def part(self, chain: str) -> Sequence[str] | Chain:
         """lines(chain), or the kept Chain holding them (packed: see Rendered)."""
@@ -198,10 +195,8 @@ class Rendered(Sequence[str]):
             k += self._n
         if not 0 <= k < self._n:
             raise IndexError(k)
-        i = self._at
-        if i < 0 or not self._starts[i] <= k < self._starts[i] + len(self._cur):
-            i = bisect_right(self._starts, k) - 1
-        return self._part(i)[k - self._starts[i]]
+        self._part(bisect_right(self._starts, k) - 1)  # (a no-op when it is the current)
+        return self._cur[k - self._cur_start]
 
     def __iter__(self) -> Iterator[str]:
         for p in self._parts:
@@ -278,10 +273,8 @@ class NftSaves:
         self.changes: set[nfchanges.Change] | None = None
         self.full_reads = 0
         self.chain_reads = 0
-        #: native tables read since begin() (collect/nftsplice.py), and the changes of the
-        #: transactions the last _advance took in
+        #: native tables read since begin() (collect/nftsplice.py)
         self.native_done: set[tuple[str, str]] = set()
-        self._advanced: set[nfchanges.Change] = set()
         # the watch's thread and socket go with this object (a dropped ParseCache)
         self._box: list[nfchanges.Watch | None] = [None]
         weakref.finalize(self, _close, self._box)
@@ -344,7 +337,7 @@ class NftSaves:
                 break  # nothing written while it read: one moment's text
             # written meanwhile (kube-proxy syncs while we read): the chains those writes
             # touched are read again on top, so the text is the last id's moment
-            todo = self._advance(now, family)
+            todo, _taken = self._advance(now, family)
             if todo is None:
                 return self._full(family, full)
         else:
@@ -352,10 +345,12 @@ class NftSaves:
         self._rebase[family] = True
         return render(state)
 
-    def _advance(self, now: int | None, family: int) -> set[tuple[str, str]] | None:
+    def _advance(self, now: int | None, family: int
+                 ) -> tuple[set[tuple[str, str]] | None, set[nfchanges.Change]]:
         """The transactions from plan_gen to `now` into the plans: `family`'s chains to
         read again (None: not provable, save it in full), added to the plans of the
-        families not read yet this cycle, carried into the next cycle for those read."""
+        families not read yet this cycle, carried into the next cycle for those read; and
+        the changes of those transactions (none when not provable)."""
         txns = self.watch.take(now) if self.watch is not None and self.watch.alive and \
             now is not None else None
         after = nfchanges.contiguous(txns, self.plan_gen, now) if txns is not None and \
@@ -367,10 +362,10 @@ class NftSaves:
             for fam in self._read_now - {family}:  # and those read, next cycle
                 self.states[fam] = None
                 self._rebase.pop(fam, None)
-            return None
-        self._advanced = set().union(*(t.changes for t in after))
+            return None, set()
+        taken: set[nfchanges.Change] = set().union(*(t.changes for t in after))
         if self.changes is not None:  # the native tables are read after these families
-            self.changes |= self._advanced
+            self.changes |= taken
         mine: set[tuple[str, str]] | None = set()
         for fam, more in _plan(after).items():
             if fam == family:
@@ -381,7 +376,7 @@ class NftSaves:
             else:
                 todo = self.plan.get(fam)
                 self.plan[fam] = None if more is None or todo is None else todo | more
-        return mine
+        return mine, taken
 
     def native_advance(self, table: tuple[str, str]
                        ) -> tuple[set[nfchanges.Change] | None, int | None,
@@ -398,11 +393,10 @@ class NftSaves:
         now = nfgen.generation_id()
         if self.changes is None or now is None:
             return None, None, done
-        self._advanced = set()
-        self._advance(now, 0)  # (0: no iptables family is this read's)
+        _mine, taken = self._advance(now, 0)  # (0: no iptables family is this read's)
         if self.changes is None:
             return None, None, done
-        return self.changes, now, {(fam, t) for fam, _k, t, _o in self._advanced} & done
+        return self.changes, now, {(fam, t) for fam, _k, t, _o in taken} & done
 
     def parsed(self, family: int, tables: Sequence[Table]) -> None:
         """The parse of the lines the last read(family) returned: the state the next read
