@@ -151,17 +151,22 @@ def model_set(family: str, table: str, info: SetInfo, raw: list, old: IpSet | No
     raw.sort(key=elem_order(info))
     pool = {e: e for e in old.elements} if old is not None else {}
     els: list = []
-    parts: list[IpSet] = []
     for i in range(0, len(raw), CHUNK):
         part = replace(info, elems=[])
         finish_elems(part, raw[i:i + CHUNK])
         if not part.ok:
             finish_elems(info, raw)  # (it says what was not understood, as a full read)
             return shared_with(nftnl.out_set(family, table, info), old)
-        parts[:] = [nftnl.out_set(family, table, part)]
-        els.extend(pool.get(e, e) for e in parts[0].elements)
+        got = nftnl.out_set(family, table, part)  # (the last slice's goes as this one comes)
+        els.extend(pool.get(e, e) for e in got.elements)
         del part
-    return IpSet(parts[0].name, parts[0].type, (), tuple(els), parts[0].keyed)
+    return IpSet(got.name, got.type, (), tuple(els), got.keyed)
+
+
+def _touched(changes: set[Change], family: str, name: str) -> set[tuple[str, str]]:
+    """The (kind, object) changes of one table."""
+    return {(kind, obj) for fam, kind, table, obj in changes
+            if fam == family and table == name}
 
 
 class NativeTables:
@@ -196,8 +201,7 @@ class NativeTables:
             kept = None  # the ceiling moved below it (other front-ends grew): the full
             # read reports it
         if kept is not None and changes is not None and gen is not None:
-            mine = {(kind, obj) for fam, kind, table, obj in changes
-                    if fam == family and table == name}
+            mine = _touched(changes, family, name)
             if not mine:
                 self.kept[key] = kept
                 return kept.as_read()
@@ -211,15 +215,14 @@ class NativeTables:
                     self._note("written during the read")
                     if advance is None or attempt == RETRIES:
                         break
-                    now, gen, stale = advance()
+                    since, gen, stale = advance()
                     for other in stale - {key}:  # read in full next cycle
                         self.kept.pop(other, None)
-                    if now is None or gen is None:
+                    if since is None or gen is None:
                         break
                     # every change since the kept model: the first read's and the writes'
                     # that raced it (a chain written in both is read once, as it is now)
-                    mine = {(kind, obj) for fam, kind, table, obj in now
-                            if fam == family and table == name}
+                    mine = _touched(since, family, name)
                     self.retries += 1
                     continue
                 except (SpliceFailed, NetlinkReadFailed, OSError, struct.error, IndexError,
