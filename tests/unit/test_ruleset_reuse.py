@@ -115,3 +115,103 @@ def test_unchanged_chains_are_the_same_objects_and_a_target_turned_chain_is_not(
     assert fourth[0].chains["OUTPUT"].rules[0].target == "MARKER"
     # the other family's tables are never taken
     assert _parse(save, 6, reuse=first)[0].chains["KUBE-SERVICES"] is not a["KUBE-SERVICES"]
+
+
+def _splice(last, lines: list[str], fam: int):
+    """The iptables-nft splice's lines for `lines` over the state of `last` (its parse):
+    the chains whose lines or policy changed re-read (lists), the others kept (packed)."""
+    from nodeward.collect.iptsplice import kept, render
+
+    state = kept(last)
+    new = {t.name: t for t in _parse(lines, fam)}
+    for name, t in state.items():
+        now = new.get(name)
+        if now is None:
+            return None  # a table gone: the splice saves in full
+        for chain in t.names():
+            if chain not in now.chains:
+                t.drop(chain)
+        for chain, c in now.chains.items():
+            was = t.base.get(chain)
+            if was is None or chain in t.gone or was.rule_texts() != c.rule_texts() or \
+                    was.policy != c.policy:
+                t.put(chain, c.policy or "-", c.rule_texts())
+    return render(state) if set(new) == set(state) else None
+
+
+def test_the_splice_kept_chains_taken_whole_give_what_a_fresh_parse_gives() -> None:
+    """parse_iptables_save(kept=): a splice's unchanged chains are the last parse's Chain
+    objects, taken without reading their lines, and the tables (and digest_tables, the
+    fingerprint) equal a fresh parse's of the same lines, on every real dump the splice
+    keeps, changed as above (a chain named after a target a kept rule uses included)."""
+    from nodeward.collect.iptsplice import reproducible
+    from nodeward.collect.ruleset import digest_tables
+
+    if rw.available():
+        pytest.skip(rw.available())
+    rnd = random.Random(24)
+    checked = whole = 0
+    for path, fam in rw.ipt_files():
+        lines = path.read_text().splitlines()
+        if not reproducible(lines):
+            continue
+        try:
+            last = _parse(lines, fam)
+        except ValueError:
+            continue
+        for _step in range(4):
+            lines = _mutate(lines, rnd)
+            try:
+                _parse(lines, fam)
+            except ValueError:
+                break
+            spliced = _splice(last, lines, fam)
+            if spliced is None:
+                break
+            flat = list(spliced)
+            fresh = _parse(flat, fam)
+            again = parse_iptables_save(spliced, frontend="iptables-nft", family=fam,
+                                        reuse=last, kept=spliced.kept)
+            assert _value(again) == _value(fresh), rw.rel(path)
+            assert digest_tables(again) == digest_tables(fresh), rw.rel(path)
+            olds = {id(c) for t in last for c in t.chains.values() if c.rules}
+            whole += sum(id(c) in olds for t in again for c in t.chains.values())
+            last = again
+            checked += 1
+    assert checked >= 250, checked
+    assert whole > 2000, whole
+
+
+def test_a_kept_chain_is_not_taken_whole_when_its_parse_would_change() -> None:
+    """A kept chain whose `-j X` becomes a jump (X declared meanwhile), or with a line
+    whose parse hangs on more than its target (two -j: only this parser's input, never
+    iptables-save's; the first one's chain deleted), is parsed again, not taken: the result is a fresh parse's."""
+    from nodeward.collect.iptsplice import kept, render
+
+    save = ["*filter", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+            ":FORWARD ACCEPT [0:0]", ":KUBE-A - [0:0]", ":KUBE-B - [0:0]",
+            "-A INPUT -j KUBE-A", "-A KUBE-A -s 10.0.0.1/32 -j DROP",
+            "-A OUTPUT -p tcp -j MARKER", "-A FORWARD -j KUBE-B -j ACCEPT", "COMMIT"]
+    first = _parse(save, 4)
+    assert first[0].tangled == {"FORWARD"}
+    state = kept(first)
+    # nothing re-read: every chain but the tangled one taken whole
+    rendered = render(state)
+    same = parse_iptables_save(rendered, frontend="iptables-nft", reuse=first,
+                               kept=rendered.kept)
+    assert same[0].chains["OUTPUT"] is first[0].chains["OUTPUT"]
+    assert same[0].tangled == {"FORWARD"}
+    # MARKER declared, KUBE-B deleted: OUTPUT's rule is a jump now, and FORWARD's line
+    # is a KUBE-B target (its options: the rest), no longer an ACCEPT
+    state["filter"].put("MARKER", "-", [])
+    state["filter"].drop("KUBE-B")
+    rendered = render(state)
+    again = parse_iptables_save(rendered, frontend="iptables-nft", reuse=same,
+                                kept=rendered.kept)
+    fresh = _parse(list(rendered), 4)
+    assert _value(again) == _value(fresh)
+    out = again[0].chains["OUTPUT"].rules[0]
+    assert (out.target, out.arg) == ("JUMP", "MARKER")
+    assert again[0].chains["KUBE-A"] is first[0].chains["KUBE-A"]  # still taken whole
+    assert first[0].chains["FORWARD"].rules[0].target == "ACCEPT"
+    assert again[0].chains["FORWARD"].rules[0].target == "KUBE-B"

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -151,15 +151,20 @@ class Rendered(Sequence[str]):
     50,000 lines never all exist at once beside the ruleset (read in order, as the digest
     and the parser do, each chain is unpacked once a pass)."""
 
-    __slots__ = ("_at", "_cur", "_cur_end", "_cur_start", "_n", "_parts", "_starts")
+    __slots__ = ("_at", "_cur", "_cur_end", "_cur_start", "_kept", "_n", "_parts", "_starts")
 
     def __init__(self, parts: list[Sequence[str] | Chain]) -> None:
         self._parts = [p for p in parts if (p.rules if isinstance(p, Chain) else p)]
         self._starts: list[int] = []
+        self._kept: list[int] = []  # the parts that are kept chains
         n = 0
         for p in self._parts:
             self._starts.append(n)
-            n += len(p.rules) if isinstance(p, Chain) else len(p)
+            if isinstance(p, Chain):
+                self._kept.append(len(self._starts) - 1)
+                n += len(p.rules)
+            else:
+                n += len(p)
         self._n = n
         self._at = -1
         self._cur: Sequence[str] = ()
@@ -201,6 +206,16 @@ class Rendered(Sequence[str]):
     def __iter__(self) -> Iterator[str]:
         for p in self._parts:
             yield from (p.rule_texts() if isinstance(p, Chain) else p)
+
+    def kept(self, k: int) -> tuple[int, Chain | None]:
+        """(j, chain): the first kept chain whose lines start at j >= k, (len, None) past
+        the last; the parse takes it whole (parse_iptables_save's `kept`), unpacked never."""
+        starts = self._starts
+        i = bisect_left(self._kept, k, key=starts.__getitem__)
+        if i == len(self._kept):
+            return self._n, None
+        part = self._kept[i]
+        return starts[part], self._parts[part]  # type: ignore[return-value]
 
     def count_rules(self) -> int:
         """The `-A` lines, a kept chain's without unpacking it (counting, digesting and

@@ -43,7 +43,7 @@ from ..ruleset.iptables import clear_caches, guess_family, parse_iptables_save
 from ..ruleset.model import IPT_PRIORITY, IpSet, Problem, Ruleset, Table
 from ..ruleset.nft import parse_nft_json
 from . import nfgen
-from .iptsplice import NftSaves
+from .iptsplice import NftSaves, Rendered
 
 Runner = Callable[[Sequence[str]], str | None]
 
@@ -138,6 +138,15 @@ def digest_dump(text: str) -> str:
 _COUNTER_TAIL = re.compile(r" \[\d+:\d+\]$")
 
 
+def digest_tables(tables: Sequence[Table]) -> str:
+    """The digest of parsed tables (Table.content_digest: kept with an unchanged table),
+    the same whichever way their text was read (a full save, a splice)."""
+    h = hashlib.sha256()
+    for t in tables:
+        h.update(t.content_digest)
+    return h.hexdigest()
+
+
 class LineDigest:
     """digest_lines fed in pieces (a dump streamed from its command, never held whole)."""
 
@@ -208,6 +217,13 @@ class ParseCache:
             self.hits += 1
         self._now[key] = hit
         return hit
+
+    def put(self, cmd: str, digest: str, parsed: Any) -> None:
+        """A parse made without a lookup (its digest is of the parse, not of the text):
+        what `cmd` gave last time is superseded."""
+        self.drop(cmd)
+        self._now[(cmd, digest)] = parsed
+        self.misses += 1
 
     def last(self, cmd: str) -> tuple[str, Any] | None:
         """(digest, parsed) of what `cmd` gave in the last read, if anything."""
@@ -580,9 +596,13 @@ class _Reader:
         return tables
 
     def parsed(self, key: str, text: str, parse: Callable[[str], Any], empty: Any,
-               count: Callable[[str], int]) -> Any:
+               count: Callable[[str], int],
+               digest: Callable[[Any], str] | None = None) -> Any:
+        """parse(text) within the ceiling, through the cache by the text's digest; or,
+        with `digest`, parsed first and recorded by digest(parse) (the iptables-nft
+        tables: their parse reuses the last one's, and a spliced text is not digested)."""
         n = count(text) if isinstance(text, str | Pieces) else \
-            text.count_rules() if hasattr(text, "count_rules") else \
+            text.count_rules() if isinstance(text, Rendered) else \
             sum(1 for x in text if x[:3] == "-A " or x[:1] == "[")
         if self.rules + n > self.max_rules:
             self.problems.append(Problem(key.split()[0], (
@@ -590,6 +610,13 @@ class _Reader:
                 f"(firewall_max_rules; {self.rules:,} read before it): not evaluated")))
             return empty
         self.rules += n
+        if digest is not None:
+            got = parse(text)
+            one = digest(got)
+            if self.cache is not None:
+                self.cache.put(key, one, got)
+            self.digests.append((key, one))
+            return got
         one = digest_dump(text) if isinstance(text, str) else \
             text.digest() if isinstance(text, Pieces) else digest_lines(text)
         self.digests.append((key, one))
@@ -651,8 +678,12 @@ def _read_nf(r: _Reader, probes: Probes, sizes: dict[tuple[str, str], int]) -> _
         last = r.cache.last(cmd) if r.cache is not None else None
         prev = last[1] if last is not None and isinstance(last[1], tuple) else ()
         problems = len(r.problems)
+        # fingerprinted by the parse (digest_tables), not by the lines: a splice's lines
+        # are the unchanged chains' packed texts, which the parse takes whole (kept)
         got = r.parsed(cmd, text, lambda t, f=fam, c=cmd, p=prev: parse_iptables_save(
-            t, frontend="iptables-nft", family=f, source=c, reuse=p), (), _count_ipt)
+            t, frontend="iptables-nft", family=f, source=c, reuse=p,
+            kept=t.kept if isinstance(t, Rendered) else None), (), _count_ipt,
+            digest_tables)
         if saves is not None and len(r.problems) == problems:  # parsed, not refused
             saves.parsed(fam, got)  # the next splice lays its re-read chains over these
         found.extend(got)

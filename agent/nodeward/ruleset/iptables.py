@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from socket import AF_INET, inet_pton
 from sys import intern
@@ -457,10 +457,31 @@ def _reusable(rule: Rule, line: str, chains: dict) -> bool:
     return target not in chains or target in BUILTIN_TARGETS
 
 
+#: What _reusable refuses in a line, looked for in a chain's lines at once (its texts joined
+#: by NULs): such a line's parse may hang on more names than its rule's one target.
+_TANGLED = re.compile(r"--jump|--goto|\t| -[jg] (?:[^\0]* )?-[jg] ")
+
+
+def _adoptable(chain: Chain, chains: dict) -> bool:
+    """Whether each rule of `chain` (a chain of the last parse whose lines are the same,
+    not tangled) parses the same against the declared `chains`: _reusable for every rule,
+    from the rules alone (the lines are not needed: none of them is tangled)."""
+    for rule in chain.rules:
+        target = rule.target
+        if target == "JUMP":
+            if rule.arg not in chains:
+                return False
+        elif target == "UNREADABLE" or (target in chains and target not in BUILTIN_TARGETS):
+            return False
+    return True
+
+
 def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-legacy",
                         family: int = 4,
                         source: str = "iptables-save", strict: bool = False,
-                        reuse: Sequence[Table] = ()) -> tuple[Table, ...]:
+                        reuse: Sequence[Table] = (),
+                        kept: Callable[[int], tuple[int, Chain | None]] | None = None
+                        ) -> tuple[Table, ...]:
     """Parse iptables-save output (`-c` counters accepted). An option it does not know
     makes that rule uncertain; a rule it cannot read at all (a value the kernel would
     refuse) does too (see unreadable_rule), never the whole dump's failure, unless
@@ -474,7 +495,14 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
     churning node a re-read then builds only the rules that changed: no second ruleset
     beside the live one while it parses, no 50,000 short-lived objects a cycle (what
     fragmented the heap), a fraction of the CPU. A carried-over rule keeps the line number
-    of the dump it was first read from."""
+    of the dump it was first read from.
+
+    `kept(i)`: (j, chain) for the first j >= i where lines[j:] begin with the rules'
+    texts of `chain`, one of the last parse's chains (as the iptables-nft splice renders
+    its unchanged chains); (len(lines), None) past the last. Such a chain is taken whole
+    when it parses the same (_adoptable): its lines are not looked
+    at, nor unpacked (the splice's 50,000 lines were walked one by one each churn cycle to
+    find 15,000 chains' rules equal again)."""
     fam = "ip" if family == 4 else "ip6"
     tables: list[Table] = []
     tname: str | None = None
@@ -486,11 +514,14 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
     # a time), nor leave 50,000 freed strs between the rules in the heap
     texts: dict[str, list[str] | bytes] = {}
     last = ""  # the chain of the last -A line
+    tangled: set[str] = set()  # the current table's chains with a tangled line (Table)
 
     def close(name: str) -> None:
         got = texts[name]
         if not isinstance(got, list):
             return
+        if _TANGLED.search("\0".join(got)):
+            tangled.add(name)
         was = old.get(name)
         new = rules[name]
         if was is not None and was.texts and len(was.rules) == len(new) and \
@@ -513,6 +544,7 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
         texts[name].append(line)  # type: ignore[union-attr]
     before = {t.name: t for t in reuse if t.family == fam} if not strict else {}
     old: dict[str, Chain] = {}  # the current table's chains in the last parse
+    was_tangled: frozenset[str] = frozenset()  # and those of them with a tangled line
     # the chain of the last -A line, its rules and their texts in the last parse, those by
     # text (on a miss)
     cur, cur_prefix, cur_old = "", "", ()
@@ -522,7 +554,28 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
     lines = text.splitlines() if isinstance(text, str) else text
     lineno = 0
     k = 0
-    while k < len(lines):
+    nlines = len(lines)
+    # the next line a kept chain starts at, and that chain
+    kept_at, whole = kept(0) if kept is not None else (nlines, None)
+    while k < nlines:
+        if k == kept_at:
+            kept_at, whole, taken = *(kept(k + 1) if kept is not None else (nlines, None)), \
+                whole
+            if taken is not None and old and taken.texts and old.get(taken.name) is taken \
+                    and taken.name not in was_tangled and rules.get(taken.name) == [] and \
+                    _adoptable(taken, rules):
+                # the whole chain, as it was (see `kept`): its lines are not read
+                if last:
+                    close(last)
+                last = ""
+                rules[taken.name].extend(taken.rules)
+                texts[taken.name] = taken.texts
+                k += len(taken.rules)
+                lineno = k
+                cur, cur_prefix, cur_old = "", "", ()
+                if kept_at < k:  # (not from a well-formed `kept`: its chains do not overlap)
+                    kept_at, whole = kept(k) if kept is not None else (nlines, None)
+                continue
         raw = lines[k]
         k += 1
         lineno = k
@@ -564,7 +617,7 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
                     break
                 except Unterminated:
                     # a comment holding a newline: iptables-save prints it as is
-                    if k >= len(lines) or k - lineno >= 64:
+                    if k >= nlines or k - lineno >= 64:
                         raise RulesetParseError(source, lineno,
                                                 "unterminated quote") from None
                     line = f"{line}\n{lines[k]}"
@@ -605,15 +658,19 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
             if not tname:
                 raise RulesetParseError(source, lineno, "empty table name")
             start, decl, rules, texts, last = lineno, {}, {}, {}, ""
+            tangled = set()
             was_table = before.get(tname)
             old = was_table.chains if was_table is not None else {}
+            was_tangled = was_table.tangled if was_table is not None else frozenset()
             cur, cur_prefix, cur_old = "", "", ()
         elif line == "COMMIT":
             if tname is None:
                 raise RulesetParseError(source, lineno, "COMMIT outside a table")
             if last:
                 close(last)
-            tables.append(_table(frontend, fam, tname, decl, rules, texts, before.get(tname)))
+            # a chain taken whole (`kept`) keeps what the last parse knew of it: not tangled
+            tables.append(_table(frontend, fam, tname, decl, rules, texts, before.get(tname),
+                                 frozenset(tangled)))
             tname = None
             old = {}
         else:
@@ -649,7 +706,7 @@ def guess_family(text: str) -> int:
 
 
 def _table(frontend: str, fam: str, name: str, decl: dict, rules: dict, texts: dict,
-           was: Table | None = None) -> Table:
+           was: Table | None = None, tangled: frozenset[str] = frozenset()) -> Table:
     """The table; its chains (and itself) the last parse's objects where nothing changed.
     A new chain holds its rules' lines packed (model.pack_texts), its rules none."""
     prio = IPT_PRIORITY.get(name, 0)
@@ -675,6 +732,6 @@ def _table(frontend: str, fam: str, name: str, decl: dict, rules: dict, texts: d
             else:
                 chains[cname] = Chain(cname, tuple(new), policy, hook, prio, blob)
             same = False
-    if same and was is not None and list(old) == list(chains):
+    if same and was is not None and list(old) == list(chains) and was.tangled == tangled:
         return was
-    return Table(frontend, fam, name, chains)
+    return Table(frontend, fam, name, chains, tangled & chains.keys())

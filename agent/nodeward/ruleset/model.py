@@ -7,6 +7,7 @@ Frozen so the evaluator is a pure function of them. Matches keep their original 
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -152,6 +153,23 @@ class Table:
     family: str  # "ip" | "ip6" | "inet"
     name: str
     chains: dict[str, Chain] = field(hash=False)
+    #: The parser's (ruleset/iptables.py): chains with a line whose parse may hang on more
+    #: than its rule's target (a long option, two targets), never taken whole by a re-parse
+    tangled: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+
+    @cached_property
+    def content_digest(self) -> bytes:
+        """sha256 of what the table holds (its chains' names, policies, hooks and rules'
+        texts; two parses of equal tables give equal digests), made once per Table: a
+        re-parse gives the same Table object for an unchanged table."""
+        h = hashlib.sha256(f"{self.frontend}\0{self.family}\0{self.name}\0".encode())
+        for c in self.chains.values():
+            body = c.texts or "\0".join(r.text for r in c.rules).encode("utf-8",
+                                                                       "surrogatepass")
+            h.update(f"{c.name}\0{c.policy}\0{c.hook}\0{c.priority}\0{bool(c.texts):d}"
+                     f"{len(body)}\0".encode("utf-8", "surrogatepass"))
+            h.update(body)
+        return h.digest()
 
     def base_chains(self, hook: str) -> tuple[Chain, ...]:
         return self._hooks.get(hook, ())
