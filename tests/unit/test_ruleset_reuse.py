@@ -185,7 +185,8 @@ def test_the_splice_kept_chains_taken_whole_give_what_a_fresh_parse_gives() -> N
 def test_a_kept_chain_is_not_taken_whole_when_its_parse_would_change() -> None:
     """A kept chain whose `-j X` becomes a jump (X declared meanwhile), or with a line
     whose parse hangs on more than its target (two -j: only this parser's input, never
-    iptables-save's; the first one's chain deleted), is parsed again, not taken: the result is a fresh parse's."""
+    iptables-save's; the first one's chain deleted), is parsed again, not taken: the
+    result is a fresh parse's."""
     from nodeward.collect.iptsplice import kept, render
 
     save = ["*filter", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",

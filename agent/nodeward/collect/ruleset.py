@@ -34,7 +34,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -349,8 +349,7 @@ NO_PROBES = Probes()
 def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
               max_bytes: int = DEFAULT_MAX_RULES * BYTES_PER_RULE,
               lines: bool = False, consume: Callable[[list[str]], None] | None = None,
-              pieces: bool = False, ceiling: tuple[int, int] | None = None,
-              reuse: Mapping[str, str] | None = None) -> Any:
+              pieces: bool = False, ceiling: tuple[int, int] | None = None) -> Any:
     """stdout of a read-only command (with `lines`: as a list of its lines, which is what
     the iptables-save parser takes: a 33 MB dump then never exists as one string beside
     them; with `consume`: its lines handed over a batch at a time and not kept, "" is
@@ -359,8 +358,7 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
     module not loaded). Raises FrontendFailed when it times out or its output passes
     `max_bytes` (killed: the read is bounded in time and memory), or, reading iptables-save
     `lines` with a `ceiling` (firewall_max_rules, rules read before), once its rules pass
-    the ceiling: the read stops there instead of holding the whole dump to count it.
-    `reuse` (lines): strings to take instead of equal lines (the last parse's rule texts)."""
+    the ceiling: the read stops there instead of holding the whole dump to count it."""
     lines = lines or consume is not None
     max_rules = ceiling[0] - ceiling[1] if ceiling is not None and lines and \
         consume is None else None
@@ -402,8 +400,6 @@ def run_local(argv: Sequence[str], timeout: float = TIMEOUT,
                 if consume is not None:
                     consume(got)
                 else:
-                    if reuse:  # an unchanged line is the old rule's text, not a copy
-                        got = [reuse.get(x, x) for x in got]
                     parts += got
                     if max_rules is not None:
                         rules += sum(1 for x in got if x[:3] == "-A " or x[:1] == "[")
@@ -544,8 +540,7 @@ class _Reader:
         `pieces`, as Pieces."""
         try:
             out = run_local(argv, lines=lines, pieces=pieces,
-                            ceiling=(self.max_rules, self.rules) if lines else None,
-                            reuse=self._texts(argv[0]) if lines else None) \
+                            ceiling=(self.max_rules, self.rules) if lines else None) \
                 if (lines or pieces) and self.run is run_local else self.run(argv)
         except FrontendFailed as e:
             self.answered += 1  # it exists and tried: the stage is partial, not unavailable
@@ -558,17 +553,6 @@ class _Reader:
             if not (out.strip() if isinstance(out, str) else any(x.strip() for x in out)):
                 self.blank.append(argv[0])
         return out
-
-    def _texts(self, cmd: str) -> dict[str, str] | None:
-        """The rule texts of what `cmd` gave last time that its chains hold as strs, for its
-        new dump's equal lines (one copy, not two). A chain holds them packed (model.Chain:
-        ~1.4 MB instead of ~8.4 MB at 50,000 rules), and there is then no str to share: the
-        new dump's lines are compared with the unpacked texts and let go after the parse."""
-        last = self.cache.last(cmd) if self.cache is not None else None
-        if last is None or not isinstance(last[1], tuple):
-            return None
-        return {r.text: r.text for t in last[1] if isinstance(t, Table)
-                for c in t.chains.values() if not c.texts for r in c.rules} or None
 
     def unchanged(self, cmd: str) -> Any:
         """What `cmd` gave last time, when its output is provably the same (equal digest,
