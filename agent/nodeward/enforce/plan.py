@@ -398,6 +398,44 @@ def jump_line(chain: str) -> str:
     return f"-m comment --comment {MARKER} -j {IPT_CHAINS[chain]}"
 
 
+@dataclass(frozen=True)
+class _Verdicts:
+    """How one syntax writes a rule's verdict: `{head}` is the rule's match, `{tail}` what
+    follows the verdict (nft's comment), `{rate}`/`{burst}` the audit log's limit."""
+
+    accept: str
+    goto_pod: str
+    drop: str
+    audit_log: str  # audit mode's log of what enforce would drop (then accepted)
+
+
+_IPT_VERDICTS = _Verdicts(
+    accept="{head} -j RETURN", goto_pod=f"{{head}} -g {IPT_CHAINS['pod']}",
+    drop="{head} -j DROP",
+    audit_log="{head} -m limit --limit {rate}/sec --limit-burst {burst} -j LOG "
+              f"--log-prefix {ipt_quote(AUDIT_PREFIX)}")
+_NFT_VERDICTS = _Verdicts(
+    accept="{head} counter accept {tail}", goto_pod="{head} counter goto pod {tail}",
+    drop="{head} counter drop {tail}",
+    audit_log="{head} limit rate {rate}/second burst {burst} packets log prefix "
+              f"{nfquote.nft_string(AUDIT_PREFIX)} {{tail}}")
+
+
+def _verdict_lines(words: _Verdicts, verdict: str, mode: str, log_rate: int, head: str,
+                   tail: str = "") -> list[str]:
+    """A planned rule's lines: in audit mode what enforce would drop is logged (rate
+    limited) and accepted; the same decisions for every syntax."""
+    if verdict == "accept":
+        forms = [words.accept]
+    elif verdict == "goto-pod":
+        forms = [words.goto_pod]
+    elif mode == "audit":
+        forms = [words.audit_log, words.accept]
+    else:
+        forms = [words.drop]
+    return [f.format(head=head, tail=tail, rate=log_rate, burst=2 * log_rate) for f in forms]
+
+
 def iptables_rule_lines(plan: Plan, family: int, mode: str, log_rate: int = 10) -> list[str]:
     """The `-A NODEWARD-*` lines, exactly as iptables-save prints them."""
     lines = []
@@ -406,16 +444,7 @@ def iptables_rule_lines(plan: Plan, family: int, mode: str, log_rate: int = 10) 
         for r in plan.chain(family, chain):
             head = " ".join([f"-A {name}", *_ipt_match(r.match, family),
                              f"-m comment --comment {ipt_quote(r.comment)}"])
-            if r.verdict == "accept":
-                lines.append(f"{head} -j RETURN")
-            elif r.verdict == "goto-pod":
-                lines.append(f"{head} -g {IPT_CHAINS['pod']}")
-            elif mode == "audit":
-                lines.append(f"{head} -m limit --limit {log_rate}/sec --limit-burst "
-                             f"{2 * log_rate} -j LOG --log-prefix {ipt_quote(AUDIT_PREFIX)}")
-                lines.append(f"{head} -j RETURN")
-            else:
-                lines.append(f"{head} -j DROP")
+            lines += _verdict_lines(_IPT_VERDICTS, r.verdict, mode, log_rate, head)
     return lines
 
 
@@ -477,18 +506,9 @@ def nft_rule_lines(plan: Plan, chain: str, mode: str, log_rate: int = 10) -> lis
                 if seen_lo:
                     continue
                 seen_lo = True
-            head = " ".join(_nft_match(r.match, fam))
-            tail = f"comment {nfquote.nft_string(r.comment)}"
-            if r.verdict == "accept":
-                lines.append(f"{head} counter accept {tail}")
-            elif r.verdict == "goto-pod":
-                lines.append(f"{head} counter goto pod {tail}")
-            elif mode == "audit":
-                lines.append(f"{head} limit rate {log_rate}/second burst {2 * log_rate} "
-                             f"packets log prefix {nfquote.nft_string(AUDIT_PREFIX)} {tail}")
-                lines.append(f"{head} counter accept {tail}")
-            else:
-                lines.append(f"{head} counter drop {tail}")
+            lines += _verdict_lines(_NFT_VERDICTS, r.verdict, mode, log_rate,
+                                    " ".join(_nft_match(r.match, fam)),
+                                    f"comment {nfquote.nft_string(r.comment)}")
     return lines
 
 
