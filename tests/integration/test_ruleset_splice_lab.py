@@ -233,16 +233,22 @@ def test_collector_reads_changed_chains_only(lab) -> None:
             import nodeward.collect.iptsplice as sp
 
             calls: list[str] = []
-            real = sp.NftSaves._chain
+            real, lines = sp.NftSaves._chain, sp.Rendered.__getitem__
 
             def chain(self, family, table, chain, t, run):
                 calls.append(f"-S {table} {chain}")
                 return real(self, family, table, chain, t, run)
-            sp.NftSaves._chain = chain
+
+            def line(self, k):  # the splice's rule lines the parse reads one by one
+                got = lines(self, k)
+                if isinstance(got, str) and got.startswith("-A "):
+                    calls.append("line")
+                return got
+            sp.NftSaves._chain, sp.Rendered.__getitem__ = chain, line
             try:
                 rs = collect_ruleset(run_local, c, probes=LIVE)
             finally:
-                sp.NftSaves._chain = real
+                sp.NftSaves._chain, sp.Rendered.__getitem__ = real, lines
             return rs, calls
 
         pool.submit(read, cache).result(60)
@@ -252,6 +258,10 @@ def test_collector_reads_changed_chains_only(lab) -> None:
         rs, calls = pool.submit(read, cache).result(60)
         assert cache.nft_saves.full_reads == fulls, "an endpoint change was saved in full"
         assert any(c.startswith("-S nat KUBE-SVC-") for c in calls), calls
+        # the unchanged chains were taken whole: their rules' lines not read (nor unpacked)
+        rules = sum(len(c.rules) for t in rs.tables if t.frontend == "iptables-nft"
+                    for c in t.chains.values())
+        assert calls.count("line") < rules // 4, (calls.count("line"), rules)
         fresh, _ = pool.submit(read, ParseCache()).result(60)
     assert rs.fingerprint == fresh.fingerprint
     def shape(r):
