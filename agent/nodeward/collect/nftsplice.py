@@ -370,6 +370,15 @@ class NativeTables:
                 raise nftnl.CeilingPassed(f"more than {max_rules:,} rules")
             if sk.interrupted or nfgen.generation_id() != gen:
                 raise Raced("written during the read")  # the model would mix two moments
+        except Raced:
+            raise
+        except SpliceFailed:
+            # what the dumps gave disagrees with the changes (a chain that appeared or went
+            # without an event): a write since `gen` explains it (kube-proxy created an
+            # endpoint chain while the chains were listed), so splice again on top of it
+            if sk.interrupted or nfgen.generation_id() != gen:
+                raise Raced("written during the read") from None
+            raise
         finally:
             sk.close()
         return _Kept(Table("nft", family, name, out), out_sets, named, total,  # type: ignore[arg-type]
