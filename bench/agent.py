@@ -29,7 +29,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -46,6 +48,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 TARGET_SLOPE_MB_H = 1.0
 TARGET_PEAK_MB = 100.0
+API_PORT = 6443  # on the loopback of the namespace the bench made: nothing else there
 
 
 def cpu_seconds(pid: int) -> float:
@@ -146,9 +149,18 @@ def run(args) -> dict:
         if args.churn:
             churn(lab, ns, args.frontend, args.rules, args.churn_every, args.churn_mode)
         cfg = Path(tmp) / "config.yaml"
+        api = None
+        if args.cluster:
+            # the fake API in the agent's namespace, on its loopback: the DaemonSet's
+            # `cluster: {}` (list once, then watch Nodes and the Calico kinds)
+            api = lab.spawn(ns, [sys.executable, str(ROOT / "bench" / "clusterapi.py"),
+                                 "--nodes", str(args.cluster), "--churn", args.cluster_churn,
+                                 "--port", str(API_PORT)],
+                            wait_for="serving", timeout=300, stderr=subprocess.PIPE)
         cfg.write_text(f"node_name: bench\ninterval: {args.interval}\n"
                        "metrics_address: 127.0.0.1:0\n"
-                       "node_cidrs: [10.0.0.0/16]\npod_cidrs: [10.244.0.0/16]\n")
+                       "node_cidrs: [10.0.0.0/16]\npod_cidrs: [10.244.0.0/16]\n"
+                       + (cluster_config(f"http://127.0.0.1:{API_PORT}", Path(tmp)) if api else ""))
         logp = Path(tmp) / "agent.log"
         with open(logp, "w") as log:
             agent = lab.spawn(ns, [sys.executable, "-m", "nodeward", "--config", str(cfg),
@@ -178,6 +190,7 @@ def run(args) -> dict:
             tree.join()
             tail.close()
             lab.stop(agent)
+            api_stats = stop_api(lab, api) if api else ""
         evs = events(logp)
         if args.log:
             shutil.copy(logp, args.log)
@@ -224,7 +237,47 @@ def run(args) -> dict:
         "checks_reused": last.get("checks_reused"),
         "verdicts_reused_last": (reused[-1] - reused[-2]) if len(reused) >= 2 else None,
         "sockets": last.get("sockets"),
+        **cluster_figures(args, evs, api_stats),
     }
+
+
+def cluster_config(url: str, tmp: Path) -> str:
+    """The `cluster` section pointed at the fake API (plain http on the namespace's
+    loopback; a token as the in-cluster config has one)."""
+    token = tmp / "token"
+    token.write_text("bench-token")
+    token.chmod(0o600)
+    return (f"cluster:\n  node_name: node-00000\n  kubernetes:\n    api_url: {url}\n"
+            f"    token_file: {token}\n")
+
+
+def stop_api(lab: Lab, p: subprocess.Popen) -> str:
+    """SIGTERM; what it says it served (churn events, requests)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, signal.SIGTERM)
+    try:
+        _, err = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        lab.stop(p)
+        return ""
+    return err.strip().splitlines()[-1] if err.strip() else ""
+
+
+def cluster_figures(args, evs: list[dict], api_stats: str) -> dict:
+    """What proves the cluster stage ran: the peers the view listed (each is NW401 here: the
+    fake's Felix announces WireGuard and the namespace has none), NW500 (state unknown)."""
+    if not args.cluster:
+        return {"cluster": 0}
+    by_id: dict[str, set] = {}
+    for e in evs:
+        if e.get("event") in ("finding_opened", "finding"):
+            by_id.setdefault(e.get("finding_id", ""), set()).add(e.get("component"))
+    return {"cluster": args.cluster, "cluster_churn": args.cluster_churn,
+            "peers_seen": len(by_id.get("NW401", ())),
+            "nw500": sorted(str(c) for c in by_id.get("NW500", ())),
+            "cluster_unknown_logs": sum(e.get("event") == "cluster_state_unknown"
+                                        for e in evs),
+            "api_stats": api_stats}
 
 
 def report(r: dict) -> str:
@@ -260,6 +313,15 @@ def report(r: dict) -> str:
         f"{r['verdicts_reused_last']}; "
         f"check results reused {r['checks_reused']} times",
     ]
+    if r.get("cluster"):
+        lines.append(
+            f"  cluster: {r['cluster']} nodes watched, {r['cluster_churn']} churn; peers in the "
+            f"view {r['peers_seen']} of {r['cluster'] - 1} (NW401 each: WireGuard announced, "
+            f"none here); fake API: {r['api_stats'] or 'no stats'}")
+        if r["nw500"] or r["cluster_unknown_logs"] or r["peers_seen"] < r["cluster"] - 1:
+            lines.append(f"  !!! CLUSTER STAGE DID NOT HOLD THE VIEW: NW500 {r['nw500']}, "
+                         f"cluster_state_unknown logged {r['cluster_unknown_logs']} times, "
+                         f"{r['peers_seen']} peers seen: NOT a measurement with the watch !!!")
     return "\n".join(lines)
 
 
@@ -277,6 +339,11 @@ def main() -> int:
     ap.add_argument("--churn-mode", choices=["partial", "full"], default="partial",
                     help="kube-proxy >= 1.27's partial sync, or every chain rewritten "
                          "(older kube-proxy, and its periodic full resync)")
+    ap.add_argument("--cluster", type=int, default=0, metavar="N",
+                    help="also watch a local fake API with N nodes (bench/cluster.py's "
+                         "objects), as the DaemonSet's `cluster: {}` does; 0: no cluster")
+    ap.add_argument("--cluster-churn", choices=["kubelet", "topology", "none"],
+                    default="kubelet", help="kubelet: every node re-posted every 5 min")
     ap.add_argument("--out", help="also append the result as one JSON line here")
     ap.add_argument("--log", help="keep the agent's log here")
     args = ap.parse_args()
