@@ -81,6 +81,29 @@ def test_list_then_watch_follows_changes(api):
         w.stop()
 
 
+def test_a_status_re_post_leaves_the_view_unchanged(api):
+    """kubelet re-posts its Node's status every 5 minutes (images, conditions,
+    heartbeats): none of it is what the checks read, so the watcher's generation (the
+    daemon's key for reusing the last check result) stays; a change the checks read (an
+    address, a WireGuard key) moves it."""
+    w = watcher(api)
+    try:
+        assert w.wait_synced(5)
+        gen, events = w.generation(), w.stats.events
+        beat = node("n2", "10.0.0.2", "k2")
+        beat["status"]["conditions"] = [{"type": "Ready", "status": "True",
+                                         "lastHeartbeatTime": "2026-12-01T00:05:00Z"}]
+        beat["metadata"]["annotations"]["node.alpha.kubernetes.io/ttl"] = "0"
+        api.put(NODES, beat)
+        assert until(lambda: w.stats.events > events)
+        assert w.generation() == gen
+        api.put(NODES, node("n2", "10.0.0.22", "k2"))
+        assert until(lambda: w.generation() != gen)
+        assert w.view("n1").peers[0].addresses == ("10.0.0.22",)
+    finally:
+        w.stop()
+
+
 def test_410_gone_lists_again(api):
     w = watcher(api)
     try:

@@ -192,8 +192,11 @@ class ClusterWatcher:
                 elif kind in ("ADDED", "MODIFIED"):
                     self.stats.events += 1
                     key, trimmed = _key(obj), rw.trim(obj)
+                    # a kubelet's status re-post (every node every 5 minutes: N/300 events a
+                    # second) trims to what is held: the view, and so the checks, unchanged
+                    if rw.objects.get(key) != trimmed:
+                        rw.changes += 1
                     rw.objects[key] = trimmed
-                    rw.changes += 1
                     if self.sink is not None:
                         self.sink.changed(rw.kind, key, trimmed)
                 elif kind == "DELETED":
