@@ -351,6 +351,8 @@ def main() -> int:
     if reason:
         print(f"bench/agent.py: skipped: {reason}")
         return 0
+    # killed (a run cut short): unwind, so the Lab removes its namespace, holders and agent
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     r = run(args)
     print(report(r), flush=True)
     if args.out:
