@@ -442,19 +442,25 @@ _WRONG_KIND = (("table ", "this is `nft list ruleset` text: save it with "
                ("create ", "this is `ipset save` output, not a ruleset"))
 
 
+def _same_answer(rule: Rule, chains: dict) -> bool:
+    """Whether `rule`'s one outside input, whether its `-j` value names a chain (JUMP) or
+    not (a target), has the same answer against the declared `chains` (and it was read)."""
+    target = rule.target
+    if target == "JUMP":
+        return rule.arg in chains
+    return target != "UNREADABLE" and (target not in chains or target in BUILTIN_TARGETS)
+
+
 def _reusable(rule: Rule, line: str, chains: dict) -> bool:
     """Whether parsing `line` (`rule`'s text in its chain) against the declared `chains` gives
     `rule` again. The only outside input of parse_rule is whether a `-j` value names a
     chain (JUMP) or not (a target, which ends the rule), so a line with one `-j` or `-g`
     at most (no long forms, no tabs) is reused when that answer is unchanged; anything
     else is parsed again."""
-    target = rule.target
-    if target == "UNREADABLE" or "--jump" in line or "--goto" in line or "\t" in line or \
+    if "--jump" in line or "--goto" in line or "\t" in line or \
             line.count(" -j ") + line.count(" -g ") > 1:
         return False
-    if target == "JUMP":
-        return rule.arg in chains
-    return target not in chains or target in BUILTIN_TARGETS
+    return _same_answer(rule, chains)
 
 
 #: What _reusable refuses in a line, looked for in a chain's lines at once (its texts joined
@@ -466,14 +472,7 @@ def _adoptable(chain: Chain, chains: dict) -> bool:
     """Whether each rule of `chain` (a chain of the last parse whose lines are the same,
     not tangled) parses the same against the declared `chains`: _reusable for every rule,
     from the rules alone (the lines are not needed: none of them is tangled)."""
-    for rule in chain.rules:
-        target = rule.target
-        if target == "JUMP":
-            if rule.arg not in chains:
-                return False
-        elif target == "UNREADABLE" or (target in chains and target not in BUILTIN_TARGETS):
-            return False
-    return True
+    return all(_same_answer(rule, chains) for rule in chain.rules)
 
 
 def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-legacy",
@@ -558,9 +557,8 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
     # the next line a kept chain starts at, and that chain
     kept_at, whole = kept(0) if kept is not None else (nlines, None)
     while k < nlines:
-        if k == kept_at:
-            kept_at, whole, taken = *(kept(k + 1) if kept is not None else (nlines, None)), \
-                whole
+        if k == kept_at:  # (never without `kept`: kept_at is then past the last line)
+            kept_at, whole, taken = *kept(k + 1), whole  # type: ignore[misc]
             if taken is not None and old and taken.texts and old.get(taken.name) is taken \
                     and taken.name not in was_tangled and rules.get(taken.name) == [] and \
                     _adoptable(taken, rules):
@@ -574,7 +572,7 @@ def parse_iptables_save(text: str | list[str], *, frontend: str = "iptables-lega
                 lineno = k
                 cur, cur_prefix, cur_old = "", "", ()
                 if kept_at < k:  # (not from a well-formed `kept`: its chains do not overlap)
-                    kept_at, whole = kept(k) if kept is not None else (nlines, None)
+                    kept_at, whole = kept(k)  # type: ignore[misc]
                 continue
         raw = lines[k]
         k += 1
