@@ -4,6 +4,9 @@ through a /proc tree, and how the exposure checks word and rank it (pure)."""
 from __future__ import annotations
 
 import os
+import socket
+import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -284,3 +287,81 @@ def test_probes_run_in_parallel_bounded_and_in_order():
     assert out == [{"x": i} if i != 5 else {"error": "RuntimeError"} for i in range(12)]
     assert peak[0] == 4 and took < 0.9, (peak, took)  # 3 rounds of 0.1 s, not 12
     assert _in_threads(slow, [], 4) == []
+
+
+def _one_shot_server(handle) -> tuple[int, threading.Thread, socket.socket]:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    t = threading.Thread(target=handle, args=(srv,), daemon=True)
+    t.start()
+    return srv.getsockname()[1], t, srv
+
+
+def _reset(conn) -> None:
+    """Close with the client's bytes unread and no linger: the kernel answers with a RST,
+    which is what etcd's cmux does to a ClientHello on a plain port, now and then."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
+def test_a_reset_during_the_tls_handshake_falls_back_to_plain_http():
+    """A real loopback server resets the TLS attempt, then answers HTTP: the probe must
+    reach the plain answer (it gave up there before, and a plain etcd was left unproven
+    one scan in twenty)."""
+    seen: list[bytes] = []
+
+    def handle(srv) -> None:
+        conn, _ = srv.accept()
+        seen.append(conn.recv(1))  # the ClientHello has arrived; most of it stays unread
+        _reset(conn)
+        conn, _ = srv.accept()
+        seen.append(conn.recv(4096))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+        conn.close()
+
+    port, t, srv = _one_shot_server(handle)
+    try:
+        got = auth.probe("127.0.0.1", port, "/version")
+        t.join(5)
+    finally:
+        srv.close()
+    assert seen[0] == b"\x16"  # a TLS handshake record came first
+    assert seen[1].startswith(b"GET /version HTTP/1.1")
+    assert got["tls"] == "no" and got["status"] == 200 and got["body"], got
+    assert auth.from_probe(got)[0] == AUTH_NONE
+
+
+def test_a_reset_after_the_tls_handshake_proves_nothing(tmp_path):
+    """Past the handshake a reset says nothing about credentials: no plain retry, no claim."""
+    import ssl
+    import subprocess
+
+    def handle(srv) -> None:
+        conn, _ = srv.accept()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(CERT, KEY)
+        tls = ctx.wrap_socket(conn, server_side=True)
+        tls.recv(1)
+        _reset(tls)
+        try:
+            srv.settimeout(1)
+            srv.accept()[0].close()
+            extra.append(True)
+        except OSError:
+            pass
+
+    CERT, KEY = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=probe", "-days", "1",
+                    "-keyout", KEY, "-out", CERT], check=True, capture_output=True)
+    extra: list[bool] = []
+    port, t, srv = _one_shot_server(handle)
+    try:
+        got = auth.probe("127.0.0.1", port, "/version")
+        t.join(5)
+    finally:
+        srv.close()
+    assert got["tls"].startswith("yes, then "), got
+    assert "status" not in got and not extra
+    assert auth.from_probe(got) == auth.UNKNOWN
