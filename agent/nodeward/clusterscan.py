@@ -99,12 +99,15 @@ def collect_rules() -> tuple[tuple[RouteRule, ...] | None, tuple[str, ...]]:
 
 def collect_cluster_scan(settings: ClusterSettings, snapshot: NodeSnapshot,
                          uapi_dir: str = str(UAPI_DIR),
-                         view: ClusterView | None = None) -> ClusterScan:
+                         view: ClusterView | None = None,
+                         derived: Derived | None = None) -> ClusterScan:
     """`view`: a cluster view the caller already holds (the daemon's watch); else it is
-    read now (one LIST per kind, or the offline directory)."""
+    read now (one LIST per kind, or the offline directory). `derived`: what the caller
+    already derived from that same view (the daemon, while the view is unchanged)."""
     if view is None:
         view = collect_cluster(settings, snapshot.node)
-    derived = derive(view, encryption=settings.encryption)
+    if derived is None:
+        derived = derive(view, encryption=settings.encryption)
     notes: list[str] = []
     wg: tuple[WgDevice, ...] = ()
     states: tuple[XfrmState, ...] = ()

@@ -66,14 +66,15 @@ def take_snapshot(config: Config, force_procfs: bool = False, firewall: bool | N
         return snap
 
 
-def add_cluster(snap: NodeSnapshot, settings: Any, view: Any = None) -> NodeSnapshot:
+def add_cluster(snap: NodeSnapshot, settings: Any, view: Any = None,
+                derived: Any = None) -> NodeSnapshot:
     """The snapshot with the cluster's facts (collect stage: the cluster view, or `view`
     when the daemon watches it, plus WireGuard/xfrm/routes as the expected encryption
     needs), their collector notes and the derived settings. Checks then read one
     snapshot, node and cluster alike."""
     from .clusterscan import collect_cluster_scan
 
-    scan = collect_cluster_scan(settings, snap, view=view)
+    scan = collect_cluster_scan(settings, snap, view=view, derived=derived)
     return replace(snap, cluster=scan, notes=snap.notes + tuple(scan.notes),
                    derived=scan.derived.summary())
 

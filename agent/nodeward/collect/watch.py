@@ -97,6 +97,9 @@ class ClusterWatcher:
         self._threads: list[threading.Thread] = []
         self.kinds = [ResourceWatch("Node", (NODES,), trim_node)] + [
             ResourceWatch(k, paths, trim_calico) for k, paths in CALICO_KINDS.items()]
+        # the last view and what it was built from: a quiet cluster's view is not built
+        # again each cycle (5,000 nodes: ~110 ms of parsing the held objects)
+        self._view_memo: tuple[tuple, ClusterView] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -227,8 +230,16 @@ class ClusterWatcher:
             if nodes_rw in failing:  # no nodes: the API itself is the problem, say it once
                 failing = [nodes_rw]
             unknown = [rw.error or f"{rw.kind}: not listed yet" for rw in failing]
+            served = tuple((rw.served, rw.path) for rw in self.kinds[1:])
+            key = (node, tuple(rw.changes for rw in self.kinds), tuple(unknown), served)
+            memo = self._view_memo
+            if memo is not None and memo[0] == key:
+                return memo[1]
             node_objs = list(nodes_rw.objects.values())
             objects = {rw.kind: list(rw.objects.values()) for rw in self.kinds[1:]
                        if rw.served and rw.path}
             calico = any(rw.served and rw.path for rw in self.kinds[1:])
-        return build_view(node, "api-watch", node_objs, objects, unknown, calico)
+        view = build_view(node, "api-watch", node_objs, objects, unknown, calico)
+        with self._lock:
+            self._view_memo = (key, view)
+        return view
