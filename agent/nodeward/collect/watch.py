@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..kubeapi import ApiUnavailable, Gone, KubeApi, NotFound
+from ..memtrim import give_back
 from ..report.logs import get_logger
 from .cluster import CALICO_KINDS, ClusterView, build_view, trim_node
 
@@ -175,6 +176,10 @@ class ClusterWatcher:
                 rw.changes += 1
                 if self.sink is not None:
                     self.sink.listed(rw.kind, path, rw.objects)
+            # a LIST's pages were parsed whole in this thread's malloc arena; hand the freed
+            # pages back (5,000 nodes: ~2 MB of RSS; a list is rare: start-up, a 410)
+            del items
+            give_back()
             return
         with self._lock:
             rw.served, rw.synced, rw.relist = False, True, False
