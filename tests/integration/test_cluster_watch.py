@@ -147,21 +147,26 @@ def test_server_goes_away_and_comes_back(api):
         w.stop()
 
 
-def test_daemon_sees_changes_within_one_cycle(api, tmp_path):
-    """Agent cycles (in-process, a fixture snapshot instead of the node's sockets): the
-    WireGuard expectation comes from FelixConfiguration, with no `encryption` configured;
-    this node has no WireGuard, so every peer is NW401; a new node is NW401 on the next
-    cycle; Felix turning WireGuard off resolves them; the API is never LISTed per cycle."""
+def cluster_agent(api: FakeApi, tmp_path) -> Agent:
+    """An in-process Agent watching `api` as node n1, a fixture snapshot instead of the
+    node's sockets and no firewall stage."""
     (tmp_path / "token").write_text(TOKEN)
     cfg_path = tmp_path / "config.yaml"
     cfg_path.write_text(json.dumps({
         "node_name": "n1", "firewall": False,
         "cluster": {"kubernetes": {"api_url": api.url, "token_file": str(tmp_path / "token"),
                                    "timeout": 2, "retries": 0}}}))
-    cfg = config.load(str(cfg_path))
-    out = io.StringIO()
-    agent = Agent(str(cfg_path), cfg, out, snapshotter=lambda c: NodeSnapshot(
-        node="n1", scanned_at="2026-12-01T00:00:00Z"))
+    return Agent(str(cfg_path), config.load(str(cfg_path)), io.StringIO(),
+                 snapshotter=lambda c: NodeSnapshot(node="n1",
+                                                    scanned_at="2026-12-01T00:00:00Z"))
+
+
+def test_daemon_sees_changes_within_one_cycle(api, tmp_path):
+    """Agent cycles (in-process, a fixture snapshot instead of the node's sockets): the
+    WireGuard expectation comes from FelixConfiguration, with no `encryption` configured;
+    this node has no WireGuard, so every peer is NW401; a new node is NW401 on the next
+    cycle; Felix turning WireGuard off resolves them; the API is never LISTed per cycle."""
+    agent = cluster_agent(api, tmp_path)
     try:
         first = agent.cycle()
         assert sorted(f.component for f in first.result.findings if f.id == "NW401") == ["n2"]
@@ -191,15 +196,7 @@ def test_a_quiet_cluster_is_derived_once(api, tmp_path, monkeypatch):
     real = nodeward.derive.derive
     monkeypatch.setattr(nodeward.derive, "derive",
                         lambda view, **kw: calls.append(view) or real(view, **kw))
-    (tmp_path / "token").write_text(TOKEN)
-    cfg_path = tmp_path / "config.yaml"
-    cfg_path.write_text(json.dumps({
-        "node_name": "n1", "firewall": False,
-        "cluster": {"kubernetes": {"api_url": api.url, "token_file": str(tmp_path / "token"),
-                                   "timeout": 2, "retries": 0}}}))
-    agent = Agent(str(cfg_path), config.load(str(cfg_path)), io.StringIO(),
-                  snapshotter=lambda c: NodeSnapshot(node="n1",
-                                                     scanned_at="2026-12-01T00:00:00Z"))
+    agent = cluster_agent(api, tmp_path)
     try:
         first = agent.cycle()
         for _ in range(3):

@@ -289,13 +289,19 @@ def test_probes_run_in_parallel_bounded_and_in_order():
     assert _in_threads(slow, [], 4) == []
 
 
-def _one_shot_server(handle) -> tuple[int, threading.Thread, socket.socket]:
+def _probe_served_by(handle) -> dict:
+    """auth.probe against a loopback listener whose connections `handle(listener)` serves."""
     srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
-    t = threading.Thread(target=handle, args=(srv,), daemon=True)
-    t.start()
-    return srv.getsockname()[1], t, srv
+    try:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        t = threading.Thread(target=handle, args=(srv,), daemon=True)
+        t.start()
+        got = auth.probe("127.0.0.1", srv.getsockname()[1], "/version")
+        t.join(5)
+    finally:
+        srv.close()
+    return got
 
 
 def _reset(conn) -> None:
@@ -320,12 +326,7 @@ def test_a_reset_during_the_tls_handshake_falls_back_to_plain_http():
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
         conn.close()
 
-    port, t, srv = _one_shot_server(handle)
-    try:
-        got = auth.probe("127.0.0.1", port, "/version")
-        t.join(5)
-    finally:
-        srv.close()
+    got = _probe_served_by(handle)
     assert seen[0] == b"\x16"  # a TLS handshake record came first
     assert seen[1].startswith(b"GET /version HTTP/1.1")
     assert got["tls"] == "no" and got["status"] == 200 and got["body"], got
@@ -356,12 +357,7 @@ def test_a_reset_after_the_tls_handshake_proves_nothing(tmp_path):
                     "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=probe", "-days", "1",
                     "-keyout", KEY, "-out", CERT], check=True, capture_output=True)
     extra: list[bool] = []
-    port, t, srv = _one_shot_server(handle)
-    try:
-        got = auth.probe("127.0.0.1", port, "/version")
-        t.join(5)
-    finally:
-        srv.close()
+    got = _probe_served_by(handle)
     assert got["tls"].startswith("yes, then "), got
     assert "status" not in got and not extra
     assert auth.from_probe(got) == auth.UNKNOWN

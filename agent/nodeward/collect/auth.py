@@ -364,17 +364,16 @@ def probe(host: str, port: int, path: str, timeout: float = 1.0) -> dict[str, An
         except TimeoutError:
             out["tls"] = "no answer"
             return out
-        except ConnectionResetError as e:
+        except (ConnectionError, http.client.HTTPException, OSError) as e:
             if "tls" in out:  # after a TLS handshake, a reset without an alert proves nothing
                 out["tls"] = f"{out['tls']}, then {type(e).__name__}"
                 return out
-            # during it: a plain server that closed on our ClientHello with it unread (etcd's
-            # cmux does, one probe in twenty); it may well speak plain HTTP
+            if not isinstance(e, ConnectionResetError):
+                out["tls"] = f"failed: {type(e).__name__}"
+                return out
+            # a reset during the handshake: a plain server that closed on our ClientHello
+            # with it unread (etcd's cmux does, one probe in twenty) may well speak HTTP
             tls_error = type(e).__name__
-        except (ConnectionError, http.client.HTTPException, OSError) as e:
-            out["tls"] = f"{out['tls']}, then {type(e).__name__}" if "tls" in out else \
-                f"failed: {type(e).__name__}"
-            return out
         finally:
             conn.close()
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
